@@ -1,0 +1,113 @@
+"""Configuration: the one place that reads ``HVD_PS_*`` and ``DMLC_*`` environment variables.
+
+Every knob has a default that works on one machine with no setup. ``load()`` reads the
+environment once and validates it; the rest of the package receives a :class:`Config` and
+never looks at ``os.environ`` itself (it only *writes* the ``DMLC_*`` variables ps-lite needs,
+through :func:`ps_environment`).
+
+=========================  ===========  ==========================================================
+variable                   default      meaning
+=========================  ===========  ==========================================================
+``HVD_PS_TIMEOUT``         ``300``      seconds any wait may take (tier start, connect, barrier,
+                                        exchange, group broadcast) before the job fails
+``HVD_PS_NUM_SERVERS``     ``1``        servers the embedded tier starts on global rank 0's host
+``HVD_PS_FUSION_THREADS``  ``0``        threads of the fused-buffer op (0: up to 4, by CPU count)
+``HVD_PS_WIRE_DTYPE``      ``float32``  dtype of fused buffers on the wire (``float16`` halves
+                                        traffic; the server still keeps float32)
+``HVD_PS_LOG_LEVEL``       ``WARNING``  log level of the ``hvd_ps`` logger
+``DMLC_PS_ROOT_URI``       unset        scheduler address of an existing tier (set by
+                                        ``hvdps-run``); unset means: start an embedded tier
+``DMLC_PS_ROOT_PORT``      unset        scheduler port of that tier
+``DMLC_NUM_SERVER``        unset        number of servers of that tier
+``DMLC_NODE_HOST``         ``127.0.0.1``  address this process's ps-lite node binds and
+                                        advertises (ps-lite would otherwise pick a
+                                        non-loopback interface)
+=========================  ===========  ==========================================================
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+from .errors import ConfigError
+
+WIRE_DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings of one process."""
+
+    timeout: float = 300.0
+    num_servers: int = 1
+    fusion_threads: int = 0
+    wire_dtype: str = "float32"
+    log_level: str = "WARNING"
+    ps_root_uri: Optional[str] = None
+    ps_root_port: Optional[int] = None
+    ps_num_servers: Optional[int] = None
+    node_host: str = "127.0.0.1"
+
+    @property
+    def external_tier(self) -> bool:
+        """True when a PS tier address was given, i.e. ranks join it instead of starting one."""
+        return self.ps_root_uri is not None
+
+
+def _number(env: Mapping[str, str], name: str, default: float, kind: type, minimum: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be >= {minimum}")
+    return value
+
+
+def load(environ: Optional[Mapping[str, str]] = None) -> Config:
+    """Read and validate the environment (``os.environ`` unless ``environ`` is given)."""
+    env = os.environ if environ is None else environ
+    wire = env.get("HVD_PS_WIRE_DTYPE", "float32").strip() or "float32"
+    if wire not in WIRE_DTYPES:
+        raise ConfigError(f"HVD_PS_WIRE_DTYPE={wire!r} must be one of {', '.join(WIRE_DTYPES)}")
+    uri = env.get("DMLC_PS_ROOT_URI") or None
+    port: Optional[int] = None
+    if uri is not None:
+        if not env.get("DMLC_PS_ROOT_PORT"):
+            raise ConfigError("DMLC_PS_ROOT_URI is set but DMLC_PS_ROOT_PORT is not")
+        port = int(_number(env, "DMLC_PS_ROOT_PORT", 0, int, 1))
+        if port > 65535:
+            raise ConfigError(f"DMLC_PS_ROOT_PORT={port} is not a TCP port")
+    ps_servers = env.get("DMLC_NUM_SERVER")
+    return Config(
+        timeout=float(_number(env, "HVD_PS_TIMEOUT", 300.0, float, 0.1)),
+        num_servers=int(_number(env, "HVD_PS_NUM_SERVERS", 1, int, 1)),
+        fusion_threads=int(_number(env, "HVD_PS_FUSION_THREADS", 0, int, 0)),
+        wire_dtype=wire,
+        log_level=env.get("HVD_PS_LOG_LEVEL", "WARNING").upper(),
+        ps_root_uri=uri,
+        ps_root_port=port,
+        ps_num_servers=int(_number(env, "DMLC_NUM_SERVER", 1, int, 1)) if ps_servers else None,
+        node_host=env.get("DMLC_NODE_HOST") or "127.0.0.1",
+    )
+
+
+def ps_environment(
+    role: str, root_uri: str, root_port: int, num_servers: int, num_workers: int, node_host: str
+) -> dict:
+    """The ``DMLC_*`` variables a ps-lite node of ``role`` needs (MXNet's standard launch set)."""
+    if role not in ("scheduler", "server", "worker"):
+        raise ConfigError(f"role={role!r} must be scheduler, server or worker")
+    return {
+        "DMLC_ROLE": role,
+        "DMLC_PS_ROOT_URI": root_uri,
+        "DMLC_PS_ROOT_PORT": str(root_port),
+        "DMLC_NUM_SERVER": str(num_servers),
+        "DMLC_NUM_WORKER": str(num_workers),
+        "DMLC_NODE_HOST": node_host,
+    }

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Installs everything hvd_ps needs, idempotently; sourced by scripts/demo.sh and scripts/test.sh.
+#   1. Open MPI from the OS (skipped when mpicc is already there), plus a C++ compiler
+#   2. a virtualenv in .venv/
+#   3. the pinned Python packages (requirements.txt)
+#   4. Horovod 0.28.1 built from source with MXNet + MPI, checked with horovodrun --check-build
+#   5. hvd_ps itself (editable), which compiles the fused-buffer op in cpp/
+# A stamp file per step makes a second run take seconds.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+HOROVOD_VERSION=0.28.1
+
+say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*"; }
+die() { printf '[bootstrap] ERROR: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null; then sudo "$@"
+  else die "need root or sudo to run: $*"; fi
+}
+
+# 1. OS packages ----------------------------------------------------------------------------
+missing=()
+command -v mpicc >/dev/null || missing+=(openmpi-bin libopenmpi-dev)
+command -v g++ >/dev/null || missing+=(g++)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+[ -f "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ] \
+  || missing+=(python3-dev)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing OS packages: ${missing[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v mpicc >/dev/null || die "mpicc still missing after installing Open MPI"
+
+# 2. virtualenv -------------------------------------------------------------------------------
+if [ ! -x "$PY" ]; then
+  say "creating $VENV"
+  python3 -m venv "$VENV"
+fi
+PIP=("$PY" -m pip --disable-pip-version-check)
+
+# 3. pinned packages --------------------------------------------------------------------------
+req_hash=$(sha1sum "$ROOT/requirements.txt" | cut -c1-12)
+if [ ! -f "$VENV/.req-$req_hash" ]; then
+  say "installing pinned Python packages"
+  "${PIP[@]}" install -q -r "$ROOT/requirements.txt" 2> >(grep -v 'is ignored: it is neither' >&2)
+  rm -f "$VENV"/.req-*; touch "$VENV/.req-$req_hash"
+fi
+
+# 4. Horovod from source, with MXNet and MPI --------------------------------------------------
+hvd_ok() {
+  "$VENV/bin/horovodrun" --check-build 2>/dev/null | grep -q '\[X\] MXNet' &&
+  "$VENV/bin/horovodrun" --check-build 2>/dev/null | grep -q '\[X\] MPI' &&
+  "$PY" -c 'import horovod.mxnet' 2>/dev/null
+}
+if [ ! -f "$VENV/.horovod-$HOROVOD_VERSION" ] || ! hvd_ok; then
+  say "building Horovod $HOROVOD_VERSION with MXNet + MPI (about 5 minutes on 2 cores, once)"
+  HOROVOD_WITH_MXNET=1 HOROVOD_WITH_MPI=1 HOROVOD_WITHOUT_TENSORFLOW=1 \
+  HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_GLOO=1 CMAKE_POLICY_VERSION_MINIMUM=3.5 \
+  MAKEFLAGS="-j$(nproc)" PATH="$VENV/bin:$PATH" \
+    "${PIP[@]}" install -q --no-build-isolation "horovod==$HOROVOD_VERSION" \
+    2> >(grep -v 'is ignored: it is neither' >&2)
+  hvd_ok || { "$VENV/bin/horovodrun" --check-build || true
+              die "Horovod was built without MXNet or MPI support (see the check above)"; }
+  touch "$VENV/.horovod-$HOROVOD_VERSION"
+fi
+
+# 5. hvd_ps and its C++ op --------------------------------------------------------------------
+src_hash=$(cat "$ROOT/setup.py" "$ROOT"/cpp/* 2>/dev/null | sha1sum | cut -c1-12)
+if [ ! -f "$VENV/.hvdps-$src_hash" ] || ! "$PY" -c 'import hvd_ps' 2>/dev/null; then
+  say "building hvd_ps and its fused-buffer op"
+  (cd "$ROOT" && "${PIP[@]}" install -q --no-build-isolation --no-deps -e . \
+    2> >(grep -v 'is ignored: it is neither' >&2))
+  rm -f "$VENV"/.hvdps-*; touch "$VENV/.hvdps-$src_hash"
+fi
+
+export PATH="$VENV/bin:$PATH"
+export OMP_NUM_THREADS=1 MXNET_CPU_WORKER_NTHREADS=1
+# Open MPI refuses to run as root unless told; these are the documented switches.
+if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi

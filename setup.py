@@ -1,0 +1,47 @@
+"""Build of hvd_ps: the Python package, the fused-buffer op ``hvd_ps._fusion`` and ``hvdps-run``.
+
+The op is compiled against the C API headers and the ``libmxnet.so`` shipped in the installed
+mxnet wheel, so mxnet must be installed first and the build must see it:
+``pip install --no-build-isolation -e .`` (scripts/bootstrap.sh does this).
+"""
+
+import glob
+import importlib.util
+import os
+import sys
+
+from setuptools import Extension, setup
+
+
+def mxnet_dir() -> str:
+    spec = importlib.util.find_spec("mxnet")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit(
+            "hvd_ps: building the fused-buffer op needs mxnet==1.9.1 installed in this Python "
+            "first; then run: pip install --no-build-isolation -e ."
+        )
+    return list(spec.submodule_search_locations)[0]
+
+
+MX = mxnet_dir()
+fusion = Extension(
+    "hvd_ps._fusion",
+    sources=sorted(glob.glob(os.path.join("cpp", "*.cc"))),
+    include_dirs=["cpp", os.path.join(MX, "include")],
+    library_dirs=[MX],
+    runtime_library_dirs=[MX],
+    extra_link_args=[os.path.join(MX, "libmxnet.so"), "-pthread"],
+    extra_compile_args=["-O3", "-std=c++17", "-pthread", "-fvisibility=hidden", "-Wall"],
+    language="c++",
+)
+
+setup(
+    name="hvd_ps",
+    version="0.1.0",
+    description="Horovod groups as clients of an MXNet parameter server (MXNET-MPI, rebuilt)",
+    packages=["hvd_ps"],
+    ext_modules=[fusion],
+    python_requires=">=3.8",
+    install_requires=["numpy", "mxnet"],
+    entry_points={"console_scripts": ["hvdps-run = hvd_ps.launch:main"]},
+)
