@@ -1,0 +1,332 @@
+"""Fused buffers: a list of NDArrays treated as one flat 1-D buffer (one PS key).
+
+Layout: the arrays of a :class:`FusedBuffer` are laid out back to back, in list order, each
+flattened in C (row-major) order. Array ``i`` occupies ``flat[offsets[i]:offsets[i + 1]]``;
+``offsets[-1] == size``. Zero-size arrays take no room. All arrays of one buffer share one dtype
+(float32, float64 or float16); group mixed-precision parameters per dtype, one buffer each. The
+flat buffer may have another of these dtypes: ``pack(dtype="float16")`` casts for the wire
+(round to nearest even) and ``unpack`` casts back to each array's dtype.
+
+Every operation is one multithreaded pass of the C++ op in ``cpp/`` (``hvd_ps._fusion``), pushed
+to MXNet's dependency engine with its reads and writes declared: it returns at once, runs after
+every earlier write to what it reads or writes, and every later read waits for it, exactly like
+an MXNet operator. Call ``.wait_to_read()`` or ``.asnumpy()`` on a result to wait for it.
+
+============================================  ===============================================
+method                                        per element ``i`` (``x`` = the packed arrays)
+============================================  ===============================================
+``pack(dtype)``                               ``flat[i] = x[i]``
+``unpack(flat, alpha, beta)``                 ``x[i] = alpha * flat[i] + beta * x[i]``
+``pack_axpby(ref, alpha, beta, dtype)``       ``out[i] = alpha * x[i] + beta * ref[i]``
+``elastic(center, alpha, dtype)``             ``d[i] = alpha * (x[i] - center[i]); x[i] -= d[i]``
+============================================  ===============================================
+
+``unpack`` with ``beta=0`` never reads the old arrays (NaN there does not propagate).
+``elastic`` subtracts ``d`` as stored in ``out`` (after any cast), so what a server adds to the
+centre is exactly what the arrays lose. Arithmetic is in float32, or float64 if any operand is
+float64.
+
+The arrays must be distinct: the same array twice, or overlapping views, raise
+:class:`~hvd_ps.errors.ConfigError`. Non-overlapping *views of one array* (``a[0:2]`` and
+``a[2:4]``) share one engine variable, which MXNet's engine cannot take twice in one operation:
+do not put them in one buffer. The buffer keeps references to the arrays; a result is valid
+for arrays whose storage stays the same (in-place updates, as Gluon does, are fine).
+
+Example::
+
+    params = [p.data() for p in net.collect_params().values()]
+    buf = FusedBuffer(params)
+    flat = buf.pack(dtype="float16")      # one key for the PS
+    buf.unpack(pulled)                    # params = pulled, cast back to float32
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import os
+from typing import List, Optional, Sequence, Tuple, Union
+
+import mxnet as mx
+import numpy as np
+
+from . import config
+from .errors import ConfigError, HvdPsError
+
+__all__ = ["FusedBuffer"]
+
+DTypeLike = Union[None, str, type, np.dtype]
+
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
+
+_PACK, _UNPACK, _PACK_AXPBY, _ELASTIC = 0, 1, 2, 3
+_CPU_DEVICES = ("cpu", "cpu_pinned", "cpu_shared")
+
+_BUILD_HINT = (
+    "hvd_ps: the fused-buffer op hvd_ps/_fusion*.so is not built. Build it in this environment "
+    "with `pip install --no-build-isolation -e .` (mxnet==1.9.1 installed first) or run "
+    "`bash scripts/test.sh`, which bootstraps everything."
+)
+
+
+def _library_path() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(here, "_fusion" + suffix)
+        if os.path.isfile(path):
+            return path
+    raise ImportError(_BUILD_HINT)
+
+
+def _load_library() -> ctypes.CDLL:
+    path = _library_path()
+    try:
+        lib = ctypes.CDLL(path)  # libmxnet.so is already loaded by `import mxnet`: shared
+    except OSError as err:
+        raise ImportError(f"{_BUILD_HINT} (loading {path} failed: {err})") from err
+    vp, i32, i64, f64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
+    lib.hvdps_fusion_last_error.restype = ctypes.c_char_p
+    lib.hvdps_fusion_last_error.argtypes = []
+    lib.hvdps_fusion_push.restype = i32
+    lib.hvdps_fusion_push.argtypes = [i32, ctypes.POINTER(vp), i32, vp, vp, f64, f64, i32]
+    lib.hvdps_fusion_threads.restype = i32
+    lib.hvdps_fusion_threads.argtypes = [i32]
+    lib.hvdps_fusion_has_f16c.restype = i32
+    lib.hvdps_fusion_has_f16c.argtypes = []
+    lib.hvdps_fusion_float_to_half.restype = None
+    lib.hvdps_fusion_float_to_half.argtypes = [vp, vp, i64, i32]
+    lib.hvdps_fusion_half_to_float.restype = None
+    lib.hvdps_fusion_half_to_float.argtypes = [vp, vp, i64, i32]
+    return lib
+
+
+_LIB = _load_library()
+
+
+def _dtype(dtype: DTypeLike, what: str) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise ConfigError(f"{what}={dtype!r} is not a dtype") from None
+    if dt not in SUPPORTED_DTYPES:
+        raise ConfigError(f"{what}={dt.name} is not supported; use float32, float64 or float16")
+    return dt
+
+
+def _check_array(arr: object, what: str) -> mx.nd.NDArray:
+    """A dense CPU NDArray of a supported dtype, or ConfigError naming ``what``."""
+    if not isinstance(arr, mx.nd.NDArray):
+        raise ConfigError(f"{what} must be an mxnet NDArray, got {type(arr).__name__}")
+    if arr.stype != "default":
+        raise ConfigError(f"{what} has {arr.stype} storage; fused buffers take dense arrays")
+    if arr.context.device_type not in _CPU_DEVICES:
+        raise ConfigError(f"{what} is on {arr.context}; fused buffers take CPU arrays only")
+    dt = np.dtype(arr.dtype)
+    if dt not in SUPPORTED_DTYPES:
+        raise ConfigError(f"{what} has dtype {dt.name}; supported: float32, float64, float16")
+    return arr
+
+
+def _scalar(value: float, what: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what}={value!r} is not a number") from None
+
+
+class FusedBuffer:
+    """A list of same-dtype CPU NDArrays packed into, and unpacked from, one flat buffer.
+
+    Args:
+        arrays: the NDArrays, all float32, all float64 or all float16, dense, on CPU. May be
+            empty; zero-size arrays are allowed.
+        threads: threads of each operation; ``None`` reads ``HVD_PS_FUSION_THREADS`` through
+            :func:`hvd_ps.config.load`; 0 means ``min(4, CPU count)``. Operations under 256K
+            elements always use one thread.
+
+    Raises:
+        ConfigError: an array is not a dense CPU NDArray of a supported dtype, the dtypes are
+            mixed (the message names them), or an array is given twice.
+    """
+
+    def __init__(self, arrays: Sequence[mx.nd.NDArray], *, threads: Optional[int] = None) -> None:
+        if isinstance(arrays, mx.nd.NDArray) or not isinstance(arrays, (list, tuple)):
+            raise ConfigError(
+                f"arrays must be a list or tuple of NDArrays, got {type(arrays).__name__}"
+            )
+        checked = [_check_array(a, f"arrays[{i}]") for i, a in enumerate(arrays)]
+        by_dtype: dict = {}
+        for i, a in enumerate(checked):
+            by_dtype.setdefault(np.dtype(a.dtype).name, []).append(i)
+        if len(by_dtype) > 1:
+            found = "; ".join(
+                f"{name} (arrays {', '.join(map(str, idx[:5]))}{', ...' if len(idx) > 5 else ''})"
+                for name, idx in by_dtype.items()
+            )
+            raise ConfigError(
+                f"FusedBuffer arrays must share one dtype, found {found}: group your arrays per "
+                "dtype and make one FusedBuffer per group"
+            )
+        seen: dict = {}
+        for i, a in enumerate(checked):
+            key = a.handle.value
+            if key in seen:
+                raise ConfigError(f"arrays[{seen[key]}] and arrays[{i}] are the same NDArray")
+            seen[key] = i
+        if threads is None:
+            threads = config.load().fusion_threads
+        if not isinstance(threads, int) or threads < 0:
+            raise ConfigError(f"threads={threads!r} must be an int >= 0 (0: automatic)")
+
+        self._arrays: List[mx.nd.NDArray] = checked
+        self._dtype = np.dtype(checked[0].dtype) if checked else np.dtype(np.float32)
+        offsets = [0]
+        for a in checked:
+            offsets.append(offsets[-1] + int(a.size))
+        self._offsets: Tuple[int, ...] = tuple(offsets)
+        self._threads = threads
+        self._handles = (ctypes.c_void_p * max(1, len(checked)))(*[a.handle for a in checked])
+
+    # -- properties ------------------------------------------------------------------------------
+
+    @property
+    def arrays(self) -> List[mx.nd.NDArray]:
+        """The arrays, in layout order (a copy of the list; the arrays themselves, not copies)."""
+        return list(self._arrays)
+
+    @property
+    def size(self) -> int:
+        """Total number of elements (the flat buffer's length)."""
+        return self._offsets[-1]
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The arrays' common dtype (float32 for an empty buffer)."""
+        return self._dtype
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays' data (``size * dtype.itemsize``)."""
+        return self.size * self._dtype.itemsize
+
+    @property
+    def offsets(self) -> Tuple[int, ...]:
+        """``len(arrays) + 1`` boundaries: array i is ``flat[offsets[i]:offsets[i + 1]]``."""
+        return self._offsets
+
+    @property
+    def threads(self) -> int:
+        """Threads an operation of at least 256K elements uses."""
+        return int(_LIB.hvdps_fusion_threads(self._threads))
+
+    def __repr__(self) -> str:
+        return (
+            f"FusedBuffer({len(self._arrays)} arrays, size={self.size}, dtype={self._dtype.name})"
+        )
+
+    # -- operations ------------------------------------------------------------------------------
+
+    def pack(self, dtype: DTypeLike = None, out: Optional[mx.nd.NDArray] = None) -> mx.nd.NDArray:
+        """The arrays concatenated into a flat 1-D CPU NDArray, cast to ``dtype``.
+
+        Args:
+            dtype: dtype of the flat buffer (default: ``out``'s dtype, else the arrays' dtype).
+            out: a preallocated 1-D CPU NDArray of ``size`` elements to write into (reusing one
+                avoids allocating, and page-faulting in, a fresh buffer on every call).
+
+        Returns:
+            ``out`` or a new NDArray; returned at once, ready when MXNet's engine has run it.
+        """
+        out = self._output(dtype, out)
+        self._push(_PACK, out, None, 1.0, 0.0)
+        return out
+
+    def unpack(self, flat: mx.nd.NDArray, alpha: float = 1.0, beta: float = 0.0) -> None:
+        """Write ``alpha * flat + beta * array`` back into every array, in place.
+
+        ``flat`` is a 1-D CPU NDArray of ``size`` elements of any supported dtype; it is cast to
+        each array's dtype. With ``beta == 0`` the arrays' old contents are never read.
+        """
+        self._check_flat(flat, "flat")
+        self._push(_UNPACK, flat, None, _scalar(alpha, "alpha"), _scalar(beta, "beta"))
+
+    def pack_axpby(
+        self,
+        ref: mx.nd.NDArray,
+        alpha: float,
+        beta: float,
+        dtype: DTypeLike = None,
+        out: Optional[mx.nd.NDArray] = None,
+    ) -> mx.nd.NDArray:
+        """``out = alpha * arrays + beta * ref`` as a flat buffer, in one pass.
+
+        ``ref`` is a flat 1-D CPU NDArray of ``size`` elements; ``out`` may be ``ref`` itself
+        (updated in place). DiLoCo's pseudo-gradient ``x_start - x`` is
+        ``pack_axpby(x_start_flat, alpha=-1.0, beta=1.0)``.
+        """
+        self._check_flat(ref, "ref")
+        out = self._output(dtype, out)
+        self._push(_PACK_AXPBY, out, ref, _scalar(alpha, "alpha"), _scalar(beta, "beta"))
+        return out
+
+    def elastic(
+        self,
+        center: mx.nd.NDArray,
+        alpha: float,
+        out: Optional[mx.nd.NDArray] = None,
+        dtype: DTypeLike = None,
+    ) -> mx.nd.NDArray:
+        """EASGD's elastic step in one pass: ``d = alpha * (arrays - center)``, ``arrays -= d``.
+
+        ``center`` is a flat 1-D CPU NDArray of ``size`` elements (must not be ``out``).
+        Returns the flat ``d`` (``out`` if given), which the leader pushes for ``center += d``.
+        """
+        self._check_flat(center, "center")
+        out = self._output(dtype, out)
+        self._push(_ELASTIC, out, center, _scalar(alpha, "alpha"), 0.0)
+        return out
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _check_flat(self, flat: object, what: str) -> mx.nd.NDArray:
+        arr = _check_array(flat, what)
+        if arr.ndim != 1 or arr.shape[0] != self.size:
+            raise ConfigError(
+                f"{what} must be a 1-D NDArray of {self.size} elements (this buffer's size), "
+                f"got shape {arr.shape}"
+            )
+        return arr
+
+    def _output(self, dtype: DTypeLike, out: Optional[mx.nd.NDArray]) -> mx.nd.NDArray:
+        if out is None:
+            dt = self._dtype if dtype is None else _dtype(dtype, "dtype")
+            return mx.nd.empty((self.size,), ctx=mx.cpu(), dtype=dt)
+        self._check_flat(out, "out")
+        if dtype is not None and _dtype(dtype, "dtype") != np.dtype(out.dtype):
+            raise ConfigError(
+                f"dtype={np.dtype(dtype).name} does not match out's dtype "
+                f"{np.dtype(out.dtype).name}"
+            )
+        return out
+
+    def _push(
+        self,
+        kind: int,
+        flat: mx.nd.NDArray,
+        aux: Optional[mx.nd.NDArray],
+        alpha: float,
+        beta: float,
+    ) -> None:
+        rc = _LIB.hvdps_fusion_push(
+            kind,
+            self._handles,
+            len(self._arrays),
+            flat.handle,
+            None if aux is None else aux.handle,
+            alpha,
+            beta,
+            self._threads,
+        )
+        if rc != 0:
+            message = (_LIB.hvdps_fusion_last_error() or b"").decode("utf-8", "replace")
+            raise (ConfigError if rc == 1 else HvdPsError)(f"FusedBuffer: {message}")
