@@ -1,13 +1,19 @@
 // hvd_ps fused-buffer op: the extern "C" API loaded by hvd_ps/fusion.py with ctypes.
 //
-// hvdps_fusion_push() validates the NDArrays through MXNet's C API, takes their data pointers
-// on the caller's thread (which also allocates delayed storage), and pushes one operation to
+// hvdps_fusion_push() validates the NDArrays through MXNet's C API and pushes one operation to
 // MXNet's dependency engine that reads the const arrays and writes the mutable ones.  The
 // engine runs it after every earlier writer of what it reads or writes and before every later
 // reader or writer, so the call returns at once and overlaps with compute.
+//
+// Data pointers: the buffer's own arrays are waited for and allocated once, when the buffer is
+// made (hvdps_fusion_prepare); their pointers are then taken on the caller's thread at each push
+// (MXNDArrayGetData also converts an MKLDNN-layout array back to the default layout there, which
+// it could not do from inside an engine op holding the array).  The flat operands' pointers are
+// taken inside the engine op, since their storage may still be allocated by an in-flight op.
 #include <mxnet/c_api.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
@@ -45,8 +51,9 @@ void mx_check(int rc, const char* what) {
   if (rc != 0) throw Failure{kMXNetError, std::string(what) + ": " + MXGetLastError()};
 }
 
-// Dtype, shape, storage and context of one array; its data pointer if it has elements.
-ArrayInfo inspect(NDArrayHandle h, const std::string& name) {
+// Dtype, shape, storage and context of one array; with fetch_data, its data pointer too (if it
+// has elements), which allocates delayed storage.
+ArrayInfo inspect(NDArrayHandle h, const std::string& name, bool fetch_data) {
   if (h == nullptr) throw Failure{kBadArgument, name + " is a null NDArray handle"};
   ArrayInfo info;
   int stype = 0;
@@ -77,7 +84,7 @@ ArrayInfo inspect(NDArrayHandle h, const std::string& name) {
     if (shape64[d] < 0) throw Failure{kBadArgument, name + " has an unknown shape"};
     info.size *= shape64[d];
   }
-  if (info.size > 0) {
+  if (fetch_data && info.size > 0) {
     mx_check(MXNDArrayGetData(h, &info.data), "MXNDArrayGetData");
     if (info.data == nullptr) throw Failure{kBadArgument, name + " has no storage"};
   }
@@ -102,8 +109,39 @@ void check_no_overlap(std::vector<std::pair<const char*, const char*>> ranges,
   }
 }
 
-void run_engine_op(void* /*run_context*/, void* param) { run_op(*static_cast<OpSpec*>(param)); }
-void delete_op(void* param) { delete static_cast<OpSpec*>(param); }
+// An op as pushed: the kernel spec plus the flat operands, whose data pointers are taken only
+// when the engine runs the op.  A flat operand is typically fresh (a pull's or an MXNet op's
+// output still being computed); its storage may be allocated by that in-flight op on an engine
+// thread, so asking for its pointer on the caller's thread would race with that allocation.
+// The op holds its own references to the flat operands (shallow copies: new NDArray objects
+// sharing the storage), since the caller's may be freed before the engine runs it.
+struct EngineOp {
+  OpSpec spec;
+  NDArrayHandle flat = nullptr;
+  NDArrayHandle aux = nullptr;  // null when unused or when it is the flat buffer itself
+  ~EngineOp() {
+    if (flat != nullptr) MXNDArrayFree(flat);
+    if (aux != nullptr) MXNDArrayFree(aux);
+  }
+};
+
+void run_engine_op(void* /*run_context*/, void* param) {
+  EngineOp* op = static_cast<EngineOp*>(param);
+  void* flat = nullptr;
+  void* aux = nullptr;
+  if (MXNDArrayGetData(op->flat, &flat) != 0 ||
+      (op->aux != nullptr && MXNDArrayGetData(op->aux, &aux) != 0) || flat == nullptr) {
+    std::fprintf(stderr, "hvd_ps fused-buffer op skipped: no data pointer: %s\n",
+                 MXGetLastError());
+    return;
+  }
+  op->spec.flat = flat;
+  if (op->spec.kind == OpKind::kPackAxpby || op->spec.kind == OpKind::kElastic) {
+    op->spec.aux = op->aux != nullptr ? aux : flat;
+  }
+  run_op(op->spec);
+}
+void delete_op(void* param) { delete static_cast<EngineOp*>(param); }
 
 const char* op_name(OpKind kind) {
   switch (kind) {
@@ -115,63 +153,86 @@ const char* op_name(OpKind kind) {
   return "hvd_ps_fused";
 }
 
+// The buffer's arrays: validated, with their data pointers (taken on this thread: they were
+// allocated by prepare(), so no in-flight op can be allocating them now).  Also checks that no
+// two of them share memory, which the engine could not take (one variable declared twice).
+std::vector<ArrayInfo> inspect_arrays(NDArrayHandle* arrays, int n) {
+  if (n < 0) throw Failure{kBadArgument, "negative array count"};
+  std::vector<ArrayInfo> infos;
+  std::vector<std::pair<const char*, const char*>> ranges;
+  std::vector<std::string> names;
+  for (int i = 0; i < n; ++i) {
+    const std::string name = "arrays[" + std::to_string(i) + "]";
+    infos.push_back(inspect(arrays[i], name, true));
+    const ArrayInfo& a = infos.back();
+    if (a.size == 0) continue;
+    const char* p = static_cast<const char*>(a.data);
+    ranges.emplace_back(p, p + a.size * static_cast<int64_t>(dtype_size(a.dtype)));
+    names.push_back(name);
+  }
+  check_no_overlap(ranges, names);
+  return infos;
+}
+
+void prepare(NDArrayHandle* arrays, int n) {
+  for (int i = 0; i < n; ++i) {
+    inspect(arrays[i], "arrays[" + std::to_string(i) + "]", false);
+    mx_check(MXNDArrayWaitToRead(arrays[i]), "MXNDArrayWaitToRead");
+  }
+  inspect_arrays(arrays, n);  // allocates delayed storage, now that no producer is in flight
+}
+
 void push(OpKind kind, NDArrayHandle* arrays, int n, NDArrayHandle flat, NDArrayHandle aux,
           double alpha, double beta, int threads) {
   const bool uses_aux = kind == OpKind::kPackAxpby || kind == OpKind::kElastic;
-  if (n < 0) throw Failure{kBadArgument, "negative array count"};
-  auto spec = std::make_unique<OpSpec>();
+  auto op = std::make_unique<EngineOp>();
+  OpSpec* spec = &op->spec;
   spec->kind = kind;
   spec->alpha = alpha;
   spec->beta = beta;
   spec->threads = threads;
 
+  const std::vector<ArrayInfo> infos = inspect_arrays(arrays, n);
   std::vector<NDArrayHandle> nonempty;
-  std::vector<std::pair<const char*, const char*>> ranges;
-  std::vector<std::string> names;
-  auto note_range = [&](const ArrayInfo& a, const std::string& name) {
-    const char* p = static_cast<const char*>(a.data);
-    ranges.emplace_back(p, p + a.size * static_cast<int64_t>(dtype_size(a.dtype)));
-    names.push_back(name);
-  };
   for (int i = 0; i < n; ++i) {
-    const std::string name = "arrays[" + std::to_string(i) + "]";
-    const ArrayInfo a = inspect(arrays[i], name);
+    const ArrayInfo& a = infos[i];
+    if (flat == arrays[i] || (uses_aux && aux == arrays[i])) {
+      throw Failure{kBadArgument, "arrays[" + std::to_string(i) +
+                                      "] is also given as a flat operand; use a separate array"};
+    }
     if (a.size == 0) continue;  // nothing to read or write: no dependency either
     spec->segments.push_back(Segment{a.data, a.dtype, a.size, spec->total});
     spec->total += a.size;
     nonempty.push_back(arrays[i]);
-    note_range(a, name);
   }
 
-  const ArrayInfo f = inspect(flat, "flat buffer");
+  const ArrayInfo f = inspect(flat, "flat buffer", false);
   if (f.ndim != 1 || f.size != spec->total) {
     throw Failure{kBadArgument, "flat buffer must be 1-D with " + std::to_string(spec->total) +
                                     " elements (the arrays' total), got " +
                                     std::to_string(f.ndim) + "-D with " +
                                     std::to_string(f.size)};
   }
-  spec->flat = f.data;
   spec->flat_dtype = f.dtype;
   bool aux_is_flat = false;
   if (uses_aux) {
     const char* what = kind == OpKind::kElastic ? "centre" : "ref";
-    const ArrayInfo a = inspect(aux, what);
+    const ArrayInfo a = inspect(aux, what, false);
     if (a.ndim != 1 || a.size != spec->total) {
       throw Failure{kBadArgument, std::string(what) + " must be 1-D with " +
                                       std::to_string(spec->total) + " elements, got " +
                                       std::to_string(a.ndim) + "-D with " +
                                       std::to_string(a.size)};
     }
-    spec->aux = a.data;
     spec->aux_dtype = a.dtype;
-    // pack_axpby may write its result over ref (same array): then ref is only mutable.
-    aux_is_flat = kind == OpKind::kPackAxpby && (aux == flat || (a.data == f.data &&
-                                                                  a.dtype == f.dtype));
-    if (!aux_is_flat) note_range(a, what);
+    aux_is_flat = aux == flat;  // pack_axpby may write its result over ref: then it is mutable
+    if (aux_is_flat && kind == OpKind::kElastic) {
+      throw Failure{kBadArgument, "the centre must not be the output array"};
+    }
   }
   if (spec->total == 0) return;  // empty buffer: nothing to do
-  note_range(f, "flat buffer");
-  check_no_overlap(ranges, names);
+  mx_check(MXShallowCopyNDArray(flat, &op->flat), "MXShallowCopyNDArray");
+  if (uses_aux && !aux_is_flat) mx_check(MXShallowCopyNDArray(aux, &op->aux), "MXShallowCopyNDArray");
 
   std::vector<NDArrayHandle> reads, writes;
   switch (kind) {
@@ -195,7 +256,7 @@ void push(OpKind kind, NDArrayHandle* arrays, int n, NDArrayHandle flat, NDArray
       break;
   }
   static const EngineContext cpu{1, 0};
-  OpSpec* raw = spec.release();
+  EngineOp* raw = op.release();
   const int rc = MXEnginePushSyncND(run_engine_op, raw, delete_op, &cpu, reads.data(),
                                     static_cast<int>(reads.size()), writes.data(),
                                     static_cast<int>(writes.size()), nullptr, 0, op_name(kind));
@@ -224,6 +285,18 @@ HVDPS_API int hvdps_fusion_push(int kind, NDArrayHandle* arrays, int n, NDArrayH
   } catch (const std::exception& e) {
     hvdps::g_error = e.what();
     return hvdps::kMXNetError;
+  }
+}
+
+// Validates a buffer's arrays once: waits for their pending writes, allocates delayed storage
+// and checks that no two share memory.  Blocks; call it when the buffer is made.
+HVDPS_API int hvdps_fusion_prepare(NDArrayHandle* arrays, int n) {
+  try {
+    hvdps::prepare(arrays, n);
+    return hvdps::kOk;
+  } catch (const hvdps::Failure& e) {
+    hvdps::g_error = e.message;
+    return e.status;
   }
 }
 

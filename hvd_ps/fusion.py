@@ -89,6 +89,8 @@ def _load_library() -> ctypes.CDLL:
     lib.hvdps_fusion_last_error.argtypes = []
     lib.hvdps_fusion_push.restype = i32
     lib.hvdps_fusion_push.argtypes = [i32, ctypes.POINTER(vp), i32, vp, vp, f64, f64, i32]
+    lib.hvdps_fusion_prepare.restype = i32
+    lib.hvdps_fusion_prepare.argtypes = [ctypes.POINTER(vp), i32]
     lib.hvdps_fusion_threads.restype = i32
     lib.hvdps_fusion_threads.argtypes = [i32]
     lib.hvdps_fusion_has_f16c.restype = i32
@@ -144,9 +146,12 @@ class FusedBuffer:
             :func:`hvd_ps.config.load`; 0 means ``min(4, CPU count)``. Operations under 256K
             elements always use one thread.
 
+    Making a buffer waits for the arrays' pending writes and allocates their storage (once,
+    so later operations can take the arrays' data pointers without racing an in-flight op).
+
     Raises:
         ConfigError: an array is not a dense CPU NDArray of a supported dtype, the dtypes are
-            mixed (the message names them), or an array is given twice.
+            mixed (the message names them), or two arrays share memory.
     """
 
     def __init__(self, arrays: Sequence[mx.nd.NDArray], *, threads: Optional[int] = None) -> None:
@@ -186,6 +191,7 @@ class FusedBuffer:
         self._offsets: Tuple[int, ...] = tuple(offsets)
         self._threads = threads
         self._handles = (ctypes.c_void_p * max(1, len(checked)))(*[a.handle for a in checked])
+        self._check(_LIB.hvdps_fusion_prepare(self._handles, len(checked)))
 
     # -- properties ------------------------------------------------------------------------------
 
@@ -327,6 +333,10 @@ class FusedBuffer:
             beta,
             self._threads,
         )
+        self._check(rc)
+
+    @staticmethod
+    def _check(rc: int) -> None:
         if rc != 0:
             message = (_LIB.hvdps_fusion_last_error() or b"").decode("utf-8", "replace")
             raise (ConfigError if rc == 1 else HvdPsError)(f"FusedBuffer: {message}")
