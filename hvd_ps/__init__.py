@@ -5,8 +5,23 @@ each group's leader exchanges one fused buffer with a parameter-server tier (MXN
 KVStore), synchronously or not. See README.md for the strategies and their update equations.
 """
 
+from .config import defuse_stock_server as _defuse
+
+_defuse()  # before anything imports mxnet: see hvd_ps/server.py
+
 from .errors import ConfigError, ExchangeTimeout, HvdPsError, TierError, TopologyError
 from .fusion import FusedBuffer
+from .runtime import (
+    group,
+    group_id,
+    group_rank,
+    group_size,
+    groups,
+    init,
+    is_leader,
+    num_groups,
+    shutdown,
+)
 
 __version__ = "0.1.0"
 
@@ -18,4 +33,13 @@ __all__ = [
     "TierError",
     "TopologyError",
     "__version__",
+    "group",
+    "group_id",
+    "group_rank",
+    "group_size",
+    "groups",
+    "init",
+    "is_leader",
+    "num_groups",
+    "shutdown",
 ]

@@ -111,3 +111,31 @@ def ps_environment(
         "DMLC_NUM_WORKER": str(num_workers),
         "DMLC_NODE_HOST": node_host,
     }
+
+
+SERVER_ROLES = ("scheduler", "server")
+
+
+def defuse_stock_server() -> None:
+    """Keep ``import mxnet`` from running MXNet's stock (pickle-loading) server.
+
+    MXNet starts its own server at import time when ``DMLC_ROLE`` is ``server`` or
+    ``scheduler``. Before mxnet is imported, such a role is moved to ``HVD_PS_SERVER_ROLE`` and
+    ``DMLC_ROLE`` becomes ``worker``; ``python -m hvd_ps.server`` puts it back when it starts
+    ps-lite with its own safe controller.
+    """
+    role = os.environ.get("DMLC_ROLE")
+    if role in SERVER_ROLES:
+        os.environ["HVD_PS_SERVER_ROLE"] = role
+        os.environ["DMLC_ROLE"] = "worker"
+
+
+def server_role() -> Optional[str]:
+    """The PS role this process was started with, or None for a training process."""
+    role = os.environ.get("HVD_PS_SERVER_ROLE") or os.environ.get("DMLC_ROLE")
+    return role if role in SERVER_ROLES else None
+
+
+def restore_role(role: str) -> None:
+    """Hand the role back to ps-lite (which reads ``DMLC_ROLE`` when the KVStore is created)."""
+    os.environ["DMLC_ROLE"] = role

@@ -1,0 +1,185 @@
+"""``hvd_ps.init`` / ``hvd_ps.shutdown`` and the topology queries.
+
+``init`` plans the groups, starts Horovod with their process sets, brings up the PS tier
+(embedded: global rank 0 starts a scheduler and servers on loopback; or the one named by
+``DMLC_PS_ROOT_URI``/``DMLC_PS_ROOT_PORT``) and connects each group's leader to it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence
+
+from . import config, deadline, spawn, topology
+from .errors import HvdPsError, TierError
+from .tier import Client
+
+
+@dataclass
+class Runtime:
+    cfg: config.Config
+    topo: topology.Topology
+    address: tuple  # (uri, port, num_servers)
+    local: Optional[spawn.LocalTier] = None
+    client: Optional[Client] = None
+    collectives: int = 0
+
+    def next_name(self, what: str) -> str:
+        """A collective's name, identical on every rank (calls happen in program order)."""
+        self.collectives += 1
+        return f"hvd_ps.{what}.{self.collectives}"
+
+
+_rt: Optional[Runtime] = None
+_lock = threading.Lock()
+
+
+def _bound_horovod(cfg: config.Config) -> None:
+    """Make Horovod give up on a stalled collective instead of waiting forever."""
+    check = max(1, int(cfg.timeout / 4))
+    os.environ.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", str(check))
+    os.environ.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", str(max(2, int(cfg.timeout))))
+
+
+def init(
+    group_size: Optional[int] = None, groups: Optional[Sequence[Sequence[int]]] = None
+) -> None:
+    """Start hvd_ps: Horovod with one process set per group, and the PS tier.
+
+    Exactly one grouping applies: ``groups`` (explicit partition of all ranks, uneven sizes
+    allowed, e.g. ``[[0], [1, 2, 3]]``), ``group_size`` (consecutive ranks, must divide the
+    world size), or by default one group per host. Calls ``hvd.init`` itself. Raises
+    :class:`~hvd_ps.errors.TopologyError` on every rank for a bad layout, before anything blocks.
+
+    Example::
+
+        hvd_ps.init(group_size=2)      # 4 ranks -> groups [0, 1] and [2, 3]
+    """
+    global _rt
+    with _lock:
+        if _rt is not None:
+            raise HvdPsError("hvd_ps.init() was already called in this process")
+        if config.server_role() is not None:
+            raise HvdPsError(
+                "this process was started with DMLC_ROLE=server/scheduler; start PS servers "
+                "with 'python -m hvd_ps.server', not with the training script"
+            )
+        cfg = config.load()
+        _bound_horovod(cfg)
+        topo = topology.setup(group_size=group_size, groups=groups)
+        local, address = _start_tier(cfg, topo)
+        _rt = Runtime(cfg, topo, address, local)
+        atexit.register(_at_exit)
+        if topo.is_leader:
+            _rt.client = Client(
+                address[0], address[1], address[2], topo.num_groups, topo.group_id, cfg
+            )
+            _rt.client.connect()
+
+
+def _start_tier(cfg: config.Config, topo: topology.Topology) -> tuple:
+    """Rank 0 starts the embedded tier (unless one is configured) and tells every rank."""
+    import horovod.mxnet as hvd
+
+    if cfg.external_tier:
+        assert cfg.ps_root_uri is not None and cfg.ps_root_port is not None
+        return None, (cfg.ps_root_uri, cfg.ps_root_port, cfg.ps_num_servers or 1)
+    local = None
+    message: Any = None
+    if topo.rank == 0:
+        try:
+            local = spawn.start(cfg.num_servers, topo.num_groups, timeout=cfg.timeout)
+            message = (local.host, local.port, local.num_servers)
+        except HvdPsError as err:
+            message = f"rank 0 could not start the embedded PS tier: {err}"
+    with deadline.deadline("waiting for rank 0 to start the embedded PS tier", cfg.timeout):
+        message = hvd.broadcast_object(message, root_rank=0, name="hvd_ps.tier_address")
+    if isinstance(message, str):
+        raise TierError(message)
+    if local is not None:
+        tier = local
+        deadline.on_fatal(lambda: tier.stop(grace=0))
+        tier.watch(lambda what: deadline.fatal(f"{what} during the job; ending it"))
+    return local, tuple(message)
+
+
+def runtime() -> Runtime:
+    if _rt is None:
+        raise HvdPsError("call hvd_ps.init() first")
+    return _rt
+
+
+def barrier(what: str, process_set: Any = None) -> None:
+    """A Horovod barrier (an allreduce of one number) bounded by ``HVD_PS_TIMEOUT``."""
+    import horovod.mxnet as hvd
+    import mxnet as mx
+
+    rt = runtime()
+    ps = hvd.global_process_set if process_set is None else process_set
+    if ps.size() == 1:
+        return
+    with deadline.deadline(f"barrier: {what}", rt.cfg.timeout):
+        hvd.allreduce(
+            mx.nd.zeros((1,)), name=rt.next_name("barrier"), process_set=ps
+        ).wait_to_read()
+
+
+def shutdown() -> None:
+    """Leave the PS tier, stop the embedded servers, and shut Horovod down. Idempotent."""
+    global _rt
+    import horovod.mxnet as hvd
+
+    with _lock:
+        rt = _rt
+        if rt is None:
+            return
+        barrier("hvd_ps.shutdown on every rank")
+        if rt.client is not None:
+            rt.client.close()
+        if rt.local is not None:
+            rt.local.stop(grace=min(10.0, rt.cfg.timeout))
+        _rt = None
+        hvd.shutdown()
+
+
+def _at_exit() -> None:
+    """If the program ends without shutdown(): never leave servers behind."""
+    rt = _rt
+    if rt is not None and rt.local is not None:
+        rt.local.stop(grace=0)
+
+
+# -- topology queries ----------------------------------------------------------------------
+
+
+def group() -> Any:
+    """The Horovod ``ProcessSet`` of this rank's group."""
+    return runtime().topo.group
+
+
+def group_id() -> int:
+    return runtime().topo.group_id
+
+
+def num_groups() -> int:
+    return runtime().topo.num_groups
+
+
+def group_rank() -> int:
+    return runtime().topo.group_rank
+
+
+def group_size() -> int:
+    return runtime().topo.group_size
+
+
+def is_leader() -> bool:
+    return runtime().topo.is_leader
+
+
+def groups() -> List[List[int]]:
+    """Every group, as lists of global ranks."""
+    return [list(g) for g in runtime().topo.groups]

@@ -1,0 +1,153 @@
+"""The PS client of a group leader: connect, fused keys, push/pull/exchange, with timeouts.
+
+Only leaders create a dist KVStore, with ``DMLC_NUM_WORKER`` = number of groups. Each fused
+buffer is one integer key; all leaders register their keys in the same order (the program is
+the same on every rank), and the trainer checks their shapes and dtypes agree before the first
+push. ps-lite's worker ranks follow registration order, not group ids: :attr:`Client.ps_rank`
+maps one to the other and is only used for logging.
+
+Round safety (see DESIGN.md): in sync mode a server closes a round when it has one push per
+worker. :meth:`Client.exchange` pushes, then pulls into a buffer whose write depends on the
+push's completion, and waits; the push completes only when its round closes, so a leader can
+never push the same key twice in one round, however far ahead it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from . import config
+from .deadline import deadline
+from .errors import ConfigError, TierError
+
+SYNC_MODE_HEAD = 3  # MXNet's kSyncMode command id
+CONTROLLER_HEAD = 0  # MXNet's kController command id (carries our JSON commands)
+
+
+@dataclass
+class Stats:
+    """Counters of one client (bytes as sent on the wire)."""
+
+    exchanges: int = 0
+    bytes_pushed: int = 0
+    bytes_pulled: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> Dict[str, float]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Client:
+    """One leader's connection to the PS tier."""
+
+    uri: str
+    port: int
+    num_servers: int
+    num_groups: int
+    group_id: int
+    cfg: config.Config
+    kv: Any = None
+    mode: Optional[str] = None
+    keys: Dict[int, str] = field(default_factory=dict)
+    stats: Stats = field(default_factory=Stats)
+
+    @property
+    def where(self) -> str:
+        return f"PS tier at {self.uri}:{self.port} ({self.num_servers} server(s))"
+
+    def connect(self) -> None:
+        """Join the tier as a worker. Waits for every leader and server, within the timeout."""
+        import mxnet as mx
+
+        os.environ.update(
+            config.ps_environment(
+                "worker",
+                self.uri,
+                self.port,
+                self.num_servers,
+                self.num_groups,
+                self.cfg.node_host,
+            )
+        )
+        what = f"group {self.group_id}'s leader connecting to the {self.where}"
+        with deadline(what + " (are all servers and leaders up?)", self.cfg.timeout):
+            try:
+                self.kv = mx.kv.create("dist_async")
+            except mx.base.MXNetError as err:
+                raise TierError(f"{what} failed: {err}") from None
+        if self.kv.num_workers != self.num_groups:
+            raise TierError(
+                f"the {self.where} expects {self.kv.num_workers} leaders, this job has "
+                f"{self.num_groups} groups"
+            )
+
+    @property
+    def ps_rank(self) -> int:
+        return int(self.kv.rank)
+
+    def barrier(self, what: str) -> None:
+        with deadline(f"PS barrier of the leaders ({what})", self.cfg.timeout):
+            self.kv._barrier()
+
+    def set_mode(self, mode: str) -> None:
+        """Make the servers sync (rounds of one push per group) or async. Once per job."""
+        if mode not in ("sync", "async"):
+            raise ConfigError(f"mode={mode!r} must be 'sync' or 'async'")
+        if self.mode is not None:
+            if self.mode != mode:
+                raise ConfigError(
+                    f"the PS tier of this job already runs in {self.mode} mode; all trainers "
+                    f"of one job must use the same mode (asked for {mode})"
+                )
+            return
+        if mode == "sync" and self.ps_rank == 0:
+            self.kv._send_command_to_servers(SYNC_MODE_HEAD, "")
+        self.mode = mode
+        self.barrier(f"switching to {mode} mode")
+
+    def register(self, name: str, initial: Any, updater: str, params: Dict[str, Any]) -> int:
+        """A new key for a fused buffer: set its server updater and initial value."""
+        key = len(self.keys)
+        self.keys[key] = name
+        self.command(key, updater, params)
+        with deadline(f"initialising PS key {key} ({name}) on the {self.where}", self.cfg.timeout):
+            self.kv.init(key, initial)
+        return key
+
+    def command(self, key: int, updater: str, params: Dict[str, Any]) -> None:
+        """Tell every server how to apply pushes to ``key`` (one of the named updaters)."""
+        body = json.dumps({"hvd_ps": 1, "key": key, "updater": updater, "params": params})
+        self.kv._send_command_to_servers(CONTROLLER_HEAD, body)
+
+    def exchange(self, key: int, push: Optional[Any], pull: Any) -> None:
+        """Push ``push`` (if given) to ``key``, then pull the key's value into ``pull``; wait."""
+        start = time.perf_counter()
+        if push is not None:
+            self.kv.push(key, push)
+            self.stats.bytes_pushed += push.size * np.dtype(push.dtype).itemsize
+        self.kv.pull(key, out=pull)
+        what = f"PS exchange of key {key} ({self.keys.get(key)}) with the {self.where}"
+        if self.mode == "sync" and push is not None:
+            what += "; the round waits for every group's leader"
+        with deadline(what, self.cfg.timeout):
+            pull.wait_to_read()
+        self.stats.bytes_pulled += pull.size * np.dtype(pull.dtype).itemsize
+        self.stats.exchanges += 1
+        self.stats.seconds += time.perf_counter() - start
+
+    def close(self) -> None:
+        """Leave the tier (ps-lite's exit barrier over all leaders)."""
+        if self.kv is None:
+            return
+        with deadline(
+            f"leaving the {self.where} (waiting for the other leaders)", self.cfg.timeout
+        ):
+            kv, self.kv = self.kv, None
+            del kv
