@@ -126,6 +126,12 @@ class Client:
         body = json.dumps({"hvd_ps": 1, "key": key, "updater": updater, "params": params})
         self.kv._send_command_to_servers(CONTROLLER_HEAD, body)
 
+    def push(self, key: int, value: Any) -> None:
+        """Push ``value`` to ``key`` without waiting. A later pull of the key is ordered after
+        it (and, in sync mode, after the round it belongs to closes)."""
+        self.kv.push(key, value)
+        self.stats.bytes_pushed += value.size * np.dtype(value.dtype).itemsize
+
     def exchange(self, key: int, push: Optional[Any], pull: Any) -> None:
         """Push ``push`` (if given) to ``key``, then pull the key's value into ``pull``; wait."""
         start = time.perf_counter()
