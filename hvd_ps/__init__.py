@@ -22,10 +22,19 @@ from .runtime import (
     num_groups,
     shutdown,
 )
+from .strategies import EASGD, DiLoCo, GradientPush, ModelAverage, Strategy
+from .trainer import DistributedTrainer, broadcast_parameters
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DiLoCo",
+    "DistributedTrainer",
+    "EASGD",
+    "GradientPush",
+    "ModelAverage",
+    "Strategy",
+    "broadcast_parameters",
     "ConfigError",
     "ExchangeTimeout",
     "FusedBuffer",
