@@ -1,0 +1,137 @@
+"""hvd_ps.config.load: defaults, overrides, and a ConfigError naming every bad variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from hvd_ps import config
+from hvd_ps.errors import ConfigError, HvdPsError
+
+
+def test_defaults():
+    cfg = config.load({})
+    assert cfg == config.Config()
+    assert cfg.timeout == 300.0
+    assert cfg.num_servers == 1
+    assert cfg.fusion_threads == 0
+    assert cfg.wire_dtype == "float32"
+    assert cfg.log_level == "WARNING"
+    assert cfg.node_host == "127.0.0.1"
+    assert cfg.ps_root_uri is None and cfg.ps_root_port is None and cfg.ps_num_servers is None
+    assert cfg.external_tier is False
+
+
+def test_blank_values_mean_default():
+    env = {k: " " for k in ("HVD_PS_TIMEOUT", "HVD_PS_NUM_SERVERS", "HVD_PS_FUSION_THREADS")}
+    env.update(HVD_PS_WIRE_DTYPE="", DMLC_PS_ROOT_URI="", DMLC_NODE_HOST="")
+    assert config.load(env) == config.Config()
+
+
+def test_overrides():
+    cfg = config.load(
+        {
+            "HVD_PS_TIMEOUT": "2.5",
+            "HVD_PS_NUM_SERVERS": "3",
+            "HVD_PS_FUSION_THREADS": "2",
+            "HVD_PS_WIRE_DTYPE": "float16",
+            "HVD_PS_LOG_LEVEL": "info",
+            "DMLC_PS_ROOT_URI": "10.0.0.7",
+            "DMLC_PS_ROOT_PORT": "9091",
+            "DMLC_NUM_SERVER": "2",
+            "DMLC_NODE_HOST": "10.0.0.8",
+        }
+    )
+    assert cfg == config.Config(
+        timeout=2.5,
+        num_servers=3,
+        fusion_threads=2,
+        wire_dtype="float16",
+        log_level="INFO",
+        ps_root_uri="10.0.0.7",
+        ps_root_port=9091,
+        ps_num_servers=2,
+        node_host="10.0.0.8",
+    )
+    assert cfg.external_tier is True
+
+
+def test_reads_os_environ(monkeypatch):
+    monkeypatch.setenv("HVD_PS_TIMEOUT", "7")
+    monkeypatch.setenv("HVD_PS_NUM_SERVERS", "2")
+    cfg = config.load()
+    assert (cfg.timeout, cfg.num_servers) == (7.0, 2)
+
+
+BAD = [
+    ({"HVD_PS_TIMEOUT": "soon"}, "HVD_PS_TIMEOUT"),
+    ({"HVD_PS_TIMEOUT": "0"}, "HVD_PS_TIMEOUT"),
+    ({"HVD_PS_TIMEOUT": "-5"}, "HVD_PS_TIMEOUT"),
+    ({"HVD_PS_TIMEOUT": "nan"}, "HVD_PS_TIMEOUT"),
+    ({"HVD_PS_TIMEOUT": "inf"}, "HVD_PS_TIMEOUT"),
+    ({"HVD_PS_NUM_SERVERS": "0"}, "HVD_PS_NUM_SERVERS"),
+    ({"HVD_PS_NUM_SERVERS": "1.5"}, "HVD_PS_NUM_SERVERS"),
+    ({"HVD_PS_NUM_SERVERS": "two"}, "HVD_PS_NUM_SERVERS"),
+    ({"HVD_PS_FUSION_THREADS": "-1"}, "HVD_PS_FUSION_THREADS"),
+    ({"HVD_PS_FUSION_THREADS": "x"}, "HVD_PS_FUSION_THREADS"),
+    ({"HVD_PS_WIRE_DTYPE": "bfloat16"}, "HVD_PS_WIRE_DTYPE"),
+    ({"HVD_PS_WIRE_DTYPE": "float64"}, "HVD_PS_WIRE_DTYPE"),
+    ({"HVD_PS_LOG_LEVEL": "LOUD"}, "HVD_PS_LOG_LEVEL"),
+    ({"DMLC_PS_ROOT_URI": "127.0.0.1"}, "DMLC_PS_ROOT_PORT"),
+    ({"DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": "http"}, "DMLC_PS_ROOT_PORT"),
+    ({"DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": "0"}, "DMLC_PS_ROOT_PORT"),
+    ({"DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": "65536"}, "DMLC_PS_ROOT_PORT"),
+    ({"DMLC_NUM_SERVER": "0"}, "DMLC_NUM_SERVER"),
+    ({"DMLC_NUM_SERVER": "many"}, "DMLC_NUM_SERVER"),
+]
+
+
+@pytest.mark.parametrize("env, name", BAD, ids=[f"{n}={list(e.values())[-1]}" for e, n in BAD])
+def test_bad_variable_names_itself(env, name):
+    with pytest.raises(ConfigError) as info:
+        config.load(env)
+    assert name in str(info.value)
+    assert isinstance(info.value, HvdPsError) and isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("level", ["debug", "INFO", "Warning", "ERROR", "critical"])
+def test_log_levels(level):
+    assert config.load({"HVD_PS_LOG_LEVEL": level}).log_level == level.upper()
+
+
+def test_ps_environment():
+    env = config.ps_environment("worker", "127.0.0.1", 9000, 2, 3, "127.0.0.1")
+    assert env == {
+        "DMLC_ROLE": "worker",
+        "DMLC_PS_ROOT_URI": "127.0.0.1",
+        "DMLC_PS_ROOT_PORT": "9000",
+        "DMLC_NUM_SERVER": "2",
+        "DMLC_NUM_WORKER": "3",
+        "DMLC_NODE_HOST": "127.0.0.1",
+    }
+    with pytest.raises(ConfigError, match="role='client'"):
+        config.ps_environment("client", "127.0.0.1", 9000, 1, 1, "127.0.0.1")
+
+
+@pytest.mark.parametrize("role", ["server", "scheduler"])
+def test_defuse_and_restore_role(monkeypatch, role):
+    monkeypatch.setenv("DMLC_ROLE", role)
+    monkeypatch.delenv("HVD_PS_SERVER_ROLE", raising=False)
+    config.defuse_stock_server()
+    import os
+
+    assert os.environ["DMLC_ROLE"] == "worker"
+    assert os.environ["HVD_PS_SERVER_ROLE"] == role
+    assert config.server_role() == role
+    config.restore_role(role)
+    assert os.environ["DMLC_ROLE"] == role
+
+
+def test_worker_role_untouched(monkeypatch):
+    monkeypatch.setenv("DMLC_ROLE", "worker")
+    monkeypatch.delenv("HVD_PS_SERVER_ROLE", raising=False)
+    config.defuse_stock_server()
+    import os
+
+    assert os.environ["DMLC_ROLE"] == "worker"
+    assert "HVD_PS_SERVER_ROLE" not in os.environ
+    assert config.server_role() is None
