@@ -27,6 +27,8 @@ variable                   default      meaning
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Mapping, Optional
@@ -64,6 +66,8 @@ def _number(env: Mapping[str, str], name: str, default: float, kind: type, minim
         value = kind(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+    if not math.isfinite(value):  # nan fires every deadline at once; inf kills its timer
+        raise ConfigError(f"{name}={raw!r} must be a finite number")
     if value < minimum:
         raise ConfigError(f"{name}={raw!r} must be >= {minimum}")
     return value
@@ -84,12 +88,15 @@ def load(environ: Optional[Mapping[str, str]] = None) -> Config:
         if port > 65535:
             raise ConfigError(f"DMLC_PS_ROOT_PORT={port} is not a TCP port")
     ps_servers = env.get("DMLC_NUM_SERVER")
+    level = env.get("HVD_PS_LOG_LEVEL", "WARNING").strip().upper() or "WARNING"
+    if not isinstance(logging.getLevelName(level), int):
+        raise ConfigError(f"HVD_PS_LOG_LEVEL={level!r} is not a logging level (e.g. INFO)")
     return Config(
         timeout=float(_number(env, "HVD_PS_TIMEOUT", 300.0, float, 0.1)),
         num_servers=int(_number(env, "HVD_PS_NUM_SERVERS", 1, int, 1)),
         fusion_threads=int(_number(env, "HVD_PS_FUSION_THREADS", 0, int, 0)),
         wire_dtype=wire,
-        log_level=env.get("HVD_PS_LOG_LEVEL", "WARNING").upper(),
+        log_level=level,
         ps_root_uri=uri,
         ps_root_port=port,
         ps_num_servers=int(_number(env, "DMLC_NUM_SERVER", 1, int, 1)) if ps_servers else None,
