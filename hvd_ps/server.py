@@ -32,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -126,7 +127,7 @@ class _Updaters:
         m = float(params.get("momentum", 0.0))
         nesterov = bool(params.get("nesterov", True))
         scale = float(params.get("scale", 1.0))
-        if lr <= 0 or not 0 <= m < 1:
+        if not (0 < lr < math.inf) or not 0 <= m < 1:  # also rejects nan (JSON's NaN)
             raise ValueError(f"nesterov needs lr > 0 and 0 <= momentum < 1, got {lr}, {m}")
         slot: Dict[str, Any] = {}
         self.state[key] = slot
