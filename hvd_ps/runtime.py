@@ -91,7 +91,9 @@ def _start_tier(cfg: config.Config, topo: topology.Topology) -> tuple:
     message: Any = None
     if topo.rank == 0:
         try:
-            local = spawn.start(cfg.num_servers, topo.num_groups, timeout=cfg.timeout)
+            local = spawn.start(
+                cfg.num_servers, topo.num_groups, host=cfg.node_host, timeout=cfg.timeout
+            )
             message = (local.host, local.port, local.num_servers)
         except HvdPsError as err:
             message = f"rank 0 could not start the embedded PS tier: {err}"
