@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence
@@ -73,6 +74,7 @@ def init(
         local, address = _start_tier(cfg, topo)
         _rt = Runtime(cfg, topo, address, local)
         atexit.register(_at_exit)
+        sys.excepthook = _note_crash
         if topo.is_leader:
             _rt.client = Client(
                 address[0], address[1], address[2], topo.num_groups, topo.group_id, cfg
@@ -147,11 +149,35 @@ def shutdown() -> None:
         hvd.shutdown()
 
 
+_crashed = False
+
+
+def _note_crash(kind: Any, value: Any, tb: Any) -> None:
+    global _crashed
+    _crashed = True
+    _previous_hook(kind, value, tb)
+
+
+_previous_hook = sys.excepthook
+
+
 def _at_exit() -> None:
-    """If the program ends without shutdown(): never leave servers behind."""
+    """The program ends without shutdown(): never leave servers behind, never hang.
+
+    After an uncaught exception the other ranks may be anywhere, so the ps-lite client must not
+    run its exit barrier: stop the embedded tier and leave at once with status 1. After a normal
+    end (every rank got here) a regular, bounded shutdown runs.
+    """
     rt = _rt
-    if rt is not None and rt.local is not None:
-        rt.local.stop(grace=0)
+    if rt is None:
+        return
+    if _crashed:
+        if rt.local is not None:
+            rt.local.stop(grace=0)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(1)
+    shutdown()
 
 
 # -- topology queries ----------------------------------------------------------------------
