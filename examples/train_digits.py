@@ -1,0 +1,322 @@
+"""Train an MLP on scikit-learn's digits with hvd_ps (or plain Horovod, as a baseline).
+
+Groups of ranks train with Horovod allreduce inside the group; every ``--period`` steps the
+group leaders meet at the parameter-server tier with the chosen strategy. Each epoch, the
+*global* model (EASGD's centre, the groups' average, the servers' weights) is evaluated on a
+held-out test split. Data: ``sklearn.datasets.load_digits`` (bundled, no download), 8x8 images
+scaled to [0, 1]; a fixed-seed stratified test split; each rank trains on its own equal-size
+shard of the rest.
+
+Run (4 ranks in 2 groups; on a small machine keep one thread per rank)::
+
+    OMP_NUM_THREADS=1 horovodrun -np 4 python examples/train_digits.py --group-size 2
+    OMP_NUM_THREADS=1 horovodrun -np 4 python examples/train_digits.py --group-size 2 \\
+        --sync diloco --period 8 --plot digits.png --json digits.json
+    OMP_NUM_THREADS=1 horovodrun -np 4 python examples/train_digits.py --sync horovod
+
+``--sync horovod`` uses no parameter server at all: ``horovod.mxnet.DistributedTrainer``
+allreduces every step over all ranks (the baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+# one thread per rank: several ranks share a few cores (must be set before mxnet loads)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "1")
+
+import horovod.mxnet as hvd  # noqa: E402
+import mxnet as mx  # noqa: E402
+import numpy as np  # noqa: E402
+
+import hvd_ps  # noqa: E402
+
+STRATEGIES = ("gradient_push", "model_average", "easgd", "diloco", "horovod")
+DEFAULT_PERIOD = {"gradient_push": 1, "model_average": 4, "easgd": 4, "diloco": 8, "horovod": 1}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sync", choices=STRATEGIES, default="easgd", help="strategy (default easgd)")
+    p.add_argument("--mode", choices=("sync", "async"), default="sync")
+    p.add_argument(
+        "--period",
+        type=int,
+        default=None,
+        help="steps between PS exchanges (default: 4 easgd "
+        "and model_average, 8 diloco, 1 gradient_push)",
+    )
+    p.add_argument("--alpha", type=float, default=None, help="EASGD alpha (default 0.9 / groups)")
+    p.add_argument("--outer-lr", type=float, default=0.7, help="DiLoCo outer learning rate")
+    p.add_argument(
+        "--outer-momentum",
+        type=float,
+        default=0.5,
+        help="DiLoCo outer (Nesterov) momentum; 0.5 suits the short periods used here",
+    )
+    p.add_argument("--group-size", type=int, default=None, help="ranks per group (default: host)")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--lr", type=float, default=0.1, help="learning rate of the local SGD")
+    p.add_argument("--momentum", type=float, default=0.9, help="momentum of the local SGD")
+    p.add_argument("--batch-size", type=int, default=32, help="per rank")
+    p.add_argument("--hidden", type=str, default="128,64", help="hidden layer widths")
+    p.add_argument("--test-size", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", type=str, default=None, help="write a PNG of loss/accuracy here")
+    p.add_argument("--json", type=str, default=None, help="write the final metrics here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    if args.period is None:
+        args.period = DEFAULT_PERIOD[args.sync]
+    return args
+
+
+# -- data and model ----------------------------------------------------------------------------
+
+
+def load_data(seed: int, test_size: float, rank: int, size: int):
+    """(x_shard, y_shard, x_test, y_test): this rank's equal-size shard, the shared test set."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=test_size, random_state=seed, stratify=y
+    )
+    order = np.random.RandomState(seed).permutation(len(x_tr))
+    per = len(x_tr) // size  # equal shards: every rank takes the same number of steps
+    mine = order[rank * per : (rank + 1) * per]
+    return x_tr[mine], y_tr[mine].astype(np.float32), x_te, y_te.astype(np.int64)
+
+
+def build_net(hidden: str) -> mx.gluon.HybridBlock:
+    net = mx.gluon.nn.HybridSequential()
+    units = 64
+    with net.name_scope():
+        for width in (int(w) for w in hidden.split(",") if w):
+            net.add(mx.gluon.nn.Dense(width, activation="relu", in_units=units))
+            units = width
+        net.add(mx.gluon.nn.Dense(10, in_units=units))
+    return net
+
+
+def make_strategy(args: argparse.Namespace):
+    if args.sync == "gradient_push":
+        return hvd_ps.GradientPush(mode=args.mode)
+    if args.sync == "model_average":
+        if args.mode != "sync":
+            sys.exit("model_average is sync only")
+        return hvd_ps.ModelAverage(period=args.period)
+    if args.sync == "easgd":
+        return hvd_ps.EASGD(period=args.period, alpha=args.alpha, mode=args.mode)
+    if args.sync == "diloco":
+        return hvd_ps.DiLoCo(
+            period=args.period,
+            outer_lr=args.outer_lr,
+            momentum=args.outer_momentum,
+            mode=args.mode,
+        )
+    raise ValueError(args.sync)
+
+
+def accuracy(net, x: np.ndarray, y: np.ndarray) -> float:
+    pred = net(mx.nd.array(x)).argmax(axis=1).asnumpy().astype(np.int64)
+    return float((pred == y).mean())
+
+
+# -- output --------------------------------------------------------------------------------------
+
+
+class Bar:
+    """A plain text progress bar (rank 0 only), redrawn in place with carriage returns."""
+
+    def __init__(self, total: int, label: str, enabled: bool, width: int = 30) -> None:
+        self.total, self.label, self.enabled, self.width = total, label, enabled, width
+        self.every = max(1, total // 20)
+
+    def update(self, done: int, loss: float) -> None:
+        if not self.enabled or (done % self.every and done != self.total):
+            return
+        fill = int(self.width * done / self.total)
+        bar = "#" * fill + "." * (self.width - fill)
+        sys.stdout.write(f"\r{self.label} [{bar}] {done}/{self.total} loss {loss:.4f}")
+        sys.stdout.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stdout.write("\r" + " " * (len(self.label) + self.width + 32) + "\r")
+            sys.stdout.flush()
+
+
+def plot(path: str, history: list, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [h["loss"] for h in history], marker="o")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("training loss (mean over ranks)")
+    ax1.set_yscale("log")
+    ax1.grid(True, alpha=0.3)
+    ax2.plot(epochs, [100 * h["test_acc"] for h in history], marker="o", color="C1")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("test accuracy of the global model (%)")
+    ax2.grid(True, alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# -- training ------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    baseline = args.sync == "horovod"
+    if baseline:
+        hvd.init()
+        gid, ngroups, leader, group_set = 0, 1, hvd.rank() == 0, hvd.global_process_set
+    else:
+        hvd_ps.init(group_size=args.group_size)
+        gid, ngroups, leader, group_set = (
+            hvd_ps.group_id(),
+            hvd_ps.num_groups(),
+            hvd_ps.is_leader(),
+            hvd_ps.group(),
+        )
+    rank, size = hvd.rank(), hvd.size()
+    x_tr, y_tr, x_te, y_te = load_data(args.seed, args.test_size, rank, size)
+
+    mx.random.seed(args.seed)
+    net = build_net(args.hidden)
+    net.initialize(mx.init.Xavier())
+    net.hybridize()
+    params = net.collect_params()
+    optim = {"learning_rate": args.lr, "momentum": args.momentum}
+    if baseline:
+        hvd.broadcast_parameters(params, root_rank=0)
+        trainer = hvd.DistributedTrainer(params, "sgd", optim)
+        sync_desc = "Horovod allreduce over all ranks (no PS)"
+    else:
+        hvd_ps.broadcast_parameters(params)
+        sync = make_strategy(args)
+        trainer = hvd_ps.DistributedTrainer(params, "sgd", optim, sync=sync)
+        sync_desc = repr(sync)
+    loss_fn = mx.gluon.loss.SoftmaxCrossEntropyLoss()
+    steps = len(x_tr) // args.batch_size
+    if rank == 0:
+        print(
+            f"digits: {size} ranks in {ngroups} group(s), {len(x_tr)} training samples per rank, "
+            f"{len(x_te)} test samples, {steps} steps per epoch; sync: {sync_desc}",
+            flush=True,
+        )
+
+    history = []
+    train_start = time.perf_counter()
+    rng = np.random.RandomState(args.seed + 1000 * rank)
+    for epoch in range(1, args.epochs + 1):
+        t0 = time.perf_counter()
+        order = rng.permutation(len(x_tr))
+        bar = Bar(steps, f"epoch {epoch}/{args.epochs}", rank == 0 and not args.quiet)
+        total = 0.0
+        for i in range(steps):
+            idx = order[i * args.batch_size : (i + 1) * args.batch_size]
+            x, y = mx.nd.array(x_tr[idx]), mx.nd.array(y_tr[idx])
+            with mx.autograd.record():
+                loss = loss_fn(net(x), y)
+            loss.backward()
+            trainer.step(args.batch_size)
+            total += float(loss.mean().asscalar())
+            bar.update(i + 1, total / (i + 1))
+        bar.close()
+        train_s = time.perf_counter() - t0
+
+        # mean training loss: over the group (one line per group leader) and over all ranks
+        mine = mx.nd.array([total / steps])
+        group_loss = hvd.allreduce(mine, name=f"digits.gloss.{epoch}", process_set=group_set)
+        all_loss = hvd.allreduce(mine, name=f"digits.loss.{epoch}")
+        all_loss.wait_to_read()  # every rank is here: rank 0's bar is closed before we print
+        if leader and not baseline:
+            print(
+                f"  group {gid} epoch {epoch}: loss {group_loss.asscalar():.4f}",
+                flush=True,
+            )
+
+        # test accuracy of the global model; keep each rank's local parameters for training
+        if baseline:
+            acc = accuracy(net, x_te, y_te)
+        else:
+            saved = [p.data().copy() for p in params.values()]
+            trainer.pull_global(params)
+            acc = accuracy(net, x_te, y_te)
+            for p, s in zip(params.values(), saved):
+                p.data()[:] = s
+        hist = {
+            "epoch": epoch,
+            "loss": float(all_loss.asscalar()),
+            "test_acc": acc,
+            "train_s": train_s,
+            "elapsed_s": time.perf_counter() - train_start,
+        }
+        history.append(hist)
+        if rank == 0:
+            print(
+                f"epoch {epoch:3d}  loss {hist['loss']:.4f}  test accuracy (global model) "
+                f"{100 * acc:6.2f}%  {train_s:.2f} s",
+                flush=True,
+            )
+
+    train_time = time.perf_counter() - train_start
+    stats = {} if baseline else trainer.stats()
+    if rank == 0:
+        final = history[-1]["test_acc"] if history else float("nan")
+        print(
+            f"final test accuracy (global model): {100 * final:.2f}%  "
+            f"(training {train_time:.1f} s, total {time.perf_counter() - start:.1f} s)",
+            flush=True,
+        )
+        if args.json:
+            result = {
+                "sync": args.sync,
+                "strategy": sync_desc,
+                "mode": args.mode,
+                "period": args.period,
+                "ranks": size,
+                "groups": ngroups,
+                "epochs": args.epochs,
+                "steps_per_epoch": steps,
+                "final_test_accuracy": final,
+                "best_test_accuracy": max(h["test_acc"] for h in history),
+                "setup_s": train_start - start,
+                "train_time_s": train_time,
+                "total_time_s": time.perf_counter() - start,
+                "history": history,
+                "stats": stats,
+                "args": vars(args),
+            }
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=2)
+        if args.plot:
+            title = f"digits, {size} ranks / {ngroups} groups: {sync_desc}"
+            plot(args.plot, history, title)
+            print(f"plot written to {args.plot}", flush=True)
+    if baseline:
+        hvd.shutdown()
+    else:
+        hvd_ps.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
