@@ -1,0 +1,62 @@
+"""One hvd_ps runtime per MPI test session.
+
+Horovod cannot be initialised twice in one process and ps-lite reads its environment once,
+so every test of this directory shares one ``hvd_ps.init``. Its grouping comes from
+``HVD_PS_TEST_GROUPS`` (JSON, e.g. ``'[[0], [1, 2, 3]]'``); by default: 1 rank ``[[0]]``,
+2 ranks ``[[0, 1]]``, 4 ranks ``[[0, 1], [2, 3]]`` (pairs for other even sizes, singletons
+otherwise). ``scripts/test.sh`` runs this directory once per grouping::
+
+    HVD_PS_TEST_GROUPS='[[0],[1,2,3]]' mpirun -np 4 -x HVD_PS_TEST_GROUPS \\
+        python -m pytest --with-mpi tests/mpi
+
+Every wait is bounded by ``HVD_PS_TIMEOUT`` (60 s here unless set).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import List
+
+import pytest
+
+os.environ.setdefault("HVD_PS_TIMEOUT", "60")
+os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "1")
+
+
+def default_shape(size: int) -> List[List[int]]:
+    if size == 1:
+        return [[0]]
+    if size == 2:
+        return [[0, 1]]
+    if size % 2 == 0:
+        return [[r, r + 1] for r in range(0, size, 2)]
+    return [[r] for r in range(size)]
+
+
+@pytest.fixture(scope="session")
+def shape() -> List[List[int]]:
+    """The grouping this session runs with, as given (not normalised)."""
+    from mpi4py import MPI
+
+    raw = os.environ.get("HVD_PS_TEST_GROUPS")
+    return json.loads(raw) if raw else default_shape(MPI.COMM_WORLD.Get_size())
+
+
+@pytest.fixture(scope="session")
+def rt(shape):
+    """The session's hvd_ps runtime (``hvd_ps.runtime.runtime()``); shut down at the end."""
+    import hvd_ps
+    from hvd_ps import runtime
+
+    hvd_ps.init(groups=shape)
+    yield runtime.runtime()
+    hvd_ps.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sync_client(rt):
+    """This rank's PS client with the tier in sync mode (None on non-leaders)."""
+    if rt.client is not None:
+        rt.client.set_mode("sync")
+    return rt.client
