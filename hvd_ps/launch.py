@@ -280,12 +280,14 @@ class Tier:
 
 def start_tier(plan: Plan, opts: argparse.Namespace) -> Tier:
     """Scheduler and servers; raises :class:`HvdPsError` (e.g. port in use)."""
+    total = {"DMLC_NUM_SERVER": str(len(plan.servers))}  # local and remote servers
     local = spawn.start(
         plan.local_servers,
         plan.num_workers,
         host=plan.ps_host,
         port=plan.port,
         timeout=plan.timeout,
+        env_extra=total,
     )
     tier = Tier(local)
     ssh = shlex.split(opts.ssh_cmd)
@@ -474,8 +476,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             code = serve(tier, plan, sigs)
         else:
             code = run_job(tier, plan, opts, forward, command, sigs)
-    finally:
-        tier.stop(grace=5.0 if code == 0 else 0.5)
+    finally:  # after a clean end the servers are finishing by themselves: give them time
+        tier.stop(grace=5.0 if code == 0 and sigs.received is None else 0.5)
     return code
 
 

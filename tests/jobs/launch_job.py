@@ -1,8 +1,9 @@
 """Job run by tests/test_launch.py under hvdps-run: one group per rank, leaders use the PS tier.
 
-``python launch_job.py [ROUNDS] [PAUSE] [EXIT_CODE]``: every leader pushes
+``python launch_job.py [ROUNDS] [PAUSE] [EXIT_CODE] [TOKEN]``: every leader pushes
 ``(group_id + 1) * (round + 1)`` to one sync key with the ``assign`` updater, so each round
 pulls the sum over all leaders of the tier, and prints it; then exits with ``EXIT_CODE``.
+``TOKEN`` is unused: it marks the ranks' command lines, so a test can check none is left.
 """
 
 import sys
