@@ -373,3 +373,14 @@ def test_servers_only_port_in_use_and_sigint(tmp_path: Path) -> None:
         if tier.poll() is None:
             os.killpg(tier.pid, signal.SIGKILL)
     _assert_all_gone(pidfile)
+
+
+def test_rank_wrapper_advertises_the_address_routing_to_the_scheduler() -> None:
+    # used for jobs with remote hosts: each rank finds its own DMLC_NODE_HOST on its host
+    out = subprocess.run(
+        ["timeout", "-k", "5", "60", sys.executable, "-m", "hvd_ps.launch", "--exec-rank", "--",
+         "sh", "-c", "echo node=$DMLC_NODE_HOST"],
+        env=_env(DMLC_PS_ROOT_URI="127.0.0.1", DMLC_PS_ROOT_PORT="9000"),
+        capture_output=True, text=True, timeout=70,
+    )  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip() == "node=127.0.0.1", out.stderr
