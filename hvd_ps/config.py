@@ -19,9 +19,12 @@ variable                   default      meaning
                                         ``hvdps-run``); unset means: start an embedded tier
 ``DMLC_PS_ROOT_PORT``      unset        scheduler port of that tier
 ``DMLC_NUM_SERVER``        unset        number of servers of that tier
-``DMLC_NODE_HOST``         ``127.0.0.1``  address this process's ps-lite node binds and
-                                        advertises (ps-lite would otherwise pick a
-                                        non-loopback interface)
+``DMLC_NUM_WORKER``        unset        PS clients of that tier in all (several jobs may share
+                                        one tier); default: this job's number of groups
+``DMLC_NODE_HOST``         unset        address this process's ps-lite node binds and
+                                        advertises; unset: 127.0.0.1 when the whole job runs
+                                        on one host, else the address on the route to the
+                                        scheduler (ps-lite alone would pick any interface)
 =========================  ===========  ==========================================================
 """
 
@@ -50,7 +53,8 @@ class Config:
     ps_root_uri: Optional[str] = None
     ps_root_port: Optional[int] = None
     ps_num_servers: Optional[int] = None
-    node_host: str = "127.0.0.1"
+    ps_num_workers: Optional[int] = None
+    node_host: Optional[str] = None
 
     @property
     def external_tier(self) -> bool:
@@ -88,6 +92,7 @@ def load(environ: Optional[Mapping[str, str]] = None) -> Config:
         if port > 65535:
             raise ConfigError(f"DMLC_PS_ROOT_PORT={port} is not a TCP port")
     ps_servers = env.get("DMLC_NUM_SERVER")
+    ps_workers = env.get("DMLC_NUM_WORKER")
     level = env.get("HVD_PS_LOG_LEVEL", "WARNING").strip().upper() or "WARNING"
     if not isinstance(logging.getLevelName(level), int):
         raise ConfigError(f"HVD_PS_LOG_LEVEL={level!r} is not a logging level (e.g. INFO)")
@@ -100,7 +105,10 @@ def load(environ: Optional[Mapping[str, str]] = None) -> Config:
         ps_root_uri=uri,
         ps_root_port=port,
         ps_num_servers=int(_number(env, "DMLC_NUM_SERVER", 1, int, 1)) if ps_servers else None,
-        node_host=env.get("DMLC_NODE_HOST") or "127.0.0.1",
+        ps_num_workers=int(_number(env, "DMLC_NUM_WORKER", 1, int, 1))
+        if uri is not None and ps_workers
+        else None,
+        node_host=env.get("DMLC_NODE_HOST") or None,
     )
 
 

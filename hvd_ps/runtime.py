@@ -94,7 +94,10 @@ def _start_tier(cfg: config.Config, topo: topology.Topology) -> tuple:
     if topo.rank == 0:
         try:
             local = spawn.start(
-                cfg.num_servers, topo.num_groups, host=cfg.node_host, timeout=cfg.timeout
+                cfg.num_servers,
+                topo.num_groups,
+                host=cfg.node_host or "127.0.0.1",
+                timeout=cfg.timeout,
             )
             message = (local.host, local.port, local.num_servers)
         except HvdPsError as err:
@@ -141,6 +144,9 @@ def shutdown() -> None:
         if rt is None:
             return
         barrier("hvd_ps.shutdown on every rank")
+        if rt.local is not None:
+            # the servers exit when the leaders leave: from here that is no failure to report
+            rt.local.stopping = True
         if rt.client is not None:
             rt.client.close()
         if rt.local is not None:

@@ -37,6 +37,34 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+def route_address(remote: str) -> str:
+    """This host's address on the route to ``remote`` (no packet is sent)."""
+    if remote.startswith("127.") or remote == "localhost":
+        return "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((remote, 9))
+        except OSError as err:
+            raise TierError(f"no route to the PS scheduler host {remote}: {err}") from None
+        return str(s.getsockname()[0])
+
+
+def host_address() -> str:
+    """An address of this host that other hosts can reach (set DMLC_NODE_HOST to choose)."""
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+    except OSError:
+        infos = []
+    for info in infos:
+        addr = str(info[4][0])
+        if not addr.startswith("127."):
+            return addr
+    raise TierError(
+        "this job spans several hosts, but the host name of rank 0 does not resolve to a "
+        "non-loopback address; set DMLC_NODE_HOST to the address the PS tier should bind"
+    )
+
+
 def port_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):

@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from . import config
+from . import config, spawn
 from .deadline import deadline
 from .errors import ConfigError, TierError
 
@@ -66,15 +66,11 @@ class Client:
         """Join the tier as a worker. Waits for every leader and server, within the timeout."""
         import mxnet as mx
 
+        # several jobs may share one tier: it then has more workers than this job has groups
+        workers = self.cfg.ps_num_workers or self.num_groups
+        host = self.cfg.node_host or spawn.route_address(self.uri)
         os.environ.update(
-            config.ps_environment(
-                "worker",
-                self.uri,
-                self.port,
-                self.num_servers,
-                self.num_groups,
-                self.cfg.node_host,
-            )
+            config.ps_environment("worker", self.uri, self.port, self.num_servers, workers, host)
         )
         what = f"group {self.group_id}'s leader connecting to the {self.where}"
         with deadline(what + " (are all servers and leaders up?)", self.cfg.timeout):
@@ -82,7 +78,7 @@ class Client:
                 self.kv = mx.kv.create("dist_async")
             except mx.base.MXNetError as err:
                 raise TierError(f"{what} failed: {err}") from None
-        if self.kv.num_workers != self.num_groups:
+        if self.kv.num_workers < self.num_groups:
             raise TierError(
                 f"the {self.where} expects {self.kv.num_workers} leaders, this job has "
                 f"{self.num_groups} groups"
