@@ -298,12 +298,6 @@ def _exports(text: str) -> Dict[str, str]:
     return dict(re.findall(r"^export (\w+)=(\S+)$", text, re.M))
 
 
-@pytest.mark.xfail(
-    reason="hvd_ps/tier.py Client.connect joins with DMLC_NUM_WORKER=<its own groups> (1 here) "
-    "instead of the tier's total (2), so ps-lite's worker barriers are no-ops on the leader and "
-    "its first push can land before the other job's set_mode('sync'); passes with that fixed",
-    strict=False,
-)
 def test_servers_only_serves_two_independent_jobs(tmp_path: Path) -> None:
     pidfile = tmp_path / "pids"
     jobs: List[subprocess.Popen] = []
