@@ -278,9 +278,13 @@ def markdown(rows: dict, meta: dict) -> str:
         "measured separately (the emulated two-host cluster, 1 Gbit/s between hosts).",
         "* `dist_sync` makes every rank a PS client every step (4 pushes and pulls per step); "
         "hvd_ps sends only the 2 leaders, and only every `period` steps.",
-        "* The model is tiny (13k parameters) and a job's training loop takes seconds, so "
+        "* The model is tiny (17k parameters) and a job's training loop takes seconds, so "
         "job wall times are dominated by start-up, and timings move with other load on the "
         "machine; the accuracy of the sync methods is deterministic (same shards, same seeds).",
+        "* Job wall time also measures the launcher: the Horovod and hvd_ps jobs go through "
+        "`horovodrun` (host checks, then `mpirun`, MPI and Horovod initialisation), while the "
+        "dist_sync workers are plain processes started by the benchmark, which is why "
+        "dist_sync can finish its whole job first while its training loop is not faster.",
         "* Sync GradientPush with the server running the same SGD is plain data-parallel SGD "
         "over all ranks, like Horovod alone and dist_sync: the three reach the same accuracy.",
         "",
