@@ -16,8 +16,9 @@ def test_defaults():
     assert cfg.fusion_threads == 0
     assert cfg.wire_dtype == "float32"
     assert cfg.log_level == "WARNING"
-    assert cfg.node_host == "127.0.0.1"
+    assert cfg.node_host is None  # 127.0.0.1 on one host, else the route to the scheduler
     assert cfg.ps_root_uri is None and cfg.ps_root_port is None and cfg.ps_num_servers is None
+    assert cfg.ps_num_workers is None
     assert cfg.external_tier is False
 
 
@@ -38,6 +39,7 @@ def test_overrides():
             "DMLC_PS_ROOT_URI": "10.0.0.7",
             "DMLC_PS_ROOT_PORT": "9091",
             "DMLC_NUM_SERVER": "2",
+            "DMLC_NUM_WORKER": "5",
             "DMLC_NODE_HOST": "10.0.0.8",
         }
     )
@@ -50,9 +52,18 @@ def test_overrides():
         ps_root_uri="10.0.0.7",
         ps_root_port=9091,
         ps_num_servers=2,
+        ps_num_workers=5,
         node_host="10.0.0.8",
     )
     assert cfg.external_tier is True
+
+
+def test_num_worker_only_counts_for_an_external_tier():
+    assert config.load({"DMLC_NUM_WORKER": "4"}).ps_num_workers is None
+    assert config.load({"DMLC_NUM_WORKER": "junk"}).ps_num_workers is None
+    ext = {"DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": "9000"}
+    assert config.load(ext).ps_num_workers is None
+    assert config.load(dict(ext, DMLC_NUM_WORKER="4")).ps_num_workers == 4
 
 
 def test_reads_os_environ(monkeypatch):
@@ -62,6 +73,7 @@ def test_reads_os_environ(monkeypatch):
     assert (cfg.timeout, cfg.num_servers) == (7.0, 2)
 
 
+EXT = {"DMLC_PS_ROOT_URI": "h", "DMLC_PS_ROOT_PORT": "1"}
 BAD = [
     ({"HVD_PS_TIMEOUT": "soon"}, "HVD_PS_TIMEOUT"),
     ({"HVD_PS_TIMEOUT": "0"}, "HVD_PS_TIMEOUT"),
@@ -80,6 +92,8 @@ BAD = [
     ({"DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": "http"}, "DMLC_PS_ROOT_PORT"),
     ({"DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": "0"}, "DMLC_PS_ROOT_PORT"),
     ({"DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": "65536"}, "DMLC_PS_ROOT_PORT"),
+    ({**EXT, "DMLC_NUM_WORKER": "0"}, "DMLC_NUM_WORKER"),
+    ({**EXT, "DMLC_NUM_WORKER": "x"}, "DMLC_NUM_WORKER"),
     ({"DMLC_NUM_SERVER": "0"}, "DMLC_NUM_SERVER"),
     ({"DMLC_NUM_SERVER": "many"}, "DMLC_NUM_SERVER"),
 ]
