@@ -150,6 +150,15 @@ def test_two_jobs_at_once_sync_and_async_both_succeed_and_leave_nothing():
     assert max(job_a.seconds, job_b.seconds) < 90
 
 
+def test_servers_leaving_at_shutdown_is_not_a_failure():
+    """Rank 0 slow after leaving the tier: the servers' normal exit is no 'death'."""
+    job = run_job("sync-slow-close", [[0], [1]])
+    assert job.rc == 0, job.out[-4000:]
+    assert "HvdPsError" not in job.out
+    assert_rounds_ok(job, 2)
+    assert_gone(job.tier().values())
+
+
 def test_bad_groups_raise_on_every_rank_and_init_still_works():
     job = run_job("bad-groups", [[0, 1], [1, 2, 3]])
     assert job.rc == 0, job.out[-4000:]

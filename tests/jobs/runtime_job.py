@@ -13,6 +13,8 @@ Scenarios (every rank prints ``rank R ...`` lines the test reads; rank 0 prints 
   its round 3 push.
 * ``bad-groups``: ``hvd_ps.init(groups=GROUPS)`` must raise TopologyError on every rank; then a
   good ``hvd_ps.init(group_size=1)`` must still work (the failed init left nothing behind).
+* ``sync-slow-close``: ``sync`` with rank 0 pausing 2 s right after it left the tier (as if
+  descheduled); the servers' normal exit must not be reported as a failure.
 * ``connect``: init only (for an unreachable external tier: the leaders' connect times out).
 """
 
@@ -128,9 +130,17 @@ def main():
     hvd_ps.init(groups=groups)
     if scenario == "connect":
         say("connected")  # never reached for an unreachable tier
-    elif scenario == "sync":
+    elif scenario in ("sync", "sync-slow-close"):
         tier_pids()
         rounds("sync", ROUNDS)
+        if scenario == "sync-slow-close" and RANK == 0:
+            close = runtime.runtime().client.close
+
+            def slow_close():
+                close()
+                time.sleep(2)
+
+            runtime.runtime().client.close = slow_close
     elif scenario == "async":
         tier_pids()
         async_add()
