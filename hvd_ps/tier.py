@@ -104,7 +104,8 @@ class Client:
                 )
             return
         if mode == "sync" and self.ps_rank == 0:
-            self.kv._send_command_to_servers(SYNC_MODE_HEAD, "")
+            with deadline(f"switching the {self.where} to sync mode", self.cfg.timeout):
+                self.kv._send_command_to_servers(SYNC_MODE_HEAD, "")
         self.mode = mode
         self.barrier(f"switching to {mode} mode")
 
@@ -120,7 +121,10 @@ class Client:
     def command(self, key: int, updater: str, params: Dict[str, Any]) -> None:
         """Tell every server how to apply pushes to ``key`` (one of the named updaters)."""
         body = json.dumps({"hvd_ps": 1, "key": key, "updater": updater, "params": params})
-        self.kv._send_command_to_servers(CONTROLLER_HEAD, body)
+        # waits for every server's reply: a dead server would block it for ever
+        what = f"sending the {updater!r} updater of PS key {key} to the {self.where}"
+        with deadline(what, self.cfg.timeout):
+            self.kv._send_command_to_servers(CONTROLLER_HEAD, body)
 
     def push(self, key: int, value: Any) -> None:
         """Push ``value`` to ``key`` without waiting. A later pull of the key is ordered after
