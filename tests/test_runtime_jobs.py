@@ -187,6 +187,23 @@ def test_killing_a_tier_process_ends_the_job_naming_it(victim):
     assert_gone(pids.values())
 
 
+def test_command_to_a_dead_server_times_out_naming_it():
+    """Nobody watches an external tier: a leader's command to a dead server must still end."""
+    job = run_job("dead-server-command", [[0], [1]], HVD_PS_TIMEOUT="8")
+    pids = job.tier()
+    assert job.lines(r"^rank 1 killing server 0 (\d+)") == [str(pids["server 0"])], job.out
+    assert job.rc == EXIT_CODE, job.out[-4000:]
+    port = job.port()
+    assert (
+        f"HvdPsError: sending the 'add' updater of PS key 0 to the PS tier at 127.0.0.1:{port}"
+        in job.out
+    ), job.out[-4000:]
+    assert "did not finish within 8 s (HVD_PS_TIMEOUT)" in job.out
+    assert "registered" not in job.out
+    assert job.seconds < 8 + 45
+    assert_gone(pids.values())
+
+
 def test_killing_a_leader_ends_the_job_naming_it():
     job = run_job("kill-leader", [[0, 1], [2, 3]])
     assert job.lines(r"^rank 2 (killing myself)"), job.out[-3000:]

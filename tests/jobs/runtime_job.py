@@ -15,6 +15,9 @@ Scenarios (every rank prints ``rank R ...`` lines the test reads; rank 0 prints 
   good ``hvd_ps.init(group_size=1)`` must still work (the failed init left nothing behind).
 * ``sync-slow-close``: ``sync`` with rank 0 pausing 2 s right after it left the tier (as if
   descheduled); the servers' normal exit must not be reported as a failure.
+* ``dead-server-command``: rank 0 stops watching its tier (as with an external tier, which
+  nobody watches), the last rank SIGKILLs server 0, then every leader registers a key: the command
+  to the servers must time out naming itself, not block for ever.
 * ``connect``: init only (for an unreachable external tier: the leaders' connect times out).
 """
 
@@ -154,6 +157,20 @@ def main():
                 os.kill(pids[victim], signal.SIGKILL)
 
         rounds("sync", None, kill)
+    elif scenario == "dead-server-command":
+        pids = tier_pids()
+        rt = runtime.runtime()
+        if rt.local is not None:
+            rt.local.stopping = True  # no watch: only the client's own deadlines remain
+        runtime.barrier("watch off")
+        if RANK == hvd.size() - 1:
+            say("killing server 0", pids["server 0"])
+            os.kill(pids["server 0"], signal.SIGKILL)
+            time.sleep(0.5)
+        runtime.barrier("server killed")
+        if rt.client is not None:
+            rt.client.register("job.after_death", mx.nd.zeros((N,)), "add", {})
+        say("registered")  # never reached
     elif scenario == "kill-leader":
         tier_pids()
 
