@@ -96,7 +96,7 @@ def _start_tier(cfg: config.Config, topo: topology.Topology) -> tuple:
             local = spawn.start(
                 cfg.num_servers,
                 topo.num_groups,
-                host=cfg.node_host or "127.0.0.1",
+                host=cfg.node_host or ("127.0.0.1" if topo.one_host else spawn.host_address()),
                 timeout=cfg.timeout,
             )
             message = (local.host, local.port, local.num_servers)

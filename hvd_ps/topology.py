@@ -12,7 +12,7 @@ rank and nothing blocks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence
 
 from .errors import TopologyError
@@ -86,6 +86,12 @@ class Topology:
     group_id: int
     group: Any  # horovod ProcessSet of this rank's group
     leaders: Any  # horovod ProcessSet of the leaders (only meaningful on leaders)
+    hosts: List[str] = field(default_factory=list)  # host name of every rank
+
+    @property
+    def one_host(self) -> bool:
+        """True when every rank runs on the same host (as MPI names it)."""
+        return len(set(self.hosts)) <= 1
 
     @property
     def num_groups(self) -> int:
@@ -147,4 +153,4 @@ def setup(group_size: Optional[int] = None, groups: Optional[Sequence[Sequence[i
         return hvd.global_process_set if members == everyone else sets[tuple(members)]
 
     gid = next(i for i, g in enumerate(layout) if rank in g)
-    return Topology(layout, rank, gid, as_set(layout[gid]), as_set(leader_ranks))
+    return Topology(layout, rank, gid, as_set(layout[gid]), as_set(leader_ranks), list(hosts))
