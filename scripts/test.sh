@@ -23,14 +23,24 @@ rc=$?; [ $rc -eq 0 ] || status=1
 # is a session of its own (tests/mpi/conftest.py reads HVD_PS_TEST_GROUPS).
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MXNET_CPU_WORKER_NTHREADS="${MXNET_CPU_WORKER_NTHREADS:-1}"
 export HVD_PS_TIMEOUT="${HVD_PS_TIMEOUT:-60}"
-for run in "1 [[0]]" "2 [[0,1]]" "4 [[0,1],[2,3]]" "4 [[0],[1,2,3]]" "4 [[0],[1],[2],[3]]"; do
-  np=${run%% *}; groups=${run#* }
-  tag="np$np-g$(echo "$groups" | sed 's/\],\[/./g' | tr -d '[], ')"   # e.g. np4-g01.23
-  step "MPI tests, world size $np, groups $groups (mpirun + pytest-mpi)"
+# np | groups | wire dtype | tests
+runs=(
+  "1|[[0]]|float32|tests/mpi"
+  "2|[[0,1]]|float32|tests/mpi"
+  "4|[[0,1],[2,3]]|float32|tests/mpi"
+  "4|[[0],[1,2,3]]|float32|tests/mpi"
+  "4|[[0],[1],[2],[3]]|float32|tests/mpi"
+  "4|[[0,1],[2,3]]|float16|tests/mpi/test_strategies.py"
+)
+for run in "${runs[@]}"; do
+  IFS='|' read -r np groups wire tests <<< "$run"
+  tag="np$np-g$(echo "$groups" | sed 's/\],\[/./g' | tr -d '[], ')-$wire"   # e.g. np4-g01.23-float32
+  step "MPI tests, world size $np, groups $groups, wire $wire (mpirun + pytest-mpi)"
   timeout -k 5 300 mpirun -np "$np" --oversubscribe --bind-to none -x OMP_NUM_THREADS \
     -x MXNET_CPU_WORKER_NTHREADS -x PATH -x HVD_PS_TIMEOUT -x HVD_PS_TEST_GROUPS="$groups" \
-    "$ROOT/scripts/mpi_rank.sh" "$OUT/$tag" -p no:cacheprovider --with-mpi tests/mpi "$@"
-  rc=$?; [ $rc -eq 0 ] || { status=1; echo "mpirun -np $np ($groups) exited $rc"; }
+    -x HVD_PS_WIRE_DTYPE="$wire" \
+    "$ROOT/scripts/mpi_rank.sh" "$OUT/$tag" -p no:cacheprovider --with-mpi "$tests" "$@"
+  rc=$?; [ $rc -eq 0 ] || { status=1; echo "mpirun -np $np ($groups, $wire) exited $rc"; }
 done
 
 step "summary"

@@ -3,7 +3,8 @@
 A linear model with a squared loss trains on fixed per-rank batches (tests/reference.py); after
 every step this rank's parameters must equal the reference's parameters of its group, and at
 the end ``pull_global`` must give the reference's global model, to 1e-5 relative (float32 run
-against a float64 reference). Runs at every world size and grouping scripts/test.sh uses.
+against a float64 reference; 4e-3 with ``HVD_PS_WIRE_DTYPE=float16``). Runs at every world size
+and grouping scripts/test.sh uses.
 """
 
 from __future__ import annotations
@@ -54,10 +55,10 @@ def _strategy(spec):
     )
 
 
-def _close(got, want, what):
+def _close(got, want, what, tol):
     scale = max(np.max(np.abs(want)), 1e-3)
     err = np.max(np.abs(got - want)) / scale
-    assert err < 1e-5, f"{what}: relative error {err:.2e}"
+    assert err < tol, f"{what}: relative error {err:.2e} (tolerance {tol:g})"
 
 
 @pytest.mark.mpi(min_size=1)
@@ -74,6 +75,8 @@ def test_strategy_matches_numpy_reference(rt, sync_client, case):
     spec, steps = _cases(len(groups))[case]
     want = ref.run(spec, groups, steps, LR)
     rank, gid = hvd.rank(), hvd_ps.group_id()
+    # float32 on the wire: exact up to float32 rounding; float16: its 11-bit mantissa
+    tol = 1e-5 if rt.cfg.wire_dtype == "float32" else 4e-3
 
     net = mx.gluon.nn.Dense(ref.OUT, in_units=ref.IN, prefix=f"{case.lower()}_")
     net.initialize()
@@ -91,15 +94,15 @@ def test_strategy_matches_numpy_reference(rt, sync_client, case):
         loss.backward()
         trainer.step(ref.BATCH)
         ew, eb = want[t - 1]["x"][gid]
-        _close(net.weight.data().asnumpy(), ew, f"{case} step {t} weight, rank {rank}")
-        _close(net.bias.data().asnumpy(), eb, f"{case} step {t} bias, rank {rank}")
+        _close(net.weight.data().asnumpy(), ew, f"{case} step {t} weight, rank {rank}", tol)
+        _close(net.bias.data().asnumpy(), eb, f"{case} step {t} bias, rank {rank}", tol)
 
     period = spec.get("period", 1)
     assert trainer.stats()["exchanges"] == steps // period >= 3
     trainer.pull_global(net.collect_params())
     gw, gb = want[-1]["global"]
-    _close(net.weight.data().asnumpy(), gw, f"{case} global weight, rank {rank}")
-    _close(net.bias.data().asnumpy(), gb, f"{case} global bias, rank {rank}")
+    _close(net.weight.data().asnumpy(), gw, f"{case} global weight, rank {rank}", tol)
+    _close(net.bias.data().asnumpy(), gb, f"{case} global bias, rank {rank}", tol)
     if hvd_ps.is_leader():
         stats = trainer.stats()
         assert stats["bytes_pushed"] > 0 and stats["bytes_pulled"] > 0
