@@ -1,0 +1,202 @@
+"""``hvdps-run``'s command line: its flags, what it forwards to ``horovodrun``, and the plan
+of which PS process runs where. No process is started here (see :mod:`hvd_ps.launch`)."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import socket
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from . import __version__, config
+
+PROG = "hvdps-run"
+#: horovodrun 0.28 flags that take a value (the rest are switches): forwarded with it.
+HOROVODRUN_VALUE_FLAGS = {
+    "--start-timeout", "--network-interfaces", "--network-interface", "--output-filename",
+    "--config-file", "--fusion-threshold-mb", "--cycle-time-ms", "--cache-capacity",
+    "--autotune-log-file", "--autotune-warmup-samples", "--autotune-steps-per-sample",
+    "--autotune-bayes-opt-max-samples", "--autotune-gaussian-process-noise", "--min-np",
+    "--min-num-proc", "--max-np", "--max-num-proc", "--slots-per-host", "--elastic-timeout",
+    "--reset-limit", "--timeline-filename", "--stall-check-warning-time-seconds",
+    "--stall-check-shutdown-time-seconds", "--mpi-args", "--binding-args", "--num-nccl-streams",
+    "--thread-affinity", "--gloo-timeout-seconds", "--log-level", "--host-discovery-script",
+}  # fmt: skip
+HOROVODRUN_TWO_VALUE_FLAGS = {"--blacklist-cooldown-range"}
+#: our flags that horovodrun needs too: parsed here and forwarded unchanged
+SHARED_FLAGS = {"-np", "--num-proc", "-H", "--hosts", "-hostfile", "--hostfile", "-p",
+                "--ssh-port", "-i", "--ssh-identity-file", "--verbose"}  # fmt: skip
+
+
+class UsageError(Exception):
+    """A bad command line; ``main`` reports it and exits 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        usage=f"{PROG} -np N [options] [horovodrun options] COMMAND ...\n"
+        f"       {PROG} --servers-only --num-workers G [options]",
+        description="Start hvd_ps's parameter-server tier, run horovodrun against it, stop "
+        "the tier when the job ends, exit with the job's code. Flags not listed here go to "
+        "horovodrun unchanged (write them as --flag=value if hvdps-run does not know them).",
+    )
+    p.add_argument("--version", action="version", version=f"{PROG} (hvd_ps) {__version__}")
+    p.add_argument("-np", "--num-proc", type=int, dest="num_proc", help="training processes")
+    p.add_argument("-H", "--hosts", help="host:slots,... (as horovodrun)")
+    p.add_argument("-hostfile", "--hostfile", help="hostfile (as horovodrun)")
+    p.add_argument("-p", "--ssh-port", type=int, help="ssh port (horovodrun and remote PS)")
+    p.add_argument("-i", "--ssh-identity-file", help="ssh key (horovodrun and remote PS)")
+    p.add_argument("--verbose", action="store_true", help="print the PS processes and commands")
+    p.add_argument(
+        "--num-servers", type=int, default=None, help="PS servers (default: HVD_PS_NUM_SERVERS, 1)"
+    )
+    p.add_argument(
+        "--num-groups",
+        "--num-workers",
+        type=int,
+        dest="num_workers",
+        help="PS workers = groups of the job; must match the script's "
+        "hvd_ps.init grouping (default: one per host, 1 without -H); with "
+        "--servers-only: the total over all jobs that will join",
+    )
+    p.add_argument("--ps-host", help="address the scheduler binds (required with remote hosts)")
+    p.add_argument("--ps-port", type=int, help="scheduler port (default: a free one)")
+    p.add_argument(
+        "--timeout", type=float, help="seconds for the tier to start; also the job's HVD_PS_TIMEOUT"
+    )
+    p.add_argument("--servers-only", action="store_true", help="start only the PS tier")
+    p.add_argument(
+        "--ssh-cmd",
+        default="ssh -o BatchMode=yes",
+        help="remote shell for servers on remote hosts (default: %(default)s)",
+    )
+    p.add_argument("--horovodrun", default="horovodrun", help="horovodrun executable")
+    p.add_argument("--pidfile", help="write the PIDs of the PS processes here, one a line")
+    return p
+
+
+def _arity(parser: argparse.ArgumentParser) -> Dict[str, int]:
+    """How many values each of our flags takes."""
+    out = {}
+    for action in parser._actions:
+        n = 0 if action.nargs == 0 else 1
+        out.update({flag: n for flag in action.option_strings})
+    return out
+
+
+def split_argv(argv: Sequence[str], ours: Dict[str, int]) -> Tuple[List[str], List[str], List[str]]:
+    """Split into (our flags, flags for horovodrun, the command)."""
+    mine: List[str] = []
+    forward: List[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":
+            return mine, forward, list(argv[i + 1 :])
+        if not tok.startswith("-") or tok == "-":
+            return mine, forward, list(argv[i:])
+        name = tok.split("=", 1)[0]
+        if name in ours:
+            n = 0 if "=" in tok else ours[name]
+            mine += argv[i : i + 1 + n]
+            if name in SHARED_FLAGS:
+                forward += argv[i : i + 1 + n]
+        else:
+            close = difflib.get_close_matches(name, [f for f in ours if f[1] == "-"], 1, 0.9)
+            if close and name.startswith("--"):  # a typo of ours would break the command line
+                raise UsageError(f"unknown flag {name} (did you mean {close[0]}?)")
+            n = 0 if "=" in tok else 1 if name in HOROVODRUN_VALUE_FLAGS else 0
+            n = 2 if name in HOROVODRUN_TWO_VALUE_FLAGS else n
+            forward += argv[i : i + 1 + n]
+        i += 1 + n
+    return mine, forward, []
+
+
+# -- hosts -----------------------------------------------------------------------------------
+
+
+def parse_hosts(hosts: Optional[str], hostfile: Optional[str]) -> List[str]:
+    """Host names of ``-H a:2,b:2`` or of a hostfile (``a slots=2`` or ``a:2`` lines)."""
+    names: List[str] = []
+    if hosts:
+        for item in hosts.split(","):
+            name = item.strip().split(":")[0]
+            if not name:
+                raise UsageError(f"-H/--hosts: bad entry {item!r} (expected host:slots)")
+            names.append(name)
+    elif hostfile:
+        try:
+            with open(hostfile) as f:
+                lines = [ln.split("#")[0].strip() for ln in f]
+        except OSError as err:
+            raise UsageError(f"--hostfile: cannot read {hostfile}: {err.strerror}") from None
+        names = [ln.split()[0].split(":")[0] for ln in lines if ln]
+    return list(dict.fromkeys(names))  # distinct, in order
+
+
+def is_local(host: str) -> bool:
+    """True when ``host`` names this machine (an address we can bind)."""
+    if host in ("localhost", socket.gethostname(), socket.getfqdn()):
+        return True
+    try:
+        addr = socket.gethostbyname(host)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((addr, 0))
+        return True
+    except OSError:
+        return False
+
+
+# -- the plan --------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """What to start where: ``servers`` holds one host per server (None: this host)."""
+
+    ps_host: str
+    port: Optional[int]
+    num_workers: int
+    servers: List[Optional[str]]
+    timeout: float
+    remote: bool = False
+
+    @property
+    def local_servers(self) -> int:
+        return sum(1 for h in self.servers if h is None)
+
+
+def make_plan(opts: argparse.Namespace, cfg: config.Config) -> Plan:
+    """Check the flags against each other and decide where each PS process runs."""
+    if opts.hosts and opts.hostfile:
+        raise UsageError("-H/--hosts and --hostfile are exclusive")
+    hosts = parse_hosts(opts.hosts, opts.hostfile)
+    remote = [h for h in hosts if not is_local(h)]
+    if remote and not opts.ps_host:
+        raise UsageError(f"--ps-host is required with remote hosts ({', '.join(remote)})")
+    num_servers = cfg.num_servers if opts.num_servers is None else opts.num_servers
+    if num_servers < 1:
+        raise UsageError(f"--num-servers must be >= 1, got {num_servers}")
+    workers = opts.num_workers if opts.num_workers is not None else max(1, len(hosts))
+    if workers < 1:
+        raise UsageError(f"--num-groups/--num-workers must be >= 1, got {workers}")
+    if opts.servers_only and opts.num_workers is None:
+        raise UsageError("--servers-only needs --num-workers (total PS workers of all jobs)")
+    if not opts.servers_only and opts.num_proc is None:
+        raise UsageError("-np/--num-proc is required (or --servers-only)")
+    if opts.ps_port is not None and not 0 < opts.ps_port < 65536:
+        raise UsageError(f"--ps-port {opts.ps_port} is not a TCP port")
+    if opts.timeout is not None and opts.timeout <= 0:
+        raise UsageError(f"--timeout must be > 0, got {opts.timeout}")
+    placed: List[Optional[str]] = list(hosts) or [None]
+    servers = [placed[i % len(placed)] for i in range(num_servers)]
+    return Plan(
+        ps_host=opts.ps_host or "127.0.0.1",
+        port=opts.ps_port,
+        num_workers=workers,
+        servers=[h if h in remote else None for h in servers],
+        timeout=opts.timeout if opts.timeout is not None else min(cfg.timeout, 120.0),
+        remote=bool(remote),
+    )
