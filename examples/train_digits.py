@@ -257,11 +257,8 @@ def main(argv=None) -> int:
         if baseline:
             acc = accuracy(net, x_te, y_te)
         else:
-            saved = [p.data().copy() for p in params.values()]
-            trainer.pull_global(params)
-            acc = accuracy(net, x_te, y_te)
-            for p, s in zip(params.values(), saved):
-                p.data()[:] = s
+            with trainer.global_model():  # local parameters come back after the block
+                acc = accuracy(net, x_te, y_te)
         hist = {
             "epoch": epoch,
             "loss": float(all_loss.asscalar()),

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional
 
 import horovod.mxnet as hvd
 import mxnet as mx
@@ -53,8 +54,10 @@ def _wait(arrays: List[Any], what: str, timeout: float) -> None:
             for a in arrays:
                 a.wait_to_read()
         except mx.base.MXNetError as err:
-            first = str(err).strip().splitlines()[0]
-            raise HvdPsError(f"{what} failed: {first} (a rank stalled or died)") from None
+            # MXNet puts its C++ traceback first and the cause on the last line
+            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+            cause = lines[-1] if lines else type(err).__name__
+            raise HvdPsError(f"{what} failed: {cause}") from None
 
 
 class DistributedTrainer(hvd.DistributedTrainer):
@@ -174,8 +177,34 @@ class DistributedTrainer(hvd.DistributedTrainer):
                 b.params.unpack(b.pulled, alpha=self._sync.global_scale(topo.num_groups))
         self._group_broadcast("pull_global")
 
+    @contextmanager
+    def global_model(self) -> Iterator[None]:
+        """Inside the block the parameters hold the global model; after it, the group's own.
+
+        For evaluating the global model mid-training without disturbing local training (EASGD
+        and async modes keep training from the local parameters). Collective over the group.
+
+        Example::
+
+            with trainer.global_model():
+                acc = evaluate(net)
+        """
+        self._setup()
+        saved = [b.params.pack() for b in self._all_buckets()]
+        self.pull_global()
+        try:
+            yield
+        finally:
+            for b, flat in zip(self._all_buckets(), saved):
+                b.params.unpack(flat)
+
     def stats(self) -> Dict[str, float]:
-        """Counters: steps, exchanges, PS bytes and seconds in each phase of ``step()``."""
+        """Counters: steps, exchanges, PS bytes, and seconds per phase of ``step()``.
+
+        ``allreduce_s`` runs from the start of ``step()`` until the group's averaged gradients
+        are ready, so it includes the tail of the backward pass MXNet still runs asynchronously;
+        ``compute_s`` is the time between steps (the caller's forward/backward submission).
+        """
         out: Dict[str, float] = {"steps": self._t, "exchanges": self._exchanges}
         client = self._rt.client
         out["bytes_pushed"] = client.stats.bytes_pushed if client else 0

@@ -80,5 +80,7 @@ fi
 
 export PATH="$VENV/bin:$PATH"
 export OMP_NUM_THREADS=1 MXNET_CPU_WORKER_NTHREADS=1
+# horovodrun declares one slot per rank; with more ranks than cores Open MPI must not busy-poll
+export OMPI_MCA_mpi_yield_when_idle=1
 # Open MPI refuses to run as root unless told; these are the documented switches.
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi

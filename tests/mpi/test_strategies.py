@@ -129,3 +129,37 @@ def test_shape_mismatch_across_groups_is_an_error_on_every_rank(rt, sync_client)
     with pytest.raises(hvd_ps.HvdPsError, match="differs across groups"):
         trainer.step(1)
     assert hvd.rank() >= 0
+
+
+@pytest.mark.mpi(min_size=1)
+def test_global_model_context_shows_the_centre_then_restores_local_parameters(rt, sync_client):
+    import horovod.mxnet as hvd
+    import mxnet as mx
+
+    import hvd_ps
+
+    groups = rt.topo.groups
+    spec, steps = _cases(len(groups))["EASGD"]
+    want = ref.run(spec, groups, steps, LR)
+    tol = 1e-5 if rt.cfg.wire_dtype == "float32" else 4e-3
+    net = mx.gluon.nn.Dense(ref.OUT, in_units=ref.IN, prefix="globalctx_")
+    net.initialize()
+    w0, b0 = ref.initial()
+    net.weight.set_data(mx.nd.array(w0))
+    net.bias.set_data(mx.nd.array(b0))
+    hvd_ps.broadcast_parameters(net.collect_params())
+    trainer = hvd_ps.DistributedTrainer(
+        net.collect_params(), "sgd", {"learning_rate": LR}, sync=_strategy(spec)
+    )
+    for t in range(1, steps + 1):
+        x, y = ref.batch(hvd.rank(), t)
+        with mx.autograd.record():
+            loss = 0.5 * ((net(mx.nd.array(x)) - mx.nd.array(y)) ** 2).sum(axis=1)
+        loss.backward()
+        trainer.step(ref.BATCH)
+    local = net.weight.data().asnumpy().copy(), net.bias.data().asnumpy().copy()
+    with trainer.global_model():
+        _close(net.weight.data().asnumpy(), want[-1]["global"][0], "centre weight", tol)
+        _close(net.bias.data().asnumpy(), want[-1]["global"][1], "centre bias", tol)
+    np.testing.assert_array_equal(net.weight.data().asnumpy(), local[0])
+    np.testing.assert_array_equal(net.bias.data().asnumpy(), local[1])
