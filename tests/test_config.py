@@ -129,7 +129,9 @@ def test_ps_environment():
 @pytest.mark.parametrize("role", ["server", "scheduler"])
 def test_defuse_and_restore_role(monkeypatch, role):
     monkeypatch.setenv("DMLC_ROLE", role)
-    monkeypatch.delenv("HVD_PS_SERVER_ROLE", raising=False)
+    # setenv first, so that monkeypatch restores the variable's absence after the test
+    monkeypatch.setenv("HVD_PS_SERVER_ROLE", "unset")
+    monkeypatch.delenv("HVD_PS_SERVER_ROLE")
     config.defuse_stock_server()
     import os
 
@@ -142,7 +144,9 @@ def test_defuse_and_restore_role(monkeypatch, role):
 
 def test_worker_role_untouched(monkeypatch):
     monkeypatch.setenv("DMLC_ROLE", "worker")
-    monkeypatch.delenv("HVD_PS_SERVER_ROLE", raising=False)
+    # setenv first, so that monkeypatch restores the variable's absence after the test
+    monkeypatch.setenv("HVD_PS_SERVER_ROLE", "unset")
+    monkeypatch.delenv("HVD_PS_SERVER_ROLE")
     config.defuse_stock_server()
     import os
 
