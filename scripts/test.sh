@@ -4,6 +4,7 @@
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/bootstrap.sh" || exit 1
+set +e  # bootstrap runs with -e; from here on a failing step must not hide the others
 cd "$ROOT"
 OUT="$ROOT/.venv/test-results"; rm -rf "$OUT"; mkdir -p "$OUT"
 status=0
