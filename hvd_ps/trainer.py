@@ -96,6 +96,7 @@ class DistributedTrainer(hvd.DistributedTrainer):
         sync = ModelAverage(period=1) if sync is None else sync
         if not isinstance(sync, Strategy):
             raise ConfigError(f"sync must be a strategy such as hvd_ps.EASGD(...), got {sync!r}")
+        sync.validate(rt.topo.num_groups)  # e.g. unstable sync EASGD: fail before any step
         if isinstance(sync, GradientPush):
             sync.optimizer = _server_optimizer(optimizer, optimizer_params)
         _trainers += 1
