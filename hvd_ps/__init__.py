@@ -9,7 +9,7 @@ from .config import defuse_stock_server as _defuse
 
 _defuse()  # before anything imports mxnet: see hvd_ps/server.py
 
-from .errors import ConfigError, ExchangeTimeout, HvdPsError, TierError, TopologyError
+from .errors import ConfigError, HvdPsError, TierError, TopologyError
 from .fusion import FusedBuffer
 from .runtime import (
     group,
@@ -28,20 +28,19 @@ from .trainer import DistributedTrainer, broadcast_parameters
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConfigError",
     "DiLoCo",
     "DistributedTrainer",
     "EASGD",
+    "FusedBuffer",
     "GradientPush",
+    "HvdPsError",
     "ModelAverage",
     "Strategy",
-    "broadcast_parameters",
-    "ConfigError",
-    "ExchangeTimeout",
-    "FusedBuffer",
-    "HvdPsError",
     "TierError",
     "TopologyError",
     "__version__",
+    "broadcast_parameters",
     "group",
     "group_id",
     "group_rank",

@@ -22,7 +22,3 @@ class TopologyError(HvdPsError):
 
 class TierError(HvdPsError):
     """The parameter-server tier failed: could not start, is unreachable, or died."""
-
-
-class ExchangeTimeout(TierError):
-    """A wait on the PS tier or on a peer did not finish within ``HVD_PS_TIMEOUT``."""
