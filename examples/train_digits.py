@@ -33,33 +33,14 @@ os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "1")
 import horovod.mxnet as hvd  # noqa: E402
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
+import strategy_flags  # noqa: E402  (examples/strategy_flags.py)
 
 import hvd_ps  # noqa: E402
-
-STRATEGIES = ("gradient_push", "model_average", "easgd", "diloco", "horovod")
-DEFAULT_PERIOD = {"gradient_push": 1, "model_average": 4, "easgd": 4, "diloco": 8, "horovod": 1}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sync", choices=STRATEGIES, default="easgd", help="strategy (default easgd)")
-    p.add_argument("--mode", choices=("sync", "async"), default="sync")
-    p.add_argument(
-        "--period",
-        type=int,
-        default=None,
-        help="steps between PS exchanges (default: 4 easgd "
-        "and model_average, 8 diloco, 1 gradient_push)",
-    )
-    p.add_argument("--alpha", type=float, default=None, help="EASGD alpha (default 0.9 / groups)")
-    p.add_argument("--outer-lr", type=float, default=0.7, help="DiLoCo outer learning rate")
-    p.add_argument(
-        "--outer-momentum",
-        type=float,
-        default=0.5,
-        help="DiLoCo outer (Nesterov) momentum; 0.5 suits the short periods used here",
-    )
-    p.add_argument("--group-size", type=int, default=None, help="ranks per group (default: host)")
+    strategy_flags.add(p, outer_momentum=0.5)
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--lr", type=float, default=0.1, help="learning rate of the local SGD")
     p.add_argument("--momentum", type=float, default=0.9, help="momentum of the local SGD")
@@ -71,8 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", type=str, default=None, help="write the final metrics here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    if args.period is None:
-        args.period = DEFAULT_PERIOD[args.sync]
+    strategy_flags.finish(args)
     return args
 
 
@@ -104,25 +84,6 @@ def build_net(hidden: str) -> mx.gluon.HybridBlock:
             units = width
         net.add(mx.gluon.nn.Dense(10, in_units=units))
     return net
-
-
-def make_strategy(args: argparse.Namespace):
-    if args.sync == "gradient_push":
-        return hvd_ps.GradientPush(mode=args.mode)
-    if args.sync == "model_average":
-        if args.mode != "sync":
-            sys.exit("model_average is sync only")
-        return hvd_ps.ModelAverage(period=args.period)
-    if args.sync == "easgd":
-        return hvd_ps.EASGD(period=args.period, alpha=args.alpha, mode=args.mode)
-    if args.sync == "diloco":
-        return hvd_ps.DiLoCo(
-            period=args.period,
-            outer_lr=args.outer_lr,
-            momentum=args.outer_momentum,
-            mode=args.mode,
-        )
-    raise ValueError(args.sync)
 
 
 def accuracy(net, x: np.ndarray, y: np.ndarray) -> float:
@@ -210,7 +171,7 @@ def main(argv=None) -> int:
         sync_desc = "Horovod allreduce over all ranks (no PS)"
     else:
         hvd_ps.broadcast_parameters(params)
-        sync = make_strategy(args)
+        sync = strategy_flags.make_strategy(args)
         trainer = hvd_ps.DistributedTrainer(params, "sgd", optim, sync=sync)
         sync_desc = repr(sync)
     loss_fn = mx.gluon.loss.SoftmaxCrossEntropyLoss()

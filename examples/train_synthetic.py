@@ -27,29 +27,15 @@ os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "1")
 import horovod.mxnet as hvd  # noqa: E402
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
+import strategy_flags  # noqa: E402  (examples/strategy_flags.py)
 
 import hvd_ps  # noqa: E402
-
-STRATEGIES = ("gradient_push", "model_average", "easgd", "diloco", "horovod")
-DEFAULT_PERIOD = {"gradient_push": 1, "model_average": 4, "easgd": 4, "diloco": 8, "horovod": 1}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="resnet18_v1", help="a gluon.model_zoo.vision model name")
-    p.add_argument("--sync", choices=STRATEGIES, default="easgd", help="strategy (default easgd)")
-    p.add_argument("--mode", choices=("sync", "async"), default="sync")
-    p.add_argument(
-        "--period",
-        type=int,
-        default=None,
-        help="steps between PS exchanges (default: 4 easgd and model_average, 8 diloco, "
-        "1 gradient_push)",
-    )
-    p.add_argument("--alpha", type=float, default=None, help="EASGD alpha (default 0.9 / groups)")
-    p.add_argument("--outer-lr", type=float, default=0.7, help="DiLoCo outer learning rate")
-    p.add_argument("--outer-momentum", type=float, default=0.9, help="DiLoCo outer momentum")
-    p.add_argument("--group-size", type=int, default=None, help="ranks per group (default: host)")
+    strategy_flags.add(p, outer_momentum=0.9)
     p.add_argument("--steps", type=int, default=40, help="timed steps (after the warm-up)")
     p.add_argument("--warmup", type=int, default=4, help="untimed steps first")
     p.add_argument("--window", type=int, default=10, help="steps per images/s line")
@@ -59,24 +45,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--json", type=str, default=None, help="write the measurements here")
     args = p.parse_args(argv)
-    if args.period is None:
-        args.period = DEFAULT_PERIOD[args.sync]
+    strategy_flags.finish(args)
     for name in ("steps", "window", "batch_size", "image_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     return args
-
-
-def make_strategy(args: argparse.Namespace):
-    if args.sync == "gradient_push":
-        return hvd_ps.GradientPush(mode=args.mode)
-    if args.sync == "model_average":
-        return hvd_ps.ModelAverage(period=args.period, mode=args.mode)
-    if args.sync == "easgd":
-        return hvd_ps.EASGD(period=args.period, alpha=args.alpha, mode=args.mode)
-    return hvd_ps.DiLoCo(
-        period=args.period, outer_lr=args.outer_lr, momentum=args.outer_momentum, mode=args.mode
-    )
 
 
 def main(argv=None) -> int:
@@ -118,7 +91,7 @@ def main(argv=None) -> int:
         sync_desc = "Horovod allreduce over all ranks (no PS)"
     else:
         hvd_ps.broadcast_parameters(params)
-        sync = make_strategy(args)
+        sync = strategy_flags.make_strategy(args)
         trainer = hvd_ps.DistributedTrainer(params, "sgd", optim, sync=sync)
         sync_desc = repr(sync)
     loss_fn = mx.gluon.loss.SoftmaxCrossEntropyLoss()

@@ -1,0 +1,55 @@
+"""The strategy flags the examples share: ``--sync``, ``--mode``, ``--period``, ``--alpha``,
+``--outer-lr``, ``--outer-momentum``, ``--group-size``; and the strategy they describe."""
+
+from __future__ import annotations
+
+import argparse
+
+import hvd_ps
+
+#: ``horovod`` means no PS at all: Horovod allreduce over every rank, every step (a baseline)
+STRATEGIES = ("gradient_push", "model_average", "easgd", "diloco", "horovod")
+DEFAULT_PERIOD = {"gradient_push": 1, "model_average": 4, "easgd": 4, "diloco": 8, "horovod": 1}
+
+
+def add(p: argparse.ArgumentParser, outer_momentum: float = 0.9) -> None:
+    p.add_argument("--sync", choices=STRATEGIES, default="easgd", help="strategy (default easgd)")
+    p.add_argument("--mode", choices=("sync", "async"), default="sync")
+    p.add_argument(
+        "--period",
+        type=int,
+        default=None,
+        help="steps between PS exchanges (default: 4 easgd and model_average, 8 diloco, "
+        "1 gradient_push)",
+    )
+    p.add_argument("--alpha", type=float, default=None, help="EASGD alpha (default 0.9 / groups)")
+    p.add_argument("--outer-lr", type=float, default=0.7, help="DiLoCo outer learning rate")
+    p.add_argument(
+        "--outer-momentum",
+        type=float,
+        default=outer_momentum,
+        help=f"DiLoCo outer (Nesterov) momentum (default {outer_momentum})",
+    )
+    p.add_argument("--group-size", type=int, default=None, help="ranks per group (default: host)")
+
+
+def finish(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill in the defaults that depend on other flags."""
+    if args.period is None:
+        args.period = DEFAULT_PERIOD[args.sync]
+    return args
+
+
+def make_strategy(args: argparse.Namespace) -> hvd_ps.Strategy:
+    """The hvd_ps strategy the flags describe (not for ``--sync horovod``)."""
+    if args.sync == "gradient_push":
+        return hvd_ps.GradientPush(mode=args.mode)
+    if args.sync == "model_average":
+        return hvd_ps.ModelAverage(period=args.period, mode=args.mode)
+    if args.sync == "easgd":
+        return hvd_ps.EASGD(period=args.period, alpha=args.alpha, mode=args.mode)
+    if args.sync == "diloco":
+        return hvd_ps.DiLoCo(
+            period=args.period, outer_lr=args.outer_lr, momentum=args.outer_momentum, mode=args.mode
+        )
+    raise ValueError(f"--sync {args.sync} has no hvd_ps strategy")
