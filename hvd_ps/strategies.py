@@ -85,7 +85,11 @@ class Strategy:
         return b.params.pack(dtype=wire)
 
     def exchange(self, b: Bucket, client: Any, num_groups: int, wire: Optional[str]) -> None:
-        """The leader's PS exchange for one bucket; leaves the new ``x`` in the parameters."""
+        """The leader's PS exchange for one bucket; leaves the new ``x`` in the parameters.
+
+        Only queues work on MXNet's engine (the trainer waits once for every bucket), so what
+        follows a pull must read it through engine operations (the fused op), not numpy.
+        """
         raise NotImplementedError
 
     def global_scale(self, num_groups: int) -> float:
@@ -127,7 +131,7 @@ class GradientPush(Strategy):
 
     def exchange(self, b: Bucket, client: Any, num_groups: int, wire: Optional[str]) -> None:
         # b.out already holds the scaled group-mean gradient (packed by the trainer)
-        client.exchange(b.key, b.out, b.pulled)
+        client.exchange(b.key, b.out, b.pulled, wait=False)
         b.params.unpack(b.pulled)
 
 
@@ -159,7 +163,7 @@ class ModelAverage(Strategy):
 
     def exchange(self, b: Bucket, client: Any, num_groups: int, wire: Optional[str]) -> None:
         b.params.pack(dtype=wire, out=b.out)
-        client.exchange(b.key, b.out, b.pulled)
+        client.exchange(b.key, b.out, b.pulled, wait=False)
         b.params.unpack(b.pulled, alpha=1.0 / num_groups)
 
     def global_scale(self, num_groups: int) -> float:
@@ -205,7 +209,7 @@ class EASGD(Strategy):
     def exchange(self, b: Bucket, client: Any, num_groups: int, wire: Optional[str]) -> None:
         # Pull c. In sync mode this pull is ordered after our previous push, whose round
         # closes only when every group pushed, so c is the centre after the last round.
-        client.exchange(b.key, None, b.pulled)
+        client.exchange(b.key, None, b.pulled, wait=False)
         b.params.elastic(b.pulled, self.alpha_for(num_groups), out=b.out, dtype=wire)
         client.push(b.key, b.out)
 
@@ -261,6 +265,6 @@ class DiLoCo(Strategy):
 
     def exchange(self, b: Bucket, client: Any, num_groups: int, wire: Optional[str]) -> None:
         b.params.pack_axpby(b.start, -1.0, 1.0, dtype=wire, out=b.out)  # D = x_start - x
-        client.exchange(b.key, b.out, b.pulled)
+        client.exchange(b.key, b.out, b.pulled, wait=False)
         b.params.unpack(b.pulled)  # x = w
         b.params.pack(out=b.start)  # x_start = w

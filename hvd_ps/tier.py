@@ -18,7 +18,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -132,20 +132,31 @@ class Client:
         self.kv.push(key, value)
         self.stats.bytes_pushed += value.size * np.dtype(value.dtype).itemsize
 
-    def exchange(self, key: int, push: Optional[Any], pull: Any) -> None:
-        """Push ``push`` (if given) to ``key``, then pull the key's value into ``pull``; wait."""
-        start = time.perf_counter()
+    def exchange(self, key: int, push: Optional[Any], pull: Any, wait: bool = True) -> None:
+        """Push ``push`` (if given) to ``key``, then pull the key's value into ``pull``.
+
+        With ``wait=False`` both are only queued on MXNet's engine (transfers of several keys
+        then overlap); anything reading ``pull`` runs after the pull, and :meth:`wait` bounds
+        the wait for it. The pull is ordered after the push, and in sync mode the push
+        completes only when its round closes.
+        """
         if push is not None:
-            self.kv.push(key, push)
-            self.stats.bytes_pushed += push.size * np.dtype(push.dtype).itemsize
+            self.push(key, push)
         self.kv.pull(key, out=pull)
-        what = f"PS exchange of key {key} ({self.keys.get(key)}) with the {self.where}"
-        if self.mode == "sync" and push is not None:
-            what += "; the round waits for every group's leader"
-        with deadline(what, self.cfg.timeout):
-            pull.wait_to_read()
         self.stats.bytes_pulled += pull.size * np.dtype(pull.dtype).itemsize
         self.stats.exchanges += 1
+        if wait:
+            self.wait([pull], f"PS exchange of key {key} ({self.keys.get(key)})")
+
+    def wait(self, arrays: List[Any], what: str) -> None:
+        """Wait for queued pulls into ``arrays``, within ``HVD_PS_TIMEOUT``."""
+        start = time.perf_counter()
+        what = f"{what} with the {self.where}"
+        if self.mode == "sync":
+            what += "; a sync round waits for every group's leader"
+        with deadline(what, self.cfg.timeout):
+            for a in arrays:
+                a.wait_to_read()
         self.stats.seconds += time.perf_counter() - start
 
     def close(self) -> None:

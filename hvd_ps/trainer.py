@@ -13,7 +13,6 @@ Step semantics (the contract): a step counter ``t`` starts at 1. Every ``step()`
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -24,7 +23,7 @@ import numpy as np
 from . import runtime
 from .deadline import deadline
 from .errors import ConfigError, HvdPsError
-from .fusion import FusedBuffer
+from .fusion import FusedBuffer, plan_buckets
 from .strategies import Bucket, GradientPush, ModelAverage, Strategy
 
 _trainers = 0
@@ -174,8 +173,9 @@ class DistributedTrainer(hvd.DistributedTrainer):
         if topo.is_leader:
             client = self._client()
             for b in self._all_buckets():
-                client.exchange(b.key, None, b.pulled)
+                client.exchange(b.key, None, b.pulled, wait=False)
                 b.params.unpack(b.pulled, alpha=self._sync.global_scale(topo.num_groups))
+            client.wait([b.pulled for b in self._all_buckets()], "pull of the global model")
         self._group_broadcast("pull_global")
 
     @contextmanager
@@ -227,8 +227,12 @@ class DistributedTrainer(hvd.DistributedTrainer):
     def _exchange(self) -> None:
         topo = self._rt.topo
         if topo.is_leader:
+            client = self._client()
+            # every bucket's transfers are queued on MXNet's engine first, so they overlap;
+            # then one bounded wait for all of them
             for b in self._all_buckets():
-                self._sync.exchange(b, self._client(), topo.num_groups, self._wire)
+                self._sync.exchange(b, client, topo.num_groups, self._wire)
+            client.wait([b.pulled for b in self._all_buckets()], f"PS exchange at step {self._t}")
         self._exchanges += 1
         self._group_broadcast(f"exchange at step {self._t}")
 
@@ -262,9 +266,6 @@ class DistributedTrainer(hvd.DistributedTrainer):
             return
         topo, sync = self._rt.topo, self._sync
         trained = [p for p in self._params if p.grad_req != "null"]
-        by_dtype: Dict[str, list] = OrderedDict()
-        for p in trained:
-            by_dtype.setdefault(np.dtype(p.dtype).name, []).append(p)
         signature = (
             repr(sync),
             [(p.name, tuple(p.shape), np.dtype(p.dtype).name) for p in trained],
@@ -274,21 +275,25 @@ class DistributedTrainer(hvd.DistributedTrainer):
             topo.groups,
         )
         sync.validate(topo.num_groups)
+        # one fused buffer per dtype and at most HVD_PS_BUCKET_MB: one PS key each
+        plan = plan_buckets([p.data() for p in trained], int(self._rt.cfg.bucket_mb * 2**20))
         buckets = []
-        for dtype, ps in by_dtype.items():
+        for idx in plan:
+            ps = [trained[i] for i in idx]
             b = Bucket(FusedBuffer([p.data() for p in ps]), FusedBuffer([p.grad() for p in ps]))
-            self._bcast.append(mx.nd.zeros((b.params.size,), dtype=dtype))
+            self._bcast.append(mx.nd.zeros((b.params.size,), dtype=b.params.dtype))
             buckets.append(b)
         if topo.is_leader:
             client = self._client()
             client.set_mode(sync.mode)
             wire = self._wire
             updater, uparams = sync.server_updater(topo.num_groups)
-            for dtype, b in zip(by_dtype, buckets):
+            for i, b in enumerate(buckets):
                 initial = sync.initial(b, topo.num_groups, wire)
-                b.key = client.register(self._hvdps_prefix + dtype, initial, updater, uparams)
-                b.out = mx.nd.zeros((b.params.size,), dtype=wire or dtype)
-                b.pulled = mx.nd.zeros((b.params.size,), dtype=wire or dtype)
+                name = f"{self._hvdps_prefix}{b.params.dtype.name}.{i}"
+                b.key = client.register(name, initial, updater, uparams)
+                b.out = mx.nd.zeros((b.params.size,), dtype=wire or b.params.dtype)
+                b.pulled = mx.nd.zeros((b.params.size,), dtype=wire or b.params.dtype)
         self._buckets = buckets
 
 

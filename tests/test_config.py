@@ -153,3 +153,13 @@ def test_worker_role_untouched(monkeypatch):
     assert os.environ["DMLC_ROLE"] == "worker"
     assert "HVD_PS_SERVER_ROLE" not in os.environ
     assert config.server_role() is None
+
+
+def test_bucket_mb():
+    assert config.load({}).bucket_mb == 16.0
+    assert config.load({"HVD_PS_BUCKET_MB": "0"}).bucket_mb == 0.0
+    assert config.load({"HVD_PS_BUCKET_MB": "2.5"}).bucket_mb == 2.5
+    with pytest.raises(ConfigError, match="HVD_PS_BUCKET_MB"):
+        config.load({"HVD_PS_BUCKET_MB": "-1"})
+    with pytest.raises(ConfigError, match="HVD_PS_BUCKET_MB"):
+        config.load({"HVD_PS_BUCKET_MB": "lots"})

@@ -477,3 +477,22 @@ def test_import_without_library_says_how_to_build(tmp_path):
 
 def test_library_exports():
     assert ctypes.c_int(_LIB.hvdps_fusion_threads(2)).value == 2
+
+
+def test_plan_buckets_groups_by_dtype_and_caps_bytes():
+    from hvd_ps.fusion import plan_buckets
+
+    a = [
+        mx.nd.zeros((10,)),  # 40 B float32
+        mx.nd.zeros((10,), dtype="float16"),  # 20 B
+        mx.nd.zeros((30,)),  # 120 B, larger than the cap below: a bucket of its own
+        mx.nd.zeros((5,)),  # 20 B
+        mx.nd.zeros((2,), dtype="float16"),  # 4 B
+        mx.nd.zeros((4,)),  # 16 B
+    ]
+    assert plan_buckets(a, 0) == [[0, 2, 3, 5], [1, 4]]
+    assert plan_buckets(a, 100) == [[0], [2], [3, 5], [1, 4]]
+    assert plan_buckets(a, 10**9) == [[0, 2, 3, 5], [1, 4]]
+    assert plan_buckets([], 100) == []
+    every = sorted(i for b in plan_buckets(a, 50) for i in b)
+    assert every == list(range(len(a)))
