@@ -1,7 +1,7 @@
 """hvd_ps: Horovod groups that meet through an MXNet parameter server.
 
 Ranks are split into groups that train synchronously with Horovod allreduce; every few steps
-each group's leader exchanges one fused buffer with a parameter-server tier (MXNet's dist
+each group's leader exchanges fused buffers with a parameter-server tier (MXNet's dist
 KVStore), synchronously or not. See README.md for the strategies and their update equations.
 """
 

@@ -1,9 +1,10 @@
 """How groups meet at the PS tier: the math of each strategy, in one place.
 
 Notation: ``G`` groups; ``x`` the parameters of a group (identical on its members, flattened
-into one fused buffer per dtype); the leader acts at every step ``t`` with ``t % period == 0``,
-after the group's local update; ``c`` / ``w`` live on the PS. A strategy's leader-side step
-(:meth:`Strategy.exchange`) runs on flat buffers with the fused op (one pass per buffer) and its
+into fused buffers, per dtype and at most ``HVD_PS_BUCKET_MB`` each); the leader acts at every
+step ``t`` with ``t % period == 0``, after the group's local update; ``c`` / ``w`` live on the
+PS. A strategy's leader-side step (:meth:`Strategy.exchange`) runs on flat buffers with the
+fused op (one pass per buffer) and its
 server side is one of the named updaters of :mod:`hvd_ps.server`.
 
 ================  ==========================  ==========================  ======================

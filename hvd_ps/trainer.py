@@ -6,8 +6,8 @@ Step semantics (the contract): a step counter ``t`` starts at 1. Every ``step()`
    (``horovod.mxnet.DistributedTrainer``, reused as is);
 2. applies the local optimizer update (skipped under :class:`~hvd_ps.GradientPush`, where the
    servers own the update);
-3. if ``t % period == 0``, the group's leader runs the strategy's PS exchange (one fused buffer
-   per dtype) and broadcasts the resulting parameters to its group.
+3. if ``t % period == 0``, the group's leader runs the strategy's PS exchange (fused buffers
+   per dtype of at most ``HVD_PS_BUCKET_MB``) and broadcasts the resulting parameters to its group.
 """
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ class DistributedTrainer(hvd.DistributedTrainer):
         self._group_broadcast(f"exchange at step {self._t}")
 
     def _group_broadcast(self, why: str) -> None:
-        """The leader's parameters to the rest of its group (one fused buffer per dtype)."""
+        """The leader's parameters to the rest of its group (one broadcast per fused buffer)."""
         topo = self._rt.topo
         if topo.group_size == 1:
             return
@@ -261,7 +261,7 @@ class DistributedTrainer(hvd.DistributedTrainer):
         return None if self._rt.cfg.wire_dtype == "float32" else self._rt.cfg.wire_dtype
 
     def _setup(self) -> None:
-        """First step: fused buffers per dtype, cross-group checks, PS keys and updaters."""
+        """First step: fused buffers, cross-group checks, PS keys and updaters."""
         if self._buckets is not None:
             return
         topo, sync = self._rt.topo, self._sync
