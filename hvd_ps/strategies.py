@@ -4,8 +4,8 @@ Notation: ``G`` groups; ``x`` the parameters of a group (identical on its member
 into fused buffers, per dtype and at most ``HVD_PS_BUCKET_MB`` each); the leader acts at every
 step ``t`` with ``t % period == 0``, after the group's local update; ``c`` / ``w`` live on the
 PS. A strategy's leader-side step (:meth:`Strategy.exchange`) runs on flat buffers with the
-fused op (one pass per buffer) and its
-server side is one of the named updaters of :mod:`hvd_ps.server`.
+fused op (one pass per buffer); its server side is one of the named updaters of
+:mod:`hvd_ps.server`.
 
 ================  ==========================  ==========================  ======================
 strategy          leader pushes               server does                 leader then sets
