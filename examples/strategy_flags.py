@@ -53,3 +53,18 @@ def make_strategy(args: argparse.Namespace) -> hvd_ps.Strategy:
             period=args.period, outer_lr=args.outer_lr, momentum=args.outer_momentum, mode=args.mode
         )
     raise ValueError(f"--sync {args.sync} has no hvd_ps strategy")
+
+
+def make_trainer(args: argparse.Namespace, params, optim: dict):
+    """(trainer, description): Horovod's own trainer for ``--sync horovod``, else hvd_ps's.
+
+    Broadcasts the initial parameters first, so every rank (and the PS) starts the same.
+    """
+    import horovod.mxnet as hvd
+
+    if args.sync == "horovod":
+        hvd.broadcast_parameters(params, root_rank=0)
+        return hvd.DistributedTrainer(params, "sgd", optim), "Horovod allreduce over all ranks"
+    hvd_ps.broadcast_parameters(params)
+    sync = make_strategy(args)
+    return hvd_ps.DistributedTrainer(params, "sgd", optim, sync=sync), repr(sync)

@@ -165,15 +165,7 @@ def main(argv=None) -> int:
     net.hybridize()
     params = net.collect_params()
     optim = {"learning_rate": args.lr, "momentum": args.momentum}
-    if baseline:
-        hvd.broadcast_parameters(params, root_rank=0)
-        trainer = hvd.DistributedTrainer(params, "sgd", optim)
-        sync_desc = "Horovod allreduce over all ranks (no PS)"
-    else:
-        hvd_ps.broadcast_parameters(params)
-        sync = strategy_flags.make_strategy(args)
-        trainer = hvd_ps.DistributedTrainer(params, "sgd", optim, sync=sync)
-        sync_desc = repr(sync)
+    trainer, sync_desc = strategy_flags.make_trainer(args, params, optim)
     loss_fn = mx.gluon.loss.SoftmaxCrossEntropyLoss()
     steps = len(x_tr) // args.batch_size
     if rank == 0:

@@ -85,15 +85,7 @@ def main(argv=None) -> int:
         net(batches[0][0]).wait_to_read()
     params = net.collect_params()
     optim = {"learning_rate": args.lr, "momentum": 0.9}
-    if baseline:
-        hvd.broadcast_parameters(params, root_rank=0)
-        trainer = hvd.DistributedTrainer(params, "sgd", optim)
-        sync_desc = "Horovod allreduce over all ranks (no PS)"
-    else:
-        hvd_ps.broadcast_parameters(params)
-        sync = strategy_flags.make_strategy(args)
-        trainer = hvd_ps.DistributedTrainer(params, "sgd", optim, sync=sync)
-        sync_desc = repr(sync)
+    trainer, sync_desc = strategy_flags.make_trainer(args, params, optim)
     loss_fn = mx.gluon.loss.SoftmaxCrossEntropyLoss()
     n_params = sum(int(np.prod(p.shape)) for p in params.values() if p.grad_req != "null")
     if rank == 0:
