@@ -14,7 +14,7 @@ variable                   default      meaning
 ``HVD_PS_FUSION_THREADS``  ``0``        threads of the fused-buffer op (0: up to 4, by CPU count)
 ``HVD_PS_WIRE_DTYPE``      ``float32``  dtype of fused buffers on the wire (``float16`` halves
                                         traffic; the server still keeps float32)
-``HVD_PS_BUCKET_MB``       ``16``       largest fused buffer (one PS key); a model's parameters
+``HVD_PS_BUCKET_MB``       ``4``        largest fused buffer (one PS key); a model's parameters
                                         become several keys whose transfers overlap
                                         (0: one key per dtype)
 ``HVD_PS_LOG_LEVEL``       ``WARNING``  log level of the ``hvd_ps`` logger
@@ -52,7 +52,7 @@ class Config:
     num_servers: int = 1
     fusion_threads: int = 0
     wire_dtype: str = "float32"
-    bucket_mb: float = 16.0
+    bucket_mb: float = 4.0
     log_level: str = "WARNING"
     ps_root_uri: Optional[str] = None
     ps_root_port: Optional[int] = None
@@ -105,7 +105,7 @@ def load(environ: Optional[Mapping[str, str]] = None) -> Config:
         num_servers=int(_number(env, "HVD_PS_NUM_SERVERS", 1, int, 1)),
         fusion_threads=int(_number(env, "HVD_PS_FUSION_THREADS", 0, int, 0)),
         wire_dtype=wire,
-        bucket_mb=float(_number(env, "HVD_PS_BUCKET_MB", 16.0, float, 0.0)),
+        bucket_mb=float(_number(env, "HVD_PS_BUCKET_MB", 4.0, float, 0.0)),
         log_level=level,
         ps_root_uri=uri,
         ps_root_port=port,

@@ -27,11 +27,11 @@ export HVD_PS_TIMEOUT="${HVD_PS_TIMEOUT:-60}"
 # np | groups | wire dtype | HVD_PS_BUCKET_MB | tests
 # (the last run also splits every parameter into a PS key of its own)
 runs=(
-  "1|[[0]]|float32|16|tests/mpi"
-  "2|[[0,1]]|float32|16|tests/mpi"
-  "4|[[0,1],[2,3]]|float32|16|tests/mpi"
-  "4|[[0],[1,2,3]]|float32|16|tests/mpi"
-  "4|[[0],[1],[2],[3]]|float32|16|tests/mpi"
+  "1|[[0]]|float32|4|tests/mpi"
+  "2|[[0,1]]|float32|4|tests/mpi"
+  "4|[[0,1],[2,3]]|float32|4|tests/mpi"
+  "4|[[0],[1,2,3]]|float32|4|tests/mpi"
+  "4|[[0],[1],[2],[3]]|float32|4|tests/mpi"
   "4|[[0,1],[2,3]]|float16|0.00001|tests/mpi/test_strategies.py"
 )
 for run in "${runs[@]}"; do

@@ -156,7 +156,7 @@ def test_worker_role_untouched(monkeypatch):
 
 
 def test_bucket_mb():
-    assert config.load({}).bucket_mb == 16.0
+    assert config.load({}).bucket_mb == 4.0
     assert config.load({"HVD_PS_BUCKET_MB": "0"}).bucket_mb == 0.0
     assert config.load({"HVD_PS_BUCKET_MB": "2.5"}).bucket_mb == 2.5
     with pytest.raises(ConfigError, match="HVD_PS_BUCKET_MB"):
