@@ -18,6 +18,13 @@ variable                   default      meaning
                                         become several keys whose transfers overlap
                                         (0: one key per dtype)
 ``HVD_PS_LOG_LEVEL``       ``WARNING``  log level of the ``hvd_ps`` logger
+``HVD_PS_GROUP_SIZE``      unset        ranks per group when the script's ``hvd_ps.init()`` names no
+                                        grouping (set by ``hvdps-run --group-size``)
+``HVD_PS_NUM_GROUPS``      unset        groups the tier was started for (set by ``hvdps-run``);
+                                        ``hvd_ps.init`` fails if the script makes another number
+``HVD_PS_LAUNCHER``        unset        ``host:port`` where ``hvdps-run`` waits to hear the job's
+                                        number of groups before it starts the tier (set by it)
+``HVD_PS_LAUNCHER_TOKEN``  unset        the secret rank 0 sends with it (set by ``hvdps-run``)
 ``DMLC_PS_ROOT_URI``       unset        scheduler address of an existing tier (set by
                                         ``hvdps-run``); unset means: start an embedded tier
 ``DMLC_PS_ROOT_PORT``      unset        scheduler port of that tier
@@ -37,7 +44,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Tuple
 
 from .errors import ConfigError
 
@@ -59,6 +66,10 @@ class Config:
     ps_num_servers: Optional[int] = None
     ps_num_workers: Optional[int] = None
     node_host: Optional[str] = None
+    launch_group_size: Optional[int] = None
+    launch_num_groups: Optional[int] = None
+    launcher: Optional[Tuple[str, int]] = None
+    launcher_token: str = ""
 
     @property
     def external_tier(self) -> bool:
@@ -79,6 +90,23 @@ def _number(env: Mapping[str, str], name: str, default: float, kind: type, minim
     if value < minimum:
         raise ConfigError(f"{name}={raw!r} must be >= {minimum}")
     return value
+
+
+def _launcher(env: Mapping[str, str]) -> Optional[Tuple[str, int]]:
+    raw = (env.get("HVD_PS_LAUNCHER") or "").strip()
+    if not raw:
+        return None
+    host, _, port = raw.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"HVD_PS_LAUNCHER={raw!r} must be host:port (it is set by hvdps-run)")
+    if not env.get("HVD_PS_LAUNCHER_TOKEN"):
+        raise ConfigError("HVD_PS_LAUNCHER is set but HVD_PS_LAUNCHER_TOKEN is not")
+    return host, int(port)
+
+
+def _optional_int(env: Mapping[str, str], name: str) -> Optional[int]:
+    raw = env.get(name)
+    return None if raw is None or not raw.strip() else int(_number(env, name, 1, int, 1))
 
 
 def load(environ: Optional[Mapping[str, str]] = None) -> Config:
@@ -114,6 +142,10 @@ def load(environ: Optional[Mapping[str, str]] = None) -> Config:
         if uri is not None and ps_workers
         else None,
         node_host=env.get("DMLC_NODE_HOST") or None,
+        launch_group_size=_optional_int(env, "HVD_PS_GROUP_SIZE"),
+        launch_num_groups=_optional_int(env, "HVD_PS_NUM_GROUPS"),
+        launcher=_launcher(env),
+        launcher_token=env.get("HVD_PS_LAUNCHER_TOKEN", ""),
     )
 
 

@@ -2,20 +2,24 @@
 
 Usage::
 
-    hvdps-run -np 4 [-H a:2,b:2 | --hostfile F] [--num-servers 2] [--num-groups G]
-              [--ps-host ADDR] [--ps-port P] [--timeout S] [horovodrun flags] python train.py ...
+    hvdps-run -np 4 [-H a:2,b:2 | --hostfile F] [--num-servers 2] [--server-hosts a,b]
+              [--group-size N | --num-groups G] [--ps-host ADDR] [--ps-port P] [--timeout S]
+              [horovodrun flags] python train.py ...
     hvdps-run --servers-only --num-servers 2 --num-workers G [--ps-port P] [--ps-host ADDR]
 
-Job mode starts a ps-lite scheduler on this host and ``--num-servers`` servers (spread over
-the ``-H`` hosts, this host for local ones, over ``--ssh-cmd`` for the others), then runs
-``horovodrun`` with every flag it does not know itself and with ``DMLC_PS_ROOT_URI``,
-``DMLC_PS_ROOT_PORT``, ``DMLC_NUM_SERVER`` (and ``DMLC_NODE_HOST``) in the environment, which
-horovodrun hands to every rank. ``--num-groups`` is the number of PS workers, i.e. of groups
-the script's ``hvd_ps.init`` makes; it defaults to one per host (``hvd_ps.init()``'s own
-default) and must match the script's grouping. A PS process that fails ends the job with a
-message naming it; ``hvdps-run`` exits with the job's exit code and never leaves a PS
-process behind. With only local hosts everything binds 127.0.0.1; with remote hosts the
-scheduler binds ``--ps-host``, which is then required.
+Job mode runs ``horovodrun`` with every flag hvdps-run does not know itself, and a ps-lite
+scheduler on this host and ``--num-servers`` servers (round robin over ``--server-hosts``,
+default the ``-H`` hosts; this host for local ones, over ``--ssh-cmd`` for the others). The
+tier must know its number of PS workers (= groups) when it starts. The grouping is said once
+(:mod:`hvd_ps.rendezvous`): with ``--group-size N`` (which the script's ``hvd_ps.init()``
+picks up) or ``--num-groups G`` the tier starts before the job and ``DMLC_PS_ROOT_URI``,
+``DMLC_PS_ROOT_PORT``, ``DMLC_NUM_SERVER`` go in the job's environment; without them the
+script's own grouping applies: global rank 0's ``hvd_ps.init`` reports its number of groups
+to hvdps-run, which then starts the tier and answers with its address. A script whose
+grouping contradicts the flags fails in ``hvd_ps.init`` before training. A PS process that
+fails ends the job with a message naming it; ``hvdps-run`` exits with the job's exit code and
+never leaves a PS process behind. With only local hosts everything binds 127.0.0.1; with
+remote hosts the scheduler binds ``--ps-host``, which is then required.
 
 ``--servers-only`` starts just the tier, prints the ``export`` lines for it and serves until
 SIGINT/SIGTERM or until its servers finish (when all ``--num-workers`` PS workers, possibly
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -37,11 +42,11 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from . import config, spawn
+from . import config, rendezvous, spawn
 from .deadline import EXIT_CODE as TIER_DIED
-from .errors import HvdPsError
+from .errors import HvdPsError, TierError
 from .launch_args import (  # noqa: F401 - re-exported for tests and users
     PROG,
     Plan,
@@ -97,18 +102,27 @@ class Tier:
             _stop_group(proc, grace=1.0)
 
 
-def start_tier(plan: Plan, opts: argparse.Namespace) -> Tier:
-    """Scheduler and servers; raises :class:`HvdPsError` (e.g. port in use)."""
+def start_tier(plan: Plan, opts: argparse.Namespace, num_workers: int) -> Tier:
+    """Scheduler and servers for ``num_workers`` PS workers; raises :class:`HvdPsError`."""
     total = {"DMLC_NUM_SERVER": str(len(plan.servers))}  # local and remote servers
     local = spawn.start(
         plan.local_servers,
-        plan.num_workers,
+        num_workers,
         host=plan.ps_host,
         port=plan.port,
         timeout=plan.timeout,
         env_extra=total,
     )
     tier = Tier(local)
+    try:
+        _start_remote(tier, plan, opts, num_workers)
+    except (OSError, HvdPsError) as err:
+        tier.stop(grace=0)
+        raise TierError(f"cannot start the remote PS servers: {err}") from None
+    return tier
+
+
+def _start_remote(tier: Tier, plan: Plan, opts: argparse.Namespace, num_workers: int) -> None:
     ssh = shlex.split(opts.ssh_cmd)
     ssh += ["-p", str(opts.ssh_port)] if opts.ssh_port else []
     ssh += ["-i", opts.ssh_identity_file] if opts.ssh_identity_file else []
@@ -118,9 +132,9 @@ def start_tier(plan: Plan, opts: argparse.Namespace) -> Tier:
         env = config.ps_environment(
             "server",
             plan.ps_host,
-            local.port,
+            tier.local.port,
             len(plan.servers),
-            plan.num_workers,
+            num_workers,
             socket.gethostbyname(host),
         )
         env.update(
@@ -134,7 +148,13 @@ def start_tier(plan: Plan, opts: argparse.Namespace) -> Tier:
             start_new_session=True,
             preexec_fn=spawn._die_with_parent,
         )
-    return tier
+
+
+def node_host(plan: Plan) -> Dict[str, str]:
+    """``DMLC_NODE_HOST`` for a job on this host only (remote ranks find theirs at start)."""
+    if plan.remote:
+        return {}
+    return {"DMLC_NODE_HOST": "127.0.0.1" if plan.ps_host.startswith("127.") else plan.ps_host}
 
 
 def ps_exports(plan: Plan, tier: Tier) -> Dict[str, str]:
@@ -143,10 +163,9 @@ def ps_exports(plan: Plan, tier: Tier) -> Dict[str, str]:
         "DMLC_PS_ROOT_URI": plan.ps_host,
         "DMLC_PS_ROOT_PORT": str(tier.local.port),
         "DMLC_NUM_SERVER": str(len(plan.servers)),
-        "DMLC_NUM_WORKER": str(plan.num_workers),
+        "DMLC_NUM_WORKER": str(tier.local.num_workers),
     }
-    if not plan.remote:
-        env["DMLC_NODE_HOST"] = "127.0.0.1" if plan.ps_host.startswith("127.") else plan.ps_host
+    env.update(node_host(plan))
     return env
 
 
@@ -199,38 +218,96 @@ def _report(tier: Tier, opts: argparse.Namespace) -> None:
         say("PS tier: " + ", ".join(f"{name} pid {pid}" for name, pid in pids.items()))
 
 
-def run_job(
-    tier: Tier,
-    plan: Plan,
-    opts: argparse.Namespace,
-    forward: List[str],
-    command: List[str],
-    sigs: Signals,
-) -> int:
+@dataclass
+class Launch:
+    """What this hvdps-run starts: the tier, once its number of workers is known."""
+
+    plan: Plan
+    opts: argparse.Namespace
+    tier: Optional[Tier] = None
+
+    def start(self, num_workers: int) -> Tier:
+        self.tier = start_tier(self.plan, self.opts, num_workers)
+        _report(self.tier, self.opts)
+        return self.tier
+
+    def stop(self, grace: float) -> None:
+        if self.tier is not None:
+            self.tier.stop(grace=grace)
+
+
+#: variables of an outer launch that must not leak into this job
+_STALE = ("DMLC_", "HVD_PS_LAUNCHER", "HVD_PS_GROUP_SIZE", "HVD_PS_NUM_GROUPS")
+
+
+def job_environment(launch: Launch) -> Tuple[Dict[str, str], Optional[rendezvous.Listener]]:
+    """The job's environment, and the listener for rank 0 when the tier waits for the job."""
+    plan = launch.plan
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_STALE)}
+    if plan.group_size is not None:
+        env["HVD_PS_GROUP_SIZE"] = str(plan.group_size)
+    if launch.opts.timeout is not None:
+        env["HVD_PS_TIMEOUT"] = f"{launch.opts.timeout:g}"
+    if launch.tier is not None:
+        env.update(ps_exports(plan, launch.tier))
+        env["HVD_PS_NUM_GROUPS"] = str(launch.tier.local.num_workers)
+        return env, None
+    token = secrets.token_hex(16)
+    try:
+        listener = rendezvous.Listener(plan.ps_host, token)
+    except OSError as err:
+        raise HvdPsError(f"cannot listen on --ps-host {plan.ps_host}: {err.strerror}") from None
+    env.update(node_host(plan), HVD_PS_LAUNCHER=listener.address, HVD_PS_LAUNCHER_TOKEN=token)
+    return env, listener
+
+
+def _answer(launch: Launch, request: rendezvous.Request) -> None:
+    """Rank 0 told us the job's groups: start the tier for them and send its address."""
+    if request.world_size != launch.opts.num_proc:
+        request.answer({"error": f"the job has {request.world_size} ranks, not -np"})
+        return
+    try:
+        tier = launch.start(request.num_groups)
+    except HvdPsError as err:
+        say(f"HvdPsError: {err}")
+        request.answer({"error": str(err)})
+        return
+    if launch.opts.verbose:
+        say(f"the job makes {request.num_groups} groups: PS tier started for them")
+    uri, servers = launch.plan.ps_host, len(launch.plan.servers)
+    request.answer({"uri": uri, "port": tier.local.port, "num_servers": servers})
+
+
+def run_job(launch: Launch, forward: List[str], command: List[str], sigs: Signals) -> int:
     """Run horovodrun against the tier; end it if a PS process fails. Returns the exit code."""
-    env = dict(os.environ)
-    env.pop("DMLC_ROLE", None)
-    env.update(ps_exports(plan, tier))
-    if opts.timeout is not None:
-        env["HVD_PS_TIMEOUT"] = f"{opts.timeout:g}"
-    if plan.remote:  # each rank advertises its own address, found at start on its host
+    env, listener = job_environment(launch)
+    if launch.plan.remote:  # each rank advertises its own address, found at start on its host
         command = [sys.executable, "-m", "hvd_ps.launch", "--exec-rank", "--", *command]
-    argv = [opts.horovodrun, *forward, *command]
-    if opts.verbose:
+    argv = [launch.opts.horovodrun, *forward, *command]
+    if launch.opts.verbose:
         say("running " + shlex.join(argv))
     job = subprocess.Popen(argv, env=env, start_new_session=True, preexec_fn=spawn._die_with_parent)
     try:
         while job.poll() is None:
-            what = tier.failed()
+            if listener is None:
+                time.sleep(0.1)
+            else:
+                request = listener.poll(0.1)
+                if request is not None:
+                    listener.close()
+                    listener = None
+                    _answer(launch, request)
+            what = launch.tier.failed() if launch.tier is not None else None
             if what is not None:
                 say(f"HvdPsError: {what} during the job; ending it")
                 return TIER_DIED
             if sigs.received is not None:
                 say(f"got signal {sigs.received}; stopping the job and the PS tier")
                 return 128 + sigs.received
-            time.sleep(0.1)
         return job.returncode if job.returncode >= 0 else 128 - job.returncode
     finally:
+        if listener is not None:
+            listener.close()
         _stop_group(job, grace=3.0)
 
 
@@ -253,10 +330,9 @@ def serve(tier: Tier, plan: Plan, sigs: Signals) -> int:
 
 def _exec_rank(command: List[str]) -> int:
     """Rank wrapper for remote hosts: advertise the address that routes to the scheduler."""
-    root = os.environ.get("DMLC_PS_ROOT_URI", "127.0.0.1")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect((root, int(os.environ.get("DMLC_PS_ROOT_PORT", "9"))))
-        os.environ["DMLC_NODE_HOST"] = s.getsockname()[0]
+    cfg = config.load()
+    root = cfg.ps_root_uri or (cfg.launcher[0] if cfg.launcher else "127.0.0.1")
+    os.environ["DMLC_NODE_HOST"] = spawn.route_address(root)
     os.execvp(command[0], command)
     return 127  # not reached
 
@@ -283,20 +359,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
         return 127
     sigs = Signals()
-    try:
-        tier = start_tier(plan, opts)
-    except HvdPsError as err:
-        say(f"HvdPsError: {err}")
-        return 1
+    launch = Launch(plan, opts)
     code = 1
     try:
-        _report(tier, opts)
-        if opts.servers_only:
-            code = serve(tier, plan, sigs)
+        if plan.num_workers is not None:  # known now; else rank 0 tells us (run_job)
+            launch.start(plan.num_workers)
+        if launch.tier is not None and opts.servers_only:
+            code = serve(launch.tier, plan, sigs)
         else:
-            code = run_job(tier, plan, opts, forward, command, sigs)
+            code = run_job(launch, forward, command, sigs)
+    except HvdPsError as err:
+        say(f"HvdPsError: {err}")
+        code = 1
     finally:  # after a clean end the servers are finishing by themselves: give them time
-        tier.stop(grace=5.0 if code == 0 and sigs.received is None else 0.5)
+        launch.stop(grace=5.0 if code == 0 and sigs.received is None else 0.5)
     return code
 
 

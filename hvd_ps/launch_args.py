@@ -53,13 +53,25 @@ def _parser() -> argparse.ArgumentParser:
         "--num-servers", type=int, default=None, help="PS servers (default: HVD_PS_NUM_SERVERS, 1)"
     )
     p.add_argument(
+        "--group-size",
+        type=int,
+        help="ranks per group, for a script whose hvd_ps.init() names no grouping (it reads "
+        "HVD_PS_GROUP_SIZE); default: the script's grouping, which rank 0 reports to hvdps-run "
+        "before the tier starts",
+    )
+    p.add_argument(
         "--num-groups",
         "--num-workers",
         type=int,
         dest="num_workers",
-        help="PS workers = groups of the job; must match the script's "
-        "hvd_ps.init grouping (default: one per host, 1 without -H); with "
-        "--servers-only: the total over all jobs that will join",
+        help="PS workers = groups of the job, checked against the script's grouping (default: "
+        "what the script or --group-size makes); with --servers-only: the total over all "
+        "jobs that will join",
+    )
+    p.add_argument(
+        "--server-hosts",
+        help="host,host,...: where the servers run, round robin (default: the -H/--hostfile "
+        "hosts in order; this host without them); hosts outside the job are fine",
     )
     p.add_argument("--ps-host", help="address the scheduler binds (required with remote hosts)")
     p.add_argument("--ps-port", type=int, help="scheduler port (default: a free one)")
@@ -124,7 +136,7 @@ def parse_hosts(hosts: Optional[str], hostfile: Optional[str]) -> List[str]:
         for item in hosts.split(","):
             name = item.strip().split(":")[0]
             if not name:
-                raise UsageError(f"-H/--hosts: bad entry {item!r} (expected host:slots)")
+                raise UsageError(f"-H/--server-hosts: bad entry {item!r} (expected host:slots)")
             names.append(name)
     elif hostfile:
         try:
@@ -154,14 +166,19 @@ def is_local(host: str) -> bool:
 
 @dataclass
 class Plan:
-    """What to start where: ``servers`` holds one host per server (None: this host)."""
+    """What to start where: ``servers`` holds one host per server (None: this host).
+
+    ``num_workers`` is None when only the job's script knows its grouping: the tier then
+    starts when rank 0 reports the number of groups (see :mod:`hvd_ps.rendezvous`).
+    """
 
     ps_host: str
     port: Optional[int]
-    num_workers: int
+    num_workers: Optional[int]
     servers: List[Optional[str]]
     timeout: float
     remote: bool = False
+    group_size: Optional[int] = None
 
     @property
     def local_servers(self) -> int:
@@ -173,24 +190,38 @@ def make_plan(opts: argparse.Namespace, cfg: config.Config) -> Plan:
     if opts.hosts and opts.hostfile:
         raise UsageError("-H/--hosts and --hostfile are exclusive")
     hosts = parse_hosts(opts.hosts, opts.hostfile)
-    remote = [h for h in hosts if not is_local(h)]
+    server_hosts = parse_hosts(opts.server_hosts, None) if opts.server_hosts else hosts
+    remote = [h for h in dict.fromkeys(hosts + server_hosts) if not is_local(h)]
     if remote and not opts.ps_host:
         raise UsageError(f"--ps-host is required with remote hosts ({', '.join(remote)})")
     num_servers = cfg.num_servers if opts.num_servers is None else opts.num_servers
     if num_servers < 1:
         raise UsageError(f"--num-servers must be >= 1, got {num_servers}")
-    workers = opts.num_workers if opts.num_workers is not None else max(1, len(hosts))
-    if workers < 1:
+    workers = opts.num_workers
+    if workers is not None and workers < 1:
         raise UsageError(f"--num-groups/--num-workers must be >= 1, got {workers}")
     if opts.servers_only and opts.num_workers is None:
         raise UsageError("--servers-only needs --num-workers (total PS workers of all jobs)")
+    if opts.servers_only and opts.group_size is not None:
+        raise UsageError("--group-size is for a job; with --servers-only give --num-workers")
     if not opts.servers_only and opts.num_proc is None:
         raise UsageError("-np/--num-proc is required (or --servers-only)")
+    if opts.group_size is not None and not opts.servers_only:
+        if opts.group_size < 1 or opts.num_proc % opts.group_size:
+            raise UsageError(
+                f"--group-size {opts.group_size} must be >= 1 and divide -np {opts.num_proc}"
+            )
+        if workers is not None and workers != opts.num_proc // opts.group_size:
+            raise UsageError(
+                f"--num-groups {workers} contradicts --group-size {opts.group_size} with "
+                f"-np {opts.num_proc} ({opts.num_proc // opts.group_size} groups): give one"
+            )
+        workers = opts.num_proc // opts.group_size
     if opts.ps_port is not None and not 0 < opts.ps_port < 65536:
         raise UsageError(f"--ps-port {opts.ps_port} is not a TCP port")
     if opts.timeout is not None and opts.timeout <= 0:
         raise UsageError(f"--timeout must be > 0, got {opts.timeout}")
-    placed: List[Optional[str]] = list(hosts) or [None]
+    placed: List[Optional[str]] = list(server_hosts) or [None]
     servers = [placed[i % len(placed)] for i in range(num_servers)]
     return Plan(
         ps_host=opts.ps_host or "127.0.0.1",
@@ -199,4 +230,5 @@ def make_plan(opts: argparse.Namespace, cfg: config.Config) -> Plan:
         servers=[h if h in remote else None for h in servers],
         timeout=opts.timeout if opts.timeout is not None else min(cfg.timeout, 120.0),
         remote=bool(remote),
+        group_size=opts.group_size,
     )

@@ -11,10 +11,10 @@ import atexit
 import os
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence
 
-from . import config, deadline, spawn, topology
+from . import config, deadline, rendezvous, spawn, topology
 from .errors import HvdPsError, TierError
 from .tier import Client
 
@@ -27,6 +27,8 @@ class Runtime:
     local: Optional[spawn.LocalTier] = None
     client: Optional[Client] = None
     collectives: int = 0
+    # weak references to callables shutdown() runs first (trainers completing an exchange)
+    finishers: List[Any] = field(default_factory=list)
 
     def next_name(self, what: str) -> str:
         """A collective's name, identical on every rank (calls happen in program order)."""
@@ -70,7 +72,9 @@ def init(
             )
         cfg = config.load()
         _bound_horovod(cfg)
+        group_size, groups = rendezvous.grouping(cfg, group_size, groups)  # or hvdps-run's
         topo = topology.setup(group_size=group_size, groups=groups)
+        rendezvous.check(cfg, topo)  # the grouping hvdps-run was told, if any, must agree
         local, address = _start_tier(cfg, topo)
         _rt = Runtime(cfg, topo, address, local)
         atexit.register(_at_exit)
@@ -91,7 +95,12 @@ def _start_tier(cfg: config.Config, topo: topology.Topology) -> tuple:
         return None, (cfg.ps_root_uri, cfg.ps_root_port, cfg.ps_num_servers or 1)
     local = None
     message: Any = None
-    if topo.rank == 0:
+    if topo.rank == 0 and cfg.launcher is not None:  # hvdps-run starts it for our groups
+        try:
+            message = rendezvous.ask(cfg, topo.num_groups, len(topo.hosts))
+        except HvdPsError as err:
+            message = f"rank 0 could not get the PS tier from hvdps-run: {err}"
+    elif topo.rank == 0:
         try:
             local = spawn.start(
                 cfg.num_servers,
@@ -143,6 +152,10 @@ def shutdown() -> None:
         rt = _rt
         if rt is None:
             return
+        for ref in rt.finishers:
+            finish = ref()
+            if finish is not None:
+                finish()
         barrier("hvd_ps.shutdown on every rank")
         if rt.local is not None:
             # the servers exit when the leaders leave: from here that is no failure to report

@@ -202,7 +202,8 @@ def test_hosts_and_plan(tmp_path: Path) -> None:
     assert launch.is_local("localhost") and not launch.is_local("192.0.2.1")
     opts = launch._parser().parse_args(["-np", "4", "-H", "localhost:2,127.0.0.1:2"])
     plan = launch.make_plan(opts, launch.config.load({}))
-    assert (plan.num_workers, plan.servers, plan.remote) == (2, [None], False)
+    # no grouping flag: the tier waits for rank 0 to report the script's number of groups
+    assert (plan.num_workers, plan.servers, plan.remote) == (None, [None], False)
     opts = launch._parser().parse_args(
         [
             "-np",

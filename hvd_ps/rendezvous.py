@@ -1,0 +1,160 @@
+"""How ``hvdps-run`` and the job's ``hvd_ps.init`` agree on the grouping and on the PS tier.
+
+The PS tier must know its number of workers (``DMLC_NUM_WORKER`` = the number of groups)
+when its scheduler and servers start. The grouping is said once, in either place:
+
+* **to hvdps-run**: ``hvdps-run --group-size N`` exports ``HVD_PS_GROUP_SIZE=N`` (and
+  ``HVD_PS_NUM_GROUPS`` = ``np / N``) and starts the tier for that many workers before the
+  job; the script's ``hvd_ps.init()`` with no grouping of its own uses ``N`` (:func:`grouping`).
+* **in the script**: ``hvd_ps.init(group_size=N)`` (or ``groups=``, or the default of one group
+  per host) and no grouping flag. hvdps-run cannot know the count, so it starts the tier
+  only when the job tells it: it listens on a TCP port of the scheduler's address and puts
+  ``HVD_PS_LAUNCHER=host:port`` and a random ``HVD_PS_LAUNCHER_TOKEN`` in the job's
+  environment. Global rank 0's ``hvd_ps.init`` sends the token and the number of groups
+  (:func:`ask`); hvdps-run starts the scheduler and servers for exactly that many workers
+  and answers with the scheduler's address, which rank 0 broadcasts to every rank (as in the
+  embedded mode). :class:`Listener` is hvdps-run's side.
+
+When hvdps-run was told a count (``--num-groups`` or ``--group-size``), a script whose own
+grouping differs fails in ``hvd_ps.init`` on every rank, before any training (:func:`check`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import select
+import socket
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+from . import config, topology
+from .errors import ConfigError, TierError
+
+#: the largest request or reply (one JSON line)
+MAX_MESSAGE = 64 * 1024
+
+
+def grouping(
+    cfg: config.Config, group_size: Optional[int], groups: Optional[Sequence[Sequence[int]]]
+) -> Tuple[Optional[int], Optional[Sequence[Sequence[int]]]]:
+    """The grouping ``hvd_ps.init`` uses: the script's, else ``hvdps-run --group-size``'s."""
+    if group_size is None and groups is None and cfg.launch_group_size is not None:
+        return cfg.launch_group_size, None
+    return group_size, groups
+
+
+def check(cfg: config.Config, topo: topology.Topology) -> None:
+    """Raise on every rank if the script's grouping contradicts what hvdps-run was told."""
+    size = cfg.launch_group_size
+    if size is not None:
+        expected = topology.plan(len(topo.hosts), group_size=size)
+        if topo.groups != expected:
+            raise ConfigError(
+                f"hvd_ps.init makes the groups {topo.groups}, but hvdps-run --group-size {size} "
+                f"(HVD_PS_GROUP_SIZE) makes {expected}: give the grouping once, either in the "
+                "script or to hvdps-run"
+            )
+    count = cfg.launch_num_groups
+    if count is not None and count != topo.num_groups:
+        raise TierError(
+            f"the PS tier hvdps-run started expects {count} leaders (--num-groups {count}), "
+            f"this job's hvd_ps.init makes {topo.num_groups} groups: drop --num-groups (the "
+            "script's grouping is then used) or make it match"
+        )
+
+
+def _send(sock: socket.socket, message: Dict[str, Any]) -> None:
+    sock.sendall(json.dumps(message).encode() + b"\n")
+
+
+def _receive(sock: socket.socket, timeout: float) -> Dict[str, Any]:
+    """One JSON line from ``sock`` within ``timeout`` seconds (OSError/ValueError if not)."""
+    sock.settimeout(timeout)
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("connection closed before a whole message arrived")
+        data += chunk
+        if len(data) > MAX_MESSAGE:
+            raise ValueError("message too long")
+    message = json.loads(data)
+    if not isinstance(message, dict):
+        raise ValueError("message is not a JSON object")
+    return message
+
+
+def ask(cfg: config.Config, num_groups: int, world_size: int) -> Tuple[str, int, int]:
+    """Rank 0: tell hvdps-run the job's number of groups; returns (uri, port, num_servers)."""
+    assert cfg.launcher is not None
+    host, port = cfg.launcher
+    where = f"hvdps-run at {host}:{port} (HVD_PS_LAUNCHER)"
+    try:
+        with socket.create_connection((host, port), timeout=min(30.0, cfg.timeout)) as sock:
+            _send(
+                sock,
+                {"token": cfg.launcher_token, "num_groups": num_groups, "world_size": world_size},
+            )
+            reply = _receive(sock, cfg.timeout)  # hvdps-run starts the tier meanwhile
+    except (OSError, ValueError) as err:
+        raise TierError(f"asking {where} to start the PS tier failed: {err}") from None
+    if "error" in reply:
+        raise TierError(f"{where} could not start the PS tier: {reply['error']}")
+    try:
+        return str(reply["uri"]), int(reply["port"]), int(reply["num_servers"])
+    except (KeyError, TypeError, ValueError):
+        raise TierError(f"{where} sent a malformed answer: {reply!r}") from None
+
+
+@dataclass
+class Request:
+    """Rank 0's request, held open until :meth:`answer`."""
+
+    conn: socket.socket
+    num_groups: int
+    world_size: int
+
+    def answer(self, message: Dict[str, Any]) -> None:
+        try:
+            _send(self.conn, message)
+        except OSError:
+            pass  # rank 0 is gone: the job fails on its own
+        finally:
+            self.conn.close()
+
+
+class Listener:
+    """hvdps-run's side: waits for rank 0's request on ``host`` (a free port)."""
+
+    def __init__(self, host: str, token: str) -> None:
+        self.token = token
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind((host, 0))
+        self.sock.listen(4)
+        self.address = f"{host}:{self.sock.getsockname()[1]}"
+
+    def poll(self, timeout: float) -> Optional[Request]:
+        """A valid request if one arrives within ``timeout`` s; anything else is dropped."""
+        ready, _, _ = select.select([self.sock], [], [], timeout)
+        if not ready:
+            return None
+        conn, _ = self.sock.accept()
+        try:
+            msg = _receive(conn, 10.0)
+            token = str(msg.get("token", ""))
+            groups, world = msg.get("num_groups"), msg.get("world_size")
+            if (
+                hmac.compare_digest(token.encode(), self.token.encode())
+                and isinstance(groups, int)
+                and isinstance(world, int)
+                and 0 < groups <= world
+            ):
+                return Request(conn, groups, world)
+        except (OSError, ValueError):
+            pass
+        conn.close()
+        return None
+
+    def close(self) -> None:
+        self.sock.close()
