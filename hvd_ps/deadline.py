@@ -28,8 +28,10 @@ def on_fatal(hook: Callable[[], None]) -> None:
 
 def fatal(message: str) -> None:
     """Print ``HvdPsError: message`` and end this process now, from any thread."""
-    sys.stderr.write(f"\nhvd_ps: HvdPsError: {message}\n")
+    # to the file descriptor itself: sys.stderr may be replaced (a test runner's capture, a
+    # notebook) by something that dies with the process before it shows what it holds
     sys.stderr.flush()
+    os.write(2, f"\nhvd_ps: HvdPsError: {message}\n".encode("utf-8", "replace"))
     for hook in list(_hooks):
         try:
             hook()

@@ -111,11 +111,25 @@ class Client:
 
     def register(self, name: str, initial: Any, updater: str, params: Dict[str, Any]) -> int:
         """A new key for a fused buffer: set its server updater and initial value."""
+        import mxnet as mx
+
         key = len(self.keys)
         self.keys[key] = name
         self.command(key, updater, params)
         with deadline(f"initialising PS key {key} ({name}) on the {self.where}", self.cfg.timeout):
             self.kv.init(key, initial)
+            # MXNet 1.9.1's KVStoreDist caches how a key maps onto the servers the first time
+            # the key is used, and fills that cache entry outside its lock: a push fills it on
+            # the calling thread (in kv.push), a pull inside its engine op on an engine thread.
+            # So a key's first pull still queued when its first push comes (EASGD pulls c and
+            # pushes d without waiting in between) fills the entry twice at once, and the next
+            # pull of the key aborts the process in ps-lite's receive thread ("Check failed:
+            # lens->size() == keys.size() (2 vs. 1)"). kv.init fills it only on ps-lite's rank
+            # 0, so every leader pulls the new key once, here, and waits: from then on the
+            # entry is only read.
+            scratch = mx.nd.empty(initial.shape, dtype=initial.dtype)
+            self.kv.pull(key, out=scratch)
+            scratch.wait_to_read()
         return key
 
     def command(self, key: int, updater: str, params: Dict[str, Any]) -> None:

@@ -159,3 +159,28 @@ def test_stats_count_bytes(sync_client):
     assert after["bytes_pushed"] == before["bytes_pushed"] + 4 * N
     assert after["bytes_pulled"] == before["bytes_pulled"] + 4 * N
     np.testing.assert_array_equal(out.asnumpy(), np.full(N, hvd_ps.num_groups(), np.float32))
+
+
+def test_first_use_of_a_key_may_be_a_queued_pull_then_a_push(sync_client):
+    """A fresh key whose first use is a pull still queued when its first push comes.
+
+    That is EASGD's exchange (pull c, push d, one wait). In MXNet 1.9.1 both fill the key's
+    server-mapping cache at once on a leader other than ps-lite's rank 0 unless the key was
+    used before; the next pull then aborted the process (Check failed: lens->size() ==
+    keys.size()) or a server (req_data.keys.size() == 1). Client.register pulls every new key
+    once to rule that out; 200 fresh keys reproduced the abort on every 4-leader run without it.
+    """
+    if sync_client is None:
+        return
+    G = hvd_ps.num_groups()
+    for i in range(200):
+        key = sync_client.register(f"test.first_use.{i}", mx.nd.full((10,), 2.0), "add", {})
+        pulled = mx.nd.zeros((10,))
+        sync_client.exchange(key, None, pulled, wait=False)
+        # computed from the pull (as EASGD's d is), so the engine pushes it after the pull
+        sync_client.push(key, pulled * 0 + float(hvd_ps.group_id() + 1))
+        sync_client.wait([pulled], f"first use of key {key}")
+        np.testing.assert_array_equal(pulled.asnumpy(), np.full(10, 2.0, np.float32))
+        sync_client.exchange(key, None, pulled)  # ordered after the round of pushes
+        want = 2.0 + G * (G + 1) / 2
+        np.testing.assert_array_equal(pulled.asnumpy(), np.full(10, want, np.float32))
