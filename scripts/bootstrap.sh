@@ -13,6 +13,11 @@ VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
 HOROVOD_VERSION=0.28.1
 
+# One bootstrap at a time per checkout: two commands started together must not install into
+# the same virtualenv at once (the lock is released once everything is in place).
+exec 9> "$ROOT/.bootstrap.lock"
+flock -w 1800 9 || { echo "[bootstrap] ERROR: another bootstrap of $ROOT held its lock for 30 min" >&2; exit 1; }
+
 say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*"; }
 die() { printf '[bootstrap] ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -53,9 +58,12 @@ fi
 
 # 4. Horovod from source, with MXNet and MPI --------------------------------------------------
 hvd_ok() {
-  "$VENV/bin/horovodrun" --check-build 2>/dev/null | grep -q '\[X\] MXNet' &&
-  "$VENV/bin/horovodrun" --check-build 2>/dev/null | grep -q '\[X\] MPI' &&
-  "$PY" -c 'import horovod.mxnet' 2>/dev/null
+  # the report is read whole first: `horovodrun ... | grep -q` under pipefail failed whenever
+  # grep quit before horovodrun had written the rest (a broken pipe), and set off a rebuild
+  local report
+  report=$("$VENV/bin/horovodrun" --check-build 2>/dev/null) || return 1
+  grep -q '\[X\] MXNet' <<< "$report" && grep -q '\[X\] MPI' <<< "$report" &&
+    "$PY" -c 'import horovod.mxnet' 2>/dev/null
 }
 if [ ! -f "$VENV/.horovod-$HOROVOD_VERSION" ] || ! hvd_ok; then
   say "building Horovod $HOROVOD_VERSION with MXNet + MPI (about 5 minutes on 2 cores, once)"
@@ -77,6 +85,8 @@ if [ ! -f "$VENV/.hvdps-$src_hash" ] || ! "$PY" -c 'import hvd_ps' 2>/dev/null; 
     2> >(grep -v 'is ignored: it is neither' >&2))
   rm -f "$VENV"/.hvdps-*; touch "$VENV/.hvdps-$src_hash"
 fi
+
+exec 9>&-  # release the lock
 
 export PATH="$VENV/bin:$PATH"
 export OMP_NUM_THREADS=1 MXNET_CPU_WORKER_NTHREADS=1
