@@ -8,6 +8,7 @@ mxnet wheel, so mxnet must be installed first and the build must see it:
 import glob
 import importlib.util
 import os
+import re
 import sys
 
 from setuptools import Extension, setup
@@ -21,6 +22,17 @@ def mxnet_dir() -> str:
             "first; then run: pip install --no-build-isolation -e ."
         )
     return list(spec.submodule_search_locations)[0]
+
+
+def version() -> str:
+    """``__version__`` as written in hvd_ps/__init__.py (read as text: importing is not needed)."""
+    with open(
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "hvd_ps", "__init__.py")
+    ) as f:
+        m = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M)
+    if m is None:
+        sys.exit("hvd_ps: no __version__ in hvd_ps/__init__.py")
+    return m.group(1)
 
 
 MX = mxnet_dir()
@@ -37,7 +49,7 @@ fusion = Extension(
 
 setup(
     name="hvd_ps",
-    version="0.1.0",
+    version=version(),
     description="Horovod groups as clients of an MXNet parameter server (MXNET-MPI, rebuilt)",
     packages=["hvd_ps"],
     ext_modules=[fusion],

@@ -3,51 +3,64 @@
 Ranks are split into groups that train synchronously with Horovod allreduce; every few steps
 each group's leader exchanges fused buffers with a parameter-server tier (MXNet's dist
 KVStore), synchronously or not. See README.md for the strategies and their update equations.
+
+``import hvd_ps`` is light: the public names below load their module (and with it MXNet,
+Horovod or the compiled op) on first use, so ``python -m hvd_ps.server``, ``hvdps-run`` and
+``hvd_ps.config`` pay only for what they use.
 """
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import Any, List
 
 from .config import defuse_stock_server as _defuse
 
 _defuse()  # before anything imports mxnet: see hvd_ps/server.py
 
-from .errors import ConfigError, HvdPsError, TierError, TopologyError
-from .fusion import FusedBuffer
-from .runtime import (
-    group,
-    group_id,
-    group_rank,
-    group_size,
-    groups,
-    init,
-    is_leader,
-    num_groups,
-    shutdown,
-)
-from .strategies import EASGD, DiLoCo, GradientPush, ModelAverage, Strategy
-from .trainer import DistributedTrainer, broadcast_parameters
+__version__ = "0.1.0"  # setup.py reads it from here
 
-__version__ = "0.1.0"
+#: public name -> the module that defines it
+_PUBLIC = {
+    "HvdPsError": "errors",
+    "ConfigError": "errors",
+    "TopologyError": "errors",
+    "TierError": "errors",
+    "FusedBuffer": "fusion",
+    "init": "runtime",
+    "shutdown": "runtime",
+    "group": "runtime",
+    "group_id": "runtime",
+    "group_rank": "runtime",
+    "group_size": "runtime",
+    "groups": "runtime",
+    "is_leader": "runtime",
+    "num_groups": "runtime",
+    "Strategy": "strategies",
+    "GradientPush": "strategies",
+    "ModelAverage": "strategies",
+    "EASGD": "strategies",
+    "DiLoCo": "strategies",
+    "DistributedTrainer": "trainer",
+    "broadcast_parameters": "trainer",
+}
 
-__all__ = [
-    "ConfigError",
-    "DiLoCo",
-    "DistributedTrainer",
-    "EASGD",
-    "FusedBuffer",
-    "GradientPush",
-    "HvdPsError",
-    "ModelAverage",
-    "Strategy",
-    "TierError",
-    "TopologyError",
-    "__version__",
-    "broadcast_parameters",
-    "group",
-    "group_id",
-    "group_rank",
-    "group_size",
-    "groups",
-    "init",
-    "is_leader",
-    "num_groups",
-    "shutdown",
-]
+__all__ = sorted(_PUBLIC) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """Load a public name's module on first use (PEP 562) and cache the name here; a
+    submodule's name (``hvd_ps.runtime``) imports that submodule."""
+    module = _PUBLIC.get(name)
+    if module is None:
+        if importlib.util.find_spec(f"{__name__}.{name}") is None:
+            raise AttributeError(f"module 'hvd_ps' has no attribute {name!r}")
+        return importlib.import_module(f".{name}", __name__)
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
