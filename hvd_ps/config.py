@@ -165,6 +165,21 @@ def ps_environment(
     }
 
 
+def launch_rank() -> int:
+    """This process's global rank as the MPI launcher tells it (0 when not under one); known
+    before ``hvd.init``."""
+    for name in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "HOROVOD_RANK"):
+        raw = os.environ.get(name, "")
+        if raw.isdigit():
+            return int(raw)
+    return 0
+
+
+def debug_errors() -> bool:
+    """Whether ``HVD_PS_LOG_LEVEL=DEBUG`` asks for full tracebacks of hvd_ps's errors."""
+    return os.environ.get("HVD_PS_LOG_LEVEL", "").strip().upper() == "DEBUG"
+
+
 SERVER_ROLES = ("scheduler", "server")
 
 

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 
 class HvdPsError(RuntimeError):
-    """Base class of every error hvd_ps raises on purpose."""
+    """Base class of every error hvd_ps raises on purpose.
+
+    ``every_rank`` is true for an error that every rank of the job raises alike (a bad layout,
+    a model that differs across groups): a job that dies of it reports it once, from rank 0.
+    """
+
+    every_rank = False
 
 
 class ConfigError(HvdPsError, ValueError):
@@ -17,7 +23,10 @@ class ConfigError(HvdPsError, ValueError):
 
 
 class TopologyError(HvdPsError):
-    """The requested grouping of ranks is not a valid partition of the job."""
+    """The requested grouping of ranks is not a valid partition of the job (every rank
+    validates the same layout, so every rank raises it)."""
+
+    every_rank = True
 
 
 class TierError(HvdPsError):

@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence
 
-from . import config, deadline, rendezvous, spawn, topology
+from . import config, deadline, exits, rendezvous, spawn, topology
 from .errors import HvdPsError, TierError
 from .tier import Client
 
@@ -62,6 +62,7 @@ def init(
         hvd_ps.init(group_size=2)      # 4 ranks -> groups [0, 1] and [2, 3]
     """
     global _rt
+    exits.install()  # an hvd_ps error that ends the job: one line, once per job
     with _lock:
         if _rt is not None:
             raise HvdPsError("hvd_ps.init() was already called in this process")
@@ -78,7 +79,6 @@ def init(
         local, address = _start_tier(cfg, topo)
         _rt = Runtime(cfg, topo, address, local)
         atexit.register(_at_exit)
-        sys.excepthook = _note_crash
         if topo.is_leader:
             _rt.client = Client(
                 address[0], address[1], address[2], topo.num_groups, topo.group_id, cfg
@@ -168,18 +168,6 @@ def shutdown() -> None:
         hvd.shutdown()
 
 
-_crashed = False
-
-
-def _note_crash(kind: Any, value: Any, tb: Any) -> None:
-    global _crashed
-    _crashed = True
-    _previous_hook(kind, value, tb)
-
-
-_previous_hook = sys.excepthook
-
-
 def _at_exit() -> None:
     """The program ends without shutdown(): never leave servers behind, never hang.
 
@@ -190,7 +178,7 @@ def _at_exit() -> None:
     rt = _rt
     if rt is None:
         return
-    if _crashed:
+    if exits.crashed():
         if rt.local is not None:
             rt.local.stop(grace=0)
         sys.stderr.flush()
