@@ -30,6 +30,7 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "1")
 
+import console  # noqa: E402  (examples/console.py)
 import horovod.mxnet as hvd  # noqa: E402
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
@@ -50,7 +51,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", type=str, default=None, help="write a PNG of loss/accuracy here")
     p.add_argument("--json", type=str, default=None, help="write the final metrics here")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--progress",
+        choices=console.MODES,
+        default="auto",
+        help="bar: a tqdm bar redrawn in place; lines: whole lines only (what mpirun's output "
+        "tagging needs); auto (default): bar on a terminal not behind mpirun/horovodrun",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar (same as --progress none)")
     args = p.parse_args(argv)
     strategy_flags.finish(args)
     return args
@@ -94,27 +102,6 @@ def accuracy(net, x: np.ndarray, y: np.ndarray) -> float:
 # -- output --------------------------------------------------------------------------------------
 
 
-class Bar:
-    """A plain text progress bar (rank 0 only), redrawn in place with carriage returns."""
-
-    def __init__(self, total: int, label: str, enabled: bool, width: int = 30) -> None:
-        self.total, self.label, self.enabled, self.width = total, label, enabled, width
-        self.every = max(1, total // 20)
-
-    def update(self, done: int, loss: float) -> None:
-        if not self.enabled or (done % self.every and done != self.total):
-            return
-        fill = int(self.width * done / self.total)
-        bar = "#" * fill + "." * (self.width - fill)
-        sys.stdout.write(f"\r{self.label} [{bar}] {done}/{self.total} loss {loss:.4f}")
-        sys.stdout.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stdout.write("\r" + " " * (len(self.label) + self.width + 32) + "\r")
-            sys.stdout.flush()
-
-
 def plot(path: str, history: list, title: str) -> None:
     import matplotlib
 
@@ -141,6 +128,24 @@ def plot(path: str, history: list, title: str) -> None:
 # -- training ------------------------------------------------------------------------------------
 
 
+def group_figures(hvd, leader: bool, gid: int, loss: float, acc: float) -> list:
+    """[(group id, loss, accuracy of the group's own model)] in group order, from every leader.
+
+    One small object per rank through Horovod's allgather (bounded like every hvd_ps wait:
+    hvd_ps.init sets Horovod's stall shutdown time to HVD_PS_TIMEOUT)."""
+    rows = hvd.allgather_object((gid, loss, acc) if leader else None, name="digits.groups")
+    return sorted(r for r in rows if r is not None)
+
+
+def epoch_line(epoch: int, epochs: int, loss: float, acc: float, groups: list, secs: float):
+    """One whole line per epoch: the job's figures, then each group's, in group order."""
+    width = len(str(epochs))
+    text = f"epoch {epoch:{width}d}/{epochs}  loss {loss:.4f}  global model {100 * acc:5.2f}%"
+    for gid, gloss, gacc in groups:
+        text += f"  | group {gid}: loss {gloss:.4f} acc {100 * gacc:5.2f}%"
+    return f"{text}  | {secs:.2f} s"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
@@ -148,6 +153,7 @@ def main(argv=None) -> int:
     if baseline:
         hvd.init()
         gid, ngroups, leader, group_set = 0, 1, hvd.rank() == 0, hvd.global_process_set
+        layout = [list(range(hvd.size()))]
     else:
         hvd_ps.init(group_size=args.group_size)
         gid, ngroups, leader, group_set = (
@@ -156,7 +162,9 @@ def main(argv=None) -> int:
             hvd_ps.is_leader(),
             hvd_ps.group(),
         )
+        layout = hvd_ps.groups()
     rank, size = hvd.rank(), hvd.size()
+    out = console.Console(rank == 0, "none" if args.quiet else args.progress)
     x_tr, y_tr, x_te, y_te = load_data(args.seed, args.test_size, rank, size)
 
     mx.random.seed(args.seed)
@@ -168,12 +176,12 @@ def main(argv=None) -> int:
     trainer, sync_desc = strategy_flags.make_trainer(args, params, optim)
     loss_fn = mx.gluon.loss.SoftmaxCrossEntropyLoss()
     steps = len(x_tr) // args.batch_size
-    if rank == 0:
-        print(
-            f"digits: {size} ranks in {ngroups} group(s), {len(x_tr)} training samples per rank, "
-            f"{len(x_te)} test samples, {steps} steps per epoch; sync: {sync_desc}",
-            flush=True,
-        )
+    groups_desc = ", ".join(f"{i}: ranks {g}" for i, g in enumerate(layout))
+    out.line(
+        f"digits: {size} ranks in {ngroups} group(s) ({groups_desc}); {len(x_tr)} training "
+        f"samples per rank, {len(x_te)} test samples, {steps} steps per epoch"
+    )
+    out.line(f"sync: {sync_desc}")
 
     history = []
     train_start = time.perf_counter()
@@ -181,60 +189,52 @@ def main(argv=None) -> int:
     for epoch in range(1, args.epochs + 1):
         t0 = time.perf_counter()
         order = rng.permutation(len(x_tr))
-        bar = Bar(steps, f"epoch {epoch}/{args.epochs}", rank == 0 and not args.quiet)
         total = 0.0
-        for i in range(steps):
-            idx = order[i * args.batch_size : (i + 1) * args.batch_size]
-            x, y = mx.nd.array(x_tr[idx]), mx.nd.array(y_tr[idx])
-            with mx.autograd.record():
-                loss = loss_fn(net(x), y)
-            loss.backward()
-            trainer.step(args.batch_size)
-            total += float(loss.mean().asscalar())
-            bar.update(i + 1, total / (i + 1))
-        bar.close()
+        with out.bar(steps, f"epoch {epoch}/{args.epochs}") as bar:
+            for i in range(steps):
+                idx = order[i * args.batch_size : (i + 1) * args.batch_size]
+                x, y = mx.nd.array(x_tr[idx]), mx.nd.array(y_tr[idx])
+                with mx.autograd.record():
+                    loss = loss_fn(net(x), y)
+                loss.backward()
+                trainer.step(args.batch_size)
+                total += float(loss.mean().asscalar())
+                bar.set_postfix_str(f"loss {total / (i + 1):.4f}", refresh=False)
+                bar.update(1)
         train_s = time.perf_counter() - t0
 
-        # mean training loss: over the group (one line per group leader) and over all ranks
+        # mean training loss: over the group and over all ranks
         mine = mx.nd.array([total / steps])
         group_loss = hvd.allreduce(mine, name=f"digits.gloss.{epoch}", process_set=group_set)
         all_loss = hvd.allreduce(mine, name=f"digits.loss.{epoch}")
-        all_loss.wait_to_read()  # every rank is here: rank 0's bar is closed before we print
-        if leader and not baseline:
-            print(
-                f"  group {gid} epoch {epoch}: loss {group_loss.asscalar():.4f}",
-                flush=True,
-            )
-
-        # test accuracy of the global model; keep each rank's local parameters for training
+        # test accuracy of the group's own model (leaders), then of the global model; each
+        # rank keeps its local parameters for training
+        own_acc = accuracy(net, x_te, y_te) if leader else float("nan")
         if baseline:
-            acc = accuracy(net, x_te, y_te)
+            acc = own_acc if leader else accuracy(net, x_te, y_te)
         else:
             with trainer.global_model():  # local parameters come back after the block
                 acc = accuracy(net, x_te, y_te)
+        rows = group_figures(hvd, leader, gid, float(group_loss.asscalar()), own_acc)
         hist = {
             "epoch": epoch,
             "loss": float(all_loss.asscalar()),
             "test_acc": acc,
+            "groups": [{"group": g, "loss": lo, "test_acc": a} for g, lo, a in rows],
             "train_s": train_s,
             "elapsed_s": time.perf_counter() - train_start,
         }
         history.append(hist)
-        if rank == 0:
-            print(
-                f"epoch {epoch:3d}  loss {hist['loss']:.4f}  test accuracy (global model) "
-                f"{100 * acc:6.2f}%  {train_s:.2f} s",
-                flush=True,
-            )
+        shown = [] if baseline else rows  # one group: its figures are the job's
+        out.line(epoch_line(epoch, args.epochs, hist["loss"], acc, shown, train_s))
 
     train_time = time.perf_counter() - train_start
     stats = {} if baseline else trainer.stats()
     if rank == 0:
         final = history[-1]["test_acc"] if history else float("nan")
-        print(
+        out.line(
             f"final test accuracy (global model): {100 * final:.2f}%  "
-            f"(training {train_time:.1f} s, total {time.perf_counter() - start:.1f} s)",
-            flush=True,
+            f"(training {train_time:.1f} s, total {time.perf_counter() - start:.1f} s)"
         )
         if args.json:
             result = {
@@ -260,7 +260,7 @@ def main(argv=None) -> int:
         if args.plot:
             title = f"digits, {size} ranks / {ngroups} groups: {sync_desc}"
             plot(args.plot, history, title)
-            print(f"plot written to {args.plot}", flush=True)
+            out.line(f"plot written to {args.plot}")
     if baseline:
         hvd.shutdown()
     else:

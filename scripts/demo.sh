@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The README's main job: 4 ranks in 2 groups train an MLP on scikit-learn's digits with hvd_ps
 # (EASGD through the embedded parameter server that rank 0 starts on loopback: nothing to
-# configure), printing progress, each group's loss and the global model's test accuracy per
-# epoch, then the final accuracy and where the plot is.
+# configure). Rank 0 prints one whole line per epoch — the job's loss, the global model's test
+# accuracy, then each group's own loss and accuracy in group order — then the final accuracy and
+# where the plot is. horovodrun tags every line of rank 0 with "[1,0]<stdout>:"; the lines of
+# this script itself start with "[demo]".
 #
 #   scripts/demo.sh                         # the default job (EASGD, sync, period 4)
 #   scripts/demo.sh --sync diloco           # any other flag goes to examples/train_digits.py
@@ -28,13 +30,16 @@ export OMP_NUM_THREADS=1 MXNET_CPU_WORKER_NTHREADS=1
 # busy-polls; with fewer cores than ranks that makes every collective ~5x slower. Yield instead.
 export OMPI_MCA_mpi_yield_when_idle=1
 
-printf '\033[1m[demo]\033[0m horovodrun -np 4 python examples/train_digits.py --group-size 2 %s\n' "$*"
+say() { if [ -t 1 ]; then printf '\033[1m[demo]\033[0m %s\n' "$*"; else printf '[demo] %s\n' "$*"; fi; }
+say "horovodrun -np 4 python examples/train_digits.py --group-size 2 $*"
 rc=0
 timeout -k 10 "${DEMO_TIMEOUT:-600}" \
   horovodrun -np 4 python examples/train_digits.py --group-size 2 \
   --plot "$PLOT" --json "$METRICS" "$@" || rc=$?
 if [ "$rc" -ne 0 ]; then
-  [ "$rc" -eq 124 ] && echo "[demo] the job did not finish within ${DEMO_TIMEOUT:-600} s" >&2
+  if [ "$rc" -eq 124 ]; then
+    echo "[demo] the job did not finish within ${DEMO_TIMEOUT:-600} s" >&2
+  fi
   echo "[demo] FAILED (exit code $rc)" >&2
   exit "$rc"
 fi
