@@ -13,8 +13,9 @@
 #include <mxnet/c_api.h>
 
 #include <algorithm>
-#include <cstdio>
+#include <exception>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,31 @@ struct Failure {
   Status status;
   std::string message;
 };
+
+// An op that fails on an engine thread cannot report to its caller, who has long returned.
+// The first such failure is kept here until the next call into this library (or
+// hvdps_fusion_take_engine_error) hands it to Python, which raises it; until then the arrays the
+// op was to write hold stale values, so nothing may go on as if it had run.
+std::mutex g_engine_mu;
+std::string g_engine_error;
+std::string g_inject;  // tests: the next engine op fails with this message
+
+void record_engine_error(const std::string& message) {
+  std::lock_guard<std::mutex> lock(g_engine_mu);
+  if (g_engine_error.empty()) g_engine_error = message;
+}
+
+// Throws the recorded engine-op failure (once), so the call that meets it fails.
+void raise_engine_error() {
+  std::string message;
+  {
+    std::lock_guard<std::mutex> lock(g_engine_mu);
+    message.swap(g_engine_error);
+  }
+  if (!message.empty()) {
+    throw Failure{kMXNetError, "an earlier fused-buffer op failed: " + message};
+  }
+}
 
 struct ArrayInfo {
   void* data = nullptr;
@@ -125,21 +151,39 @@ struct EngineOp {
   }
 };
 
-void run_engine_op(void* /*run_context*/, void* param) {
+const char* op_name(OpKind kind);
+
+// Runs on an engine thread: nothing may escape it (the engine calls it through a C pointer),
+// so every failure is recorded for the next call instead.
+void run_engine_op(void* /*run_context*/, void* param) noexcept {
   EngineOp* op = static_cast<EngineOp*>(param);
-  void* flat = nullptr;
-  void* aux = nullptr;
-  if (MXNDArrayGetData(op->flat, &flat) != 0 ||
-      (op->aux != nullptr && MXNDArrayGetData(op->aux, &aux) != 0) || flat == nullptr) {
-    std::fprintf(stderr, "hvd_ps fused-buffer op skipped: no data pointer: %s\n",
-                 MXGetLastError());
-    return;
+  try {
+    {
+      std::lock_guard<std::mutex> lock(g_engine_mu);
+      if (!g_inject.empty()) {
+        std::string message;
+        message.swap(g_inject);
+        throw Failure{kMXNetError, message};
+      }
+    }
+    void* flat = nullptr;
+    void* aux = nullptr;
+    if (MXNDArrayGetData(op->flat, &flat) != 0 ||
+        (op->aux != nullptr && MXNDArrayGetData(op->aux, &aux) != 0) || flat == nullptr) {
+      throw Failure{kMXNetError, std::string("no data pointer: ") + MXGetLastError()};
+    }
+    op->spec.flat = flat;
+    if (op->spec.kind == OpKind::kPackAxpby || op->spec.kind == OpKind::kElastic) {
+      op->spec.aux = op->aux != nullptr ? aux : flat;
+    }
+    run_op(op->spec);
+  } catch (const Failure& e) {
+    record_engine_error(std::string(op_name(op->spec.kind)) + ": " + e.message);
+  } catch (const std::exception& e) {
+    record_engine_error(std::string(op_name(op->spec.kind)) + ": " + e.what());
+  } catch (...) {
+    record_engine_error(std::string(op_name(op->spec.kind)) + ": unknown C++ exception");
   }
-  op->spec.flat = flat;
-  if (op->spec.kind == OpKind::kPackAxpby || op->spec.kind == OpKind::kElastic) {
-    op->spec.aux = op->aux != nullptr ? aux : flat;
-  }
-  run_op(op->spec);
 }
 void delete_op(void* param) { delete static_cast<EngineOp*>(param); }
 
@@ -276,6 +320,7 @@ HVDPS_API const char* hvdps_fusion_last_error() { return hvdps::g_error.c_str();
 HVDPS_API int hvdps_fusion_push(int kind, NDArrayHandle* arrays, int n, NDArrayHandle flat,
                                 NDArrayHandle aux, double alpha, double beta, int threads) {
   try {
+    hvdps::raise_engine_error();
     if (kind < 0 || kind > 3) throw hvdps::Failure{hvdps::kBadArgument, "unknown op kind"};
     hvdps::push(static_cast<hvdps::OpKind>(kind), arrays, n, flat, aux, alpha, beta, threads);
     return hvdps::kOk;
@@ -285,6 +330,9 @@ HVDPS_API int hvdps_fusion_push(int kind, NDArrayHandle* arrays, int n, NDArrayH
   } catch (const std::exception& e) {
     hvdps::g_error = e.what();
     return hvdps::kMXNetError;
+  } catch (...) {
+    hvdps::g_error = "unknown C++ exception";
+    return hvdps::kMXNetError;
   }
 }
 
@@ -292,11 +340,39 @@ HVDPS_API int hvdps_fusion_push(int kind, NDArrayHandle* arrays, int n, NDArrayH
 // and checks that no two share memory.  Blocks; call it when the buffer is made.
 HVDPS_API int hvdps_fusion_prepare(NDArrayHandle* arrays, int n) {
   try {
+    hvdps::raise_engine_error();
     hvdps::prepare(arrays, n);
     return hvdps::kOk;
   } catch (const hvdps::Failure& e) {
     hvdps::g_error = e.message;
     return e.status;
+  } catch (const std::exception& e) {
+    hvdps::g_error = e.what();
+    return hvdps::kMXNetError;
+  } catch (...) {
+    hvdps::g_error = "unknown C++ exception";
+    return hvdps::kMXNetError;
+  }
+}
+
+// The failure of an engine op recorded since the last call, if any: 0 none, 2 one (then
+// hvdps_fusion_last_error() says what).  Called after waiting for the buffers' results.
+HVDPS_API int hvdps_fusion_take_engine_error() {
+  try {
+    hvdps::raise_engine_error();
+    return hvdps::kOk;
+  } catch (const hvdps::Failure& e) {
+    hvdps::g_error = e.message;
+    return e.status;
+  }
+}
+
+// Tests only: the next fused-buffer op that runs on the engine fails with `message`.
+HVDPS_API void hvdps_fusion_inject_engine_error(const char* message) {
+  try {
+    std::lock_guard<std::mutex> lock(hvdps::g_engine_mu);
+    hvdps::g_inject = message != nullptr && message[0] != '\0' ? message : "injected failure";
+  } catch (...) {
   }
 }
 

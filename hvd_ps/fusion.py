@@ -91,6 +91,10 @@ def _load_library() -> ctypes.CDLL:
     lib.hvdps_fusion_push.argtypes = [i32, ctypes.POINTER(vp), i32, vp, vp, f64, f64, i32]
     lib.hvdps_fusion_prepare.restype = i32
     lib.hvdps_fusion_prepare.argtypes = [ctypes.POINTER(vp), i32]
+    lib.hvdps_fusion_take_engine_error.restype = i32
+    lib.hvdps_fusion_take_engine_error.argtypes = []
+    lib.hvdps_fusion_inject_engine_error.restype = None
+    lib.hvdps_fusion_inject_engine_error.argtypes = [ctypes.c_char_p]
     lib.hvdps_fusion_threads.restype = i32
     lib.hvdps_fusion_threads.argtypes = [i32]
     lib.hvdps_fusion_has_f16c.restype = i32
@@ -340,6 +344,17 @@ class FusedBuffer:
         if rc != 0:
             message = (_LIB.hvdps_fusion_last_error() or b"").decode("utf-8", "replace")
             raise (ConfigError if rc == 1 else HvdPsError)(f"FusedBuffer: {message}")
+
+
+def check_engine_errors() -> None:
+    """Raise the failure of a fused-buffer op that ran on MXNet's engine since the last call.
+
+    Such an op cannot fail its caller, who returned when it was queued; its outputs then hold
+    stale values. Every later fused-buffer call raises it too, and the trainer and the PS
+    client call this after each wait, so a failed op surfaces as an
+    :class:`~hvd_ps.errors.HvdPsError` instead of wrong numbers.
+    """
+    FusedBuffer._check(_LIB.hvdps_fusion_take_engine_error())
 
 
 def plan_buckets(arrays: Sequence[mx.nd.NDArray], max_bytes: int) -> List[List[int]]:

@@ -171,6 +171,9 @@ class Client:
         with deadline(what, self.cfg.timeout):
             for a in arrays:
                 a.wait_to_read()
+        from .fusion import check_engine_errors
+
+        check_engine_errors()  # a fused op of the exchange that failed on the engine
         self.stats.seconds += time.perf_counter() - start
 
     def close(self) -> None:
