@@ -9,7 +9,8 @@ cd "$ROOT"
 OUT="${HVD_PS_TEST_OUT:-$ROOT/.venv/test-results}"; rm -rf "$OUT"; mkdir -p "$OUT"
 status=0
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-# HVD_PS_TEST_PHASES picks phases (default: all; scripts/stress.sh runs "unit mpi" many times)
+# HVD_PS_TEST_PHASES picks phases: lint, unit (all unit and job tests) or jobs (only those running
+# whole jobs), mpi. Default "lint unit mpi": everything. scripts/stress.sh repeats some of them.
 phases=" ${HVD_PS_TEST_PHASES:-lint unit mpi} "
 phase() { [[ "$phases" == *" $1 "* ]]; }
 
@@ -24,6 +25,11 @@ fi
 if phase unit; then
   step "unit and job tests (pytest)"
   python -m pytest -q -p no:cacheprovider --junitxml="$OUT/unit.xml" --ignore=tests/mpi tests "$@"
+  rc=$?; [ $rc -eq 0 ] || status=1
+elif phase jobs; then  # only the tests that run whole jobs with tiers of their own
+  step "job tests (pytest)"
+  python -m pytest -q -p no:cacheprovider --junitxml="$OUT/unit.xml" tests/test_runtime_jobs.py \
+    "$@"
   rc=$?; [ $rc -eq 0 ] || status=1
 fi
 
