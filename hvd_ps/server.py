@@ -7,8 +7,22 @@ Started with MXNet's standard launch environment (``DMLC_ROLE=scheduler|server``
 Why not MXNet's stock server: ``import mxnet`` with ``DMLC_ROLE=server`` runs a server whose
 controller ``pickle.loads`` whatever a client sends, i.e. runs code for anyone who reaches the
 port. ``hvd_ps/__init__.py`` defuses that (see :func:`hvd_ps.config.defuse_stock_server`), and
-this module runs ps-lite's server loop with a controller that accepts only JSON commands naming
-one of the built-in updaters in :data:`UPDATERS`. Anything else is logged and ignored.
+this module runs ps-lite's server loop with its own controller, which accepts two kinds of
+command 0 (``kController``); MXNet's other commands (sync mode, multi-precision, gradient
+compression, stop) are handled by ps-lite's C++ server itself, as for the stock server:
+
+* hvd_ps's JSON commands naming one of the built-in updaters below, for one key;
+* the pickled optimizer a stock MXNet worker sends with ``kv.set_optimizer`` (Gluon's default
+  ``update_on_kvstore`` on a dist KVStore). It is unpickled by
+  :func:`hvd_ps.stock_optimizer.load_optimizer`, which resolves only MXNet's built-in
+  optimizers and schedulers (never an arbitrary global) and then runs, as MXNet's own server
+  would, on every key that has no hvd_ps rule. A refused one is logged, and the first push to
+  such a key stops the server with exit code :data:`FATAL_EXIT` and a log line saying why.
+
+Every key has an updater from the start (``assign`` unless a command says otherwise), so an
+async server never meets MXNet's abort "Updater needs to be set for async mode"; an update
+that raises also stops the server with :data:`FATAL_EXIT` rather than going on with wrong
+values.
 
 A command is ``{"hvd_ps": 1, "key": <int>, "updater": <name>, "params": {...}}``: it sets how
 pushes to ``key`` are applied. Each updater gets the server's stored slice of the key ``w`` and
@@ -18,7 +32,8 @@ async mode a single push.
 =================  ============================================================================
 updater            what a push does to the stored value ``w``
 =================  ============================================================================
-``assign``         ``w = g`` (sync: the sum of the round; the default for every key)
+``assign``         ``w = g`` (sync: the sum of the round; the default for every key; a
+                   row-sparse push replaces the rows it holds)
 ``add``            ``w += g``
 ``optimizer``      ``w = opt(w, scale * g)`` with a whitelisted MXNet optimizer
                    (``params: {"name": "sgd", "scale": 0.5, "args": {"learning_rate": 0.1}}``)
@@ -37,9 +52,10 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
-from . import config
+from . import config, stock_optimizer
+from .stock_optimizer import describe as opt_line
 
 log = logging.getLogger("hvd_ps.server")
 
@@ -47,20 +63,64 @@ log = logging.getLogger("hvd_ps.server")
 OPTIMIZERS = ("sgd", "nag", "adam", "rmsprop", "adagrad", "signum", "ftrl")
 #: ``kController``: the command id MXNet uses for controller messages (our JSON rides on it).
 CONTROLLER_HEAD = 0
+#: Exit code of a server that stopped because a push could not be applied correctly.
+FATAL_EXIT = 4
 
 
 class _Updaters:
-    """Per-key update rules of one server, set by JSON commands from the workers."""
+    """Per-key update rules of one server, set by commands from the workers.
 
-    def __init__(self, kv: Any) -> None:
+    ``on_fatal(message)`` is called (from the server's main thread) when a push cannot be
+    applied correctly; the server's default logs the message and exits with
+    :data:`FATAL_EXIT`, so a job never goes on with wrong numbers.
+    """
+
+    def __init__(self, kv: Any, on_fatal: Optional[Callable[[str], None]] = None) -> None:
         import mxnet as mx
 
         self.mx = mx
         self.kv = kv
+        self.on_fatal = on_fatal or _exit_fatal
         self.installed = False
+        self._lock = threading.Lock()
         self.rules: Dict[int, Callable[[Any, Any], None]] = {}
         self.state: Dict[int, Dict[str, Any]] = {}
         self.rejected = 0
+        #: the MXNet updater of a stock worker's ``kv.set_optimizer`` (keys without a rule)
+        self.stock: Optional[Callable[[int, Any, Any], None]] = None
+        self.stock_body: Optional[bytes] = None
+        #: why a stock optimizer was refused (sticky: pushes to stock keys then stop the job)
+        self.refused: Optional[str] = None
+
+    def install(self) -> None:
+        """Install :meth:`update` as the server's updater (once; raises until it exists)."""
+        with self._lock:
+            if not self.installed:
+                self.kv._set_updater(self.update)
+                self.installed = True
+
+    def install_when_ready(self, timeout: float, period: float = 0.002) -> None:
+        """Install :meth:`update` as soon as ps-lite has created the server object.
+
+        MXNet creates that object inside ``RunServer`` (which blocks) and installing an
+        updater before it exists crashes, so this thread waits for the sign that it does:
+        ps-lite binds this node's port right after creating it, before the node even
+        registers with the scheduler. Every worker must pass a barrier that needs this
+        node's registration, then initialise a key, before it can push to it for real, so
+        every key has an updater by then: an async server never meets MXNet's abort
+        ("Updater needs to be set for async mode").
+        """
+        import psutil
+
+        me = psutil.Process()
+        end = time.monotonic() + timeout
+        while not any(c.status == psutil.CONN_LISTEN for c in me.net_connections(kind="tcp")):
+            if time.monotonic() > end:
+                self.on_fatal(f"ps-lite did not bind this server's port within {timeout:g} s")
+                return
+            time.sleep(period)
+        self.install()
+        log.info("updater installed")
 
     # -- commands ---------------------------------------------------------------------------
     def command(self, head: int, body: bytes) -> None:
@@ -70,21 +130,40 @@ class _Updaters:
             try:
                 msg = json.loads(body.decode("utf-8"))
             except (UnicodeDecodeError, ValueError):
-                raise ValueError("not an hvd_ps JSON command (a pickled object?)") from None
+                self._stock_command(body)  # not JSON: what kv.set_optimizer sends (a pickle)
+                return
             if not isinstance(msg, dict) or msg.get("hvd_ps") != 1:
                 raise ValueError("not an hvd_ps command")
             key = int(msg["key"])
-            if not self.installed:
-                # MXNet creates the server object inside RunServer, so the updater can only
-                # be installed from here (as MXNet's own server does); clients send a command
-                # for every key before they push to it.
-                self.kv._set_updater(self.update)
-                self.installed = True
+            self.install()
             self.rules[key] = self._make(key, str(msg["updater"]), dict(msg.get("params") or {}))
             log.info("key %d: updater %s %s", key, msg["updater"], msg.get("params") or {})
         except Exception as err:  # a bad command must never take the server down
             self.rejected += 1
             log.error("rejected command (%d bytes): %s", len(body), err)
+
+    def _stock_command(self, body: bytes) -> None:
+        """``kv.set_optimizer`` from a stock MXNet worker: a built-in optimizer, or refused."""
+        if self.stock is not None and body == self.stock_body:
+            return  # every worker sends the same optimizer: keep its state
+        try:
+            opt = stock_optimizer.load_optimizer(body)
+        except stock_optimizer.RefusedOptimizer as err:
+            self.rejected += 1
+            self.refused = str(err)
+            log.error(
+                "refused the optimizer of a kv.set_optimizer (%d bytes): %s. A push to a key "
+                "without an hvd_ps rule will stop this server (exit code %d): use one of "
+                "MXNet's built-in optimizers, or update_on_kvstore=False",
+                len(body),
+                err,
+                FATAL_EXIT,
+            )
+            return
+        self.install()
+        self.stock = self.mx.optimizer.get_updater(opt)
+        self.stock_body = body
+        log.info("kv.set_optimizer: %s for every key without an hvd_ps rule", opt_line(opt))
 
     def _make(self, key: int, name: str, params: Dict[str, Any]) -> Callable[[Any, Any], None]:
         self.state.pop(key, None)
@@ -143,11 +222,47 @@ class _Updaters:
 
     # -- data -------------------------------------------------------------------------------
     def update(self, key: int, received: Any, stored: Any) -> None:
-        rule = self.rules.get(key)
-        if rule is None:  # default: assign (sync: the round's sum)
-            stored[:] = received
-        else:
-            rule(received, stored)
+        """Apply what arrived for ``key`` to its stored slice (called by ps-lite's server)."""
+        try:
+            rule = self.rules.get(key)
+            if rule is not None:
+                rule(received, stored)
+            elif self.refused is not None:
+                self.on_fatal(
+                    f"push to key {key}, which needs the optimizer this server refused "
+                    f"({self.refused}); stopping so the job fails instead of training wrong"
+                )
+            elif self.stock is not None:
+                self.stock(key, received, stored)
+            else:  # default: assign (sync: the round's sum)
+                _assign(received, stored)
+        except Exception as err:  # an exception here would be swallowed by ctypes
+            self.on_fatal(f"could not apply a push to key {key}: {type(err).__name__}: {err}")
+
+
+def _assign(received: Any, stored: Any) -> None:
+    """``stored = received``; a row-sparse push replaces only the rows it holds.
+
+    The server keeps a row-sparse key with every row present (its pulls read rows by index),
+    so the result is written back with all rows.
+    """
+    if getattr(received, "stype", "default") != "row_sparse":
+        stored[:] = received
+        return
+    import mxnet as mx
+
+    dense = stored.tostype("default")
+    if received.indices.shape[0]:
+        dense[received.indices] = received.data
+    rows = mx.nd.arange(stored.shape[0], dtype="int64")
+    mx.nd.sparse.row_sparse_array((dense, rows), shape=stored.shape).copyto(stored)
+
+
+def _exit_fatal(message: str) -> None:
+    log.error("%s (exit code %d)", message, FATAL_EXIT)
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(FATAL_EXIT)
 
 
 def _watch_parent(parent: int, period: float = 0.5) -> None:
@@ -171,6 +286,12 @@ def run(role: str) -> int:
         check_call(_LIB.MXKVStoreRunServer(kv.handle, None, None))
         return 0
     updaters = _Updaters(kv)
+    threading.Thread(
+        target=updaters.install_when_ready,
+        args=(config.load().timeout,),
+        name="hvd_ps-install-updater",
+        daemon=True,
+    ).start()
     proto = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
     controller = proto(lambda head, body, _: updaters.command(head, body or b""))
     check_call(_LIB.MXKVStoreRunServer(kv.handle, controller, None))

@@ -1,7 +1,8 @@
 """hvd_ps.server._Updaters: the server-side update rules and the command filter (no ps-lite).
 
 A dummy KVStore records the updater the server would install; pushes are simulated by calling
-``update(key, received, stored)`` exactly as ps-lite's server does.
+``update(key, received, stored)`` exactly as ps-lite's server does. ``on_fatal`` (which stops
+a real server with exit code 4) raises :class:`Fatal` here.
 """
 
 from __future__ import annotations
@@ -31,9 +32,17 @@ def cmd(key, updater, params=None, **extra):
     return json.dumps(msg).encode()
 
 
+class Fatal(Exception):
+    pass
+
+
+def _fatal(message):
+    raise Fatal(message)
+
+
 @pytest.fixture
 def up():
-    return _Updaters(DummyKV())
+    return _Updaters(DummyKV(), on_fatal=_fatal)
 
 
 def nd(a):
@@ -182,29 +191,208 @@ def test_bad_command_rejected_counted_and_harmless(up, head, body):
     np.testing.assert_array_equal(push(up, 0, nd([2.0, 3.0]), w), [3.0, 4.0])
 
 
-def test_bad_commands_alone_install_nothing(up):
-    for head, body in BAD_COMMANDS:
+NOT_JSON = 3  # the first BAD_COMMANDS are not JSON: taken as a (refused) kv.set_optimizer
+
+
+def test_bad_json_commands_alone_install_nothing(up):
+    for head, body in BAD_COMMANDS[NOT_JSON:]:
         up.command(head, body)
-    assert up.rejected == len(BAD_COMMANDS)
-    assert up.rules == {} and up.state == {}
+    assert up.rejected == len(BAD_COMMANDS) - NOT_JSON
+    assert up.rules == {} and up.state == {} and up.refused is None
     w = nd([5.0])
     up.update(0, nd([2.0]), w)  # no rule for any key: the default, assign
     assert w.asnumpy()[0] == 2.0
 
 
-def test_pickled_optimizer_is_not_unpickled(up, tmp_path):
+def test_bad_pickles_make_pushes_to_stock_keys_fatal(up):
+    up.command(CONTROLLER_HEAD, cmd(3, "add"))
+    for head, body in BAD_COMMANDS[:NOT_JSON]:
+        up.command(head, body)
+    assert up.rejected == NOT_JSON and up.refused and up.stock is None
+    w = nd([5.0])
+    with pytest.raises(Fatal, match="key 0, which needs the optimizer this server refused"):
+        up.update(0, nd([2.0]), w)
+    assert w.asnumpy()[0] == 5.0  # untouched: the server stops instead
+    np.testing.assert_array_equal(push(up, 3, nd([2.0]), w), [7.0])  # hvd_ps keys still work
+
+
+class _EvalPayload:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import builtins
+
+        return (builtins.eval, (f"open({str(self.path)!r}, 'w').close()",))
+
+
+class _SubprocessPayload:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import subprocess
+
+        return (subprocess.Popen, (["touch", str(self.path)],))
+
+
+class EvilSGD(mx.optimizer.SGD):
+    """An SGD subclass defined outside MXNet (a stock server would import and run it)."""
+
+    path = "/nonexistent"
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+class PlainSubclassSGD(mx.optimizer.SGD):
+    """Harmless, but defined outside MXNet: refused all the same (its code is not ours)."""
+
+
+class _RunsOnCall:
+    """An object hidden in an optimizer's attributes."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def payloads(target):
+    """Pickles a stock server would execute (or at least import code for)."""
+    sgd_with_hidden = mx.optimizer.SGD(learning_rate=0.1)
+    sgd_with_hidden.lr_scheduler = _RunsOnCall(target)
+    sgd_with_array = mx.optimizer.SGD(learning_rate=0.1)
+    sgd_with_array.wd_mult = {0: np.ones(3)}
+    sgd_shadowing = mx.optimizer.SGD(learning_rate=0.1)
+    sgd_shadowing.update = 1.0  # replaces a method the server would call
+    EvilSGD.path = str(target)
+    objs = [
+        _Evil(target),
+        _EvalPayload(target),
+        _SubprocessPayload(target),
+        EvilSGD(),
+        PlainSubclassSGD(),
+        mx.optimizer.Test(),
+        sgd_with_hidden,
+        sgd_with_array,
+        sgd_shadowing,
+    ]
+    out = []
+    for obj in objs:
+        out.append(pickle.dumps(obj, 0))  # what MXNet's kv.set_optimizer sends, protocol 0
+        out.append(pickle.dumps(obj))  # and a binary protocol
+    return out
+
+
+def test_pickled_payloads_are_refused_and_never_run(up, tmp_path):
     control = tmp_path / "control"
-    pickle.loads(pickle.dumps(_Evil(control), 0))  # the payload works when unpickled...
-    assert control.exists()
+    for cls in (_Evil, _EvalPayload, _SubprocessPayload):
+        control.unlink(missing_ok=True)
+        obj = pickle.loads(pickle.dumps(cls(control), 0))  # each payload works when unpickled
+        if isinstance(obj, __import__("subprocess").Popen):
+            obj.wait(timeout=10)
+        assert control.exists(), cls
     target = tmp_path / "pwned"
-    evil_opt = type("EvilSGD", (mx.optimizer.SGD,), {"__reduce__": _Evil(target).__reduce__})
-    for obj in (_Evil(target), evil_opt()):
-        body = pickle.dumps(obj, 0)  # what MXNet's kv.set_optimizer sends, protocol 0
+    bodies = payloads(target)
+    for body in bodies:
         up.command(CONTROLLER_HEAD, body)
-        up.command(CONTROLLER_HEAD, pickle.dumps(obj))  # and a binary protocol
-    assert not target.exists()  # ...but the server never unpickles it
-    assert up.rejected == 4
-    assert up.kv.updaters == []
+    assert not target.exists()  # ...but the server never runs one
+    assert up.rejected == len(bodies)
+    assert up.kv.updaters == [] and up.stock is None and up.refused
+
+
+@pytest.mark.parametrize("index", range(18))
+def test_each_payload_refused_by_the_unpickler(tmp_path, index):
+    from hvd_ps.stock_optimizer import RefusedOptimizer, load_optimizer
+
+    target = tmp_path / "pwned"
+    with pytest.raises(RefusedOptimizer):
+        load_optimizer(payloads(target)[index])
+    assert not target.exists()
+
+
+def test_builtin_optimizers_with_schedulers_and_numpy_numbers_unpickle():
+    from hvd_ps.stock_optimizer import OPTIMIZER_CLASSES, load_optimizer
+
+    names = [n for n in mx.optimizer.Optimizer.opt_registry if n != "test"]
+    assert len(names) == len(OPTIMIZER_CLASSES)
+    for name in names:
+        opt = load_optimizer(pickle.dumps(mx.optimizer.create(name), 0))
+        assert type(opt) is type(mx.optimizer.create(name))
+    sched = mx.lr_scheduler.MultiFactorScheduler(step=[5, 9], factor=0.5, base_lr=0.3)
+    sent = mx.optimizer.SGD(
+        learning_rate=np.float32(0.25),
+        momentum=0.9,
+        multi_precision=True,
+        lr_scheduler=sched,
+        param_idx2name={0: "w", 1: "b"},
+        rescale_grad=np.float64(0.125),
+    )
+    sent.set_lr_mult({"w": 2.0})
+    got = load_optimizer(pickle.dumps(sent, 0))
+    assert isinstance(got.lr_scheduler, mx.lr_scheduler.MultiFactorScheduler)
+    assert got.lr_scheduler.step == [5, 9] and got.lr == pytest.approx(0.25)
+    assert got.rescale_grad == 0.125 and got.multi_precision and got.idx2name == {0: "w", 1: "b"}
+    assert got.lr_mult == {"w": 2.0} and got.param_dict == {}
+
+
+def sgd_body(**kw):
+    return pickle.dumps(mx.optimizer.SGD(**kw), 0)
+
+
+def test_stock_optimizer_runs_on_keys_without_a_rule(up):
+    lr, mom, wd, scale = 0.1, 0.9, 0.01, 0.5
+    up.command(CONTROLLER_HEAD, cmd(1, "add"))
+    up.command(
+        CONTROLLER_HEAD,
+        sgd_body(learning_rate=lr, momentum=mom, wd=wd, rescale_grad=scale),
+    )
+    assert up.rejected == 0 and up.stock is not None and len(up.kv.updaters) == 1
+    rng = np.random.default_rng(3)
+    w_ref = rng.standard_normal(5).astype(np.float32)
+    w, w1 = nd(w_ref), nd([1.0])
+    mom_ref = np.zeros(5, np.float32)
+    for step in range(4):
+        g = rng.standard_normal(5).astype(np.float32)
+        mom_ref = mom * mom_ref - lr * wd * w_ref - lr * scale * g
+        w_ref = w_ref + mom_ref
+        np.testing.assert_allclose(push(up, 0, nd(g), w), w_ref, rtol=1e-5, atol=1e-6)
+        if step == 1:  # the other workers send the same optimizer: its state is kept
+            up.command(
+                CONTROLLER_HEAD,
+                sgd_body(learning_rate=lr, momentum=mom, wd=wd, rescale_grad=scale),
+            )
+    np.testing.assert_array_equal(push(up, 1, nd([2.0]), w1), [3.0])  # key 1 keeps its rule
+
+
+def test_a_refusal_is_sticky_even_if_a_good_optimizer_follows(up, tmp_path):
+    up.command(CONTROLLER_HEAD, payloads(tmp_path / "x")[6])  # EvilSGD
+    up.command(CONTROLLER_HEAD, sgd_body(learning_rate=0.1))
+    with pytest.raises(Fatal, match="refused"):
+        up.update(0, nd([1.0]), nd([0.0]))
+
+
+def test_an_update_that_raises_is_fatal_not_swallowed(up):
+    up.command(CONTROLLER_HEAD, sgd_body(learning_rate=0.1))
+    with pytest.raises(Fatal, match="could not apply a push to key 0"):
+        up.update(0, nd([1.0, 2.0]), nd([0.0]))  # shapes differ: the optimizer raises
+
+
+def test_default_assign_of_a_row_sparse_push_replaces_its_rows(up):
+    full = np.arange(12, dtype=np.float32).reshape(4, 3)
+    stored = mx.nd.sparse.row_sparse_array((full, np.arange(4)), shape=(4, 3))
+    g = np.full((2, 3), -1.0, np.float32)
+    received = mx.nd.sparse.row_sparse_array((g, np.array([0, 2])), shape=(4, 3))
+    up.update(5, received, stored)
+    expect = full.copy()
+    expect[[0, 2]] = -1.0
+    np.testing.assert_array_equal(stored.asnumpy(), expect)
+    np.testing.assert_array_equal(stored.indices.asnumpy(), np.arange(4))  # every row kept
+    empty = mx.nd.sparse.zeros("row_sparse", (4, 3))
+    up.update(5, empty, stored)  # a push of no rows changes nothing
+    np.testing.assert_array_equal(stored.asnumpy(), expect)
 
 
 def test_every_whitelisted_optimizer_builds(up):
