@@ -31,3 +31,8 @@ class TopologyError(HvdPsError):
 
 class TierError(HvdPsError):
     """The parameter-server tier failed: could not start, is unreachable, or died."""
+
+
+class CheckpointError(HvdPsError):
+    """A checkpoint cannot be used: torn, foreign, corrupt, of another version, or saved by a
+    job that differs from this one (the message names what differs)."""
