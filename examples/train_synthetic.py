@@ -28,6 +28,7 @@ import horovod.mxnet as hvd  # noqa: E402
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 import strategy_flags  # noqa: E402  (examples/strategy_flags.py)
+from console import Console  # noqa: E402  (examples/console.py)
 
 import hvd_ps  # noqa: E402
 
@@ -62,6 +63,7 @@ def main(argv=None) -> int:
         hvd_ps.init(group_size=args.group_size)
         ngroups = hvd_ps.num_groups()
     rank, size = hvd.rank(), hvd.size()
+    out = Console(rank == 0)  # whole lines from rank 0 only (horovodrun tags every chunk)
 
     # a few fixed random batches per rank, cycled (data loading is not what is measured)
     rng = np.random.RandomState(1234 + rank)
@@ -88,13 +90,11 @@ def main(argv=None) -> int:
     trainer, sync_desc = strategy_flags.make_trainer(args, params, optim)
     loss_fn = mx.gluon.loss.SoftmaxCrossEntropyLoss()
     n_params = sum(int(np.prod(p.shape)) for p in params.values() if p.grad_req != "null")
-    if rank == 0:
-        print(
-            f"{args.model}: {n_params / 1e6:.2f} M trained parameters, {size} ranks in "
-            f"{ngroups} group(s), batch {args.batch_size} per rank of 3x{args.image_size}x"
-            f"{args.image_size}; sync: {sync_desc}",
-            flush=True,
-        )
+    out.line(
+        f"{args.model}: {n_params / 1e6:.2f} M trained parameters, {size} ranks in "
+        f"{ngroups} group(s), batch {args.batch_size} per rank of 3x{args.image_size}x"
+        f"{args.image_size}; sync: {sync_desc}"
+    )
 
     def step(i: int) -> mx.nd.NDArray:
         x, y = batches[i % len(batches)]
@@ -118,31 +118,28 @@ def main(argv=None) -> int:
             n = i + 1 - done
             rate = n * args.batch_size * size / (t1 - t0)
             windows.append({"steps": n, "seconds": t1 - t0, "images_per_s": rate})
-            if rank == 0:
-                print(
-                    f"steps {done + 1:4d}-{i + 1:4d}: {rate:8.1f} images/s "
-                    f"({(t1 - t0) / n * 1000:.0f} ms/step, loss {loss.mean().asscalar():.3f})",
-                    flush=True,
-                )
+            out.line(
+                f"steps {done + 1:4d}-{i + 1:4d}: {rate:8.1f} images/s "
+                f"({(t1 - t0) / n * 1000:.0f} ms/step, loss {loss.mean().asscalar():.3f})"
+            )
             done, t0 = i + 1, t1
     mx.nd.waitall()
     elapsed = time.perf_counter() - start
     total_rate = args.steps * args.batch_size * size / elapsed
     stats = {} if baseline else trainer.stats()
+    out.line(f"total: {total_rate:.1f} images/s over {args.steps} steps ({elapsed:.1f} s)")
+    if stats:
+        phases = ("compute_s", "allreduce_s", "update_s", "exchange_s")
+        timed = sum(stats[k] for k in phases) or 1.0
+        out.line(
+            f"trainer.stats() on rank 0: {int(stats['steps'])} steps (warm-up included), "
+            f"{int(stats['exchanges'])} PS exchanges, "
+            f"{stats['bytes_pushed'] / 1e6:.1f} MB pushed, "
+            f"{stats['bytes_pulled'] / 1e6:.1f} MB pulled"
+        )
+        for k in phases:
+            out.line(f"  {k[:-2]:10s} {stats[k]:8.2f} s  {100 * stats[k] / timed:5.1f}%")
     if rank == 0:
-        print(f"total: {total_rate:.1f} images/s over {args.steps} steps ({elapsed:.1f} s)")
-        if stats:
-            phases = ("compute_s", "allreduce_s", "update_s", "exchange_s")
-            timed = sum(stats[k] for k in phases) or 1.0
-            print(
-                f"trainer.stats() on rank 0: {int(stats['steps'])} steps (warm-up included), "
-                f"{int(stats['exchanges'])} PS exchanges, "
-                f"{stats['bytes_pushed'] / 1e6:.1f} MB pushed, "
-                f"{stats['bytes_pulled'] / 1e6:.1f} MB pulled"
-            )
-            for k in phases:
-                print(f"  {k[:-2]:10s} {stats[k]:8.2f} s  {100 * stats[k] / timed:5.1f}%")
-        sys.stdout.flush()
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(
