@@ -118,6 +118,30 @@ class EvilSGD(mx.optimizer.SGD):
         return (os.system, (f"touch {self.path}",))
 
 
+class _Payload:
+    """A pickle that calls ``fn(*args)`` when loaded."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return (self.fn, self.args)
+
+
+def payloads(path):
+    """Protocol-0 pickles (what kv.set_optimizer sends) that create ``path`` when loaded."""
+    import builtins
+    import subprocess
+
+    EvilSGD.path = path
+    return [
+        pickle.dumps(_Payload(os.system, f"touch {path}"), 0),
+        pickle.dumps(_Payload(builtins.eval, f"open({path!r}, 'w').close()"), 0),
+        pickle.dumps(_Payload(subprocess.call, ["touch", path]), 0),
+        pickle.dumps(EvilSGD(), 0),
+    ]
+
+
 def test_server_rejects_pickled_optimizer_and_keeps_serving(sync_client, tmp_path_factory):
     import horovod.mxnet as hvd
 
@@ -126,10 +150,11 @@ def test_server_rejects_pickled_optimizer_and_keeps_serving(sync_client, tmp_pat
     if hvd.rank() == 0:
         d = tmp_path_factory.mktemp("pickle")
         path = str(d / "pwned")
-        control = d / "control"
-        EvilSGD.path = str(control)
-        pickle.loads(pickle.dumps(EvilSGD(), 0))  # the payload does run when unpickled
-        assert control.exists()
+        control = str(d / "control")
+        for body in payloads(control):  # each payload does run when unpickled
+            pickle.loads(body)
+            assert os.path.exists(control)
+            os.unlink(control)
     path = hvd.broadcast_object(path, root_rank=0, name="test.exchange.pickle_path")
     EvilSGD.path = path
     got = None
@@ -138,12 +163,14 @@ def test_server_rejects_pickled_optimizer_and_keeps_serving(sync_client, tmp_pat
         if hvd.rank() == 0:
             # what a client sends with kv.set_optimizer: a pickle, as command 0, to every server
             sync_client.kv.set_optimizer(EvilSGD(learning_rate=0.1))
+            for body in payloads(path):
+                sync_client.kv._send_command_to_servers(0, body.decode("latin1"))
         out = mx.nd.zeros((N,))
         sync_client.exchange(key, mx.nd.array(pushed(hvd_ps.group_id(), 7)), out)
         got = out.asnumpy()
     hvd_ps.runtime.barrier("pickle test done")
     assert not os.path.exists(path)
-    if got is not None:
+    if got is not None:  # hvd_ps's own keys (each has a rule) are still served exactly
         np.testing.assert_array_equal(got, sum(pushed(g, 7) for g in range(G)))
 
 
