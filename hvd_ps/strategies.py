@@ -19,6 +19,19 @@ DiLoCo            ``D = x_start - x``         ``v = m v + D'``,           ``x = 
                                               ``w -= lr (D' + m v)``
                                               (``D'``: round mean / push)
 ================  ==========================  ==========================  ======================
+
+Overlap (``overlap=tau``, ModelAverage, EASGD and DiLoCo; ``0 <= tau < period``): with
+``tau >= 1`` the leader starts the exchange at step ``t`` from a snapshot ``x_t``
+(:meth:`Strategy.launch`) and applies it at the end of step ``t + tau``
+(:meth:`Strategy.apply`), the group training on meanwhile:
+
+* ModelAverage: ``x = mean_g(x_{g,t}) + (x_{t+tau} - x_t)``
+* EASGD: ``d = alpha (x_t - c)`` with ``c`` pulled at ``t``; servers ``c += d``;
+  ``x = x_{t+tau} - d``
+* DiLoCo: ``D = x_start - x_t``; the servers' outer step gives ``w``;
+  ``x = w + (x_{t+tau} - x_t)``, ``x_start = w``
+
+``tau = 0`` is the blocking exchange above, unchanged.
 """
 
 from __future__ import annotations
@@ -47,6 +60,14 @@ def _float(name: str, value: Any, low: float, high: float, open_low: bool = True
     return float(value)
 
 
+def _overlap(value: Any, period: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < period:
+        raise ConfigError(
+            f"overlap must be an integer with 0 <= overlap < period ({period}), got {value!r}"
+        )
+    return value
+
+
 def _mode(value: Any, allowed: Tuple[str, ...] = MODES) -> str:
     if value not in allowed:
         raise ConfigError(f"mode must be one of {', '.join(allowed)}, got {value!r}")
@@ -63,6 +84,9 @@ class Bucket:
     out: Any = None  # flat buffer pushed (wire dtype)
     pulled: Any = None  # flat buffer pulled (wire dtype)
     start: Any = None  # DiLoCo's x_start (parameter dtype)
+    snap: Any = None  # overlap: the snapshot x_t (parameter dtype), allocated once
+    snap_buf: Any = None  # FusedBuffer([snap]): the fused op on the snapshot
+    start_buf: Any = None  # FusedBuffer([start]) (DiLoCo with overlap)
 
 
 class Strategy:
@@ -73,6 +97,8 @@ class Strategy:
     mode = "sync"
     #: whether the trainer's own optimizer updates the parameters every step
     local_update = True
+    #: steps between starting an exchange and applying it (0: blocking)
+    overlap = 0
 
     def validate(self, num_groups: int) -> None:
         """Check arguments that depend on the number of groups."""
@@ -91,6 +117,16 @@ class Strategy:
         Only queues work on MXNet's engine (the trainer waits once for every bucket), so what
         follows a pull must read it through engine operations (the fused op), not numpy.
         """
+        raise NotImplementedError
+
+    def launch(self, b: Bucket, client: Any, num_groups: int, wire: Optional[str]) -> None:
+        """Overlap: start the exchange from the snapshot ``b.snap`` (already packed by the
+        trainer) without waiting; the parameters are not touched. Only queues engine work."""
+        raise NotImplementedError
+
+    def apply(self, b: Bucket, num_groups: int) -> None:
+        """Overlap: apply the exchange started by :meth:`launch` to the current parameters
+        (the trainer has waited for ``b.pulled``)."""
         raise NotImplementedError
 
     def global_scale(self, num_groups: int) -> float:
@@ -147,12 +183,13 @@ class ModelAverage(Strategy):
 
     name = "ModelAverage"
 
-    def __init__(self, period: int = 1, mode: str = "sync") -> None:
+    def __init__(self, period: int = 1, mode: str = "sync", overlap: int = 0) -> None:
         self.period = _int("period", period)
         self.mode = _mode(mode, ("sync",))
+        self.overlap = _overlap(overlap, self.period)
 
     def __repr__(self) -> str:
-        return f"ModelAverage(period={self.period})"
+        return f"ModelAverage(period={self.period}, overlap={self.overlap})"
 
     def server_updater(self, num_groups: int) -> Tuple[str, Dict[str, Any]]:
         return "assign", {}
@@ -166,6 +203,14 @@ class ModelAverage(Strategy):
         b.params.pack(dtype=wire, out=b.out)
         client.exchange(b.key, b.out, b.pulled, wait=False)
         b.params.unpack(b.pulled, alpha=1.0 / num_groups)
+
+    def launch(self, b: Bucket, client: Any, num_groups: int, wire: Optional[str]) -> None:
+        b.snap_buf.pack(dtype=wire, out=b.out)  # push x_t
+        client.exchange(b.key, b.out, b.pulled, wait=False)
+
+    def apply(self, b: Bucket, num_groups: int) -> None:
+        b.snap_buf.unpack(b.pulled, alpha=1.0 / num_groups, beta=-1.0)  # mean - x_t
+        b.params.unpack(b.snap, alpha=1.0, beta=1.0)  # x += mean - x_t
 
     def global_scale(self, num_groups: int) -> float:
         return 1.0 / num_groups
@@ -184,13 +229,23 @@ class EASGD(Strategy):
 
     name = "EASGD"
 
-    def __init__(self, period: int = 4, alpha: Optional[float] = None, mode: str = "sync") -> None:
+    def __init__(
+        self,
+        period: int = 4,
+        alpha: Optional[float] = None,
+        mode: str = "sync",
+        overlap: int = 0,
+    ) -> None:
         self.period = _int("period", period)
         self.alpha = None if alpha is None else _float("alpha", alpha, 0.0, 1.0)
         self.mode = _mode(mode)
+        self.overlap = _overlap(overlap, self.period)
 
     def __repr__(self) -> str:
-        return f"EASGD(period={self.period}, alpha={self.alpha!r}, mode={self.mode!r})"
+        return (
+            f"EASGD(period={self.period}, alpha={self.alpha!r}, mode={self.mode!r}, "
+            f"overlap={self.overlap})"
+        )
 
     def alpha_for(self, num_groups: int) -> float:
         return 0.9 / num_groups if self.alpha is None else self.alpha
@@ -214,6 +269,17 @@ class EASGD(Strategy):
         b.params.elastic(b.pulled, self.alpha_for(num_groups), out=b.out, dtype=wire)
         client.push(b.key, b.out)
 
+    def launch(self, b: Bucket, client: Any, num_groups: int, wire: Optional[str]) -> None:
+        # pull c (after our previous push, as in exchange()), d = alpha (x_t - c), push d;
+        # all of it on the snapshot, so the parameters' next update never waits for the pull
+        a = self.alpha_for(num_groups)
+        client.exchange(b.key, None, b.pulled, wait=False)
+        b.snap_buf.pack_axpby(b.pulled, a, -a, dtype=wire, out=b.out)
+        client.push(b.key, b.out)
+
+    def apply(self, b: Bucket, num_groups: int) -> None:
+        b.params.unpack(b.out, alpha=-1.0, beta=1.0)  # x -= d, d as pushed (after any cast)
+
 
 class DiLoCo(Strategy):
     """DiLoCo (Douillard et al. 2023): groups take ``period`` inner steps, then push the
@@ -236,6 +302,7 @@ class DiLoCo(Strategy):
         momentum: float = 0.9,
         nesterov: bool = True,
         mode: str = "sync",
+        overlap: int = 0,
     ) -> None:
         self.period = _int("period", period)
         self.outer_lr = _float("outer_lr", outer_lr, 0.0, float("inf"))
@@ -244,11 +311,13 @@ class DiLoCo(Strategy):
             raise ConfigError(f"nesterov must be True or False, got {nesterov!r}")
         self.nesterov = nesterov
         self.mode = _mode(mode)
+        self.overlap = _overlap(overlap, self.period)
 
     def __repr__(self) -> str:
         return (
             f"DiLoCo(period={self.period}, outer_lr={self.outer_lr!r}, "
-            f"momentum={self.momentum!r}, nesterov={self.nesterov}, mode={self.mode!r})"
+            f"momentum={self.momentum!r}, nesterov={self.nesterov}, mode={self.mode!r}, "
+            f"overlap={self.overlap})"
         )
 
     def server_updater(self, num_groups: int) -> Tuple[str, Dict[str, Any]]:
@@ -269,3 +338,12 @@ class DiLoCo(Strategy):
         client.exchange(b.key, b.out, b.pulled, wait=False)
         b.params.unpack(b.pulled)  # x = w
         b.params.pack(out=b.start)  # x_start = w
+
+    def launch(self, b: Bucket, client: Any, num_groups: int, wire: Optional[str]) -> None:
+        b.snap_buf.pack_axpby(b.start, -1.0, 1.0, dtype=wire, out=b.out)  # D = x_start - x_t
+        client.exchange(b.key, b.out, b.pulled, wait=False)
+
+    def apply(self, b: Bucket, num_groups: int) -> None:
+        b.snap_buf.unpack(b.pulled, alpha=1.0, beta=-1.0)  # w - x_t
+        b.params.unpack(b.snap, alpha=1.0, beta=1.0)  # x += w - x_t
+        b.start_buf.unpack(b.pulled)  # x_start = w

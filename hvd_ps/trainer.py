@@ -7,12 +7,15 @@ Step semantics (the contract): a step counter ``t`` starts at 1. Every ``step()`
 2. applies the local optimizer update (skipped under :class:`~hvd_ps.GradientPush`, where the
    servers own the update);
 3. if ``t % period == 0``, the group's leader runs the strategy's PS exchange (fused buffers
-   per dtype of at most ``HVD_PS_BUCKET_MB``) and broadcasts the resulting parameters to its group.
+   per dtype of at most ``HVD_PS_BUCKET_MB``) and broadcasts the resulting parameters to its
+   group; with ``overlap=tau`` it only starts the exchange then, and applies and broadcasts it
+   after the local update of step ``t + tau`` (:mod:`hvd_ps.schedule`).
 """
 
 from __future__ import annotations
 
 import time
+import weakref
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -21,9 +24,8 @@ import mxnet as mx
 import numpy as np
 
 from . import runtime
-from .deadline import deadline
 from .errors import ConfigError, HvdPsError
-from .fusion import FusedBuffer, plan_buckets
+from .schedule import Schedule, wait_arrays
 from .strategies import Bucket, GradientPush, ModelAverage, Strategy
 
 _trainers = 0
@@ -46,22 +48,15 @@ def broadcast_parameters(params: Any, root_rank: int = 0) -> None:
     _wait(arrays, f"broadcast of the initial parameters from rank {root_rank}", rt.cfg.timeout)
 
 
-def _wait(arrays: List[Any], what: str, timeout: float) -> None:
-    """Wait for Horovod work on ``arrays``; a stall becomes an HvdPsError naming ``what``."""
-    with deadline(what, timeout):
-        try:
-            for a in arrays:
-                a.wait_to_read()
-        except mx.base.MXNetError as err:
-            # MXNet puts its C++ traceback first and the cause on the last line
-            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-            cause = lines[-1] if lines else type(err).__name__
-            raise HvdPsError(f"{what} failed: {cause}") from None
+_wait = wait_arrays
 
 
 class DistributedTrainer(hvd.DistributedTrainer):
     """A ``mx.gluon.Trainer`` for hvd_ps: group allreduce every step, PS exchange every
     ``sync.period`` steps (see the module docstring for the exact order).
+
+    It takes every argument of ``horovod.mxnet.DistributedTrainer`` (0.28.1), with the same
+    meaning inside the group, so a Horovod script ports by adding ``sync=``.
 
     Args:
         params: the parameters to train (``net.collect_params()``).
@@ -69,8 +64,24 @@ class DistributedTrainer(hvd.DistributedTrainer):
             ``GradientPush`` it runs on the servers instead and must be given by name with
             numeric ``optimizer_params``.
         optimizer_params: its arguments.
-        sync: the strategy across groups; default ``ModelAverage(period=1)``.
-        prefix: name prefix of this trainer's Horovod tensors (needed for several trainers).
+        compression: Horovod's gradient compression (``hvd.Compression.none`` / ``.fp16``) of
+            the group allreduce. The PS exchange is not compressed by it: what crosses to the
+            servers is decompressed, in ``HVD_PS_WIRE_DTYPE`` (GradientPush pushes the
+            decompressed group-mean gradient).
+        gradient_predivide_factor: as in Horovod, gradients are scaled by ``1/f`` before the
+            group's sum and by ``f/group_size`` after it (also in a group of one rank, where
+            Horovod itself would leave the gradients scaled by ``f``); the group mean, and so
+            every PS exchange, is unchanged.
+        prefix: name prefix of this trainer's Horovod tensors (needed for several trainers);
+            also prefixes its PS key names.
+        num_groups: as in Horovod, the group allreduce runs as this many grouped allreduces
+            (0: one per parameter). It does not change the PS exchange, whose fused buckets
+            follow ``HVD_PS_BUCKET_MB``. (Not the number of hvd_ps groups: that is
+            ``hvd_ps.num_groups()``.)
+        process_set: the allreduce's process set. In hvd_ps it is always this rank's group
+            (``hvd_ps.group()``); leave it out, or pass that set (or ``hvd.global_process_set``
+            when the only group is the whole world). Anything else is a ConfigError.
+        sync: the strategy across groups (keyword only); default ``ModelAverage(period=1)``.
 
     Example::
 
@@ -87,15 +98,27 @@ class DistributedTrainer(hvd.DistributedTrainer):
         params: Any,
         optimizer: Any,
         optimizer_params: Optional[Dict[str, Any]] = None,
-        sync: Optional[Strategy] = None,
+        compression: Any = hvd.Compression.none,
+        gradient_predivide_factor: float = 1.0,
         prefix: Optional[str] = None,
+        num_groups: int = 0,
+        process_set: Any = None,
+        *,
+        sync: Optional[Strategy] = None,
     ) -> None:
         global _trainers
         rt = runtime.runtime()
+        if isinstance(compression, Strategy):
+            raise ConfigError(
+                "compression: got a strategy; pass it as sync=..., e.g. "
+                "DistributedTrainer(params, 'sgd', {...}, sync=hvd_ps.EASGD(4))"
+            )
         sync = ModelAverage(period=1) if sync is None else sync
         if not isinstance(sync, Strategy):
             raise ConfigError(f"sync must be a strategy such as hvd_ps.EASGD(...), got {sync!r}")
         sync.validate(rt.topo.num_groups)  # e.g. unstable sync EASGD: fail before any step
+        _check_horovod_args(rt.topo, compression, gradient_predivide_factor, num_groups)
+        _check_process_set(rt.topo, process_set)
         if isinstance(sync, GradientPush):
             sync.optimizer = _server_optimizer(optimizer, optimizer_params)
         _trainers += 1
@@ -104,19 +127,26 @@ class DistributedTrainer(hvd.DistributedTrainer):
             params,
             optimizer,
             optimizer_params=optimizer_params,
+            compression=compression,
+            gradient_predivide_factor=float(gradient_predivide_factor),
             prefix=self._hvdps_prefix,
+            num_groups=num_groups,
             process_set=rt.topo.group,
         )
+        if self._average_in_framework and rt.topo.group_size == 1:
+            # Horovod skips the allreduce (and its 1/f prescale) for a set of one rank but
+            # still scales by f / 1: undo that, so f never changes the mean
+            self._scale /= float(gradient_predivide_factor)
         self._rt = rt
         self._sync = sync
         self._t = 0
-        self._buckets: Optional[List[Bucket]] = None
-        self._bcast: List[Any] = []
+        self._sched = Schedule(rt, sync, self._hvdps_prefix)
         self._stats: Dict[str, float] = dict.fromkeys(
             ("allreduce_s", "update_s", "exchange_s", "compute_s"), 0.0
         )
-        self._exchanges = 0
         self._last: Optional[float] = None
+        # hvd_ps.shutdown() completes an exchange still in flight (collective, like the rest)
+        rt.finishers.append(weakref.WeakMethod(self._finish))
 
     # -- public -----------------------------------------------------------------------------
     @property
@@ -144,39 +174,34 @@ class DistributedTrainer(hvd.DistributedTrainer):
         topo, timeout = self._rt.topo, self._rt.cfg.timeout
 
         self._allreduce_grads()
-        grads = [g for b in self._all_buckets() for g in b.grads.arrays]
+        grads = [g for b in self._sched.all() for g in b.grads.arrays]
         _wait(grads, f"gradient allreduce in group {topo.group_id} (ranks {topo.members})", timeout)
         t1 = time.perf_counter()
         self._stats["allreduce_s"] += t1 - enter
         if self._sync.local_update:
             self._update(ignore_stale_grad)
         elif topo.is_leader:
-            for b in self._all_buckets():
+            for b in self._sched.all():
                 b.grads.pack_axpby(b.out, rescale, 0.0, out=b.out)
         t2 = time.perf_counter()
         self._stats["update_s"] += t2 - t1
-        if self._t % self._sync.period == 0:
-            self._exchange()
+        self._sched.on_step(self._t)
         self._stats["exchange_s"] += time.perf_counter() - t2
         self._last = time.perf_counter()
 
     def pull_global(self, params: Any = None) -> None:
         """Load the global model (EASGD's centre, the averaged model, or the servers' weights)
-        into the trainer's parameters on every rank of the calling group."""
+        into the trainer's parameters on every rank of the calling group.
+
+        An overlapped exchange still in flight is completed first (waited for, applied to the
+        local parameters and broadcast), so the global model includes it."""
         if params is not None:
             mine = {id(p) for p in self._params}
             given = params.values() if hasattr(params, "values") else params
             if any(id(p) not in mine for p in given):
                 raise ConfigError("pull_global(params): params must be this trainer's parameters")
         self._setup()
-        topo = self._rt.topo
-        if topo.is_leader:
-            client = self._client()
-            for b in self._all_buckets():
-                client.exchange(b.key, None, b.pulled, wait=False)
-                b.params.unpack(b.pulled, alpha=self._sync.global_scale(topo.num_groups))
-            client.wait([b.pulled for b in self._all_buckets()], "pull of the global model")
-        self._group_broadcast("pull_global")
+        self._sched.pull_global()
 
     @contextmanager
     def global_model(self) -> Iterator[None]:
@@ -184,6 +209,8 @@ class DistributedTrainer(hvd.DistributedTrainer):
 
         For evaluating the global model mid-training without disturbing local training (EASGD
         and async modes keep training from the local parameters). Collective over the group.
+        An overlapped exchange still in flight is completed first, at this call (it is applied
+        to the local parameters now instead of at its step), so both models include it.
 
         Example::
 
@@ -191,22 +218,27 @@ class DistributedTrainer(hvd.DistributedTrainer):
                 acc = evaluate(net)
         """
         self._setup()
-        saved = [b.params.pack() for b in self._all_buckets()]
-        self.pull_global()
+        self._sched.save_local()
+        self._sched.pull_global()
         try:
             yield
         finally:
-            for b, flat in zip(self._all_buckets(), saved):
-                b.params.unpack(flat)
+            self._sched.restore_local()
 
     def stats(self) -> Dict[str, float]:
         """Counters: steps, exchanges, PS bytes, and seconds per phase of ``step()``.
 
         ``allreduce_s`` runs from the start of ``step()`` until the group's averaged gradients
         are ready, so it includes the tail of the backward pass MXNet still runs asynchronously;
-        ``compute_s`` is the time between steps (the caller's forward/backward submission).
+        ``compute_s`` is the time between steps (the caller's forward/backward submission);
+        ``exchange_s`` is the time ``step()`` spends on PS exchanges (starting, waiting,
+        applying, broadcasting to the group). ``ps_wait_s``, part of it, is how long the
+        group's leader was blocked waiting for the PS tier in ``step()`` (the rest of the group
+        waits with it, in the broadcast that follows); 0 on other members. ``exchanges``
+        counts exchanges started.
         """
-        out: Dict[str, float] = {"steps": self._t, "exchanges": self._exchanges}
+        out: Dict[str, float] = {"steps": self._t}
+        out.update(self._sched.stats())
         client = self._rt.client
         out["bytes_pushed"] = client.stats.bytes_pushed if client else 0
         out["bytes_pulled"] = client.stats.bytes_pulled if client else 0
@@ -214,55 +246,17 @@ class DistributedTrainer(hvd.DistributedTrainer):
         return out
 
     # -- internals --------------------------------------------------------------------------
-    def _client(self) -> Any:
-        client = self._rt.client
-        if client is None:
-            raise HvdPsError("this rank is not its group's leader and has no PS client")
-        return client
-
-    def _all_buckets(self) -> List[Bucket]:
-        assert self._buckets is not None
-        return self._buckets
-
-    def _exchange(self) -> None:
-        topo = self._rt.topo
-        if topo.is_leader:
-            client = self._client()
-            # every bucket's transfers are queued on MXNet's engine first, so they overlap;
-            # then one bounded wait for all of them
-            for b in self._all_buckets():
-                self._sync.exchange(b, client, topo.num_groups, self._wire)
-            client.wait([b.pulled for b in self._all_buckets()], f"PS exchange at step {self._t}")
-        self._exchanges += 1
-        self._group_broadcast(f"exchange at step {self._t}")
-
-    def _group_broadcast(self, why: str) -> None:
-        """The leader's parameters to the rest of its group (one broadcast per fused buffer)."""
-        topo = self._rt.topo
-        if topo.group_size == 1:
-            return
-        for i, (b, flat) in enumerate(zip(self._all_buckets(), self._bcast)):
-            if topo.is_leader:
-                b.params.pack(out=flat)
-            hvd.broadcast_(
-                flat,
-                root_rank=topo.leader,
-                name=f"{self._hvdps_prefix}bcast.{i}",
-                process_set=topo.group,
-            )
-        what = f"group {topo.group_id}: broadcast from leader rank {topo.leader} after {why}"
-        _wait(self._bcast, what, self._rt.cfg.timeout)
-        if not topo.is_leader:
-            for b, flat in zip(self._all_buckets(), self._bcast):
-                b.params.unpack(flat)
-
     @property
-    def _wire(self) -> Optional[str]:
-        return None if self._rt.cfg.wire_dtype == "float32" else self._rt.cfg.wire_dtype
+    def _buckets(self) -> Optional[List[Bucket]]:
+        return self._sched.buckets
+
+    def _finish(self) -> None:
+        if self._sched.buckets is not None:
+            self._sched.complete("hvd_ps.shutdown (completing the exchange in flight)")
 
     def _setup(self) -> None:
-        """First step: fused buffers, cross-group checks, PS keys and updaters."""
-        if self._buckets is not None:
+        """First step: cross-group checks, then fused buffers, PS keys and updaters."""
+        if self._sched.buckets is not None:
             return
         topo, sync = self._rt.topo, self._sync
         trained = [p for p in self._params if p.grad_req != "null"]
@@ -275,26 +269,37 @@ class DistributedTrainer(hvd.DistributedTrainer):
             topo.groups,
         )
         sync.validate(topo.num_groups)
-        # one fused buffer per dtype and at most HVD_PS_BUCKET_MB: one PS key each
-        plan = plan_buckets([p.data() for p in trained], int(self._rt.cfg.bucket_mb * 2**20))
-        buckets = []
-        for idx in plan:
-            ps = [trained[i] for i in idx]
-            b = Bucket(FusedBuffer([p.data() for p in ps]), FusedBuffer([p.grad() for p in ps]))
-            self._bcast.append(mx.nd.zeros((b.params.size,), dtype=b.params.dtype))
-            buckets.append(b)
-        if topo.is_leader:
-            client = self._client()
-            client.set_mode(sync.mode)
-            wire = self._wire
-            updater, uparams = sync.server_updater(topo.num_groups)
-            for i, b in enumerate(buckets):
-                initial = sync.initial(b, topo.num_groups, wire)
-                name = f"{self._hvdps_prefix}{b.params.dtype.name}.{i}"
-                b.key = client.register(name, initial, updater, uparams)
-                b.out = mx.nd.zeros((b.params.size,), dtype=wire or b.params.dtype)
-                b.pulled = mx.nd.zeros((b.params.size,), dtype=wire or b.params.dtype)
-        self._buckets = buckets
+        self._sched.setup(trained)
+
+
+def _check_horovod_args(topo: Any, compression: Any, factor: Any, num_groups: Any) -> None:
+    """Horovod's own arguments, checked with messages that name them."""
+    if not (hasattr(compression, "compress") and hasattr(compression, "decompress")):
+        raise ConfigError(
+            f"compression must be a Horovod compressor such as hvd.Compression.fp16, "
+            f"got {compression!r}"
+        )
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
+        raise ConfigError(f"gradient_predivide_factor must be a number > 0, got {factor!r}")
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 0:
+        raise ConfigError(
+            f"num_groups (Horovod's grouped allreduces inside the group) must be an integer "
+            f">= 0, got {num_groups!r}"
+        )
+
+
+def _check_process_set(topo: Any, process_set: Any) -> None:
+    if process_set is None or process_set is topo.group:
+        return
+    ranks = getattr(process_set, "ranks", None)
+    if process_set is hvd.global_process_set:
+        ranks = list(range(hvd.size()))
+    if ranks is not None and sorted(ranks) == topo.members:
+        return
+    raise ConfigError(
+        f"process_set: hvd_ps allreduces inside this rank's group (ranks {topo.members}); "
+        f"leave process_set out or pass hvd_ps.group(), not a set of ranks {ranks}"
+    )
 
 
 def _server_optimizer(optimizer: Any, params: Optional[Dict[str, Any]]) -> tuple:

@@ -5,6 +5,13 @@ every step this rank's parameters must equal the reference's parameters of its g
 the end ``pull_global`` must give the reference's global model, to 1e-5 relative (float32 run
 against a float64 reference; 4e-3 with ``HVD_PS_WIRE_DTYPE=float16``). Runs at every world size
 and grouping scripts/test.sh uses.
+
+The overlapped exchange (``overlap=tau``) is checked the same way for ModelAverage, sync EASGD
+and sync DiLoCo at ``tau = 1`` and ``tau = period - 1``: the exchange started at step ``t``
+lands at the end of step ``t + tau``; at the end the last exchange is still in flight for
+``tau = period - 1``, and ``global_model()`` completes it: inside the block the global model,
+after it the local parameters with that exchange applied; then ``pull_global`` gives the
+global model again.
 """
 
 from __future__ import annotations
@@ -43,15 +50,19 @@ def _strategy(spec):
 
     if spec["name"] == "GradientPush":
         return hvd_ps.GradientPush(mode="sync")
+    overlap = spec.get("overlap", 0)
     if spec["name"] == "ModelAverage":
-        return hvd_ps.ModelAverage(period=spec["period"])
+        return hvd_ps.ModelAverage(period=spec["period"], overlap=overlap)
     if spec["name"] == "EASGD":
-        return hvd_ps.EASGD(period=spec["period"], alpha=spec["alpha"], mode="sync")
+        return hvd_ps.EASGD(
+            period=spec["period"], alpha=spec["alpha"], mode="sync", overlap=overlap
+        )
     return hvd_ps.DiLoCo(
         period=spec["period"],
         outer_lr=spec["outer_lr"],
         momentum=spec["momentum"],
         nesterov=spec["nesterov"],
+        overlap=overlap,
     )
 
 
@@ -66,8 +77,13 @@ def _tolerance(rt) -> float:
     return 1e-5 if rt.cfg.wire_dtype == "float32" else 4e-3
 
 
-def _train(rt, name: str, spec, steps: int, on_step=None):
-    """Train the reference model with the strategy ``spec`` on this rank's batches."""
+def _train(rt, name: str, spec, steps: int, on_step=None, broadcast=None, **trainer_args):
+    """Train the reference model with the strategy ``spec`` on this rank's batches.
+
+    ``broadcast(params)`` replaces ``hvd_ps.broadcast_parameters``; then every rank but 0
+    starts from perturbed parameters, so only the broadcast makes them equal. ``trainer_args``
+    go to ``hvd_ps.DistributedTrainer``.
+    """
     import horovod.mxnet as hvd
     import mxnet as mx
 
@@ -76,11 +92,13 @@ def _train(rt, name: str, spec, steps: int, on_step=None):
     net = mx.gluon.nn.Dense(ref.OUT, in_units=ref.IN, prefix=f"{name}_")
     net.initialize()
     w0, b0 = ref.initial()
+    if broadcast is not None and hvd.rank() != 0:
+        w0, b0 = w0 + 0.25, b0 - 0.5
     net.weight.set_data(mx.nd.array(w0))
     net.bias.set_data(mx.nd.array(b0))
-    hvd_ps.broadcast_parameters(net.collect_params())
+    (broadcast or hvd_ps.broadcast_parameters)(net.collect_params())
     trainer = hvd_ps.DistributedTrainer(
-        net.collect_params(), "sgd", {"learning_rate": LR}, sync=_strategy(spec)
+        net.collect_params(), "sgd", {"learning_rate": LR}, sync=_strategy(spec), **trainer_args
     )
     for t in range(1, steps + 1):
         x, y = ref.batch(hvd.rank(), t)
@@ -158,3 +176,79 @@ def test_global_model_context_shows_the_centre_then_restores_local_parameters(rt
         _close(net.bias.data().asnumpy(), want[-1]["global"][1], "centre bias", tol)
     np.testing.assert_array_equal(net.weight.data().asnumpy(), local[0])
     np.testing.assert_array_equal(net.bias.data().asnumpy(), local[1])
+
+
+PERIOD, STEPS = 3, 10  # exchanges start at steps 3, 6 and 9
+
+
+def _spec(name: str, num_groups: int, overlap: int):
+    if name == "ModelAverage":
+        return {"name": name, "period": PERIOD, "overlap": overlap}
+    if name == "EASGD":
+        alpha = 0.9 / max(2, num_groups) * 0.5
+        return {"name": name, "period": PERIOD, "alpha": alpha, "overlap": overlap}
+    return {
+        "name": "DiLoCo",
+        "period": PERIOD,
+        "outer_lr": 0.7,
+        "momentum": 0.9,
+        "nesterov": True,
+        "overlap": overlap,
+    }
+
+
+@pytest.mark.mpi(min_size=1)
+@pytest.mark.parametrize("overlap", [1, PERIOD - 1])
+@pytest.mark.parametrize("name", ["ModelAverage", "EASGD", "DiLoCo"])
+def test_overlapped_exchange_matches_numpy_reference(rt, sync_client, name, overlap):
+    import horovod.mxnet as hvd
+
+    import hvd_ps
+
+    groups = rt.topo.groups
+    spec = _spec(name, len(groups), overlap)
+    want = ref.run(spec, groups, STEPS, LR)
+    blocking = ref.run(dict(spec, overlap=0), groups, STEPS, LR)
+    rank, gid, tol = hvd.rank(), hvd_ps.group_id(), _tolerance(rt)
+    case = f"{name} overlap={overlap}"
+    # the test can fail: overlap moves the trajectory measurably away from the blocking one
+    # (except ModelAverage with one group, where mean(x_t) = x_t and overlap changes nothing)
+    if name != "ModelAverage" or len(groups) > 1:
+        moved = np.max(np.abs(want[-1]["x"][gid][0] - blocking[-1]["x"][gid][0]))
+        assert moved > 1e-3, moved  # 100x the float32 tolerance
+
+    def check(t, net):
+        ew, eb = want[t - 1]["x"][gid]
+        _close(net.weight.data().asnumpy(), ew, f"{case} step {t} weight, rank {rank}", tol)
+        _close(net.bias.data().asnumpy(), eb, f"{case} step {t} bias, rank {rank}", tol)
+
+    net, trainer = _train(rt, f"ovl{overlap}{name.lower()}", spec, STEPS, on_step=check)
+    stats = trainer.stats()
+    assert stats["exchanges"] == STEPS // PERIOD
+    assert 0.0 <= stats["ps_wait_s"] <= stats["exchange_s"]
+    if not hvd_ps.is_leader():
+        assert stats["ps_wait_s"] == 0.0
+    gw, gb = want[-1]["global"]
+    with trainer.global_model():
+        _close(net.weight.data().asnumpy(), gw, f"{case} global weight, rank {rank}", tol)
+        _close(net.bias.data().asnumpy(), gb, f"{case} global bias, rank {rank}", tol)
+    fw, fb = want[-1]["final"][gid]
+    _close(net.weight.data().asnumpy(), fw, f"{case} final local weight, rank {rank}", tol)
+    _close(net.bias.data().asnumpy(), fb, f"{case} final local bias, rank {rank}", tol)
+    trainer.pull_global(net.collect_params())
+    _close(net.weight.data().asnumpy(), gw, f"{case} pull_global weight, rank {rank}", tol)
+    _close(net.bias.data().asnumpy(), gb, f"{case} pull_global bias, rank {rank}", tol)
+
+
+@pytest.mark.mpi(min_size=1)
+def test_blocking_exchange_reports_its_ps_wait(rt, sync_client):
+    import hvd_ps
+
+    spec = _spec("ModelAverage", rt.topo.num_groups, 0)
+    _net, trainer = _train(rt, "blockwait", spec, 2 * PERIOD)
+    stats = trainer.stats()
+    assert stats["exchanges"] == 2
+    if hvd_ps.is_leader():
+        assert 0.0 < stats["ps_wait_s"] <= stats["exchange_s"]
+    else:
+        assert stats["ps_wait_s"] == 0.0

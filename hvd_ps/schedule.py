@@ -1,0 +1,205 @@
+"""When a trainer's group meets the PS tier: blocking or overlapped exchanges, the group
+broadcast that follows them, and the global model.
+
+Blocking (``overlap=0``): at step ``t`` with ``t % period == 0`` the leader runs the strategy's
+exchange for every bucket, waits once for all of them, and broadcasts the result to its group.
+
+Overlapped (``overlap=tau >= 1``): at step ``t`` the leader packs a snapshot ``x_t`` of every
+bucket (into a buffer allocated once) and queues the exchange from it on MXNet's engine without
+waiting; the whole group trains on. At step ``t + tau`` the leader waits for the exchange
+(bounded by ``HVD_PS_TIMEOUT``), applies it to the current parameters and broadcasts them.
+Every rank knows from the step counter when an exchange is in flight, so members never wait for
+the PS. ``pull_global()``, ``global_model()`` and ``hvd_ps.shutdown()`` first complete an
+exchange still in flight (wait, apply, broadcast) at that call, so its result is never lost.
+
+Sync-round safety: the next push of a key happens ``period`` steps after the previous one and
+after the wait for the previous exchange (``tau < period``), and in sync mode that wait returns
+only once the previous round closed, so a leader never pushes a key twice in one round.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List, Optional
+
+import horovod.mxnet as hvd
+import mxnet as mx
+
+from .deadline import deadline
+from .errors import HvdPsError
+from .fusion import FusedBuffer, plan_buckets
+from .strategies import Bucket, Strategy
+
+
+def wait_arrays(arrays: List[Any], what: str, timeout: float) -> None:
+    """Wait for Horovod work on ``arrays``; a stall becomes an HvdPsError naming ``what``."""
+    with deadline(what, timeout):
+        try:
+            for a in arrays:
+                a.wait_to_read()
+        except mx.base.MXNetError as err:
+            # MXNet puts its C++ traceback first and the cause on the last line
+            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+            cause = lines[-1] if lines else type(err).__name__
+            raise HvdPsError(f"{what} failed: {cause}") from None
+
+
+class Schedule:
+    """The fused buckets of one trainer and the exchanges of its group with the PS tier."""
+
+    def __init__(self, rt: Any, sync: Strategy, prefix: str) -> None:
+        self.rt = rt
+        self.sync = sync
+        self.prefix = prefix
+        self.buckets: Optional[List[Bucket]] = None
+        self.bcast: List[Any] = []  # one broadcast buffer per bucket
+        self.saved: List[Any] = []  # global_model(): the local parameters, allocated once
+        self.pending: Optional[int] = None  # step at which the exchange in flight is applied
+        self.launched = 0  # step the exchange in flight started at
+        self.exchanges = 0
+        self.ps_wait_s = 0.0
+
+    @property
+    def wire(self) -> Optional[str]:
+        return None if self.rt.cfg.wire_dtype == "float32" else self.rt.cfg.wire_dtype
+
+    def all(self) -> List[Bucket]:
+        if self.buckets is None:
+            raise HvdPsError("the trainer has no fused buffers yet (it has not taken a step)")
+        return self.buckets
+
+    def client(self) -> Any:
+        client = self.rt.client
+        if client is None:
+            raise HvdPsError("this rank is not its group's leader and has no PS client")
+        return client
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def setup(self, trained: List[Any]) -> None:
+        """Fused buffers, per-bucket scratch (allocated once), PS keys and updaters."""
+        topo, sync, wire = self.rt.topo, self.sync, self.wire
+        plan = plan_buckets([p.data() for p in trained], int(self.rt.cfg.bucket_mb * 2**20))
+        buckets = []
+        for idx in plan:
+            ps = [trained[i] for i in idx]
+            b = Bucket(FusedBuffer([p.data() for p in ps]), FusedBuffer([p.grad() for p in ps]))
+            self.bcast.append(mx.nd.zeros((b.params.size,), dtype=b.params.dtype))
+            buckets.append(b)
+        if topo.is_leader:
+            client = self.client()
+            client.set_mode(sync.mode)
+            updater, uparams = sync.server_updater(topo.num_groups)
+            for i, b in enumerate(buckets):
+                initial = sync.initial(b, topo.num_groups, wire)
+                name = f"{self.prefix}{b.params.dtype.name}.{i}"
+                b.key = client.register(name, initial, updater, uparams)
+                b.out = mx.nd.zeros((b.params.size,), dtype=wire or b.params.dtype)
+                b.pulled = mx.nd.zeros((b.params.size,), dtype=wire or b.params.dtype)
+                if sync.overlap:
+                    b.snap = mx.nd.zeros((b.params.size,), dtype=b.params.dtype)
+                    b.snap_buf = FusedBuffer([b.snap])
+                    if b.start is not None:
+                        b.start_buf = FusedBuffer([b.start])
+        self.buckets = buckets
+
+    # -- training steps -------------------------------------------------------------------------
+    def on_step(self, t: int) -> None:
+        """After step ``t``'s local update: apply an exchange due now, start one if due."""
+        if self.pending == t:
+            self.complete(f"the exchange started at step {self.launched}, applied at step {t}")
+        if t % self.sync.period == 0:
+            if self.sync.overlap:
+                self.launch(t)
+            else:
+                self.blocking(t)
+
+    def blocking(self, t: int) -> None:
+        topo = self.rt.topo
+        if topo.is_leader:
+            client = self.client()
+            # every bucket's transfers are queued on MXNet's engine first, so they overlap;
+            # then one bounded wait for all of them
+            for b in self.all():
+                self.sync.exchange(b, client, topo.num_groups, self.wire)
+            self._wait_ps(client, f"PS exchange at step {t}")
+        self.exchanges += 1
+        self.group_broadcast(f"exchange at step {t}")
+
+    def launch(self, t: int) -> None:
+        """Start the exchange from a snapshot of the parameters; nobody waits."""
+        topo = self.rt.topo
+        if topo.is_leader:
+            client = self.client()
+            for b in self.all():
+                b.params.pack(out=b.snap)
+                self.sync.launch(b, client, topo.num_groups, self.wire)
+        self.pending = t + self.sync.overlap
+        self.launched = t
+        self.exchanges += 1
+
+    def complete(self, why: str) -> None:
+        """Wait for the exchange in flight, apply it, broadcast the parameters. No-op if none."""
+        if self.pending is None:
+            return
+        self.pending = None
+        topo = self.rt.topo
+        if topo.is_leader:
+            client = self.client()
+            self._wait_ps(client, f"PS exchange started at step {self.launched}")
+            for b in self.all():
+                self.sync.apply(b, topo.num_groups)
+        self.group_broadcast(why)
+
+    def _wait_ps(self, client: Any, what: str) -> None:
+        start = time.perf_counter()
+        client.wait([b.pulled for b in self.all()], what)
+        self.ps_wait_s += time.perf_counter() - start
+
+    # -- the global model -----------------------------------------------------------------------
+    def pull_global(self) -> None:
+        """The global model into the parameters of every rank of the group (collective)."""
+        self.complete("pull_global (completing the exchange in flight first)")
+        topo = self.rt.topo
+        if topo.is_leader:
+            client = self.client()
+            scale = self.sync.global_scale(topo.num_groups)
+            for b in self.all():
+                client.exchange(b.key, None, b.pulled, wait=False)
+                b.params.unpack(b.pulled, alpha=scale)
+            client.wait([b.pulled for b in self.all()], "pull of the global model")
+        self.group_broadcast("pull_global")
+
+    def save_local(self) -> None:
+        """Copy the local parameters aside (into buffers allocated on first use)."""
+        self.complete("global_model (completing the exchange in flight first)")
+        if not self.saved:
+            self.saved = [mx.nd.zeros((b.params.size,), dtype=b.params.dtype) for b in self.all()]
+        for b, flat in zip(self.all(), self.saved):
+            b.params.pack(out=flat)
+
+    def restore_local(self) -> None:
+        for b, flat in zip(self.all(), self.saved):
+            b.params.unpack(flat)
+
+    def group_broadcast(self, why: str) -> None:
+        """The leader's parameters to the rest of its group (one broadcast per fused buffer)."""
+        topo = self.rt.topo
+        if topo.group_size == 1:
+            return
+        for i, (b, flat) in enumerate(zip(self.all(), self.bcast)):
+            if topo.is_leader:
+                b.params.pack(out=flat)
+            hvd.broadcast_(
+                flat,
+                root_rank=topo.leader,
+                name=f"{self.prefix}bcast.{i}",
+                process_set=topo.group,
+            )
+        what = f"group {topo.group_id}: broadcast from leader rank {topo.leader} after {why}"
+        wait_arrays(self.bcast, what, self.rt.cfg.timeout)
+        if not topo.is_leader:
+            for b, flat in zip(self.all(), self.bcast):
+                b.params.unpack(flat)
+
+    def stats(self) -> Dict[str, float]:
+        return {"exchanges": self.exchanges, "ps_wait_s": self.ps_wait_s}
