@@ -257,9 +257,9 @@ def test_groups_mismatch_fails(tmp_path: Path) -> None:
     out = _run(["-np", "2", "--num-groups", "1", "--timeout", "8", "--pidfile", str(pidfile),
                 "python", JOB, "2", "0", "0", str(tmp_path)])  # fmt: skip
     assert out.returncode != 0
-    # today: a leader's connect or exchange times out (HvdPsError); once tier.py joins with
-    # the tier's DMLC_NUM_WORKER: Client.connect's TierError naming both counts
+    # hvd_ps.init checks the script's grouping against --num-groups before any PS traffic
     assert re.search(r"HvdPsError|TierError", out.stdout + out.stderr)
+    assert "expects 1 leaders (--num-groups 1), this job's hvd_ps.init makes 2 groups" in out.stderr
     _assert_all_gone(pidfile, str(tmp_path))
 
 
