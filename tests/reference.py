@@ -152,11 +152,11 @@ def _run_overlapped(strategy: Dict, groups: List[List[int]], steps: int, lr: flo
     for t in range(1, steps + 1):
         gs = [group_grad(x, g, t) for x, g in zip(xs, groups)]
         xs = [axpy(-lr, g, x) for x, g in zip(xs, gs)]
-        if pending is not None and pending[0] == t:
-            xs = complete(*pending[1:])
-            pending = None
         if t % period == 0:
             pending = (t + tau, *launch())
+        if pending is not None and pending[0] == t:  # tau < period: never a new launch's
+            xs = complete(*pending[1:])
+            pending = None
         out.append({"x": [(x[0].copy(), x[1].copy()) for x in xs], "global": c})
     if pending is not None:
         out[-1]["final"] = complete(*pending[1:])

@@ -1,5 +1,6 @@
 """Strategy arguments: every bad value raises ConfigError (a ValueError) naming the argument."""
 
+import numpy as np
 import pytest
 
 import hvd_ps
@@ -74,3 +75,63 @@ def test_gradient_push_needs_the_optimizer_by_name_with_numbers():
         _server_optimizer(object(), None)
     with pytest.raises(ConfigError, match="lr_scheduler"):
         _server_optimizer("sgd", {"lr_scheduler": object()})
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: hvd_ps.ModelAverage(period=4, overlap=4),
+        lambda: hvd_ps.ModelAverage(period=4, overlap=-1),
+        lambda: hvd_ps.EASGD(period=2, overlap=2),
+        lambda: hvd_ps.EASGD(period=4, overlap=1.0),
+        lambda: hvd_ps.EASGD(period=4, overlap=True),
+        lambda: hvd_ps.DiLoCo(period=8, overlap=9),
+        lambda: hvd_ps.DiLoCo(period=8, overlap="1"),
+    ],
+)
+def test_bad_overlap_names_itself(make):
+    with pytest.raises(ConfigError, match="overlap"):
+        make()
+
+
+def test_overlap_is_in_the_repr_that_groups_compare():
+    assert repr(hvd_ps.ModelAverage(4)) == "ModelAverage(period=4, overlap=0)"
+    assert repr(hvd_ps.ModelAverage(4, overlap=3)) == "ModelAverage(period=4, overlap=3)"
+    assert repr(hvd_ps.EASGD(4, 0.2, overlap=1)).endswith("mode='sync', overlap=1)")
+    assert repr(hvd_ps.DiLoCo(8, overlap=7)).endswith("mode='sync', overlap=7)")
+    assert repr(hvd_ps.DiLoCo(8)) != repr(hvd_ps.DiLoCo(8, overlap=1))
+    assert hvd_ps.EASGD(4, overlap=3).overlap == 3 and hvd_ps.GradientPush().overlap == 0
+
+
+def _reference():
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import reference
+
+    return reference
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"name": "ModelAverage", "period": 3},
+        {"name": "EASGD", "period": 2, "alpha": 0.2},
+        {"name": "DiLoCo", "period": 3, "outer_lr": 0.7, "momentum": 0.9, "nesterov": True},
+    ],
+)
+def test_overlapped_reference_reduces_to_the_blocking_one_at_tau_0(spec):
+    """The reference's overlapped equations with tau = 0 are the blocking equations."""
+    ref = _reference()
+    groups = [[0, 1], [2], [3, 4, 5]]
+    blocking = ref.run(spec, groups, 9, 0.1)
+    forced = ref._run_overlapped(dict(spec, overlap=0), groups, 9, 0.1)
+    overlapped = ref.run(dict(spec, overlap=1), groups, 9, 0.1)
+    for a, b in zip(blocking, forced):
+        for g in range(len(groups)):
+            for i in range(2):
+                np.testing.assert_allclose(b["x"][g][i], a["x"][g][i], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(b["global"][0], a["global"][0], rtol=1e-12, atol=1e-14)
+    # and overlap does change the trajectory (so the MPI comparison can tell them apart)
+    assert np.max(np.abs(overlapped[-1]["x"][0][0] - blocking[-1]["x"][0][0])) > 1e-3
