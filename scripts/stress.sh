@@ -33,15 +33,15 @@ for i in $(seq 1 "$runs"); do
     bash scripts/test.sh < /dev/null) > "$dir/run$i.log" 2>&1
   rc=$?
   took=$(( $(date +%s) - start ))
-  summary=$(grep -E '^total:' "$dir/run$i.log" | tail -n 1)
+  summary=$(grep -aE '^total:' "$dir/run$i.log" | tail -n 1)
   if [ $rc -eq 0 ]; then
     echo "run $i: ok in ${took}s ($summary)"
     rm -rf "$out" "$dir/run$i.log"
     continue
   fi
   failures=$((failures + 1))
-  what=$(grep -E '^mpirun -np .* exited' "$dir/run$i.log" | sed 's/ exited.*//')
-  grep -qE '^FAILED|^ERROR| failed' <(sed -n '/== unit and job tests\|== job tests/,/== MPI tests/p' \
+  what=$(grep -aE '^mpirun -np .* exited' "$dir/run$i.log" | sed 's/ exited.*//')
+  grep -aqE '^FAILED|^ERROR| failed' <(sed -n '/== unit and job tests\|== job tests/,/== MPI tests/p' \
     "$dir/run$i.log") && what="$what"$'\n'"unit/job tests"
   [ -n "$what" ] || what="unknown"
   while IFS= read -r w; do
