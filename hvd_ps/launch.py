@@ -236,14 +236,24 @@ class Launch:
             self.tier.stop(grace=grace)
 
 
-#: variables of an outer launch that must not leak into this job
-_STALE = ("DMLC_", "HVD_PS_LAUNCHER", "HVD_PS_GROUP_SIZE", "HVD_PS_NUM_GROUPS")
+#: variables of an outer launch that must not leak into this job (others, e.g. DMLC_INTERFACE,
+#: are the user's and pass through)
+_STALE = (
+    "DMLC_ROLE",
+    "DMLC_PS_ROOT_URI",
+    "DMLC_PS_ROOT_PORT",
+    "DMLC_NUM_SERVER",
+    "DMLC_NUM_WORKER",
+    "HVD_PS_LAUNCHER",
+    "HVD_PS_GROUP_SIZE",
+    "HVD_PS_NUM_GROUPS",
+)
 
 
 def job_environment(launch: Launch) -> Tuple[Dict[str, str], Optional[rendezvous.Listener]]:
     """The job's environment, and the listener for rank 0 when the tier waits for the job."""
     plan = launch.plan
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_STALE)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_STALE)}  # also *_TOKEN
     if plan.group_size is not None:
         env["HVD_PS_GROUP_SIZE"] = str(plan.group_size)
     if launch.opts.timeout is not None:

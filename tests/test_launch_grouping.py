@@ -85,11 +85,13 @@ def test_job_environment_with_the_grouping_left_to_the_script(monkeypatch) -> No
     for k, v in {"DMLC_PS_ROOT_URI": "10.9.9.9", "DMLC_PS_ROOT_PORT": "1", "HVD_PS_NUM_GROUPS":
                  "7", "HVD_PS_GROUP_SIZE": "7", "HVD_PS_LAUNCHER": "x:1"}.items():  # fmt: skip
         monkeypatch.setenv(k, v)  # an outer launch's leftovers must not reach this job
+    monkeypatch.setenv("DMLC_INTERFACE", "eth1")  # the user's own ps-lite setting stays
     opts = launch._parser().parse_args(["-np", "4"])
     job = launch.Launch(launch.make_plan(opts, config.load({})), opts)
     env, listener = launch.job_environment(job)
     assert listener is not None
     try:
+        assert env["DMLC_INTERFACE"] == "eth1"
         assert env["HVD_PS_LAUNCHER"] == listener.address
         assert re.fullmatch(r"127\.0\.0\.1:\d+", listener.address)
         assert len(env["HVD_PS_LAUNCHER_TOKEN"]) == 32 and env["DMLC_NODE_HOST"] == "127.0.0.1"
