@@ -70,6 +70,7 @@ def run_job(tmp_path, scenario, args, workers=2, servers=1, timeout=JOB_TIMEOUT)
             OMP_NUM_THREADS="1",
             MXNET_CPU_WORKER_NTHREADS="1",
             STOCK_WORKER_TIMEOUT=str(timeout),
+            PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]),
         )
         env.pop("HVD_PS_SERVER_ROLE", None)
         for i in range(workers):
@@ -95,7 +96,9 @@ def run_job(tmp_path, scenario, args, workers=2, servers=1, timeout=JOB_TIMEOUT)
     finally:
         for proc in procs:
             _end(proc)
-        tier.stop(grace=10)
+        tier.stop(grace=10 if died is None else 1)  # a scheduler never finishes a broken job
+    leftover = [p.pid for p in procs + list(tier.procs.values()) if p.poll() is None]
+    assert leftover == [], f"processes left running: {leftover}"
     outputs = [p.read_text() for p in logs]
     results = []
     for text in outputs:
@@ -244,6 +247,7 @@ def test_dist_async_without_optimizer_assigns_each_push(tmp_path):
     """MXNet's own server aborts here ("Updater needs to be set for async mode")."""
     steps, K = 2, 2
     args = {"kvstore": "dist_async", "steps": steps, "keys": ALL_KEYS, "barrier_each": True}
+    args["import_hvd_ps"] = True  # (it defuses only server roles; a worker is left alone)
     job = ok(run_job(tmp_path, "keys", args, workers=K, servers=2))
     sparse = sw.initial(sw.ROWS, 4).astype(np.float64)
     expect = {n: [] for n in ALL_KEYS}

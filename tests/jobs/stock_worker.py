@@ -158,6 +158,8 @@ def main():
     watchdog.daemon = True
     watchdog.start()
     scenario, args = sys.argv[1], json.loads(sys.argv[2])
+    if args.get("import_hvd_ps"):  # a stock script that also imports hvd_ps keeps working
+        import hvd_ps  # noqa: F401
     kv = mx.kv.create(args["kvstore"])
     args["sync"] = "sync" in args["kvstore"]
     result = {"keys": keys_job, "trainer": trainer_job}[scenario](kv, args)
