@@ -1,0 +1,245 @@
+"""The benchmark at the paper's scale: every method on emulated clusters, back to back.
+
+Emulated clusters (``benchmarks/star.py``: one network namespace per host on a switch, each
+host's link shaped with ``tc tbf``) of ``--clusters`` (default 2 hosts x 2 ranks and 4 hosts x
+1 rank) at ``--links`` (default 1 Gbit/s and 100 Mbit/s). In each, with the same model, data,
+seed and ranks, one job per method (``benchmarks/suite_job.py`` under ``mpirun``):
+
+* ``horovod``: Horovod allreduce over all ranks every step;
+* ``dist_sync``: a stock Gluon ``Trainer(kvstore='dist_sync')``, every rank a worker, with
+  MXNet's *stock* servers (``import mxnet`` with ``DMLC_ROLE=server``), one on every host;
+* ``gradient_push``, ``model_average``, ``easgd``, ``diloco``: hvd_ps, one group per host,
+  hvd_ps's servers one on every host (the same placement as dist_sync); the last three at
+  ``--period`` with ``overlap=0`` and, when hvd_ps supports it, with ``overlap=--overlap``;
+* ``bound``: the same job with the groups never exchanging (Horovod allreduce inside a host
+  only): the no-communication bound, the limit of any method on that hardware.
+
+Throughput: ``--warmup`` steps (plus the overlap, so that the window holds one exchange started
+and one applied), then a timed window of ``--steps`` steps, or ``--slow-steps`` for the methods
+that cross the link every step (each of their steps is alike; reported per step). Evaluation
+of the global model is timed apart. Per run: samples/s, efficiency (bound time / method time),
+bytes that crossed the links (the hosts' interface counters over the window), and the split of
+a step into compute / group allreduce / PS wait (``trainer.stats()``). Then, unless
+``--no-accuracy``, time to ``--target`` test accuracy on the first cluster at the first link
+with a smaller (``--acc-hidden``, >= 4M parameters) model. Every job runs with
+``OMP_NUM_THREADS=1`` and ``OMPI_MCA_mpi_yield_when_idle=1`` (more ranks than cores).
+
+Needs root. Writes ``--out``.json, .md and plots (``_efficiency.png``, ``_model.png``,
+``_accuracy.png``) under benchmarks/results. Full run::
+
+    python -m benchmarks.cluster_suite
+
+Smoke run (a small model, one link, one cluster, a few steps)::
+
+    python -m benchmarks.cluster_suite --clusters 2x2 --links 1gbit --hidden 256,256 \\
+        --steps 4 --slow-steps 2 --period 2 --overlap 1 --no-accuracy --out /tmp/smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from benchmarks import model, report
+from benchmarks.star import StarCluster
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+ALL = ("horovod", "dist_sync", "gradient_push", "model_average", "easgd", "diloco", "bound")
+
+
+def overlap_supported() -> bool:
+    """Whether this hvd_ps takes ``overlap=`` (the suite runs the overlapped twins only then)."""
+    import hvd_ps
+
+    try:
+        hvd_ps.EASGD(period=16, overlap=8)
+    except TypeError:
+        return False
+    return True
+
+
+def plan(args: argparse.Namespace, overlap_ok: bool) -> List[Dict]:
+    """The runs of one cluster and link, in order: name, method, period, overlap, steps."""
+    runs = []
+    for m in args.methods:
+        if m in model.PERIODIC:
+            taus = [0] + ([args.overlap] if overlap_ok and args.overlap else [])
+            for tau in taus:
+                name = f"{m} k={args.period}" + (f" overlap={tau}" if tau else "")
+                runs.append(dict(name=name, method=m, period=args.period, overlap=tau,
+                                 steps=args.steps))  # fmt: skip
+        else:
+            steps = args.slow_steps if m in model.EVERY_STEP else args.steps
+            runs.append(dict(name=m, method=m, period=1, overlap=0, steps=steps))
+    return runs
+
+
+class Tier:
+    """A scheduler on host 0 and one server on every host, started for one job."""
+
+    def __init__(self, cluster: StarCluster, stock: bool, workers: int, port: int, log: Path):
+        self.procs: List[subprocess.Popen] = []
+        self.env = {
+            "DMLC_PS_ROOT_URI": cluster.hosts[0]["addr"],
+            "DMLC_PS_ROOT_PORT": str(port),
+            "DMLC_NUM_SERVER": str(len(cluster.hosts)),
+            "DMLC_NUM_WORKER": str(workers),
+        }
+        # MXNet's stock server runs at `import mxnet` under DMLC_ROLE=server; hvd_ps's is a module
+        argv = [sys.executable, "-c", "import mxnet"] if stock else [sys.executable, "-m",
+                                                                   "hvd_ps.server"]  # fmt: skip
+        roles = [(0, "scheduler")] + [(h, "server") for h in range(len(cluster.hosts))]
+        self.logs = []
+        for h, role in roles:
+            f = open(log.with_suffix(f".{role}{h}.log"), "w")
+            self.logs.append(f)
+            env = {**self.env, "DMLC_ROLE": role, "OMP_NUM_THREADS": "1"}
+            self.procs.append(subprocess.Popen(cluster.on(h, argv, env), stdout=f,
+                                               stderr=subprocess.STDOUT, start_new_session=True,
+                                               stdin=subprocess.DEVNULL))  # fmt: skip
+
+    def stop(self) -> None:
+        deadline = time.time() + 10  # servers leave by themselves when the workers are done
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=10)
+        for f in self.logs:
+            f.close()
+
+
+def run_job(cluster: StarCluster, spec: Dict, args: argparse.Namespace, rpn: int, link: str,
+            mode: str, port: int, tmp: Path) -> Dict:  # fmt: skip
+    """One job of one method; returns the measurements of every rank."""
+    m = spec["method"]
+    stem = tmp / f"{spec['name'].replace(' ', '_')}_{mode}_{len(cluster.hosts)}x{rpn}_{link}"
+    hosts = len(cluster.hosts)
+    argv = [sys.executable, "-m", "benchmarks.suite_job", "--method", m, "--mode", mode,
+            "--ranks-per-host", str(rpn), "--period", str(spec["period"]),
+            "--overlap", str(spec["overlap"]), "--batch", str(args.batch),
+            "--seed", str(args.seed), "--out", str(stem)]  # fmt: skip
+    if mode == "throughput":
+        warmup = args.warmup + spec["overlap"]
+        argv += ["--hidden", args.hidden, "--warmup", str(warmup), "--steps", str(spec["steps"])]
+    else:
+        argv += ["--hidden", args.acc_hidden, "--epochs", str(args.epochs),
+                 "--target", str(args.target)]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", MXNET_CPU_WORKER_NTHREADS="1",
+               OMPI_MCA_mpi_yield_when_idle="1", HVD_PS_TIMEOUT=str(args.ps_timeout),
+               HVD_PS_WIRE_DTYPE=args.wire, PYTHONPATH=str(ROOT))  # fmt: skip
+    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    forward = ["OMPI_MCA_mpi_yield_when_idle", "HVD_PS_TIMEOUT", "HVD_PS_WIRE_DTYPE",
+               "OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"]  # fmt: skip
+    tier: Optional[Tier] = None
+    if m not in ("horovod", "bound"):
+        workers = hosts * rpn if m == "dist_sync" else hosts
+        tier = Tier(cluster, m == "dist_sync", workers, port, stem)
+        env.update(tier.env)
+        forward += sorted(tier.env)
+        if m == "dist_sync":
+            env["DMLC_ROLE"] = "worker"
+            forward.append("DMLC_ROLE")
+    cmd = ["timeout", "-k", "10", str(args.job_timeout)]
+    cmd += cluster.mpirun(argv, slots=rpn, env=forward)
+    t0 = time.time()
+    try:
+        with open(stem.with_suffix(".job.log"), "w") as log:
+            proc = subprocess.run(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    finally:
+        if tier is not None:
+            tier.stop()
+    ranks = []
+    for r in range(hosts * rpn):
+        path = Path(f"{stem}.rank{r}.json")
+        if path.exists():
+            ranks.append(json.loads(path.read_text()))
+    if proc.returncode != 0 or len(ranks) != hosts * rpn:
+        kept = Path(f"{args.out}.failed.log")  # the temporary directory goes with the run
+        text = stem.with_suffix(".job.log").read_text()
+        kept.write_text(text)
+        raise RuntimeError(
+            f"{spec['name']} ({mode}) failed with code {proc.returncode} (log: {kept}):\n"
+            + text[-3000:]
+        )
+    return {"ranks": ranks, "wall_s": time.time() - t0}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clusters", default="2x2,4x1", help="HOSTSxRANKS, comma separated")
+    ap.add_argument("--links", default="1gbit,100mbit", help="tc rates, comma separated")
+    ap.add_argument("--methods", default=",".join(ALL))
+    ap.add_argument("--hidden", default="4096,4096,2048", help="MLP widths (25.5M parameters)")
+    ap.add_argument("--acc-hidden", default="2048,2048", help="accuracy model (4.3M parameters)")
+    ap.add_argument("--period", type=int, default=16)
+    ap.add_argument("--overlap", type=int, default=8, help="tau of the overlapped twins (0: none)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=16, help="timed steps (one period by default)")
+    ap.add_argument("--slow-steps", type=int, default=2,
+                    help="timed steps of the methods that cross the link every step")  # fmt: skip
+    ap.add_argument("--batch", type=int, default=32, help="per rank")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--wire", choices=("float32", "float16"), default="float32",
+                    help="HVD_PS_WIRE_DTYPE of every hvd_ps run")  # fmt: skip
+    ap.add_argument("--no-accuracy", action="store_true", help="skip time-to-accuracy")
+    ap.add_argument("--target", type=float, default=0.95)
+    ap.add_argument("--epochs", type=int, default=30, help="most epochs of an accuracy run")
+    ap.add_argument("--job-timeout", type=int, default=900)
+    ap.add_argument("--ps-timeout", type=int, default=600)
+    ap.add_argument("--out", default=str(RESULTS / "cluster_suite"))
+    args = ap.parse_args(argv)
+    args.methods = [m for m in args.methods.split(",") if m]
+    bad = [m for m in args.methods if m not in ALL]
+    if bad:
+        ap.error(f"--methods: unknown {', '.join(bad)} (choose from {', '.join(ALL)})")
+    if os.geteuid() != 0:
+        ap.error("needs root: it creates network namespaces")
+    clusters = [tuple(int(v) for v in c.split("x")) for c in args.clusters.split(",")]
+    links = args.links.split(",")
+    overlap_ok = overlap_supported()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up the namespaces too
+    results: Dict = {"args": vars(args), "overlap_supported": overlap_ok, "runs": [],
+                     "accuracy": [], "started": time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                                                              time.gmtime())}  # fmt: skip
+    start, port = time.time(), 9300
+    with tempfile.TemporaryDirectory(prefix="hvdps-suite-") as tmpdir:
+        tmp = Path(tmpdir)
+        for ci, (hosts, rpn) in enumerate(clusters):
+            for li, link in enumerate(links):
+                with StarCluster(hosts=hosts, rate=link) as cluster:
+                    for spec in plan(args, overlap_ok):
+                        port += 1
+                        before = cluster.counters()
+                        got = run_job(cluster, spec, args, rpn, link, "throughput", port, tmp)
+                        after = cluster.counters()
+                        row = report.throughput_row(spec, got, hosts, rpn, link, args, before,
+                                                    after)  # fmt: skip
+                        results["runs"].append(row)
+                        print(report.progress(row, time.time() - start), flush=True)
+                    if ci == 0 and li == 0 and not args.no_accuracy:
+                        for spec in plan(args, overlap_ok):
+                            if spec["method"] == "bound":
+                                continue  # no global model: each host trains its own
+                            port += 1
+                            got = run_job(cluster, spec, args, rpn, link, "accuracy", port, tmp)
+                            row = report.accuracy_row(spec, got, hosts, rpn, link)
+                            results["accuracy"].append(row)
+                            print(report.progress_acc(row, time.time() - start), flush=True)
+    report.finish(results, Path(args.out), time.time() - start)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

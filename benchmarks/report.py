@@ -1,0 +1,211 @@
+"""Rows, markdown table and plots of ``benchmarks/cluster_suite.py`` (from its jobs' output)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Dict, List
+
+from benchmarks import model
+
+WIRE_BYTES = {"float32": 4, "float16": 2}
+
+
+def throughput_row(spec: Dict, got: Dict, hosts: int, rpn: int, link: str, args, before: List,
+                   after: List) -> Dict:  # fmt: skip
+    """One run's numbers. The step time is the slowest rank's mean over the timed window."""
+    ranks = got["ranks"]
+    warm = len(ranks[0]["steps"]) - spec["steps"]
+    per_rank = [sum(r["steps"][warm:]) / spec["steps"] for r in ranks]
+    step_s = max(per_rank)
+    compute = statistics.mean(sum(r["fwd_bwd"][warm:]) / spec["steps"] for r in ranks)
+    window = [r for r in ranks if "counters_start" in r and r["counters_start"]]
+    sent = sum(r["counters_end"]["tx_bytes"] - r["counters_start"]["tx_bytes"] for r in window)
+    row = {
+        **{k: spec[k] for k in ("name", "method", "period", "overlap", "steps")},
+        "hosts": hosts,
+        "ranks_per_host": rpn,
+        "link": link,
+        "params": ranks[0]["params"],
+        "batch": args.batch,
+        "wire_bytes": WIRE_BYTES[args.wire] if spec["method"] in model.PERIODIC else 4,
+        "server_hosts": hosts,
+        "step_s": step_s,
+        "samples_per_s": hosts * rpn * args.batch / step_s,
+        "link_bytes_per_step": sent / spec["steps"] if len(window) == hosts else None,
+        "job_link_bytes": sum(a["tx_bytes"] - b["tx_bytes"] for a, b in zip(after, before)),
+        "compute_s": compute,
+        "rest_s": step_s - compute,
+        "test_accuracy": ranks[0]["test_accuracy"],
+        "eval_s": ranks[0]["eval_s"],
+        "wall_s": got["wall_s"],
+    }
+    stats = [r["stats"] for r in ranks if "stats" in r]
+    if stats:
+        n = spec["steps"]
+        row["allreduce_s"] = statistics.mean(s["allreduce_s"] for s in stats) / n
+        row["update_s"] = statistics.mean(s["update_s"] for s in stats) / n
+        row["exchange_s"] = statistics.mean(s["exchange_s"] for s in stats) / n
+        waits = [s.get("ps_wait_s") for s in stats]
+        row["ps_wait_s"] = None if None in waits else max(waits) / n  # the leaders' wait
+    return row
+
+
+def accuracy_row(spec: Dict, got: Dict, hosts: int, rpn: int, link: str) -> Dict:
+    r0 = got["ranks"][0]
+    return {
+        "name": spec["name"],
+        "method": spec["method"],
+        "hosts": hosts,
+        "ranks_per_host": rpn,
+        "link": link,
+        "params": r0["params"],
+        "reached": r0["reached"],
+        "train_s": r0["train_s"],
+        "epochs": len(r0["evals"]),
+        "final_test_accuracy": r0["evals"][-1]["test_accuracy"],
+        "eval_s": sum(e["eval_s"] for e in r0["evals"]),
+        "evals": r0["evals"],
+    }
+
+
+def progress(row: Dict, elapsed: float) -> str:
+    return (f"[{elapsed:6.0f} s] {row['hosts']}x{row['ranks_per_host']} {row['link']} "
+            f"{row['name']}: {row['step_s']:.3f} s/step, {row['samples_per_s']:.1f} samples/s, "
+            f"job {row['wall_s']:.0f} s")  # fmt: skip
+
+
+def progress_acc(row: Dict, elapsed: float) -> str:
+    return (f"[{elapsed:6.0f} s] accuracy {row['name']}: {row['final_test_accuracy']:.4f} after "
+            f"{row['train_s']:.1f} s of training ({row['epochs']} epochs)")  # fmt: skip
+
+
+def _fmt(v, spec: str = ".3f") -> str:
+    return "" if v is None else format(v, spec)
+
+
+def efficiency(runs: List[Dict]) -> None:
+    """Add efficiency (bound / method) and speed-ups over Horovod and dist_sync per config."""
+    for r in runs:
+        same = [o for o in runs if (o["hosts"], o["ranks_per_host"], o["link"])
+                == (r["hosts"], r["ranks_per_host"], r["link"])]  # fmt: skip
+        ref = {o["method"]: o["step_s"] for o in same if o["method"] in ("bound", "horovod",
+                                                                          "dist_sync")}  # fmt: skip
+        r["efficiency"] = ref["bound"] / r["step_s"] if "bound" in ref else None
+        r["speedup_vs_horovod"] = ref["horovod"] / r["step_s"] if "horovod" in ref else None
+        r["speedup_vs_dist_sync"] = ref["dist_sync"] / r["step_s"] if "dist_sync" in ref else None
+
+
+def markdown(results: Dict, elapsed: float) -> str:
+    a = results["args"]
+    runs = results["runs"]
+    out = [
+        "# hvd_ps at the paper's scale on emulated clusters",
+        "",
+        f"MLP 64-{a['hidden'].replace(',', '-')}-10 ({runs[0]['params'] / 1e6:.1f}M parameters) "
+        f"on digits, {a['batch']} samples per rank and step, SGD lr 0.1 momentum 0.9, seed "
+        f"{a['seed']}; hosts are network namespaces on a switch, each link `tc tbf`-shaped both "
+        "ways; one group per host; one server per host for dist_sync (MXNet's stock servers) "
+        f"and hvd_ps (its own servers); hvd_ps wire dtype {a['wire']}. Timed window: "
+        f"{a['steps']} steps after {a['warmup']} (+ overlap) warm-up, {a['slow_steps']} for the "
+        "methods that cross the link every step; evaluation timed apart. "
+        "`OMP_NUM_THREADS=1`, `OMPI_MCA_mpi_yield_when_idle=1` (4 ranks on 2 cores). "
+        f"overlap supported by this hvd_ps: {results['overlap_supported']}. Run "
+        f"{results['started']}, {elapsed / 60:.1f} min in all.",
+        "",
+        "efficiency = bound time / method time; MB/step: what crossed the links (all hosts' "
+        "sent bytes); compute = forward+backward; allreduce / PS wait / exchange per step from "
+        "`trainer.stats()` (hvd_ps only); rest = step - compute.",
+        "",
+        "| cluster | link | method | s/step | samples/s | efficiency | vs Horovod | vs dist_sync "
+        "| MB/step | compute s | allreduce s | PS wait s | exchange s | rest s | eval s | acc |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        mb = None if r["link_bytes_per_step"] is None else r["link_bytes_per_step"] / 1e6
+        out.append(
+            f"| {r['hosts']}x{r['ranks_per_host']} | {r['link']} | {r['name']} | "
+            f"{r['step_s']:.3f} | {r['samples_per_s']:.1f} | {_fmt(r['efficiency'], '.2f')} | "
+            f"{_fmt(r['speedup_vs_horovod'], '.2f')} | {_fmt(r['speedup_vs_dist_sync'], '.2f')} | "
+            f"{_fmt(mb, '.1f')} | {r['compute_s']:.3f} | {_fmt(r.get('allreduce_s'))} | "
+            f"{_fmt(r.get('ps_wait_s'))} | {_fmt(r.get('exchange_s'))} | {r['rest_s']:.3f} | "
+            f"{r['eval_s']:.2f} | {r['test_accuracy']:.3f} |"
+        )
+    acc = results["accuracy"]
+    if acc:
+        hvd = next((r for r in acc if r["method"] == "horovod"), None)
+        out += [
+            "",
+            f"## Time to {a['target']:.0%} test accuracy ({acc[0]['hosts']}x"
+            f"{acc[0]['ranks_per_host']}, {acc[0]['link']}, MLP 64-"
+            f"{a['acc_hidden'].replace(',', '-')}-10, {acc[0]['params'] / 1e6:.1f}M parameters)",
+            "",
+            "Training time only (the global model is evaluated after every epoch, timed apart).",
+            "",
+            "| method | reached | training s | vs Horovod | epochs | final accuracy | eval s |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in acc:
+            both = hvd is not None and r["reached"] and hvd["reached"]
+            ratio = r["train_s"] / hvd["train_s"] if both else None
+            out.append(f"| {r['name']} | {'yes' if r['reached'] else 'no'} | {r['train_s']:.1f} | "
+                       f"{_fmt(ratio, '.2f')}x | {r['epochs']} | {r['final_test_accuracy']:.4f} | "
+                       f"{r['eval_s']:.1f} |")  # fmt: skip
+    out += ["", "## Cost model (benchmarks/model.py) against every measured run", ""]
+    out.append(model.check_markdown(results["model_check"]))
+    return "\n".join(out) + "\n"
+
+
+def plot_efficiency(runs: List[Dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = sorted({(r["hosts"], r["ranks_per_host"], r["link"]) for r in runs},
+                     key=lambda c: (c[0], -model.rate_bytes(c[2])))  # fmt: skip
+    fig, axes = plt.subplots(1, len(configs), figsize=(4.5 * len(configs), 4), squeeze=False)
+    for ax, (h, rpn, link) in zip(axes[0], configs):
+        rows = [r for r in runs if (r["hosts"], r["ranks_per_host"], r["link"]) == (h, rpn, link)]
+        ax.barh([r["name"] for r in rows], [r["efficiency"] or 0 for r in rows], color="#4a7ab5")
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_xlabel("efficiency (bound time / method time)")
+        ax.set_title(f"{h} hosts x {rpn} ranks, {link}", fontsize=9)
+        ax.invert_yaxis()
+        ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_accuracy(acc: List[Dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in acc:
+        ax.plot([e["train_s"] for e in r["evals"]], [e["test_accuracy"] for e in r["evals"]],
+                marker=".", label=r["name"])  # fmt: skip
+    ax.set_xlabel("training time (s, evaluation excluded)")
+    ax.set_ylabel("test accuracy of the global model")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def finish(results: Dict, stem: Path, elapsed: float) -> None:
+    """Efficiencies, the cost-model check, then JSON, markdown and plots at ``stem``."""
+    efficiency(results["runs"])
+    results["model_check"] = model.check(results["runs"])
+    results["elapsed_s"] = elapsed
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{stem}.json").write_text(json.dumps(results, indent=1))
+    md = markdown(results, elapsed)
+    Path(f"{stem}.md").write_text(md)
+    plot_efficiency(results["runs"], Path(f"{stem}_efficiency.png"))
+    model.plot_scaling(results, Path(f"{stem}_model.png"))
+    if results["accuracy"]:
+        plot_accuracy(results["accuracy"], Path(f"{stem}_accuracy.png"))
+    print(md)
