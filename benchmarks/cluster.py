@@ -47,6 +47,11 @@ def can_create() -> Optional[str]:
     for tool in ("ip", "unshare", "setsid"):
         if not any(os.access(os.path.join(d, tool), os.X_OK) for d in os.defpath.split(":")):
             return f"{tool} is not installed"
+    probe = f"hvdps-probe-{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True, timeout=30)
+    if made.returncode != 0:
+        return f"cannot create a network namespace here: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True, timeout=30)
     return None
 
 

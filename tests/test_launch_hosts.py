@@ -30,7 +30,8 @@ JOB = str(ROOT / "tests" / "jobs" / "train_job.py")
 BIN = os.path.dirname(sys.executable)
 LIMIT = 100  # seconds for one hvdps-run (the timeout -k wrapper inside hostA)
 
-pytestmark = pytest.mark.skipif(can_create() is not None, reason=str(can_create()))
+NO_NAMESPACES = can_create()
+pytestmark = pytest.mark.skipif(NO_NAMESPACES is not None, reason=str(NO_NAMESPACES))
 
 
 class Recorder:
