@@ -400,3 +400,26 @@ def test_every_whitelisted_optimizer_builds(up):
         up.command(CONTROLLER_HEAD, cmd(i, "optimizer", {"name": name, "args": {"wd": 0.0}}))
     assert up.rejected == 0
     assert sorted(up.rules) == list(range(len(OPTIMIZERS)))
+
+
+def test_updater_installed_once_the_server_port_is_bound(up):
+    """The server installs its updater when ps-lite has bound its port (no command needed)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        up.install_when_ready(timeout=5.0)
+    assert up.installed and up.kv.updaters == [up.update]
+    up.command(CONTROLLER_HEAD, cmd(0, "add"))  # a command later does not install it twice
+    assert len(up.kv.updaters) == 1
+
+
+def test_updater_install_gives_up_visibly(up):
+    import psutil
+
+    if any(c.status == psutil.CONN_LISTEN for c in psutil.Process().net_connections("tcp")):
+        pytest.skip("this test process already listens on a TCP port")
+    with pytest.raises(Fatal, match="did not bind this server's port within 0.2 s"):
+        up.install_when_ready(timeout=0.2)
+    assert not up.installed
