@@ -8,6 +8,9 @@
 # PHASES are scripts/test.sh's: "jobs mpi" (the job tests, then the MPI phase: the sequence in
 # which CI once saw a rank abort) takes ~3 minutes a run; "unit mpi" (all unit tests) ~6.
 #
+# HVD_PS_TEST_MPI_RUNS narrows the MPI phase to some of its runs (a pattern over tags such as
+# np4-g0.1.2.3-float32: the four groups of one rank where CI saw the abort).
+#
 # The clone is made once from this repository's HEAD (so commit first) under
 # ${STRESS_DIR:-/tmp/hvd_ps-stress}; before every run its __pycache__ directories are removed, as
 # in a new clone. Exits non-zero if any run failed.

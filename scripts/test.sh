@@ -51,6 +51,10 @@ phase mpi || runs=()
 for run in "${runs[@]}"; do
   IFS='|' read -r np groups wire bucket tests <<< "$run"
   tag="np$np-g$(echo "$groups" | sed 's/\],\[/./g' | tr -d '[], ')-$wire"   # e.g. np4-g01.23-float32
+  # HVD_PS_TEST_MPI_RUNS (a grep pattern over the tags) keeps only some runs, e.g. for stress.sh
+  if [ -n "${HVD_PS_TEST_MPI_RUNS:-}" ] && ! grep -qE "$HVD_PS_TEST_MPI_RUNS" <<< "$tag"; then
+    continue
+  fi
   step "MPI tests, world size $np, groups $groups, wire $wire, buckets of $bucket MB (mpirun + pytest-mpi)"
   timeout -k 5 300 mpirun -np "$np" --oversubscribe --bind-to none -x OMP_NUM_THREADS \
     -x MXNET_CPU_WORKER_NTHREADS -x PATH -x HVD_PS_TIMEOUT -x HVD_PS_TEST_GROUPS="$groups" \
