@@ -177,8 +177,9 @@ def test_servers_on_both_hosts_grouping_in_the_script(cluster: Cluster, tmp_path
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_mid_job_leaves_nothing(cluster: Cluster, tmp_path: Path, sig: int) -> None:
     rec = Recorder(cluster)
-    job = ["--group-size", "2", "--steps", "100000", "--pause", "0.05"]
-    proc = _start(cluster, ["--num-servers", "2"], job, tmp_path)
+    # the tier starts with the job here (--group-size): the rendezvous is tested above
+    job = ["--steps", "100000", "--pause", "0.05"]
+    proc = _start(cluster, ["--group-size", "2", "--num-servers", "2"], job, tmp_path)
     try:
         assert proc.stdout is not None
         seen = []
