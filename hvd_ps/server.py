@@ -86,6 +86,7 @@ class _Updaters:
         self.rules: Dict[int, Callable[[Any, Any], None]] = {}
         self.state: Dict[int, Dict[str, Any]] = {}
         self.rejected = 0
+        self.seen: set = set()
         #: the MXNet updater of a stock worker's ``kv.set_optimizer`` (keys without a rule)
         self.stock: Optional[Callable[[int, Any, Any], None]] = None
         self.stock_body: Optional[bytes] = None
@@ -224,6 +225,23 @@ class _Updaters:
     def update(self, key: int, received: Any, stored: Any) -> None:
         """Apply what arrived for ``key`` to its stored slice (called by ps-lite's server)."""
         try:
+            if key not in self.seen:
+                self.seen.add(key)
+                how = (
+                    "its rule"
+                    if key in self.rules
+                    else "the stock optimizer"
+                    if self.stock
+                    else None
+                )
+                log.info(
+                    "key %d: first update of this server's %d elements (%s, %s) by %s",
+                    key,
+                    math.prod(stored.shape),
+                    stored.dtype.__name__,
+                    stored.stype,
+                    how or ("nothing: refused" if self.refused else "assign"),
+                )
             rule = self.rules.get(key)
             if rule is not None:
                 rule(received, stored)

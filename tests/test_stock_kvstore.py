@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -197,7 +198,19 @@ def sgd_reference(name, steps, K, lr, mom, wd, scale):
     return out
 
 
-def test_dist_sync_runs_the_optimizer_sent_by_set_optimizer(tmp_path):
+def first_updates(log):
+    """{key: [(server pid, elements, dtype, stype, by), ...]} from the servers' INFO lines."""
+    found: Dict[int, list] = {}
+    pattern = (
+        r"hvd_ps server pid (\d+)\] INFO key (\d+): first update of this server's (\d+) "
+        r"elements \((\w+), (\w+)\) by ([\w :]+)"
+    )
+    for pid, key, n, dtype, stype, by in re.findall(pattern, log):
+        found.setdefault(int(key), []).append((int(pid), int(n), dtype, stype, by))
+    return found
+
+
+def test_dist_sync_runs_the_optimizer_sent_by_set_optimizer(tmp_path, capfd):
     steps, K = 3, 2
     lr, mom, wd, scale = 0.1, 0.9, 0.01, 0.5
     opt = dict(SGD, multi_precision=True)
@@ -222,6 +235,18 @@ def test_dist_sync_runs_the_optimizer_sent_by_set_optimizer(tmp_path):
                 got = res["pulled"][name][step]
                 close(got, refs[name][s], DENSE[name][1], f"{name} step {step}")
             close(res["pulled"]["sparse"][step], sparse[s], err=f"sparse step {step}")
+    # where the keys went: the big one is split over both servers, the others each on one
+    seen = first_updates(capfd.readouterr().err)
+    assert sorted(seen) == [10, 11, 12, 20], seen
+    assert (
+        sorted(n for _, n, *_ in seen[12]) == [sw.BIG // 2] * 2
+        and len({p for p, *_ in seen[12]}) == 2
+    )
+    assert [(n, d, t, by) for _, n, d, t, by in seen[10]] == [
+        (30, "float32", "default", "the stock optimizer")
+    ]
+    assert [(n, d) for _, n, d, *_ in seen[11]] == [(30, "float32")]  # multi-precision copy
+    assert [(n, t) for _, n, _, t, _ in seen[20]] == [(30, "row_sparse")]
     # and without the optimizer the numbers would be far off (the test can fail)
     assert np.abs(refs["dense"][-1] - sum(pushed("dense", r, 2) for r in range(K))).max() > 0.5
 
