@@ -16,12 +16,14 @@ seed and ranks, one job per method (``benchmarks/suite_job.py`` under ``mpirun``
 
 Throughput: ``--warmup`` steps (plus the overlap, so that the window holds one exchange started
 and one applied), then a timed window of ``--steps`` steps, or ``--slow-steps`` for the methods
-that cross the link every step (each of their steps is alike; reported per step). Evaluation
-of the global model is timed apart. Per run: samples/s, efficiency (bound time / method time),
-bytes that crossed the links (the hosts' interface counters over the window), and the split of
-a step into compute / group allreduce / PS wait (``trainer.stats()``). Then, unless
+that cross the link every step (each of their steps is alike; reported per step). ``--eval``
+also evaluates the global model after each window, timed apart. Per run: samples/s,
+efficiency (bound time / method time), bytes that crossed the links (the hosts' interface
+counters over the window), and the split of a step into compute / group allreduce / PS wait
+(``trainer.stats()``). Then, unless
 ``--no-accuracy``, time to ``--target`` test accuracy on the first cluster at the first link
-with a smaller (``--acc-hidden``, >= 4M parameters) model. Every job runs with
+with a smaller (``--acc-hidden``, >= 4M parameters) model for ``--acc-methods`` (the global
+model evaluated after every epoch, timed apart from training). Every job runs with
 ``OMP_NUM_THREADS=1`` and ``OMPI_MCA_mpi_yield_when_idle=1`` (more ranks than cores).
 
 Needs root. Writes ``--out``.json, .md and plots (``_efficiency.png``, ``_model.png``,
@@ -132,6 +134,7 @@ def run_job(cluster: StarCluster, spec: Dict, args: argparse.Namespace, rpn: int
     if mode == "throughput":
         warmup = args.warmup + spec["overlap"]
         argv += ["--hidden", args.hidden, "--warmup", str(warmup), "--steps", str(spec["steps"])]
+        argv += ["--eval"] if args.eval else []
     else:
         argv += ["--hidden", args.acc_hidden, "--epochs", str(args.epochs),
                  "--target", str(args.target)]  # fmt: skip
@@ -176,6 +179,34 @@ def run_job(cluster: StarCluster, spec: Dict, args: argparse.Namespace, rpn: int
     return {"ranks": ranks, "wall_s": time.time() - t0}
 
 
+def estimate(args: argparse.Namespace, clusters: List, links: List[str], overlap_ok: bool,
+             compute_s: float, start_s: float) -> float:  # fmt: skip
+    """Seconds the throughput runs should take by the cost model, given the bound's step time
+    ``compute_s`` and ``start_s`` per job (start, warm-up aside, evaluation); printed per run."""
+    params = sum(a * b + b for a, b in _layers(args.hidden))
+    total = 0.0
+    for hosts, rpn in clusters:
+        for link in links:
+            net = model.Net(hosts, rpn, model.rate_bytes(link))
+            job = model.Job(params, compute_s, wire_bytes=report.WIRE_BYTES[args.wire])
+            for spec in plan(args, overlap_ok):
+                m = spec["method"]
+                st = model.step(m, net, job, spec["period"], spec["overlap"], hosts)["step_s"]
+                n = spec["steps"] + args.warmup + spec["overlap"]
+                evals = params * 4 / net.bandwidth if m != "bound" and args.eval else 0.0
+                secs = start_s + n * st + evals
+                total += secs
+                print(f"{hosts}x{rpn} {link} {spec['name']}: {n} steps x {st:.2f} s + "
+                      f"{start_s:.0f} s start + {evals:.1f} s eval = {secs:.0f} s")  # fmt: skip
+    print(f"throughput runs: {total / 60:.1f} min by the model ({params / 1e6:.1f}M parameters)")
+    return total
+
+
+def _layers(hidden: str) -> List:
+    widths = [64] + [int(w) for w in hidden.split(",") if w] + [10]
+    return list(zip(widths[:-1], widths[1:]))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clusters", default="2x2,4x1", help="HOSTSxRANKS, comma separated")
@@ -193,22 +224,36 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--wire", choices=("float32", "float16"), default="float32",
                     help="HVD_PS_WIRE_DTYPE of every hvd_ps run")  # fmt: skip
+    ap.add_argument("--eval", action="store_true",
+                    help="also evaluate the global model after each throughput window")  # fmt: skip
     ap.add_argument("--no-accuracy", action="store_true", help="skip time-to-accuracy")
+    ap.add_argument(
+        "--acc-methods",
+        default="horovod,model_average,easgd,diloco",
+        help="methods of the time-to-accuracy runs (with their overlapped twins)",
+    )
     ap.add_argument("--target", type=float, default=0.95)
     ap.add_argument("--epochs", type=int, default=30, help="most epochs of an accuracy run")
     ap.add_argument("--job-timeout", type=int, default=900)
     ap.add_argument("--ps-timeout", type=int, default=600)
     ap.add_argument("--out", default=str(RESULTS / "cluster_suite"))
+    ap.add_argument("--estimate", nargs=2, type=float, metavar=("COMPUTE_S", "START_S"),
+                    help="print the model's duration of the throughput runs for a bound step "
+                    "of COMPUTE_S and START_S per job, and exit (needs no root)")  # fmt: skip
     args = ap.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
-    bad = [m for m in args.methods if m not in ALL]
+    args.acc_methods = [m for m in args.acc_methods.split(",") if m]
+    bad = [m for m in args.methods + args.acc_methods if m not in ALL]
     if bad:
         ap.error(f"--methods: unknown {', '.join(bad)} (choose from {', '.join(ALL)})")
-    if os.geteuid() != 0:
-        ap.error("needs root: it creates network namespaces")
     clusters = [tuple(int(v) for v in c.split("x")) for c in args.clusters.split(",")]
     links = args.links.split(",")
     overlap_ok = overlap_supported()
+    if args.estimate:
+        estimate(args, clusters, links, overlap_ok, *args.estimate)
+        return 0
+    if os.geteuid() != 0:
+        ap.error("needs root: it creates network namespaces")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up the namespaces too
     results: Dict = {"args": vars(args), "overlap_supported": overlap_ok, "runs": [],
                      "accuracy": [], "started": time.strftime("%Y-%m-%d %H:%M:%S UTC",
@@ -230,8 +275,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         print(report.progress(row, time.time() - start), flush=True)
                     if ci == 0 and li == 0 and not args.no_accuracy:
                         for spec in plan(args, overlap_ok):
-                            if spec["method"] == "bound":
-                                continue  # no global model: each host trains its own
+                            if spec["method"] not in args.acc_methods or spec["method"] == "bound":
+                                continue  # the bound has no global model: each host its own
                             port += 1
                             got = run_job(cluster, spec, args, rpn, link, "accuracy", port, tmp)
                             row = report.accuracy_row(spec, got, hosts, rpn, link)

@@ -210,9 +210,10 @@ def check(runs: Sequence[Dict]) -> List[Dict]:
                 "step_error": (got["step_s"] - run["step_s"]) / run["step_s"],
                 "measured_bytes": measured_bytes,
                 "model_bytes": got["total_bytes"],
+                # none where the model sends nothing (the bound: only Horovod's control bytes)
                 "bytes_error": (
                     (got["total_bytes"] - measured_bytes) / measured_bytes
-                    if measured_bytes
+                    if measured_bytes and got["total_bytes"]
                     else None
                 ),
                 "calibration": run is bound,

@@ -37,8 +37,8 @@ def throughput_row(spec: Dict, got: Dict, hosts: int, rpn: int, link: str, args,
         "job_link_bytes": sum(a["tx_bytes"] - b["tx_bytes"] for a, b in zip(after, before)),
         "compute_s": compute,
         "rest_s": step_s - compute,
-        "test_accuracy": ranks[0]["test_accuracy"],
-        "eval_s": ranks[0]["eval_s"],
+        "test_accuracy": ranks[0].get("test_accuracy"),
+        "eval_s": ranks[0].get("eval_s"),
         "wall_s": got["wall_s"],
     }
     stats = [r["stats"] for r in ranks if "stats" in r]
@@ -130,7 +130,7 @@ def markdown(results: Dict, elapsed: float) -> str:
             f"{_fmt(r['speedup_vs_horovod'], '.2f')} | {_fmt(r['speedup_vs_dist_sync'], '.2f')} | "
             f"{_fmt(mb, '.1f')} | {r['compute_s']:.3f} | {_fmt(r.get('allreduce_s'))} | "
             f"{_fmt(r.get('ps_wait_s'))} | {_fmt(r.get('exchange_s'))} | {r['rest_s']:.3f} | "
-            f"{r['eval_s']:.2f} | {r['test_accuracy']:.3f} |"
+            f"{_fmt(r['eval_s'], '.2f')} | {_fmt(r['test_accuracy'])} |"
         )
     acc = results["accuracy"]
     if acc:
