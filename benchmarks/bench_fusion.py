@@ -11,6 +11,9 @@ several buffer passes (pack+unpack, pack_axpby+unpack) counts ``passes * nbytes`
 All methods run in the same process, interleaved, each timed to completion (``wait_to_read`` /
 ``waitall``); the median of the repeats is reported.
 
+``pack()`` without ``out`` takes its output from the buffer's small pool (reused once the
+caller dropped it); "into a fresh array" allocates one per call, as ``pack()`` used to.
+
 Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_fusion.py [--quick] [--threads N]``.
 Writes benchmarks/results/fusion.json and fusion.md (``--name`` changes the file names).
 """
@@ -100,11 +103,20 @@ def bench_list(name: str, shapes: List[Shape], repeats: int, threads: int) -> Di
             a[:] = d[offsets[i] : offsets[i + 1]].reshape(a.shape) + a
         mx.nd.waitall()
 
+    def pack_unpack_pooled() -> None:
+        buf.unpack(buf.pack())
+        mx.nd.waitall()
+
     # (method, buffer passes, fn); each fn returns only when its work is done
     methods: List[Tuple[str, int, Callable[[], None]]] = [
         ("memcpy (numpy.copyto)", 1, lambda: np.copyto(dst, src)),
         ("fused pack (into out)", 1, lambda: buf.pack(out=out).wait_to_read()),
-        ("fused pack (new array)", 1, lambda: buf.pack().wait_to_read()),
+        ("fused pack (no out: pooled)", 1, lambda: buf.pack().wait_to_read()),
+        (
+            "fused pack (into a fresh array)",
+            1,
+            lambda: buf.pack(out=mx.nd.empty((buf.size,))).wait_to_read(),
+        ),
         ("fused pack -> float16", 1, lambda: buf.pack(out=out16).wait_to_read()),
         ("naive pack (mx.nd.concat)", 1, lambda: naive_pack().wait_to_read()),
         ("fused unpack", 1, lambda: (buf.unpack(out), mx.nd.waitall())),
@@ -115,6 +127,7 @@ def bench_list(name: str, shapes: List[Shape], repeats: int, threads: int) -> Di
             2,
             lambda: (buf.pack(out=out), buf.unpack(out), mx.nd.waitall()),
         ),
+        ("fused pack+unpack (no out: pooled)", 2, lambda: pack_unpack_pooled()),
         ("naive pack+unpack", 2, lambda: (naive_unpack(naive_pack()), mx.nd.waitall())),
         (
             "fused pack_axpby+unpack(axpby)",
@@ -143,6 +156,8 @@ def bench_list(name: str, shapes: List[Shape], repeats: int, threads: int) -> Di
         "pack/memcpy": rows["fused pack (into out)"]["gbps"] / mem,
         "unpack/memcpy": rows["fused unpack"]["gbps"] / mem,
         "pack+unpack/memcpy": rows["fused pack+unpack"]["gbps"] / mem,
+        "pack(no out)+unpack/memcpy": rows["fused pack+unpack (no out: pooled)"]["gbps"] / mem,
+        "pack(fresh array)/memcpy": rows["fused pack (into a fresh array)"]["gbps"] / mem,
         "pack/naive": rows["fused pack (into out)"]["gbps"]
         / rows["naive pack (mx.nd.concat)"]["gbps"],
         "unpack/naive": rows["fused unpack"]["gbps"] / rows["naive unpack (slice assign)"]["gbps"],

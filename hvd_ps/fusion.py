@@ -32,6 +32,12 @@ The arrays must be distinct: the same array twice, or overlapping views, raise
 do not put them in one buffer. The buffer keeps references to the arrays; a result is valid
 for arrays whose storage stays the same (in-place updates, as Gluon does, are fine).
 
+Outputs: pass ``out=`` on a hot path. Without it, an operation takes its output from a small
+pool of the buffer (at most :data:`POOL_SIZE` flat arrays per dtype, allocated on first use and
+kept): a pooled array is handed out again only once no Python reference to it remains (MXNet's
+engine orders the new write after any operation still reading it, e.g. a PS push). A slice or
+``reshape`` of a result does not hold the result itself: keep the result while you use a view.
+
 Example::
 
     params = [p.data() for p in net.collect_params().values()]
@@ -45,7 +51,8 @@ from __future__ import annotations
 import ctypes
 import importlib.machinery
 import os
-from typing import List, Optional, Sequence, Tuple, Union
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import mxnet as mx
 import numpy as np
@@ -60,6 +67,12 @@ DTypeLike = Union[None, str, type, np.dtype]
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
 
 _PACK, _UNPACK, _PACK_AXPBY, _ELASTIC = 0, 1, 2, 3
+
+#: flat outputs a buffer keeps per dtype for operations called without ``out``
+POOL_SIZE = 2
+# references to a pooled array nobody else holds: the pool's list, the loop variable, and
+# sys.getrefcount's own argument
+_UNREFERENCED = 3
 _CPU_DEVICES = ("cpu", "cpu_pinned", "cpu_shared")
 
 _BUILD_HINT = (
@@ -194,6 +207,7 @@ class FusedBuffer:
             offsets.append(offsets[-1] + int(a.size))
         self._offsets: Tuple[int, ...] = tuple(offsets)
         self._threads = threads
+        self._pool: Dict[str, List[mx.nd.NDArray]] = {}
         self._handles = (ctypes.c_void_p * max(1, len(checked)))(*[a.handle for a in checked])
         self._check(_LIB.hvdps_fusion_prepare(self._handles, len(checked)))
 
@@ -310,7 +324,14 @@ class FusedBuffer:
     def _output(self, dtype: DTypeLike, out: Optional[mx.nd.NDArray]) -> mx.nd.NDArray:
         if out is None:
             dt = self._dtype if dtype is None else _dtype(dtype, "dtype")
-            return mx.nd.empty((self.size,), ctx=mx.cpu(), dtype=dt)
+            pool = self._pool.setdefault(dt.name, [])
+            for arr in pool:
+                if sys.getrefcount(arr) <= _UNREFERENCED:  # nobody holds it: reuse
+                    return arr
+            fresh = mx.nd.empty((self.size,), ctx=mx.cpu(), dtype=dt)
+            if len(pool) < POOL_SIZE:
+                pool.append(fresh)
+            return fresh
         self._check_flat(out, "out")
         if dtype is not None and _dtype(dtype, "dtype") != np.dtype(out.dtype):
             raise ConfigError(

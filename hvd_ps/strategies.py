@@ -68,6 +68,13 @@ def _overlap(value: Any, period: int) -> int:
     return value
 
 
+def _fresh(b: Bucket, dtype: Optional[str]) -> Any:
+    """A flat array of its own for a bucket (set-up only: not one of the buffer's pool)."""
+    import mxnet as mx
+
+    return mx.nd.zeros((b.params.size,), dtype=dtype or b.params.dtype)
+
+
 def _mode(value: Any, allowed: Tuple[str, ...] = MODES) -> str:
     if value not in allowed:
         raise ConfigError(f"mode must be one of {', '.join(allowed)}, got {value!r}")
@@ -109,7 +116,7 @@ class Strategy:
 
     def initial(self, b: Bucket, num_groups: int, wire: Optional[str]) -> Any:
         """The key's initial value on the PS (default: the parameters)."""
-        return b.params.pack(dtype=wire)
+        return b.params.pack(dtype=wire, out=_fresh(b, wire))
 
     def exchange(self, b: Bucket, client: Any, num_groups: int, wire: Optional[str]) -> None:
         """The leader's PS exchange for one bucket; leaves the new ``x`` in the parameters.
@@ -196,7 +203,7 @@ class ModelAverage(Strategy):
 
     def initial(self, b: Bucket, num_groups: int, wire: Optional[str]) -> Any:
         # The PS holds the sum of a round; start as if every group had pushed x0.
-        flat = b.params.pack(dtype=wire)
+        flat = b.params.pack(dtype=wire, out=_fresh(b, wire))
         return b.params.pack_axpby(flat, float(num_groups), 0.0, dtype=wire, out=flat)
 
     def exchange(self, b: Bucket, client: Any, num_groups: int, wire: Optional[str]) -> None:
@@ -330,7 +337,7 @@ class DiLoCo(Strategy):
         }
 
     def initial(self, b: Bucket, num_groups: int, wire: Optional[str]) -> Any:
-        b.start = b.params.pack()  # x_start, kept in the parameters' dtype
+        b.start = b.params.pack(out=_fresh(b, None))  # x_start, in the parameters' dtype
         return super().initial(b, num_groups, wire)
 
     def exchange(self, b: Bucket, client: Any, num_groups: int, wire: Optional[str]) -> None:
