@@ -13,7 +13,7 @@ method sends across the links:
 * ``dist_sync``: MXNet's dist KVStore with every rank a worker and servers on ``server_hosts``
   hosts (keys sharded evenly): every step every worker pushes ``M`` and pulls ``M``.
 * ``gradient_push``: hvd_ps with one group per host; the leaders push the group's gradient and
-  pull the weights every step.
+  pull the weights every step (``W`` bytes each way, as below).
 * ``model_average`` / ``easgd`` / ``diloco``: the leaders push and pull the ``W``-byte model
   (``W`` = parameters x wire bytes) every ``period`` steps. With ``overlap=tau`` the exchange
   runs behind ``tau`` steps of compute and only what is left of it is waited for.
@@ -139,8 +139,8 @@ def step(
     elif method == "dist_sync":
         x = exchange(net, net.ranks_per_host, grad, server_hosts)
         comm, sent = x["seconds"], x["sent"]
-    elif method == "gradient_push":
-        x = exchange(net, 1, grad, server_hosts)
+    elif method == "gradient_push":  # hvd_ps's wire dtype applies to the gradient too
+        x = exchange(net, 1, job.params * job.wire_bytes, server_hosts)
         comm, sent = x["seconds"], x["sent"]
     else:
         x = exchange(net, 1, job.params * job.wire_bytes, server_hosts)

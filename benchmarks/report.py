@@ -10,6 +10,7 @@ from typing import Dict, List
 from benchmarks import model
 
 WIRE_BYTES = {"float32": 4, "float16": 2}
+HVD_PS = ("gradient_push",) + model.PERIODIC  # the methods HVD_PS_WIRE_DTYPE applies to
 
 
 def throughput_row(spec: Dict, got: Dict, hosts: int, rpn: int, link: str, args, before: List,
@@ -29,7 +30,7 @@ def throughput_row(spec: Dict, got: Dict, hosts: int, rpn: int, link: str, args,
         "link": link,
         "params": ranks[0]["params"],
         "batch": args.batch,
-        "wire_bytes": WIRE_BYTES[args.wire] if spec["method"] in model.PERIODIC else 4,
+        "wire_bytes": WIRE_BYTES[args.wire] if spec["method"] in HVD_PS else 4,
         "server_hosts": hosts,
         "step_s": step_s,
         "samples_per_s": hosts * rpn * args.batch / step_s,

@@ -71,6 +71,8 @@ def test_gradient_push_servers_on_host_a():
     got = step("gradient_push", NET, JOB, server_hosts=1)
     assert got["sent"] == pytest.approx([4e6 * F, 4e6 * F])  # b pushes, a answers the pull
     assert got["step_s"] == pytest.approx(0.5 + 2 * (0.04 * F + 0.001))
+    half = step("gradient_push", NET, Job(1_000_000, 0.5, wire_bytes=2), server_hosts=1)
+    assert half["total_bytes"] == pytest.approx(4e6 * F)  # float16 on the wire
 
 
 def test_periodic_blocking_and_overlapped():
