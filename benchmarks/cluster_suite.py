@@ -216,7 +216,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--acc-hidden", default="2048,2048", help="accuracy model (4.3M parameters)")
     ap.add_argument("--period", type=int, default=16)
     ap.add_argument("--overlap", type=int, default=8, help="tau of the overlapped twins (0: none)")
-    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps (plus the overlap)")
     ap.add_argument("--steps", type=int, default=16, help="timed steps (one period by default)")
     ap.add_argument("--slow-steps", type=int, default=2,
                     help="timed steps of the methods that cross the link every step")  # fmt: skip

@@ -20,6 +20,7 @@ def throughput_row(spec: Dict, got: Dict, hosts: int, rpn: int, link: str, args,
     warm = len(ranks[0]["steps"]) - spec["steps"]
     per_rank = [sum(r["steps"][warm:]) / spec["steps"] for r in ranks]
     step_s = max(per_rank)
+    slowest = ranks[per_rank.index(step_s)]
     compute = statistics.mean(sum(r["fwd_bwd"][warm:]) / spec["steps"] for r in ranks)
     window = [r for r in ranks if "counters_start" in r and r["counters_start"]]
     sent = sum(r["counters_end"]["tx_bytes"] - r["counters_start"]["tx_bytes"] for r in window)
@@ -41,6 +42,8 @@ def throughput_row(spec: Dict, got: Dict, hosts: int, rpn: int, link: str, args,
         "test_accuracy": ranks[0].get("test_accuracy"),
         "eval_s": ranks[0].get("eval_s"),
         "wall_s": got["wall_s"],
+        "slowest_rank": slowest["rank"],
+        "slowest_rank_steps_s": slowest["steps"],  # warm-up included, for a look at the noise
     }
     stats = [r["stats"] for r in ranks if "stats" in r]
     if stats:
