@@ -1,6 +1,8 @@
 """Groups of ranks: the MPI tier.
 
-The world is partitioned into groups. Each group trains synchronously with Horovod allreduce
+The world is partitioned into groups (ids ``0 .. num_groups - 1`` inside the job; when several
+jobs share one PS tier, the job's groups are ``group_offset + id`` among ``total_groups`` of
+all jobs, see :mod:`hvd_ps.placement`). Each group trains synchronously with Horovod allreduce
 on its own ``ProcessSet``; the group's leader (its lowest global rank, group rank 0) is the
 group's client of the PS tier. Leaders also share a process set of their own, used only for
 set-up checks.
@@ -15,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence
 
-from .errors import TopologyError
+from .errors import ConfigError, TopologyError
 
 
 def plan(
@@ -87,6 +89,10 @@ class Topology:
     group: Any  # horovod ProcessSet of this rank's group
     leaders: Any  # horovod ProcessSet of the leaders (only meaningful on leaders)
     hosts: List[str] = field(default_factory=list)  # host name of every rank
+    #: global id of this job's group 0 when several jobs share one PS tier (else 0)
+    group_offset: int = 0
+    #: groups of every job on the PS tier (0: this job's groups are all there is)
+    total: int = 0
 
     @property
     def one_host(self) -> bool:
@@ -96,6 +102,16 @@ class Topology:
     @property
     def num_groups(self) -> int:
         return len(self.groups)
+
+    @property
+    def total_groups(self) -> int:
+        """Groups of every job meeting at the PS tier: what the strategies' ``G`` is."""
+        return self.total or self.num_groups
+
+    @property
+    def global_group_id(self) -> int:
+        """This rank's group among every job's groups (``group_offset + group_id``)."""
+        return self.group_offset + self.group_id
 
     @property
     def members(self) -> List[int]:
@@ -145,7 +161,10 @@ def setup(group_size: Optional[int] = None, groups: Optional[Sequence[Sequence[i
         key = tuple(members)
         if list(key) != everyone and key not in sets:
             sets[key] = hvd.ProcessSet(list(key))
-    hvd.init(process_sets=list(sets.values()))
+    if not hvd.is_initialized():
+        hvd.init(process_sets=list(sets.values()))
+    elif sets:  # the script called hvd.init() itself, before hvd_ps.init()
+        _add_process_sets(hvd, sets)
     if hvd.rank() != rank or hvd.size() != size:
         raise TopologyError("Horovod and MPI disagree on the world (rank/size)")
 
@@ -154,3 +173,16 @@ def setup(group_size: Optional[int] = None, groups: Optional[Sequence[Sequence[i
 
     gid = next(i for i, g in enumerate(layout) if rank in g)
     return Topology(layout, rank, gid, as_set(layout[gid]), as_set(leader_ranks), list(hosts))
+
+
+def _add_process_sets(hvd: Any, sets: dict) -> None:
+    """Register the groups' process sets with a Horovod the script already started."""
+    for key, process_set in sets.items():
+        try:
+            sets[key] = hvd.add_process_set(process_set)
+        except ValueError:
+            raise ConfigError(
+                "hvd.init() was called before hvd_ps.init(): delete that hvd.init() line "
+                "(hvd_ps.init() starts Horovod itself, with one process set per group), or "
+                "call hvd.init(process_sets='dynamic') there instead"
+            ) from None
