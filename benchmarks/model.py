@@ -293,22 +293,28 @@ def plot_scaling(results: Dict, path: Path, ranks_per_host: int = 4) -> None:
         job = Job(
             params=ref["params"], compute_s=ref["step_s"], wire_bytes=ref.get("wire_bytes", 4)
         )
-        curves = scaling(ranks, ranks_per_host, rate_bytes(link), job, ref["batch"])
+        a = results.get("args", {})
+        period, tau = a.get("period", 16), a.get("overlap", 8) or 0
+        tau = tau if tau < period else period - 1
+        curves = scaling(ranks, ranks_per_host, rate_bytes(link), job, ref["batch"], period, tau)
         for label, ys in curves.items():
             ax.plot(ranks, ys, label=f"model: {label}", linestyle="--" if "bound" in label else "-")
-        for r in (r for r in runs if r["link"] == link):
-            ax.scatter([r["hosts"] * r["ranks_per_host"]], [r["samples_per_s"]], s=18, zorder=3)
-        ax.scatter([], [], s=18, color="k", label="measured (emulated cluster, 4 ranks)")
+        markers = "os^vD<>ph*"
+        for i, r in enumerate(r for r in runs if r["link"] == link):
+            label = f"measured {r['hosts']}x{r['ranks_per_host']}: {r['name']}"
+            ax.scatter([r["hosts"] * r["ranks_per_host"]], [r["samples_per_s"]], s=22, zorder=3,
+                       marker=markers[i % len(markers)], label=label)  # fmt: skip
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("ranks")
         ax.set_ylabel("samples/s")
         ax.set_title(
-            f"cost model, {link} links, {ranks_per_host} ranks/host, "
-            f"{ref['params'] / 1e6:.1f}M parameters",
+            f"cost model (lines), {link} links, {ranks_per_host} ranks/host, "
+            f"{ref['params'] / 1e6:.1f}M parameters,\ncompute = the measured bound's "
+            f"{ref['step_s']:.2f} s/step; servers on every host",
             fontsize=9,
         )
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
