@@ -67,4 +67,8 @@ def make_trainer(args: argparse.Namespace, params, optim: dict):
         return hvd.DistributedTrainer(params, "sgd", optim), "Horovod allreduce over all ranks"
     hvd_ps.broadcast_parameters(params)
     sync = make_strategy(args)
-    return hvd_ps.DistributedTrainer(params, "sgd", optim, sync=sync), repr(sync)
+    desc = repr(sync)
+    if isinstance(sync, hvd_ps.EASGD) and sync.alpha is None:  # say what the default became
+        groups = hvd_ps.num_groups()
+        desc += f", alpha = 0.9 / {groups} groups = {sync.alpha_for(groups):g}"
+    return hvd_ps.DistributedTrainer(params, "sgd", optim, sync=sync), desc

@@ -31,7 +31,7 @@ export OMP_NUM_THREADS=1 MXNET_CPU_WORKER_NTHREADS=1
 export OMPI_MCA_mpi_yield_when_idle=1
 
 say() { if [ -t 1 ]; then printf '\033[1m[demo]\033[0m %s\n' "$*"; else printf '[demo] %s\n' "$*"; fi; }
-say "horovodrun -np 4 python examples/train_digits.py --group-size 2 $*"
+say "horovodrun -np 4 python examples/train_digits.py --group-size 2${*:+ $*}"
 rc=0
 timeout -k 10 "${DEMO_TIMEOUT:-600}" \
   horovodrun -np 4 python examples/train_digits.py --group-size 2 \
@@ -49,9 +49,9 @@ import sys
 
 m = json.load(open(sys.argv[1]))
 print(
-    f"[demo] {m['strategy']}: final test accuracy of the global model "
-    f"{100 * m['final_test_accuracy']:.2f}% after {m['epochs']} epochs "
-    f"({m['train_time_s']:.1f} s of training, {m['total_time_s']:.1f} s in the script)"
+    f"[demo] done: {100 * m['final_test_accuracy']:.2f}% test accuracy of the global model "
+    f"after {m['epochs']} epochs ({m['train_time_s']:.1f} s of training, "
+    f"{m['total_time_s']:.1f} s in the script)"
 )
 print(f"[demo] plot: {sys.argv[2]}")
 print(f"[demo] metrics: {sys.argv[1]}")

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
+import job_run  # tests/job_run.py
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ MESSAGES = [
         r"digits: 4 ranks in 2 group\(s\) \(0: ranks \[0, 1\], 1: ranks \[2, 3\]\); \d+ training "
         r"samples per rank, \d+ test samples, \d+ steps per epoch"
     ),
-    re.compile(r"sync: EASGD\(.*\)"),
+    re.compile(r"sync: EASGD\(period=4, .*\), alpha = 0\.9 / 2 groups = 0\.45"),
     EPOCH,
     FINAL,
     re.compile(r"plot written to \S+digits\.png"),
@@ -58,74 +58,23 @@ DEMO_LINES = [
     re.compile(
         rf"\[demo\] horovodrun -np 4 python examples/train_digits.py --group-size 2 "
         rf"--epochs {EPOCHS}"
-    ),  # fmt: skip
+    ),
     re.compile(
-        r"\[demo\] EASGD\(.*\): final test accuracy of the global model (\d+\.\d\d)% "
+        r"\[demo\] done: (\d+\.\d\d)% test accuracy of the global model "
         rf"after {EPOCHS} epochs \(.* s of training, .* s in the script\)"
-    ),  # fmt: skip
+    ),
     re.compile(r"\[demo\] plot: \S+digits\.png"),
     re.compile(r"\[demo\] metrics: \S+digits\.json"),
 ]
 
 
-def _env(out_dir: Path) -> dict:
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.update(
-        DEMO_OUT=str(out_dir),
-        DEMO_TIMEOUT=str(TIMEOUT - 60),
-        HVD_PS_TIMEOUT="60",
-        PYTHONUNBUFFERED="1",
-    )
-    for k in ("DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT", "DMLC_NUM_SERVER", "DMLC_ROLE"):
-        env.pop(k, None)  # the embedded tier, not one configured elsewhere
-    return env
-
-
-def _ours(marker: str) -> list:
-    """Processes whose environment carries this run's DEMO_OUT (every process the demo made)."""
-    found = []
-    for p in psutil.process_iter():
-        try:
-            if p.pid != os.getpid() and p.environ().get("DEMO_OUT") == marker:
-                found.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
-
-
-def _run_demo(out_dir: Path) -> subprocess.CompletedProcess:
-    cmd = ["bash", str(ROOT / "scripts" / "demo.sh"), "--epochs", str(EPOCHS)]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=_env(out_dir),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"demo.sh did not finish in {TIMEOUT} s\n{out[-3000:]}\n{err[-3000:]}")
-    finally:
-        deadline = time.monotonic() + 20  # servers and ranks get a moment to finish exiting
-        left = _ours(str(out_dir))
-        while left and time.monotonic() < deadline:
-            time.sleep(0.5)
-            left = _ours(str(out_dir))
-        for p in left:
-            p.kill()
-        assert not left, f"processes of the demo still running: {[p.pid for p in left]}"
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
 def test_demo_output_is_whole_prefixed_lines(tmp_path: Path) -> None:
     t0 = time.perf_counter()
-    proc = _run_demo(tmp_path)
+    cmd = ["bash", str(ROOT / "scripts" / "demo.sh"), "--epochs", str(EPOCHS)]
+    job_env = job_run.env(
+        str(tmp_path), DEMO_OUT=str(tmp_path), DEMO_TIMEOUT=str(TIMEOUT - 60), PYTHONUNBUFFERED="1"
+    )
+    proc = job_run.run(cmd, job_env, TIMEOUT)
     out, err = proc.stdout, proc.stderr
     assert proc.returncode == 0, f"exit code {proc.returncode}\n{out[-3000:]}\n{err[-3000:]}"
     assert "\r" not in out and "\r" not in err
@@ -161,3 +110,50 @@ def test_demo_output_is_whole_prefixed_lines(tmp_path: Path) -> None:
     assert float(DEMO_LINES[1].fullmatch(demo[1]).group(1)) == accuracy
     assert (tmp_path / "digits.png").stat().st_size > 0
     print(f"demo.sh --epochs {EPOCHS}: {time.perf_counter() - t0:.1f} s, accuracy {accuracy}%")
+
+
+def test_bar_on_a_terminal_without_launcher(tmp_path: Path) -> None:
+    """Run directly on a terminal (a pty of 30x120, no mpirun in front): a real tqdm bar,
+    redrawn in place, and the same whole epoch lines."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    script = ROOT / "examples" / "train_digits.py"
+    job_env = job_run.env(str(tmp_path), PYTHONUNBUFFERED="")
+    cmd = [sys.executable, str(script), "--epochs", "2", "--batch-size", "8"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=job_env, stdout=slave, stderr=subprocess.PIPE)
+    os.close(slave)
+    chunks = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the child closed the pty
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+        rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        pids = job_run.reap(str(tmp_path))
+    assert not pids, f"processes left running (killed now): {pids}"
+    text = b"".join(chunks).decode(errors="replace")
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    assert rc == 0, f"exit code {rc}\n{text[-2000:]}\n{err[-2000:]}"
+    assert re.search(r"\repoch 1/2: +\d+%\|.*\| \d+/179 \[", text), text[-2000:]  # tqdm
+    lines = [ln.split("\r")[-1] for ln in text.split("\r\n")]
+    assert [ln for ln in lines if re.fullmatch(r"epoch [12]/2  loss .* s", ln)], text[-2000:]
+    assert any(FINAL.fullmatch(ln) for ln in lines), text[-2000:]

@@ -1,0 +1,111 @@
+"""README.md's "Migrating from horovod.mxnet", followed verbatim.
+
+The section shows a plain Horovod script, the diff that makes it an hvd_ps script, and the
+commands that run both. Checked: the script shown is examples/train_digits_horovod.py byte for
+byte; the diff shown is the unified diff of that file against examples/train_digits_hvd_ps.py,
+so applying it gives the hvd_ps script; and each command shown, run as written under
+horovodrun (4 ranks; hvd_ps: 2 groups), trains to a sane test accuracy and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import job_run  # tests/job_run.py
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAIN = "examples/train_digits_horovod.py"
+PORTED = "examples/train_digits_hvd_ps.py"
+HEADING = "## Migrating from horovod.mxnet"
+TIMEOUT = 240
+
+
+def section() -> str:
+    text = (ROOT / "README.md").read_text()
+    assert HEADING in text, f"README.md has no {HEADING!r} section"
+    body = text.split(HEADING, 1)[1]
+    return body.split("\n## ", 1)[0]  # up to the next section
+
+
+def blocks(lang: str) -> list:
+    return re.findall(rf"^```{lang}\n(.*?)^```$", section(), flags=re.S | re.M)
+
+
+def test_readme_shows_the_plain_script() -> None:
+    shown = blocks("python")
+    assert len(shown) == 1, "one python block: the plain Horovod script"
+    assert shown[0] == (ROOT / PLAIN).read_text()
+
+
+def test_readme_diff_is_the_diff() -> None:
+    shown = blocks("diff")
+    assert len(shown) == 1, "one diff block"
+    plain = (ROOT / PLAIN).read_text().splitlines(keepends=True)
+    ported = (ROOT / PORTED).read_text().splitlines(keepends=True)
+    diff = "".join(difflib.unified_diff(plain, ported, PLAIN, PORTED))
+    assert shown[0] == diff
+
+
+def test_readme_diff_applies_to_the_plain_script() -> None:
+    """Applying the shown hunks to the plain script gives the hvd_ps script (a second check,
+    independent of difflib producing the same text)."""
+    result = (ROOT / PLAIN).read_text().splitlines()
+    lines = blocks("diff")[0].splitlines()[2:]  # after the --- / +++ header
+    offset = 0
+    for n, line in enumerate(lines):
+        m = re.match(r"@@ -(\d+),(\d+) \+\d+,\d+ @@", line)
+        if not m:
+            continue
+        start = int(m.group(1)) - 1 + offset
+        hunk = []
+        for body in lines[n + 1 :]:
+            if body.startswith("@@"):
+                break
+            hunk.append(body)
+        old = [b[1:] for b in hunk if b[:1] in (" ", "-")]
+        new = [b[1:] for b in hunk if b[:1] in (" ", "+")]
+        assert result[start : start + len(old)] == old, f"hunk {line} does not apply"
+        result[start : start + len(old)] = new
+        offset += len(new) - len(old)
+    assert result == (ROOT / PORTED).read_text().splitlines()
+
+
+def commands() -> list:
+    shown = blocks("bash")
+    assert len(shown) == 1, "one bash block: the commands"
+    return [ln for ln in shown[0].splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def test_readme_commands_run_the_two_scripts() -> None:
+    scripts = [next(w for w in shlex.split(c) if w.endswith(".py")) for c in commands()]
+    assert scripts == [PLAIN, PORTED]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("horovodrun", path=str(Path(sys.executable).parent)) is None,
+    reason="horovodrun not found next to this Python (run scripts/bootstrap.sh)",
+)
+@pytest.mark.parametrize("index", [0, 1], ids=["horovod", "hvd_ps"])
+def test_readme_command_trains(index: int, tmp_path: Path) -> None:
+    command = commands()[index]
+    assert command.split()[1] == "horovodrun"
+    # run as shown (its VAR=value prefix included); PYTHONUNBUFFERED off, as in a plain shell,
+    # so the scripts' print() calls are one write each
+    job_env = job_run.env(str(tmp_path), PYTHONUNBUFFERED="")
+    proc = job_run.run(["bash", "-c", command], job_env, TIMEOUT)
+    out = proc.stdout
+    tail = (out + proc.stderr)[-3000:]
+    assert proc.returncode == 0, f"{command}: exit code {proc.returncode}\n{tail}"
+    epochs = re.findall(r"^\[1,0\]<stdout>:epoch (\d+): loss (\d+\.\d+)$", out, flags=re.M)
+    assert [int(e) for e, _ in epochs] == list(range(1, 11)), tail
+    assert float(epochs[-1][1]) < float(epochs[0][1])  # it learns
+    acc = re.findall(r"^\[1,0\]<stdout>:test accuracy: (\d\.\d{4})$", out, flags=re.M)
+    assert len(acc) == 1, tail
+    assert float(acc[0]) >= 0.93, f"{command}: test accuracy {acc[0]}"
