@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
-from benchmarks.model import (
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: benchmarks/
+from benchmarks.model import (  # noqa: E402
     FRAME_OVERHEAD,
     Job,
     Net,
