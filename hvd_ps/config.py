@@ -22,6 +22,12 @@ variable                   default      meaning
                                         grouping (set by ``hvdps-run --group-size``)
 ``HVD_PS_NUM_GROUPS``      unset        groups the tier was started for (set by ``hvdps-run``);
                                         ``hvd_ps.init`` fails if the script makes another number
+``HVD_PS_GROUP_OFFSET``    unset        global id of this job's first group when several jobs share
+                                        one tier (``hvdps-run --servers-only``): the job's groups
+                                        are ``OFFSET .. OFFSET + groups - 1`` of the total
+``HVD_PS_TOTAL_GROUPS``    unset        groups of all jobs sharing the tier (printed by
+                                        ``hvdps-run --servers-only``); default: the tier's
+                                        ``DMLC_NUM_WORKER``, else this job's number of groups
 ``HVD_PS_LAUNCHER``        unset        ``host:port`` where ``hvdps-run`` waits to hear the job's
                                         number of groups before it starts the tier (set by it)
 ``HVD_PS_LAUNCHER_TOKEN``  unset        the secret rank 0 sends with it (set by ``hvdps-run``)
@@ -68,6 +74,8 @@ class Config:
     node_host: Optional[str] = None
     launch_group_size: Optional[int] = None
     launch_num_groups: Optional[int] = None
+    group_offset: Optional[int] = None
+    total_groups: Optional[int] = None
     launcher: Optional[Tuple[str, int]] = None
     launcher_token: str = ""
 
@@ -104,9 +112,9 @@ def _launcher(env: Mapping[str, str]) -> Optional[Tuple[str, int]]:
     return host, int(port)
 
 
-def _optional_int(env: Mapping[str, str], name: str) -> Optional[int]:
+def _optional_int(env: Mapping[str, str], name: str, minimum: int = 1) -> Optional[int]:
     raw = env.get(name)
-    return None if raw is None or not raw.strip() else int(_number(env, name, 1, int, 1))
+    return None if raw is None or not raw.strip() else int(_number(env, name, 1, int, minimum))
 
 
 def load(environ: Optional[Mapping[str, str]] = None) -> Config:
@@ -144,6 +152,8 @@ def load(environ: Optional[Mapping[str, str]] = None) -> Config:
         node_host=env.get("DMLC_NODE_HOST") or None,
         launch_group_size=_optional_int(env, "HVD_PS_GROUP_SIZE"),
         launch_num_groups=_optional_int(env, "HVD_PS_NUM_GROUPS"),
+        group_offset=_optional_int(env, "HVD_PS_GROUP_OFFSET", minimum=0),
+        total_groups=_optional_int(env, "HVD_PS_TOTAL_GROUPS"),
         launcher=_launcher(env),
         launcher_token=env.get("HVD_PS_LAUNCHER_TOKEN", ""),
     )

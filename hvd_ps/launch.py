@@ -23,7 +23,9 @@ remote hosts the scheduler binds ``--ps-host``, which is then required.
 
 ``--servers-only`` starts just the tier, prints the ``export`` lines for it and serves until
 SIGINT/SIGTERM or until its servers finish (when all ``--num-workers`` PS workers, possibly
-from several independent ``horovodrun`` jobs, have left).
+from several independent ``horovodrun`` jobs, have left). The exports include
+``HVD_PS_TOTAL_GROUPS`` (= ``--num-workers``, the groups of all jobs); each job adds its own
+``HVD_PS_GROUP_OFFSET``, the global id of its first group.
 
 Exit codes: the job's own; 2 for bad flags; 1 when the tier cannot start; 75 when a PS
 process dies during the job; 127 when ``horovodrun`` is missing; 128+N after signal N.
@@ -247,6 +249,8 @@ _STALE = (
     "HVD_PS_LAUNCHER",
     "HVD_PS_GROUP_SIZE",
     "HVD_PS_NUM_GROUPS",
+    "HVD_PS_GROUP_OFFSET",  # a tier hvdps-run starts for a job serves that job alone
+    "HVD_PS_TOTAL_GROUPS",
 )
 
 
@@ -322,9 +326,19 @@ def run_job(launch: Launch, forward: List[str], command: List[str], sigs: Signal
 
 
 def serve(tier: Tier, plan: Plan, sigs: Signals) -> int:
-    """``--servers-only``: print the exports, serve until a signal or the servers finish."""
+    """``--servers-only``: print the exports, serve until a signal or the servers finish.
+
+    Besides the tier's address every job gets ``HVD_PS_TOTAL_GROUPS`` (the groups of all
+    jobs); a comment line says that each job also sets ``HVD_PS_GROUP_OFFSET``, the global id
+    of its first group (see :mod:`hvd_ps.placement`)."""
+    total = tier.local.num_workers
+    print(f"export HVD_PS_TOTAL_GROUPS={total}")
     for k, v in ps_exports(plan, tier).items():
         print(f"export {k}={shlex.quote(v)}")
+    print(
+        f"# and in each job: export HVD_PS_GROUP_OFFSET=<global id of its first group, "
+        f"0..{total - 1}> (the jobs' groups must take every id once)"
+    )
     sys.stdout.flush()
     while sigs.received is None:
         what = tier.failed()

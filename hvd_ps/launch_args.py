@@ -78,7 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout", type=float, help="seconds for the tier to start; also the job's HVD_PS_TIMEOUT"
     )
-    p.add_argument("--servers-only", action="store_true", help="start only the PS tier")
+    p.add_argument(
+        "--servers-only",
+        action="store_true",
+        help="start only the PS tier, for --num-workers groups of one or more jobs; it prints "
+        "the exports for the jobs, and each job sets HVD_PS_GROUP_OFFSET (the global id of "
+        "its first group)",
+    )
     p.add_argument(
         "--ssh-cmd",
         default="ssh -o BatchMode=yes",

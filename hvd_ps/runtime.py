@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence
 
-from . import config, deadline, exits, rendezvous, spawn, topology
+from . import config, deadline, exits, placement, rendezvous, spawn, topology
 from .errors import HvdPsError, TierError
 from .tier import Client
 
@@ -48,7 +48,11 @@ def _bound_horovod(cfg: config.Config) -> None:
 
 
 def init(
-    group_size: Optional[int] = None, groups: Optional[Sequence[Sequence[int]]] = None
+    group_size: Optional[int] = None,
+    groups: Optional[Sequence[Sequence[int]]] = None,
+    *,
+    group_offset: Optional[int] = None,
+    total_groups: Optional[int] = None,
 ) -> None:
     """Start hvd_ps: Horovod with one process set per group, and the PS tier.
 
@@ -57,9 +61,17 @@ def init(
     world size), or by default one group per host. Calls ``hvd.init`` itself. Raises
     :class:`~hvd_ps.errors.TopologyError` on every rank for a bad layout, before anything blocks.
 
+    When several jobs share one PS tier (``hvdps-run --servers-only``), ``group_offset`` is
+    the global id of this job's first group and ``total_groups`` the number of groups of all
+    jobs (default: ``HVD_PS_GROUP_OFFSET`` / ``HVD_PS_TOTAL_GROUPS``, the total defaulting to
+    the tier's ``DMLC_NUM_WORKER``). The leaders then check on the tier that every global id
+    is taken once and that all jobs count the same total (a TopologyError on every rank of
+    every job if not), and the strategies use the total.
+
     Example::
 
         hvd_ps.init(group_size=2)      # 4 ranks -> groups [0, 1] and [2, 3]
+        hvd_ps.init(group_offset=1)    # the second job of two on one --servers-only tier
     """
     global _rt
     exits.install()  # an hvd_ps error that ends the job: one line, once per job
@@ -76,14 +88,19 @@ def init(
         group_size, groups = rendezvous.grouping(cfg, group_size, groups)  # or hvdps-run's
         topo = topology.setup(group_size=group_size, groups=groups)
         rendezvous.check(cfg, topo)  # the grouping hvdps-run was told, if any, must agree
+        place = placement.resolve(cfg, topo.num_groups, group_offset, total_groups)
+        topo.group_offset, topo.total = place.offset, place.total
         local, address = _start_tier(cfg, topo)
         _rt = Runtime(cfg, topo, address, local)
         atexit.register(_at_exit)
         if topo.is_leader:
+            uri, port, servers = address[:3]
             _rt.client = Client(
-                address[0], address[1], address[2], topo.num_groups, topo.group_id, cfg
+                uri, port, servers, topo.total_groups, topo.global_group_id, cfg, place.shared
             )
             _rt.client.connect()
+        if place.shared:  # other jobs' groups meet here too: every global id taken once?
+            placement.check_claims(_rt, place)
 
 
 def _start_tier(cfg: config.Config, topo: topology.Topology) -> tuple:
@@ -196,11 +213,26 @@ def group() -> Any:
 
 
 def group_id() -> int:
+    """This rank's group inside this job (``0 .. num_groups() - 1``)."""
     return runtime().topo.group_id
 
 
 def num_groups() -> int:
+    """The number of groups of this job (see :func:`total_groups` for all jobs of the tier)."""
     return runtime().topo.num_groups
+
+
+def global_group_id() -> int:
+    """This rank's group among the groups of every job sharing the PS tier
+    (``group_offset + group_id()``; equal to :func:`group_id` for a job alone). Shard data by
+    it (with :func:`total_groups`) so that jobs sharing a tier train on different data."""
+    return runtime().topo.global_group_id
+
+
+def total_groups() -> int:
+    """The number of groups of every job sharing the PS tier: the ``G`` of the strategies
+    (equal to :func:`num_groups` for a job alone)."""
+    return runtime().topo.total_groups
 
 
 def group_rank() -> int:

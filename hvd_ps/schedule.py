@@ -88,9 +88,9 @@ class Schedule:
         if topo.is_leader:
             client = self.client()
             client.set_mode(sync.mode)
-            updater, uparams = sync.server_updater(topo.num_groups)
+            updater, uparams = sync.server_updater(topo.total_groups)
             for i, b in enumerate(buckets):
-                initial = sync.initial(b, topo.num_groups, wire)
+                initial = sync.initial(b, topo.total_groups, wire)
                 name = f"{self.prefix}{b.params.dtype.name}.{i}"
                 b.key = client.register(name, initial, updater, uparams)
                 b.out = mx.nd.zeros((b.params.size,), dtype=wire or b.params.dtype)
@@ -120,7 +120,7 @@ class Schedule:
             # every bucket's transfers are queued on MXNet's engine first, so they overlap;
             # then one bounded wait for all of them
             for b in self.all():
-                self.sync.exchange(b, client, topo.num_groups, self.wire)
+                self.sync.exchange(b, client, topo.total_groups, self.wire)
             self._wait_ps(client, f"PS exchange at step {t}")
         self.exchanges += 1
         self.group_broadcast(f"exchange at step {t}")
@@ -132,7 +132,7 @@ class Schedule:
             client = self.client()
             for b in self.all():
                 b.params.pack(out=b.snap)
-                self.sync.launch(b, client, topo.num_groups, self.wire)
+                self.sync.launch(b, client, topo.total_groups, self.wire)
         self.pending = t + self.sync.overlap
         self.launched = t
         self.exchanges += 1
@@ -147,7 +147,7 @@ class Schedule:
             client = self.client()
             self._wait_ps(client, f"PS exchange started at step {self.launched}")
             for b in self.all():
-                self.sync.apply(b, topo.num_groups)
+                self.sync.apply(b, topo.total_groups)
         self.group_broadcast(why)
 
     def _wait_ps(self, client: Any, what: str) -> None:
@@ -162,7 +162,7 @@ class Schedule:
         topo = self.rt.topo
         if topo.is_leader:
             client = self.client()
-            scale = self.sync.global_scale(topo.num_groups)
+            scale = self.sync.global_scale(topo.total_groups)
             for b in self.all():
                 client.exchange(b.key, None, b.pulled, wait=False)
                 b.params.unpack(b.pulled, alpha=scale)

@@ -116,7 +116,7 @@ class DistributedTrainer(hvd.DistributedTrainer):
         sync = ModelAverage(period=1) if sync is None else sync
         if not isinstance(sync, Strategy):
             raise ConfigError(f"sync must be a strategy such as hvd_ps.EASGD(...), got {sync!r}")
-        sync.validate(rt.topo.num_groups)  # e.g. unstable sync EASGD: fail before any step
+        sync.validate(rt.topo.total_groups)  # e.g. unstable sync EASGD: fail before any step
         _check_horovod_args(rt.topo, compression, gradient_predivide_factor, num_groups)
         _check_process_set(rt.topo, process_set)
         if isinstance(sync, GradientPush):
@@ -268,7 +268,7 @@ class DistributedTrainer(hvd.DistributedTrainer):
             hvd.allgather_object(signature, name=f"{self._hvdps_prefix}signature"),
             topo.groups,
         )
-        sync.validate(topo.num_groups)
+        sync.validate(topo.total_groups)  # G counts the groups of every job on the tier
         self._sched.setup(trained)
 
 

@@ -308,6 +308,7 @@ def test_servers_only_serves_two_independent_jobs(tmp_path: Path) -> None:
         exports = _exports(_wait_for(tier, r"^export DMLC_NUM_WORKER=", limit=60))
         assert exports["DMLC_NUM_SERVER"] == "2" and exports["DMLC_NUM_WORKER"] == "2"
         assert exports["DMLC_PS_ROOT_URI"] == "127.0.0.1"
+        assert exports["HVD_PS_TOTAL_GROUPS"] == "2"
         jobs = [
             subprocess.Popen(
                 [
@@ -325,20 +326,21 @@ def test_servers_only_serves_two_independent_jobs(tmp_path: Path) -> None:
                     "0",
                     str(tmp_path),
                 ],  # fmt: skip
-                env=_env(HVD_PS_TIMEOUT="20", **exports),
+                env=_env(HVD_PS_TIMEOUT="20", HVD_PS_GROUP_OFFSET=str(i), **exports),
                 cwd=ROOT,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
                 start_new_session=True,
             )  # fmt: skip
-            for _ in range(2)
+            for i in range(2)
         ]
         outs = [job.communicate(timeout=150) for job in jobs]
         for job, (out, err) in zip(jobs, outs):
             assert job.returncode == 0, out + err[-3000:]
-            # each job is one group (group id 0) pushing r+1: a round sums both jobs
-            assert _values(out) == {0: [2, 4, 6]}
+            # each job is one group (global ids 0 and 1) pushing (id+1)*(r+1): a round sums
+            # both jobs
+            assert _values(out) == {0: [3, 6, 9]}
         tier.communicate(timeout=30)  # the servers finish once both workers have left
         assert tier.returncode == 0
     finally:

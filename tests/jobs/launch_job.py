@@ -1,7 +1,7 @@
 """Job run by tests/test_launch.py under hvdps-run: one group per rank, leaders use the PS tier.
 
 ``python launch_job.py [ROUNDS] [PAUSE] [EXIT_CODE] [TOKEN]``: every leader pushes
-``(group_id + 1) * (round + 1)`` to one sync key with the ``assign`` updater, so each round
+``(global group id + 1) * (round + 1)`` to one sync key with the ``assign`` updater, so each round
 pulls the sum over all leaders of the tier, and prints it; then exits with ``EXIT_CODE``.
 ``TOKEN`` is unused: it marks the ranks' command lines, so a test can check none is left.
 """
@@ -27,7 +27,7 @@ client.set_mode("sync")
 key = client.register("launch_job", mx.nd.zeros((4,)), "assign", {})
 out = mx.nd.zeros((4,))
 for r in range(rounds):
-    client.exchange(key, mx.nd.ones((4,)) * (hvd_ps.group_id() + 1) * (r + 1), out)
+    client.exchange(key, mx.nd.ones((4,)) * (hvd_ps.global_group_id() + 1) * (r + 1), out)
     print(f"rank {rank} round {r} value {out.asnumpy()[0]:g}", flush=True)
     time.sleep(pause)
 hvd_ps.shutdown()
