@@ -69,6 +69,6 @@ def make_trainer(args: argparse.Namespace, params, optim: dict):
     sync = make_strategy(args)
     desc = repr(sync)
     if isinstance(sync, hvd_ps.EASGD) and sync.alpha is None:  # say what the default became
-        groups = hvd_ps.num_groups()
+        groups = hvd_ps.total_groups()  # of every job sharing the tier
         desc += f", alpha = 0.9 / {groups} groups = {sync.alpha_for(groups):g}"
     return hvd_ps.DistributedTrainer(params, "sgd", optim, sync=sync), desc

@@ -5,7 +5,8 @@ group leaders meet at the parameter-server tier with the chosen strategy. Each e
 *global* model (EASGD's centre, the groups' average, the servers' weights) is evaluated on a
 held-out test split. Data: ``sklearn.datasets.load_digits`` (bundled, no download), 8x8 images
 scaled to [0, 1]; a fixed-seed stratified test split; each rank trains on its own equal-size
-shard of the rest.
+shard of the rest (jobs sharing one ``hvdps-run --servers-only`` tier shard by the global group
+id, ``hvd_ps.global_group_id()`` of ``hvd_ps.total_groups()``).
 
 Run (4 ranks in 2 groups; on a small machine keep one thread per rank)::
 
@@ -165,7 +166,15 @@ def main(argv=None) -> int:
         layout = hvd_ps.groups()
     rank, size = hvd.rank(), hvd.size()
     out = console.Console(rank == 0, "none" if args.quiet else args.progress)
-    x_tr, y_tr, x_te, y_te = load_data(args.seed, args.test_size, rank, size)
+    shard, shards, place = rank, size, ""
+    if not baseline and hvd_ps.total_groups() > hvd_ps.num_groups():
+        # several jobs share one PS tier: shard by the global group id, so that no two jobs
+        # train on the same data (equal shards if every job's groups have this job's size)
+        shard = hvd_ps.global_group_id() * hvd_ps.group_size() + hvd_ps.group_rank()
+        shards = hvd_ps.total_groups() * hvd_ps.group_size()
+        first = hvd_ps.global_group_id() - hvd_ps.group_id()
+        place = f", global groups {first}..{first + ngroups - 1} of {hvd_ps.total_groups()}"
+    x_tr, y_tr, x_te, y_te = load_data(args.seed, args.test_size, shard, shards)
 
     mx.random.seed(args.seed)
     net = build_net(args.hidden)
@@ -178,14 +187,14 @@ def main(argv=None) -> int:
     steps = len(x_tr) // args.batch_size
     groups_desc = ", ".join(f"{i}: ranks {g}" for i, g in enumerate(layout))
     out.line(
-        f"digits: {size} ranks in {ngroups} group(s) ({groups_desc}); {len(x_tr)} training "
+        f"digits: {size} ranks in {ngroups} group(s) ({groups_desc}{place}); {len(x_tr)} training "
         f"samples per rank, {len(x_te)} test samples, {steps} steps per epoch"
     )
     out.line(f"sync: {sync_desc}")
 
     history = []
     train_start = time.perf_counter()
-    rng = np.random.RandomState(args.seed + 1000 * rank)
+    rng = np.random.RandomState(args.seed + 1000 * shard)
     for epoch in range(1, args.epochs + 1):
         t0 = time.perf_counter()
         order = rng.permutation(len(x_tr))
