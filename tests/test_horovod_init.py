@@ -25,7 +25,7 @@ def test_plain_hvd_init_first_is_refused_at_once_naming_the_line():
     assert len(refused) == 2, proc.stdout  # on both ranks
     for line in refused:
         seconds = float(line.split("REFUSED ", 1)[1].split()[0])
-        assert seconds < 5.0, line  # at once, no wait for a peer or the tier
+        assert seconds < 5.0, line  # at once: no wait for the tier or a timeout
         assert "hvd.init() was called before hvd_ps.init()" in line
         assert "delete that hvd.init() line" in line and "process_sets='dynamic'" in line
 
