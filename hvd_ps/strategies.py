@@ -183,9 +183,13 @@ class ModelAverage(Strategy):
     """Hierarchical local SGD: every ``period`` steps the groups' parameters are averaged,
     ``x = (1/G) sum_g x_g`` (sync only).
 
+    ``overlap=tau`` (``0 <= tau < period``) starts the exchange from a snapshot ``x_t`` and
+    applies it ``tau`` steps later: ``x = mean_g(x_{g,t}) + (x_{t+tau} - x_t)``.
+
     Example::
 
         sync = hvd_ps.ModelAverage(period=8)
+        sync = hvd_ps.ModelAverage(period=16, overlap=4)  # the exchange hides behind 4 steps
     """
 
     name = "ModelAverage"
@@ -229,9 +233,13 @@ class EASGD(Strategy):
     ``d``; the servers add it, ``c += d``. ``alpha`` defaults to ``0.9 / G`` (``beta = G alpha
     = 0.9``); sync mode needs ``G alpha < 1`` to be stable and rejects anything else.
 
+    ``overlap=tau`` (``0 <= tau < period``) computes and pushes ``d = alpha (x_t - c)`` from a
+    snapshot ``x_t`` and subtracts it ``tau`` steps later: ``x = x_{t+tau} - d``.
+
     Example::
 
         sync = hvd_ps.EASGD(period=4, alpha=0.2, mode='async')
+        sync = hvd_ps.EASGD(period=16, overlap=8)
     """
 
     name = "EASGD"
@@ -295,9 +303,14 @@ class DiLoCo(Strategy):
     where ``D'`` is the round's mean (sync) or the single push (async). Groups then restart
     from ``x = x_start = w``.
 
+    ``overlap=tau`` (``0 <= tau < period``) pushes ``D = x_start - x_t`` from a snapshot and
+    applies the servers' ``w`` ``tau`` steps later: ``x = w + (x_{t+tau} - x_t)``,
+    ``x_start = w``.
+
     Example::
 
         sync = hvd_ps.DiLoCo(period=16, outer_lr=0.7, momentum=0.9)
+        sync = hvd_ps.DiLoCo(period=64, overlap=16)
     """
 
     name = "DiLoCo"
