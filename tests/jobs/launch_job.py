@@ -11,6 +11,7 @@ import time
 
 import horovod.mxnet as hvd
 import mxnet as mx
+from say import say  # noqa: E402  (tests/jobs/say.py: one write per line)
 
 import hvd_ps
 from hvd_ps import runtime
@@ -28,8 +29,8 @@ key = client.register("launch_job", mx.nd.zeros((4,)), "assign", {})
 out = mx.nd.zeros((4,))
 for r in range(rounds):
     client.exchange(key, mx.nd.ones((4,)) * (hvd_ps.global_group_id() + 1) * (r + 1), out)
-    print(f"rank {rank} round {r} value {out.asnumpy()[0]:g}", flush=True)
+    say(f"rank {rank} round {r} value {out.asnumpy()[0]:g}")
     time.sleep(pause)
 hvd_ps.shutdown()
-print(f"rank {rank} done", flush=True)
+say(f"rank {rank} done")
 sys.exit(exit_code)

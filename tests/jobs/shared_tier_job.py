@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import reference as ref  # noqa: E402
+from say import say  # noqa: E402  (tests/jobs/say.py: one write per line)
 
 import hvd_ps  # noqa: E402
 
@@ -45,7 +46,7 @@ args = p.parse_args()
 hvd_ps.init(groups=args.groups)
 gid, total = hvd_ps.global_group_id(), hvd_ps.total_groups()
 assert hvd_ps.group_size() == 1, "this job's groups are single ranks"
-print(f"group {gid} of {total} (job: {hvd_ps.group_id()} of {hvd_ps.num_groups()})", flush=True)
+say(f"group {gid} of {total} (job: {hvd_ps.group_id()} of {hvd_ps.num_groups()})")
 record = {}
 for name, make, steps in CASES:
     net = mx.gluon.nn.Dense(ref.OUT, in_units=ref.IN, prefix=f"{name.lower()}_")
@@ -74,4 +75,4 @@ for name, make, steps in CASES:
         record["EASGD.alpha"] = np.array(trainer.sync.alpha_for(hvd_ps.total_groups()))
 np.savez(os.path.join(args.out, f"group{gid}.npz"), **record)
 hvd_ps.shutdown()
-print(f"group {gid} done", flush=True)
+say(f"group {gid} done")

@@ -22,6 +22,7 @@ os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "1")
 import horovod.mxnet as hvd  # noqa: E402
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
+from say import say  # noqa: E402  (tests/jobs/say.py: one write per line)
 
 import hvd_ps  # noqa: E402
 
@@ -61,14 +62,13 @@ for step in range(args.steps):
     loss.backward()
     trainer.step(1)
     if rank == 0:
-        print(f"step {step} loss {loss.asscalar():.6f}", flush=True)
+        say(f"step {step} loss {loss.asscalar():.6f}")
     time.sleep(args.pause)
 trainer.pull_global(params)
 w = net.weight.data().asnumpy()
-print(
+say(
     f"rank {rank} group {hvd_ps.group_id()} of {hvd_ps.num_groups()} loss0 {loss0:.6f} "
-    f"loss {mse():.6f} w {w.sum():.6f}",
-    flush=True,
+    f"loss {mse():.6f} w {w.sum():.6f}"
 )
 hvd_ps.shutdown()
 sys.exit(args.exit_code)
