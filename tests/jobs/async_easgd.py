@@ -16,6 +16,7 @@ import hvd_ps
 
 sys.path.insert(0, __file__.rsplit("/jobs/", 1)[0])
 import reference as ref  # noqa: E402
+from say import say  # noqa: E402  (tests/jobs/say.py: one write per line)
 
 STEPS, FAST, SLOW = 30, 0.01, 0.05
 
@@ -60,7 +61,7 @@ err = float(np.max(np.abs(centre - (c0 + total))))
 if rank == 0:
     fast = max(e for g, e in times if g == 0)
     slow = min(e for g, e in times if g == 1)
-    print(
+    say(
         "RESULT "
         + json.dumps(
             {
@@ -69,7 +70,6 @@ if rank == 0:
                 "centre_err": err,
                 "pushed_norm": float(np.abs(total).sum()),
             }
-        ),
-        flush=True,
+        )
     )
 hvd_ps.shutdown()

@@ -18,6 +18,7 @@ import hvd_ps
 
 sys.path.insert(0, __file__.rsplit("/jobs/", 1)[0])
 import reference as ref  # noqa: E402
+from say import say  # noqa: E402  (tests/jobs/say.py: one write per line)
 
 GROUPS = [[0], [1]]
 
@@ -30,9 +31,9 @@ if sys.argv[1] == "plain":
     try:
         hvd_ps.init(groups=GROUPS)
     except hvd_ps.ConfigError as err:
-        print(f"REFUSED {time.perf_counter() - start:.2f} {err}", flush=True)
+        say(f"REFUSED {time.perf_counter() - start:.2f} {err}")
         sys.exit(0)
-    print("NOT REFUSED", flush=True)
+    say("NOT REFUSED")
     sys.exit(1)
 
 hvd.init(process_sets="dynamic")
@@ -56,5 +57,5 @@ for t in range(1, 7):
     trainer.step(ref.BATCH)
     ew = want[t - 1]["x"][hvd_ps.group_id()][0]
     err = max(err, float(np.max(np.abs(net.weight.data().asnumpy() - ew)) / np.max(np.abs(ew))))
-print(f"TRAINED {err:.3e}", flush=True)
+say(f"TRAINED {err:.3e}")
 hvd_ps.shutdown()
