@@ -4,10 +4,12 @@ Only leaders create a dist KVStore, with ``DMLC_NUM_WORKER`` = number of groups.
 buffer is one integer key; all leaders register their keys in the same order (the program is
 the same on every rank), and the trainer checks their shapes and dtypes agree before the first
 push. ps-lite's worker ranks follow registration order, not group ids: :attr:`Client.ps_rank`
-maps one to the other and is only used for logging.
+is this leader's ps-lite rank, which decides who sends the tier-wide commands (sync mode) and
+who pushes a key's initial value (``kv.init``).
 
-Round safety (see DESIGN.md): in sync mode a server closes a round when it has one push per
-worker. :meth:`Client.exchange` pushes, then pulls into a buffer whose write depends on the
+Round safety: MXNet's sync server closes a round when it has counted as many pushes as there
+are workers, not one push from each worker, so a leader must never push a key twice in a
+round. :meth:`Client.exchange` pushes, then pulls into a buffer whose write depends on the
 push's completion, and waits; the push completes only when its round closes, so a leader can
 never push the same key twice in one round, however far ahead it runs.
 """

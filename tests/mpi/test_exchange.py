@@ -2,8 +2,9 @@
 
 Each group's leader pushes values that identify group and round; the pulled value must be
 exactly what the round's pushes imply, even with one leader racing ahead while the others
-sleep (a server counting pushes rather than one push per leader would mix rounds: see
-DESIGN.md). Non-leaders take part through the broadcast of the result to their group.
+sleep (MXNet's sync server counts pushes rather than one push per leader, so a leader that
+pushed twice in a round would mix rounds). Non-leaders take part through the broadcast of the
+result to their group.
 """
 
 from __future__ import annotations
