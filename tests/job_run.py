@@ -23,6 +23,18 @@ ROOT = Path(__file__).resolve().parents[1]
 MARK = "HVD_PS_TEST_JOB"  # the marker's name; its value is unique to one run
 
 
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie is as good as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def env(marker: str, **extra: str) -> dict:
     """The caller's environment for a job: this venv first on PATH, the embedded tier, a
     one-minute bound on every hvd_ps wait, one thread per rank, the marker."""

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import job_run  # tests/job_run.py
 import pytest
 
 from hvd_ps import launch
@@ -64,17 +65,6 @@ def _start(args: List[str], limit: int = 120, **env: str) -> subprocess.Popen:
     )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is as good as gone
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _tier_pids(pidfile: Path) -> List[int]:
     return [int(line.split()[0]) for line in pidfile.read_text().splitlines()]
 
@@ -89,7 +79,7 @@ def _with_token(token: str) -> List[int]:
                     found.append(int(proc.name))
             except OSError:
                 continue
-    return [p for p in found if p != os.getpid() and _alive(p)]
+    return [p for p in found if p != os.getpid() and job_run.alive(p)]
 
 
 def _assert_all_gone(pidfile: Path, token: Optional[str] = None, within: float = 10.0) -> None:
@@ -97,7 +87,7 @@ def _assert_all_gone(pidfile: Path, token: Optional[str] = None, within: float =
     assert pids, "hvdps-run wrote no PIDs"
     end = time.monotonic() + within
     while time.monotonic() < end:
-        left = [p for p in pids if _alive(p)] + (_with_token(token) if token else [])
+        left = [p for p in pids if job_run.alive(p)] + (_with_token(token) if token else [])
         if not left:
             return
         time.sleep(0.2)

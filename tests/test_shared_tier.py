@@ -32,6 +32,7 @@ from hvd_ps import config, placement
 from hvd_ps.errors import ConfigError, TopologyError
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import job_run  # tests/job_run.py
 import reference as ref  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,17 +172,6 @@ def _popen(cmd: List[str], limit: int, env: Dict[str, str]) -> subprocess.Popen:
     )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is as good as gone
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _with_token(token: str) -> List[int]:
     """PIDs whose command line holds ``token`` (every job here has its out dir in it)."""
     found = []
@@ -192,14 +182,14 @@ def _with_token(token: str) -> List[int]:
                     found.append(int(proc.name))
             except OSError:
                 continue
-    return [p for p in found if p != os.getpid() and _alive(p)]
+    return [p for p in found if p != os.getpid() and job_run.alive(p)]
 
 
 def _assert_gone(pids: List[int], token: Optional[str] = None, within: float = 15.0) -> None:
     end = time.monotonic() + within
     left: List[int] = []
     while time.monotonic() < end:
-        left = [p for p in pids if _alive(p)] + (_with_token(token) if token else [])
+        left = [p for p in pids if job_run.alive(p)] + (_with_token(token) if token else [])
         if not left:
             return
         time.sleep(0.2)
