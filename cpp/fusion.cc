@@ -317,54 +317,50 @@ void push(OpKind kind, NDArrayHandle* arrays, int n, NDArrayHandle flat, NDArray
 HVDPS_API const char* hvdps_fusion_last_error() { return hvdps::g_error.c_str(); }
 
 // kind: 0 pack, 1 unpack, 2 pack_axpby, 3 elastic (see OpKind).  aux: ref or centre, else NULL.
-HVDPS_API int hvdps_fusion_push(int kind, NDArrayHandle* arrays, int n, NDArrayHandle flat,
-                                NDArrayHandle aux, double alpha, double beta, int threads) {
+namespace hvdps {
+namespace {
+
+// Runs `body` for a C entry point: every exception becomes a status code and g_error, so none
+// crosses the C API; an engine-op failure recorded since the last call is raised first.
+template <class Body>
+int guarded(Body body) noexcept {
   try {
-    hvdps::raise_engine_error();
-    if (kind < 0 || kind > 3) throw hvdps::Failure{hvdps::kBadArgument, "unknown op kind"};
-    hvdps::push(static_cast<hvdps::OpKind>(kind), arrays, n, flat, aux, alpha, beta, threads);
-    return hvdps::kOk;
-  } catch (const hvdps::Failure& e) {
-    hvdps::g_error = e.message;
+    raise_engine_error();
+    body();
+    return kOk;
+  } catch (const Failure& e) {
+    g_error = e.message;
     return e.status;
   } catch (const std::exception& e) {
-    hvdps::g_error = e.what();
-    return hvdps::kMXNetError;
+    g_error = e.what();
+    return kMXNetError;
   } catch (...) {
-    hvdps::g_error = "unknown C++ exception";
-    return hvdps::kMXNetError;
+    g_error = "unknown C++ exception";
+    return kMXNetError;
   }
+}
+
+}  // namespace
+}  // namespace hvdps
+
+HVDPS_API int hvdps_fusion_push(int kind, NDArrayHandle* arrays, int n, NDArrayHandle flat,
+                                NDArrayHandle aux, double alpha, double beta, int threads) {
+  return hvdps::guarded([&] {
+    if (kind < 0 || kind > 3) throw hvdps::Failure{hvdps::kBadArgument, "unknown op kind"};
+    hvdps::push(static_cast<hvdps::OpKind>(kind), arrays, n, flat, aux, alpha, beta, threads);
+  });
 }
 
 // Validates a buffer's arrays once: waits for their pending writes, allocates delayed storage
 // and checks that no two share memory.  Blocks; call it when the buffer is made.
 HVDPS_API int hvdps_fusion_prepare(NDArrayHandle* arrays, int n) {
-  try {
-    hvdps::raise_engine_error();
-    hvdps::prepare(arrays, n);
-    return hvdps::kOk;
-  } catch (const hvdps::Failure& e) {
-    hvdps::g_error = e.message;
-    return e.status;
-  } catch (const std::exception& e) {
-    hvdps::g_error = e.what();
-    return hvdps::kMXNetError;
-  } catch (...) {
-    hvdps::g_error = "unknown C++ exception";
-    return hvdps::kMXNetError;
-  }
+  return hvdps::guarded([&] { hvdps::prepare(arrays, n); });
 }
 
 // The failure of an engine op recorded since the last call, if any: 0 none, 2 one (then
 // hvdps_fusion_last_error() says what).  Called after waiting for the buffers' results.
 HVDPS_API int hvdps_fusion_take_engine_error() {
-  try {
-    hvdps::raise_engine_error();
-    return hvdps::kOk;
-  } catch (const hvdps::Failure& e) {
-    hvdps::g_error = e.message;
-    return e.status;
-  }
+  return hvdps::guarded([] {});
 }
 
 // Tests only: the next fused-buffer op that runs on the engine fails with `message`.
