@@ -1,9 +1,15 @@
-"""Configuration: the one place that reads ``HVD_PS_*`` and ``DMLC_*`` environment variables.
+"""Configuration: the one module of ``hvd_ps`` that reads or writes ``os.environ``.
 
 Every knob has a default that works on one machine with no setup. ``load()`` reads the
-environment once and validates it; the rest of the package receives a :class:`Config` and
-never looks at ``os.environ`` itself (it only *writes* the ``DMLC_*`` variables ps-lite needs,
-through :func:`ps_environment`).
+environment once and validates it (a bad value is a :class:`~hvd_ps.errors.ConfigError`
+naming the variable); the rest of the package receives a :class:`Config`, or passes a mapping
+of its own to ``load``. The other reads and writes of the process's environment are functions
+here too: the environments of the children (:func:`local_server_environment`,
+:func:`remote_server_environment`, :func:`job_environment`), the ps-lite variables a worker
+sets before MXNet's KVStore reads them (:func:`set_worker_environment`,
+:func:`set_node_host`), Horovod's stall limits (:func:`limit_horovod_stalls`), the MPI rank
+(:func:`launch_rank`) and the PS role (:func:`defuse_stock_server`, :func:`server_role`,
+:func:`restore_role`).
 
 =========================  ===========  ==========================================================
 variable                   default      meaning
@@ -50,7 +56,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 from .errors import ConfigError
 
@@ -173,6 +179,77 @@ def ps_environment(
         "DMLC_NUM_WORKER": str(num_workers),
         "DMLC_NODE_HOST": node_host,
     }
+
+
+def set_worker_environment(
+    root_uri: str, root_port: int, num_servers: int, num_workers: int, node_host: str
+) -> None:
+    """Put a ps-lite worker's ``DMLC_*`` variables (:func:`ps_environment`) in this process's
+    environment, where MXNet reads them when it creates the dist KVStore."""
+    os.environ.update(
+        ps_environment("worker", root_uri, root_port, num_servers, num_workers, node_host)
+    )
+
+
+def set_node_host(address: str) -> None:
+    """Set ``DMLC_NODE_HOST`` of this process (and of the program it then executes)."""
+    os.environ["DMLC_NODE_HOST"] = address
+
+
+def limit_horovod_stalls(timeout: float) -> None:
+    """Make Horovod give up on a stalled collective: ``HOROVOD_STALL_CHECK_TIME_SECONDS`` =
+    ``timeout / 4`` (at least 1) and ``HOROVOD_STALL_SHUTDOWN_TIME_SECONDS`` = ``timeout`` (at
+    least 2), whole seconds, each only where it is not set already."""
+    os.environ.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", str(max(1, int(timeout / 4))))
+    os.environ.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", str(max(2, int(timeout))))
+
+
+#: MPI's and Horovod's variables: a PS server must not look like a rank of the job
+_MPI_PREFIXES = ("OMPI_", "PMIX_", "PMI_", "HOROVOD_")
+
+
+def local_server_environment(ps: Mapping[str, str]) -> Dict[str, str]:
+    """The environment of a PS process started on this host: this process's with ``ps`` (its
+    ``DMLC_*`` variables) on top, less MPI's and Horovod's variables and
+    ``HVD_PS_SERVER_ROLE``, and ``OMP_NUM_THREADS=1`` unless it is set."""
+    env = {**os.environ, **ps}
+    env = {k: v for k, v in env.items() if not k.startswith(_MPI_PREFIXES)}
+    env.pop("HVD_PS_SERVER_ROLE", None)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def remote_server_environment(ps: Mapping[str, str]) -> Dict[str, str]:
+    """The variables set for a PS server started on another host: ``ps``, this process's
+    ``PYTHONPATH`` and ``HVD_PS_LOG_LEVEL`` where set, and ``OMP_NUM_THREADS=1`` unless ``ps``
+    sets it."""
+    env = dict(ps)
+    env.update({k: os.environ[k] for k in ("PYTHONPATH", "HVD_PS_LOG_LEVEL") if k in os.environ})
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+#: variables of an outer launch that must not leak into a job ``hvdps-run`` starts (others,
+#: e.g. ``DMLC_INTERFACE``, are the user's and pass through); prefixes, so that
+#: ``HVD_PS_LAUNCHER`` also drops ``HVD_PS_LAUNCHER_TOKEN``
+_OUTER_LAUNCH = (
+    "DMLC_ROLE",
+    "DMLC_PS_ROOT_URI",
+    "DMLC_PS_ROOT_PORT",
+    "DMLC_NUM_SERVER",
+    "DMLC_NUM_WORKER",
+    "HVD_PS_LAUNCHER",
+    "HVD_PS_GROUP_SIZE",
+    "HVD_PS_NUM_GROUPS",
+    "HVD_PS_GROUP_OFFSET",  # a tier hvdps-run starts for a job serves that job alone
+    "HVD_PS_TOTAL_GROUPS",
+)
+
+
+def job_environment() -> Dict[str, str]:
+    """This process's environment for the job ``hvdps-run`` starts, without the tier and
+    grouping variables an outer launch may have left (``hvdps-run`` sets its own)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(_OUTER_LAUNCH)}
 
 
 def launch_rank() -> int:

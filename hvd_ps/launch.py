@@ -46,9 +46,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from . import config, rendezvous, spawn
+from . import addresses, config, processes, rendezvous, spawn
 from .deadline import EXIT_CODE as TIER_DIED
-from .errors import HvdPsError, TierError
+from .errors import ConfigError, HvdPsError, TierError
 from .launch_args import (  # noqa: F401 - re-exported for tests and users
     PROG,
     Plan,
@@ -89,10 +89,8 @@ class Tier:
     def failed(self) -> Optional[str]:
         """A PS process that ended badly (clean exits are servers seeing all workers leave)."""
         for name, proc in self.procs().items():
-            code = proc.poll()
-            if code:
-                how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-                return f"PS {name} (pid {proc.pid}) {how}"
+            if proc.poll():
+                return processes.ended(f"PS {name}", proc)
         return None
 
     def finished(self) -> bool:
@@ -100,8 +98,7 @@ class Tier:
 
     def stop(self, grace: float) -> None:
         self.local.stop(grace=grace)
-        for proc in self.remote.values():
-            _stop_group(proc, grace=1.0)
+        processes.stop_groups(list(self.remote.values()), grace=1.0)
 
 
 def start_tier(plan: Plan, opts: argparse.Namespace, num_workers: int) -> Tier:
@@ -131,7 +128,7 @@ def _start_remote(tier: Tier, plan: Plan, opts: argparse.Namespace, num_workers:
     for i, host in enumerate(plan.servers):
         if host is None:
             continue
-        env = config.ps_environment(
+        ps = config.ps_environment(
             "server",
             plan.ps_host,
             tier.local.port,
@@ -139,16 +136,13 @@ def _start_remote(tier: Tier, plan: Plan, opts: argparse.Namespace, num_workers:
             num_workers,
             socket.gethostbyname(host),
         )
-        env.update(
-            {k: os.environ[k] for k in ("PYTHONPATH", "HVD_PS_LOG_LEVEL") if k in os.environ}
-        )
-        env.setdefault("OMP_NUM_THREADS", "1")
+        env = config.remote_server_environment(ps)
         cmd = remote_server_command(ssh, host, env, sys.executable, os.getcwd())
         tier.remote[f"server on {host} #{i}"] = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=spawn._die_with_parent,
+            preexec_fn=processes.die_with_parent,
         )
 
 
@@ -172,26 +166,6 @@ def ps_exports(plan: Plan, tier: Tier) -> Dict[str, str]:
 
 
 # -- processes and signals -------------------------------------------------------------------
-
-
-def _stop_group(proc: subprocess.Popen, grace: float) -> None:
-    """SIGTERM the process group of ``proc``, SIGKILL it after ``grace`` seconds."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        if proc.poll() is not None:
-            break
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-    if proc.poll() is not None:  # leftovers of the group (e.g. ranks of a killed mpirun)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 class Signals:
@@ -238,26 +212,10 @@ class Launch:
             self.tier.stop(grace=grace)
 
 
-#: variables of an outer launch that must not leak into this job (others, e.g. DMLC_INTERFACE,
-#: are the user's and pass through)
-_STALE = (
-    "DMLC_ROLE",
-    "DMLC_PS_ROOT_URI",
-    "DMLC_PS_ROOT_PORT",
-    "DMLC_NUM_SERVER",
-    "DMLC_NUM_WORKER",
-    "HVD_PS_LAUNCHER",
-    "HVD_PS_GROUP_SIZE",
-    "HVD_PS_NUM_GROUPS",
-    "HVD_PS_GROUP_OFFSET",  # a tier hvdps-run starts for a job serves that job alone
-    "HVD_PS_TOTAL_GROUPS",
-)
-
-
 def job_environment(launch: Launch) -> Tuple[Dict[str, str], Optional[rendezvous.Listener]]:
     """The job's environment, and the listener for rank 0 when the tier waits for the job."""
     plan = launch.plan
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_STALE)}  # also *_TOKEN
+    env = config.job_environment()
     if plan.group_size is not None:
         env["HVD_PS_GROUP_SIZE"] = str(plan.group_size)
     if launch.opts.timeout is not None:
@@ -300,7 +258,9 @@ def run_job(launch: Launch, forward: List[str], command: List[str], sigs: Signal
     argv = [launch.opts.horovodrun, *forward, *command]
     if launch.opts.verbose:
         say("running " + shlex.join(argv))
-    job = subprocess.Popen(argv, env=env, start_new_session=True, preexec_fn=spawn._die_with_parent)
+    job = subprocess.Popen(
+        argv, env=env, start_new_session=True, preexec_fn=processes.die_with_parent
+    )
     try:
         while job.poll() is None:
             if listener is None:
@@ -322,7 +282,7 @@ def run_job(launch: Launch, forward: List[str], command: List[str], sigs: Signal
     finally:
         if listener is not None:
             listener.close()
-        _stop_group(job, grace=3.0)
+        processes.stop_groups([job], grace=3.0)
 
 
 def serve(tier: Tier, plan: Plan, sigs: Signals) -> int:
@@ -353,12 +313,26 @@ def serve(tier: Tier, plan: Plan, sigs: Signals) -> int:
 
 
 def _exec_rank(command: List[str]) -> int:
-    """Rank wrapper for remote hosts: advertise the address that routes to the scheduler."""
-    cfg = config.load()
-    root = cfg.ps_root_uri or (cfg.launcher[0] if cfg.launcher else "127.0.0.1")
-    os.environ["DMLC_NODE_HOST"] = spawn.route_address(root)
-    os.execvp(command[0], command)
-    return 127  # not reached
+    """Rank wrapper for remote hosts: set ``DMLC_NODE_HOST`` to this host's address on the
+    route to the scheduler (or, before the tier starts, to hvdps-run), then exec ``command``.
+    Returns only on failure: 1 for a bad environment, 127 when ``command`` cannot run."""
+    try:
+        cfg = config.load()
+        root = cfg.ps_root_uri or (cfg.launcher[0] if cfg.launcher else None)
+        if root is None:
+            raise ConfigError(
+                "--exec-rank needs DMLC_PS_ROOT_URI or HVD_PS_LAUNCHER in the environment "
+                "(hvdps-run sets one of them)"
+            )
+        config.set_node_host(addresses.route_address(root))
+    except HvdPsError as err:
+        say(f"{type(err).__name__}: {err}")
+        return 1
+    try:
+        os.execvp(command[0], command)
+    except OSError as err:
+        say(f"cannot run {command[0]!r}: {err.strerror}")
+    return 127
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence
 
-from . import config, deadline, exits, placement, rendezvous, spawn, topology
+from . import addresses, config, deadline, exits, placement, rendezvous, spawn, topology
 from .errors import HvdPsError, TierError
 from .tier import Client
 
@@ -38,13 +38,6 @@ class Runtime:
 
 _rt: Optional[Runtime] = None
 _lock = threading.Lock()
-
-
-def _bound_horovod(cfg: config.Config) -> None:
-    """Make Horovod give up on a stalled collective instead of waiting forever."""
-    check = max(1, int(cfg.timeout / 4))
-    os.environ.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", str(check))
-    os.environ.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", str(max(2, int(cfg.timeout))))
 
 
 def init(
@@ -84,7 +77,7 @@ def init(
                 "with 'python -m hvd_ps.server', not with the training script"
             )
         cfg = config.load()
-        _bound_horovod(cfg)
+        config.limit_horovod_stalls(cfg.timeout)  # Horovod gives up on a stalled collective
         group_size, groups = rendezvous.grouping(cfg, group_size, groups)  # or hvdps-run's
         topo = topology.setup(group_size=group_size, groups=groups)
         rendezvous.check(cfg, topo)  # the grouping hvdps-run was told, if any, must agree
@@ -122,7 +115,7 @@ def _start_tier(cfg: config.Config, topo: topology.Topology) -> tuple:
             local = spawn.start(
                 cfg.num_servers,
                 topo.num_groups,
-                host=cfg.node_host or ("127.0.0.1" if topo.one_host else spawn.host_address()),
+                host=cfg.node_host or ("127.0.0.1" if topo.one_host else addresses.host_address()),
                 timeout=cfg.timeout,
             )
             message = (local.host, local.port, local.num_servers)

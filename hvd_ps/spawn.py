@@ -8,10 +8,6 @@ it sees its parent gone, so no server outlives the job.
 
 from __future__ import annotations
 
-import ctypes
-import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,58 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
-from . import config
+from . import addresses, config, processes
 from .errors import TierError
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-def free_port(host: str) -> int:
-    """A TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def route_address(remote: str) -> str:
-    """This host's address on the route to ``remote`` (no packet is sent)."""
-    if remote.startswith("127.") or remote == "localhost":
-        return "127.0.0.1"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect((remote, 9))
-        except OSError as err:
-            raise TierError(f"no route to the PS scheduler host {remote}: {err}") from None
-        return str(s.getsockname()[0])
-
-
-def host_address() -> str:
-    """An address of this host that other hosts can reach (set DMLC_NODE_HOST to choose)."""
-    try:
-        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
-    except OSError:
-        infos = []
-    for info in infos:
-        addr = str(info[4][0])
-        if not addr.startswith("127."):
-            return addr
-    raise TierError(
-        "this job spans several hosts, but the host name of rank 0 does not resolve to a "
-        "non-loopback address; set DMLC_NODE_HOST to the address the PS tier should bind"
-    )
-
-
-def port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 @dataclass
@@ -89,33 +35,23 @@ class LocalTier:
         return [p.pid for p in self.procs.values()]
 
     def _spawn(self, name: str, role: str, env_extra: Dict[str, str]) -> None:
-        env = dict(os.environ)
-        env.update(
-            config.ps_environment(
-                role, self.host, self.port, self.num_servers, self.num_workers, self.host
-            )
+        ps = config.ps_environment(
+            role, self.host, self.port, self.num_servers, self.num_workers, self.host
         )
-        env.update(env_extra)
-        env.pop("HVD_PS_SERVER_ROLE", None)
-        # no MPI inside the tier: a server must not look like a rank of the job
-        for k in [k for k in env if k.startswith(("OMPI_", "PMIX_", "PMI_", "HOROVOD_"))]:
-            env.pop(k)
-        env.setdefault("OMP_NUM_THREADS", "1")
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "hvd_ps.server"],
-            env=env,
+            env=config.local_server_environment({**ps, **env_extra}),
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=processes.die_with_parent,
         )
 
     def dead(self) -> Optional[str]:
         """Describes a child that has exited, or None while all run."""
         for name, proc in self.procs.items():
-            code = proc.poll()
-            if code is not None:
-                how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-                return f"PS {name} (pid {proc.pid}) {how}"
+            what = processes.ended(f"PS {name}", proc)
+            if what is not None:
+                return what
         return None
 
     def watch(self, on_death: Callable[[str], None], period: float = 0.2) -> None:
@@ -132,7 +68,9 @@ class LocalTier:
         threading.Thread(target=loop, name="hvd_ps-tier-watch", daemon=True).start()
 
     def stop(self, grace: float = 5.0) -> None:
-        """Stop every child: wait ``grace`` seconds for a clean exit, then kill its group."""
+        """Stop every child: wait up to ``grace`` seconds for them to exit by themselves, then
+        stop their process groups (:func:`processes.stop_groups`, 2 s after SIGTERM and 2 s
+        after SIGKILL)."""
         self.stopping = True
         end = time.monotonic() + grace
         for proc in self.procs.values():
@@ -140,18 +78,7 @@ class LocalTier:
                 proc.wait(timeout=max(0.0, end - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                for sig in (signal.SIGTERM, signal.SIGKILL):
-                    try:
-                        os.killpg(proc.pid, sig)
-                    except ProcessLookupError:
-                        break
-                    try:
-                        proc.wait(timeout=2.0)
-                        break
-                    except subprocess.TimeoutExpired:
-                        continue
+        processes.stop_groups(list(self.procs.values()), grace=2.0, kill_wait=2.0)
 
 
 def start(
@@ -172,8 +99,8 @@ def start(
     tries = 3 if port is None else 1
     extra = dict(env_extra or {})
     for attempt in range(tries):
-        tier = LocalTier(host, port or free_port(host), num_servers, num_workers)
-        if scheduler and port_open(host, tier.port):
+        tier = LocalTier(host, port or addresses.free_port(host), num_servers, num_workers)
+        if scheduler and addresses.port_open(host, tier.port):
             if attempt + 1 < tries:
                 continue
             raise TierError(f"port {tier.port} on {host} is in use: cannot start the scheduler")
@@ -191,7 +118,7 @@ def start(
                 if "scheduler" in what and attempt + 1 < tries:
                     break  # most likely lost the port race: try another port
                 raise TierError(f"{what} while starting (scheduler port {host}:{tier.port})")
-            if port_open(host, tier.port):
+            if addresses.port_open(host, tier.port):
                 return tier
             time.sleep(0.05)
         else:

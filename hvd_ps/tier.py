@@ -17,14 +17,13 @@ never push the same key twice in one round, however far ahead it runs.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from . import config, spawn
+from . import addresses, config
 from .deadline import deadline
 from .errors import ConfigError, TierError
 
@@ -72,10 +71,8 @@ class Client:
 
         # several jobs may share one tier: it then has more workers than this job has groups
         workers = self.cfg.ps_num_workers or self.num_groups
-        host = self.cfg.node_host or spawn.route_address(self.uri)
-        os.environ.update(
-            config.ps_environment("worker", self.uri, self.port, self.num_servers, workers, host)
-        )
+        host = self.cfg.node_host or addresses.route_address(self.uri)
+        config.set_worker_environment(self.uri, self.port, self.num_servers, workers, host)
         what = f"group {self.group_id}'s leader connecting to the {self.where}"
         with deadline(what + " (are all servers and leaders up?)", self.cfg.timeout):
             try:

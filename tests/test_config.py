@@ -163,3 +163,95 @@ def test_bucket_mb():
         config.load({"HVD_PS_BUCKET_MB": "-1"})
     with pytest.raises(ConfigError, match="HVD_PS_BUCKET_MB"):
         config.load({"HVD_PS_BUCKET_MB": "lots"})
+
+
+# -- the other reads and writes of the process's environment -----------------------------------
+
+
+def _unset(monkeypatch, *names: str) -> None:
+    """Remove ``names`` from os.environ for the test (set first, so monkeypatch restores the
+    absence of those that were not set)."""
+    for name in names:
+        monkeypatch.setenv(name, "unset")
+        monkeypatch.delenv(name)
+
+
+def test_set_worker_environment_and_node_host(monkeypatch):
+    import os
+
+    names = ("DMLC_ROLE", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT", "DMLC_NUM_SERVER")
+    _unset(monkeypatch, *names, "DMLC_NUM_WORKER", "DMLC_NODE_HOST")
+    config.set_worker_environment("10.0.0.1", 9100, 2, 5, "10.0.0.9")
+    got = {k: v for k, v in os.environ.items() if k.startswith("DMLC_")}
+    assert got == config.ps_environment("worker", "10.0.0.1", 9100, 2, 5, "10.0.0.9")
+    config.set_node_host("10.0.0.8")
+    assert os.environ["DMLC_NODE_HOST"] == "10.0.0.8"
+
+
+@pytest.mark.parametrize("timeout, check, shutdown", [(300.0, "75", "300"), (2.5, "1", "2")])
+def test_limit_horovod_stalls(monkeypatch, timeout, check, shutdown):
+    import os
+
+    _unset(monkeypatch, "HOROVOD_STALL_CHECK_TIME_SECONDS", "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS")
+    config.limit_horovod_stalls(timeout)
+    assert os.environ["HOROVOD_STALL_CHECK_TIME_SECONDS"] == check
+    assert os.environ["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] == shutdown
+    monkeypatch.setenv("HOROVOD_STALL_CHECK_TIME_SECONDS", "11")  # the user's value stays
+    config.limit_horovod_stalls(1000.0)
+    assert os.environ["HOROVOD_STALL_CHECK_TIME_SECONDS"] == "11"
+    assert os.environ["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] == shutdown
+
+
+def test_local_server_environment(monkeypatch):
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "3")
+    monkeypatch.setenv("HOROVOD_RANK", "3")
+    monkeypatch.setenv("PMI_RANK", "3")
+    monkeypatch.setenv("HVD_PS_SERVER_ROLE", "server")
+    monkeypatch.setenv("MY_SETTING", "kept")
+    _unset(monkeypatch, "OMP_NUM_THREADS")
+    ps = config.ps_environment("server", "127.0.0.1", 9000, 1, 2, "127.0.0.1")
+    env = config.local_server_environment({**ps, "DMLC_NUM_SERVER": "3"})
+    assert {k: env[k] for k in ps} == {**ps, "DMLC_NUM_SERVER": "3"}
+    assert env["MY_SETTING"] == "kept" and env["OMP_NUM_THREADS"] == "1"
+    for name in ("OMPI_COMM_WORLD_RANK", "HOROVOD_RANK", "PMI_RANK", "HVD_PS_SERVER_ROLE"):
+        assert name not in env
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert config.local_server_environment(ps)["OMP_NUM_THREADS"] == "4"
+
+
+def test_remote_server_environment(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/src")
+    monkeypatch.setenv("MY_SETTING", "not sent")
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")  # this host's, not the remote one's
+    _unset(monkeypatch, "HVD_PS_LOG_LEVEL")
+    ps = config.ps_environment("server", "10.0.0.1", 9000, 2, 2, "10.0.0.2")
+    assert config.remote_server_environment(ps) == {
+        **ps,
+        "PYTHONPATH": "/src",
+        "OMP_NUM_THREADS": "1",
+    }
+    monkeypatch.setenv("HVD_PS_LOG_LEVEL", "DEBUG")
+    assert config.remote_server_environment(ps)["HVD_PS_LOG_LEVEL"] == "DEBUG"
+
+
+def test_job_environment_drops_an_outer_launch(monkeypatch):
+    outer = {
+        "DMLC_ROLE": "worker",
+        "DMLC_PS_ROOT_URI": "10.9.9.9",
+        "DMLC_PS_ROOT_PORT": "1",
+        "DMLC_NUM_SERVER": "2",
+        "DMLC_NUM_WORKER": "2",
+        "HVD_PS_LAUNCHER": "10.9.9.9:5",
+        "HVD_PS_LAUNCHER_TOKEN": "secret",
+        "HVD_PS_GROUP_SIZE": "2",
+        "HVD_PS_NUM_GROUPS": "2",
+        "HVD_PS_GROUP_OFFSET": "1",
+        "HVD_PS_TOTAL_GROUPS": "3",
+    }
+    for k, v in outer.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("DMLC_INTERFACE", "eth1")
+    monkeypatch.setenv("HVD_PS_TIMEOUT", "9")
+    env = config.job_environment()
+    assert not set(outer) & set(env)
+    assert env["DMLC_INTERFACE"] == "eth1" and env["HVD_PS_TIMEOUT"] == "9"

@@ -371,3 +371,23 @@ def test_rank_wrapper_advertises_the_address_routing_to_the_scheduler() -> None:
         capture_output=True, text=True, timeout=70,
     )  # fmt: skip
     assert out.returncode == 0 and out.stdout.strip() == "node=127.0.0.1", out.stderr
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({}, "ConfigError: --exec-rank needs DMLC_PS_ROOT_URI or HVD_PS_LAUNCHER"),
+        (
+            {"DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": "ninety"},
+            "ConfigError: DMLC_PS_ROOT_PORT='ninety' is not a valid int",
+        ),
+    ],
+)
+def test_rank_wrapper_without_a_valid_scheduler_address_fails_naming_it(env, message) -> None:
+    out = subprocess.run(
+        ["timeout", "-k", "5", "60", sys.executable, "-m", "hvd_ps.launch", "--exec-rank", "--",
+         "sh", "-c", "echo ran"],
+        env=_env(**env), capture_output=True, text=True, timeout=70,
+    )  # fmt: skip
+    assert out.returncode == 1 and out.stdout == "", out.stderr
+    assert out.stderr.startswith(f"hvdps-run: {message}"), out.stderr

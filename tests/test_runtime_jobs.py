@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from hvd_ps import spawn
+from hvd_ps import addresses, spawn
 from hvd_ps.deadline import EXIT_CODE
 from hvd_ps.errors import TierError
 
@@ -263,7 +263,7 @@ def test_spawned_tier_is_watched_and_stopped(monkeypatch):
     try:
         tier = spawn.start(2, 1, timeout=30)
         assert sorted(tier.procs) == ["scheduler", "server 0", "server 1"]
-        assert spawn.port_open("127.0.0.1", tier.port)
+        assert addresses.port_open("127.0.0.1", tier.port)
         assert tier.dead() is None and all(alive(p) for p in tier.pids)
         seen: List[str] = []
         tier.watch(seen.append, period=0.05)
@@ -286,7 +286,7 @@ def test_spawned_tier_is_watched_and_stopped(monkeypatch):
 def test_server_that_cannot_start_is_a_tier_error(monkeypatch):
     spawn_env(monkeypatch)
     started = time.monotonic()
-    port = spawn.free_port("127.0.0.1")  # explicit: one try, no retry on another port
+    port = addresses.free_port("127.0.0.1")  # explicit: one try, no retry on another port
     with pytest.raises(TierError) as info:
         spawn.start(1, 1, port=port, timeout=30, env_extra={"HVD_PS_LOG_LEVEL": "LOUD"})
     # both children reject the bad variable; the error names the first seen dead
