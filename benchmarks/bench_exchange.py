@@ -34,7 +34,7 @@ def worker(rounds: int, scale: float) -> None:
     import mxnet as mx
 
     import hvd_ps
-    from hvd_ps import runtime
+    from hvd_ps import protocol, runtime
 
     sys.path.insert(0, str(HERE))
     from bench_fusion import resnet50_shapes
@@ -52,15 +52,15 @@ def worker(rounds: int, scale: float) -> None:
     client.set_mode("sync")
     buf = hvd_ps.FusedBuffer(arrays)
     flat, pulled = buf.pack(), mx.nd.zeros((buf.size,))
-    fused_key = client.register("fused", flat, "assign", {})
-    keys = [client.register(f"a{i}", a, "assign", {}) for i, a in enumerate(arrays)]
+    fused_key = client.register("fused", flat, protocol.Assign())
+    keys = [client.register(f"a{i}", a, protocol.Assign()) for i, a in enumerate(arrays)]
     outs = [mx.nd.zeros(s) for s in shapes]
     # hvd_ps's default: fused buffers of at most HVD_PS_BUCKET_MB, one key each, overlapped
     plan = plan_buckets(arrays, int(runtime.runtime().cfg.bucket_mb * 2**20))
     bufs = [hvd_ps.FusedBuffer([arrays[i] for i in idx]) for idx in plan]
     bflats = [b.pack() for b in bufs]
     bpulled = [mx.nd.zeros((b.size,)) for b in bufs]
-    bkeys = [client.register(f"b{i}", f, "assign", {}) for i, f in enumerate(bflats)]
+    bkeys = [client.register(f"b{i}", f, protocol.Assign()) for i, f in enumerate(bflats)]
     fused, bucketed, per_array = [], [], []
     for _ in range(rounds + 1):  # the first round of each is a warm-up
         t = time.perf_counter()

@@ -24,7 +24,7 @@ from typing import Any, List, Optional
 
 import numpy as np
 
-from . import config
+from . import config, protocol
 from .deadline import deadline
 from .errors import ConfigError, HvdPsError, TopologyError
 
@@ -115,7 +115,7 @@ def _add_and_read(client: Any, key: int, value: np.ndarray, what: str) -> np.nda
     """Every leader of the tier adds ``value`` to ``key``; returns the sum over all of them."""
     import mxnet as mx
 
-    client.command(key, "add", {})
+    client.command(key, protocol.Add())
     kv, timeout = client.kv, client.cfg.timeout
     with deadline(f"{what}: waiting for every leader of the {client.where}", timeout):
         kv.init(key, mx.nd.zeros(value.shape, dtype="float32"))  # a barrier of all leaders

@@ -27,8 +27,9 @@ import mxnet as mx
 
 from .deadline import deadline
 from .errors import HvdPsError
+from .exchanges import Bucket, Exchange
 from .fusion import FusedBuffer, plan_buckets
-from .strategies import Bucket, Strategy
+from .strategies import Strategy
 
 
 def wait_arrays(arrays: List[Any], what: str, timeout: float) -> None:
@@ -47,10 +48,12 @@ def wait_arrays(arrays: List[Any], what: str, timeout: float) -> None:
 class Schedule:
     """The fused buckets of one trainer and the exchanges of its group with the PS tier."""
 
-    def __init__(self, rt: Any, sync: Strategy, prefix: str) -> None:
+    def __init__(self, rt: Any, sync: Strategy, prefix: str, optimizer: Any = None) -> None:
         self.rt = rt
         self.sync = sync
         self.prefix = prefix
+        self.optimizer = optimizer  # GradientPush: the servers' optimizer (name, numbers)
+        self.run: Optional[Exchange] = None  # the strategy bound to this job, at setup
         self.buckets: Optional[List[Bucket]] = None
         self.bcast: List[Any] = []  # one broadcast buffer per bucket
         self.saved: List[Any] = []  # global_model(): the local parameters, allocated once
@@ -68,6 +71,11 @@ class Schedule:
             raise HvdPsError("the trainer has no fused buffers yet (it has not taken a step)")
         return self.buckets
 
+    def bound(self) -> Exchange:
+        if self.run is None:
+            raise HvdPsError("the trainer's strategy is not bound yet (it has not taken a step)")
+        return self.run
+
     def client(self) -> Any:
         client = self.rt.client
         if client is None:
@@ -78,28 +86,27 @@ class Schedule:
     def setup(self, trained: List[Any]) -> None:
         """Fused buffers, per-bucket scratch (allocated once), PS keys and updaters."""
         topo, sync, wire = self.rt.topo, self.sync, self.wire
+        run = self.run = sync.bind(topo.total_groups, wire, self.optimizer)
         plan = plan_buckets([p.data() for p in trained], int(self.rt.cfg.bucket_mb * 2**20))
         buckets = []
-        for idx in plan:
-            ps = [trained[i] for i in idx]
-            b = Bucket(FusedBuffer([p.data() for p in ps]), FusedBuffer([p.grad() for p in ps]))
+        for i, idx in enumerate(plan):
+            ps = [trained[j] for j in idx]
+            params, grads = FusedBuffer([p.data() for p in ps]), FusedBuffer([p.grad() for p in ps])
+            b = Bucket(i, params, grads)
             self.bcast.append(mx.nd.zeros((b.params.size,), dtype=b.params.dtype))
             buckets.append(b)
         if topo.is_leader:
             client = self.client()
             client.set_mode(sync.mode)
-            updater, uparams = sync.server_updater(topo.total_groups)
-            for i, b in enumerate(buckets):
-                initial = sync.initial(b, topo.total_groups, wire)
-                name = f"{self.prefix}{b.params.dtype.name}.{i}"
-                b.key = client.register(name, initial, updater, uparams)
+            for b in buckets:
+                initial = run.initial(b)
+                name = f"{self.prefix}{b.params.dtype.name}.{b.index}"
+                b.key = client.register(name, initial, run.rule)
                 b.out = mx.nd.zeros((b.params.size,), dtype=wire or b.params.dtype)
                 b.pulled = mx.nd.zeros((b.params.size,), dtype=wire or b.params.dtype)
                 if sync.overlap:
                     b.snap = mx.nd.zeros((b.params.size,), dtype=b.params.dtype)
                     b.snap_buf = FusedBuffer([b.snap])
-                    if b.start is not None:
-                        b.start_buf = FusedBuffer([b.start])
         self.buckets = buckets
 
     # -- training steps -------------------------------------------------------------------------
@@ -120,7 +127,7 @@ class Schedule:
             # every bucket's transfers are queued on MXNet's engine first, so they overlap;
             # then one bounded wait for all of them
             for b in self.all():
-                self.sync.exchange(b, client, topo.total_groups, self.wire)
+                self.bound().exchange(b, client)
             self._wait_ps(client, f"PS exchange at step {t}")
         self.exchanges += 1
         self.group_broadcast(f"exchange at step {t}")
@@ -132,7 +139,7 @@ class Schedule:
             client = self.client()
             for b in self.all():
                 b.params.pack(out=b.snap)
-                self.sync.launch(b, client, topo.total_groups, self.wire)
+                self.bound().launch(b, client)
         self.pending = t + self.sync.overlap
         self.launched = t
         self.exchanges += 1
@@ -147,7 +154,7 @@ class Schedule:
             client = self.client()
             self._wait_ps(client, f"PS exchange started at step {self.launched}")
             for b in self.all():
-                self.sync.apply(b, topo.total_groups)
+                self.bound().apply(b)
         self.group_broadcast(why)
 
     def _wait_ps(self, client: Any, what: str) -> None:
@@ -162,7 +169,7 @@ class Schedule:
         topo = self.rt.topo
         if topo.is_leader:
             client = self.client()
-            scale = self.sync.global_scale(topo.total_groups)
+            scale = self.bound().global_scale
             for b in self.all():
                 client.exchange(b.key, None, b.pulled, wait=False)
                 b.params.unpack(b.pulled, alpha=scale)

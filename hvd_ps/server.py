@@ -11,7 +11,7 @@ this module runs ps-lite's server loop with its own controller, which accepts tw
 command 0 (``kController``); MXNet's other commands (sync mode, multi-precision, gradient
 compression, stop) are handled by ps-lite's C++ server itself, as for the stock server:
 
-* hvd_ps's JSON commands naming one of the built-in updaters below, for one key;
+* hvd_ps's JSON commands (:class:`hvd_ps.protocol.Command`), each setting the rule of one key;
 * the pickled optimizer a stock MXNet worker sends with ``kv.set_optimizer`` (Gluon's default
   ``update_on_kvstore`` on a dist KVStore). It is unpickled by
   :func:`hvd_ps.stock_optimizer.load_optimizer`, which resolves only MXNet's built-in
@@ -22,24 +22,7 @@ compression, stop) are handled by ps-lite's C++ server itself, as for the stock 
 Every key has an updater from the start (``assign`` unless a command says otherwise), so an
 async server never meets MXNet's abort "Updater needs to be set for async mode"; an update
 that raises also stops the server with :data:`FATAL_EXIT` rather than going on with wrong
-values.
-
-A command is ``{"hvd_ps": 1, "key": <int>, "updater": <name>, "params": {...}}``: it sets how
-pushes to ``key`` are applied. Each updater gets the server's stored slice of the key ``w`` and
-what arrived ``g``: in sync mode ``g`` is the sum of one round of pushes (one per worker), in
-async mode a single push.
-
-=================  ============================================================================
-updater            what a push does to the stored value ``w``
-=================  ============================================================================
-``assign``         ``w = g`` (sync: the sum of the round; the default for every key; a
-                   row-sparse push replaces the rows it holds)
-``add``            ``w += g``
-``optimizer``      ``w = opt(w, scale * g)`` with a whitelisted MXNet optimizer
-                   (``params: {"name": "sgd", "scale": 0.5, "args": {"learning_rate": 0.1}}``)
-``nesterov``       outer Nesterov/heavy-ball SGD, ``D = scale*g; v = m*v + D;
-                   w -= lr*(D + m*v)`` (``nesterov: true``) or ``w -= lr*v``
-=================  ============================================================================
+values. The commands and their update rules are the records of :mod:`hvd_ps.protocol`.
 """
 
 from __future__ import annotations
@@ -54,15 +37,12 @@ import threading
 import time
 from typing import Any, Callable, Dict, Optional
 
-from . import config, stock_optimizer
+from . import config, protocol, stock_optimizer
+from .protocol import CONTROLLER_HEAD
 from .stock_optimizer import describe as opt_line
 
 log = logging.getLogger("hvd_ps.server")
 
-#: MXNet optimizers a client may ask a server to run, by name. Their arguments are plain JSON.
-OPTIMIZERS = ("sgd", "nag", "adam", "rmsprop", "adagrad", "signum", "ftrl")
-#: ``kController``: the command id MXNet uses for controller messages (our JSON rides on it).
-CONTROLLER_HEAD = 0
 #: Exit code of a server that stopped because a push could not be applied correctly.
 FATAL_EXIT = 4
 
@@ -129,16 +109,13 @@ class _Updaters:
             if head != CONTROLLER_HEAD:
                 raise ValueError(f"unknown command id {head}")
             try:
-                msg = json.loads(body.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
+                cmd = protocol.Command.decode(body)
+            except (UnicodeDecodeError, json.JSONDecodeError):
                 self._stock_command(body)  # not JSON: what kv.set_optimizer sends (a pickle)
                 return
-            if not isinstance(msg, dict) or msg.get("hvd_ps") != 1:
-                raise ValueError("not an hvd_ps command")
-            key = int(msg["key"])
             self.install()
-            self.rules[key] = self._make(key, str(msg["updater"]), dict(msg.get("params") or {}))
-            log.info("key %d: updater %s %s", key, msg["updater"], msg.get("params") or {})
+            self.rules[cmd.key] = self._make(cmd.key, cmd.rule)
+            log.info("key %d: updater %s %s", cmd.key, *protocol.describe(cmd.rule))
         except Exception as err:  # a bad command must never take the server down
             self.rejected += 1
             log.error("rejected command (%d bytes): %s", len(body), err)
@@ -166,32 +143,22 @@ class _Updaters:
         self.stock_body = body
         log.info("kv.set_optimizer: %s for every key without an hvd_ps rule", opt_line(opt))
 
-    def _make(self, key: int, name: str, params: Dict[str, Any]) -> Callable[[Any, Any], None]:
+    def _make(self, key: int, rule: protocol.Rule) -> Callable[[Any, Any], None]:
         self.state.pop(key, None)
-        if name == "assign":
+        if isinstance(rule, protocol.Assign):
             return lambda g, w: w.__setitem__(slice(None), g)
-        if name == "add":
+        if isinstance(rule, protocol.Add):
             return lambda g, w: w.__iadd__(g)
-        if name == "optimizer":
-            return self._optimizer(key, params)
-        if name == "nesterov":
-            return self._nesterov(key, params)
-        raise ValueError(f"unknown updater {name!r} (known: assign, add, optimizer, nesterov)")
+        if isinstance(rule, protocol.Optimizer):
+            return self._optimizer(key, rule)
+        if isinstance(rule, protocol.Nesterov):
+            return self._nesterov(key, rule)
+        raise ValueError(f"no update rule for {rule!r}")
 
-    def _optimizer(self, key: int, params: Dict[str, Any]) -> Callable[[Any, Any], None]:
-        opt_name = str(params.get("name", ""))
-        if opt_name not in OPTIMIZERS:
-            raise ValueError(f"optimizer {opt_name!r} is not one of {', '.join(OPTIMIZERS)}")
-        args = params.get("args") or {}
-        if not isinstance(args, dict) or not all(
-            isinstance(v, (int, float, bool, type(None))) for v in args.values()
-        ):
-            raise ValueError("optimizer args must be a JSON object of numbers")
-        args = dict(args)
-        args["rescale_grad"] = float(params.get("scale", 1.0)) * float(
-            args.get("rescale_grad", 1.0)
-        )
-        opt = self.mx.optimizer.create(opt_name, **args)
+    def _optimizer(self, key: int, rule: protocol.Optimizer) -> Callable[[Any, Any], None]:
+        args = dict(rule.args)
+        args["rescale_grad"] = rule.scale * float(args.get("rescale_grad", 1.0))
+        opt = self.mx.optimizer.create(rule.name, **args)
         slot: Dict[str, Any] = {}
         self.state[key] = slot
 
@@ -202,13 +169,8 @@ class _Updaters:
 
         return update
 
-    def _nesterov(self, key: int, params: Dict[str, Any]) -> Callable[[Any, Any], None]:
-        lr = float(params["lr"])
-        m = float(params.get("momentum", 0.0))
-        nesterov = bool(params.get("nesterov", True))
-        scale = float(params.get("scale", 1.0))
-        if not (0 < lr < math.inf) or not 0 <= m < 1:  # also rejects nan (JSON's NaN)
-            raise ValueError(f"nesterov needs lr > 0 and 0 <= momentum < 1, got {lr}, {m}")
+    def _nesterov(self, key: int, rule: protocol.Nesterov) -> Callable[[Any, Any], None]:
+        lr, m, scale = rule.lr, rule.momentum, rule.scale
         slot: Dict[str, Any] = {}
         self.state[key] = slot
 
@@ -217,7 +179,7 @@ class _Updaters:
             v = slot.get("v")
             v = d.copy() if v is None else v * m + d
             slot["v"] = v
-            w -= lr * (d + m * v) if nesterov else lr * v
+            w -= lr * (d + m * v) if rule.nesterov else lr * v
 
         return update
 

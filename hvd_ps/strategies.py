@@ -1,11 +1,13 @@
-"""How groups meet at the PS tier: the math of each strategy, in one place.
+"""How groups meet at the PS tier: the strategies a user picks, as small immutable values.
 
 Notation: ``G`` groups; ``x`` the parameters of a group (identical on its members, flattened
 into fused buffers, per dtype and at most ``HVD_PS_BUCKET_MB`` each); the leader acts at every
 step ``t`` with ``t % period == 0``, after the group's local update; ``c`` / ``w`` live on the
-PS. A strategy's leader-side step (:meth:`Strategy.exchange`) runs on flat buffers with the
-fused op (one pass per buffer); its server side is one of the named updaters of
-:mod:`hvd_ps.server`.
+PS. A strategy here holds its arguments only (checked when it is made, compared across groups
+by equality, shown by its ``repr``). At the trainer's first step it is bound to the job
+(:meth:`Strategy.bind`: the number of groups ``G`` and the wire dtype) as an
+:class:`hvd_ps.exchanges.Exchange`, which runs the leader's side of the table below on flat
+buffers with the fused op and names the servers' side, a record of :mod:`hvd_ps.protocol`.
 
 ================  ==========================  ==========================  ======================
 strategy          leader pushes               server does                 leader then sets
@@ -36,10 +38,15 @@ Overlap (``overlap=tau``, ModelAverage, EASGD and DiLoCo; ``0 <= tau < period``)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Optional, Tuple
 
 from .errors import ConfigError
+from .protocol import number
+
+if TYPE_CHECKING:  # the exchanges need MXNet; a strategy value does not
+    from .exchanges import Exchange
 
 MODES = ("sync", "async")
 
@@ -50,16 +57,6 @@ def _int(name: str, value: Any, minimum: int = 1) -> int:
     return value
 
 
-def _float(name: str, value: Any, low: float, high: float, open_low: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    ok = (low < value if open_low else low <= value) and value < high
-    if not ok:
-        lo = "(" if open_low else "["
-        raise ConfigError(f"{name} must be in {lo}{low}, {high}), got {value!r}")
-    return float(value)
-
-
 def _overlap(value: Any, period: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < period:
         raise ConfigError(
@@ -68,82 +65,58 @@ def _overlap(value: Any, period: int) -> int:
     return value
 
 
-def _fresh(b: Bucket, dtype: Optional[str]) -> Any:
-    """A flat array of its own for a bucket (set-up only: not one of the buffer's pool)."""
-    import mxnet as mx
-
-    return mx.nd.zeros((b.params.size,), dtype=dtype or b.params.dtype)
-
-
 def _mode(value: Any, allowed: Tuple[str, ...] = MODES) -> str:
     if value not in allowed:
         raise ConfigError(f"mode must be one of {', '.join(allowed)}, got {value!r}")
     return str(value)
 
 
-@dataclass
-class Bucket:
-    """One fused buffer of a trainer's parameters (one dtype), with its PS key and scratch."""
-
-    params: Any  # FusedBuffer over the parameters
-    grads: Any  # FusedBuffer over their gradients
-    key: int = -1
-    out: Any = None  # flat buffer pushed (wire dtype)
-    pulled: Any = None  # flat buffer pulled (wire dtype)
-    start: Any = None  # DiLoCo's x_start (parameter dtype)
-    snap: Any = None  # overlap: the snapshot x_t (parameter dtype), allocated once
-    snap_buf: Any = None  # FusedBuffer([snap]): the fused op on the snapshot
-    start_buf: Any = None  # FusedBuffer([start]) (DiLoCo with overlap)
+def _set(obj: Any, **values: Any) -> None:
+    """Store checked (normalised) values on a frozen dataclass, in ``__post_init__``."""
+    for name, value in values.items():
+        object.__setattr__(obj, name, value)
 
 
 class Strategy:
-    """Base class: a period, a mode, and the leader-side math of one exchange."""
+    """Base of the strategies: a period, a mode, an overlap, and how to bind to a job.
 
-    name = "strategy"
+    Not a dataclass itself, so that each strategy (a frozen dataclass) declares its own
+    arguments as fields in the order its constructor takes them; these class defaults stand
+    for the ones a strategy does not take.
+    """
+
     period = 1
     mode = "sync"
-    #: whether the trainer's own optimizer updates the parameters every step
-    local_update = True
-    #: steps between starting an exchange and applying it (0: blocking)
     overlap = 0
+    #: whether the trainer's own optimizer updates the parameters every step
+    local_update: ClassVar[bool] = True
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
 
     def validate(self, num_groups: int) -> None:
-        """Check arguments that depend on the number of groups."""
+        """Check arguments that depend on the number of groups (all jobs on the tier)."""
 
-    def server_updater(self, num_groups: int) -> Tuple[str, Dict[str, Any]]:
-        """Name and parameters of the server updater for this strategy's keys."""
-        raise NotImplementedError
+    def bind(
+        self,
+        num_groups: int,
+        wire: Optional[str],
+        optimizer: Optional[Tuple[str, Dict[str, Any]]] = None,
+    ) -> Exchange:
+        """This strategy's exchange for a job of ``num_groups`` groups whose PS traffic is in
+        ``wire`` (``None``: the parameters' dtype). ``optimizer`` is GradientPush's server
+        optimizer (name, numeric arguments). Checks :meth:`validate` first."""
+        from . import exchanges
 
-    def initial(self, b: Bucket, num_groups: int, wire: Optional[str]) -> Any:
-        """The key's initial value on the PS (default: the parameters)."""
-        return b.params.pack(dtype=wire, out=_fresh(b, wire))
-
-    def exchange(self, b: Bucket, client: Any, num_groups: int, wire: Optional[str]) -> None:
-        """The leader's PS exchange for one bucket; leaves the new ``x`` in the parameters.
-
-        Only queues work on MXNet's engine (the trainer waits once for every bucket), so what
-        follows a pull must read it through engine operations (the fused op), not numpy.
-        """
-        raise NotImplementedError
-
-    def launch(self, b: Bucket, client: Any, num_groups: int, wire: Optional[str]) -> None:
-        """Overlap: start the exchange from the snapshot ``b.snap`` (already packed by the
-        trainer) without waiting; the parameters are not touched. Only queues engine work."""
-        raise NotImplementedError
-
-    def apply(self, b: Bucket, num_groups: int) -> None:
-        """Overlap: apply the exchange started by :meth:`launch` to the current parameters
-        (the trainer has waited for ``b.pulled``)."""
-        raise NotImplementedError
-
-    def global_scale(self, num_groups: int) -> float:
-        """``pull_global`` sets ``x = global_scale * (value on the PS)``."""
-        return 1.0
+        self.validate(num_groups)
+        return exchanges.bind(self, num_groups, wire, optimizer)
 
     def describe(self) -> str:
         return repr(self)
 
 
+@dataclass(frozen=True)
 class GradientPush(Strategy):
     """The paper's baseline: every step, each group's leader pushes the group-mean gradient and
     the servers run the optimizer on the PS copy ``w`` of the weights; groups then set
@@ -157,28 +130,17 @@ class GradientPush(Strategy):
                                             sync=hvd_ps.GradientPush(mode='async'))
     """
 
-    name = "GradientPush"
-    local_update = False
+    mode: str = "sync"
+    local_update: ClassVar[bool] = False
 
-    def __init__(self, mode: str = "sync") -> None:
-        self.mode = _mode(mode)
-        self.period = 1
-        self.optimizer: Tuple[str, Dict[str, Any]] = ("sgd", {})
+    def __post_init__(self) -> None:
+        _set(self, mode=_mode(self.mode))
 
     def __repr__(self) -> str:
         return f"GradientPush(mode={self.mode!r})"
 
-    def server_updater(self, num_groups: int) -> Tuple[str, Dict[str, Any]]:
-        name, args = self.optimizer
-        scale = 1.0 / num_groups if self.mode == "sync" else 1.0
-        return "optimizer", {"name": name, "scale": scale, "args": args}
 
-    def exchange(self, b: Bucket, client: Any, num_groups: int, wire: Optional[str]) -> None:
-        # b.out already holds the scaled group-mean gradient (packed by the trainer)
-        client.exchange(b.key, b.out, b.pulled, wait=False)
-        b.params.unpack(b.pulled)
-
-
+@dataclass(frozen=True)
 class ModelAverage(Strategy):
     """Hierarchical local SGD: every ``period`` steps the groups' parameters are averaged,
     ``x = (1/G) sum_g x_g`` (sync only).
@@ -192,41 +154,20 @@ class ModelAverage(Strategy):
         sync = hvd_ps.ModelAverage(period=16, overlap=4)  # the exchange hides behind 4 steps
     """
 
-    name = "ModelAverage"
+    period: int = 1
+    mode: str = "sync"
+    overlap: int = 0
 
-    def __init__(self, period: int = 1, mode: str = "sync", overlap: int = 0) -> None:
-        self.period = _int("period", period)
-        self.mode = _mode(mode, ("sync",))
-        self.overlap = _overlap(overlap, self.period)
+    def __post_init__(self) -> None:
+        period = _int("period", self.period)
+        _set(self, period=period, mode=_mode(self.mode, ("sync",)))
+        _set(self, overlap=_overlap(self.overlap, period))
 
     def __repr__(self) -> str:
         return f"ModelAverage(period={self.period}, overlap={self.overlap})"
 
-    def server_updater(self, num_groups: int) -> Tuple[str, Dict[str, Any]]:
-        return "assign", {}
 
-    def initial(self, b: Bucket, num_groups: int, wire: Optional[str]) -> Any:
-        # The PS holds the sum of a round; start as if every group had pushed x0.
-        flat = b.params.pack(dtype=wire, out=_fresh(b, wire))
-        return b.params.pack_axpby(flat, float(num_groups), 0.0, dtype=wire, out=flat)
-
-    def exchange(self, b: Bucket, client: Any, num_groups: int, wire: Optional[str]) -> None:
-        b.params.pack(dtype=wire, out=b.out)
-        client.exchange(b.key, b.out, b.pulled, wait=False)
-        b.params.unpack(b.pulled, alpha=1.0 / num_groups)
-
-    def launch(self, b: Bucket, client: Any, num_groups: int, wire: Optional[str]) -> None:
-        b.snap_buf.pack(dtype=wire, out=b.out)  # push x_t
-        client.exchange(b.key, b.out, b.pulled, wait=False)
-
-    def apply(self, b: Bucket, num_groups: int) -> None:
-        b.snap_buf.unpack(b.pulled, alpha=1.0 / num_groups, beta=-1.0)  # mean - x_t
-        b.params.unpack(b.snap, alpha=1.0, beta=1.0)  # x += mean - x_t
-
-    def global_scale(self, num_groups: int) -> float:
-        return 1.0 / num_groups
-
-
+@dataclass(frozen=True)
 class EASGD(Strategy):
     """Elastic averaging SGD (Zhang, Choromanska, LeCun 2015). Every ``period`` steps the
     leader pulls the centre ``c``, computes ``d = alpha (x - c)``, sets ``x -= d`` and pushes
@@ -242,25 +183,16 @@ class EASGD(Strategy):
         sync = hvd_ps.EASGD(period=16, overlap=8)
     """
 
-    name = "EASGD"
+    period: int = 4
+    alpha: Optional[float] = None
+    mode: str = "sync"
+    overlap: int = 0
 
-    def __init__(
-        self,
-        period: int = 4,
-        alpha: Optional[float] = None,
-        mode: str = "sync",
-        overlap: int = 0,
-    ) -> None:
-        self.period = _int("period", period)
-        self.alpha = None if alpha is None else _float("alpha", alpha, 0.0, 1.0)
-        self.mode = _mode(mode)
-        self.overlap = _overlap(overlap, self.period)
-
-    def __repr__(self) -> str:
-        return (
-            f"EASGD(period={self.period}, alpha={self.alpha!r}, mode={self.mode!r}, "
-            f"overlap={self.overlap})"
-        )
+    def __post_init__(self) -> None:
+        period = _int("period", self.period)
+        alpha = None if self.alpha is None else number("alpha", self.alpha, 0.0, 1.0)
+        _set(self, period=period, alpha=alpha, mode=_mode(self.mode))
+        _set(self, overlap=_overlap(self.overlap, period))
 
     def alpha_for(self, num_groups: int) -> float:
         return 0.9 / num_groups if self.alpha is None else self.alpha
@@ -274,28 +206,8 @@ class EASGD(Strategy):
                 f"{1.0 / num_groups:g} (0.9/G = {0.9 / num_groups:g} is typical)"
             )
 
-    def server_updater(self, num_groups: int) -> Tuple[str, Dict[str, Any]]:
-        return "add", {}
 
-    def exchange(self, b: Bucket, client: Any, num_groups: int, wire: Optional[str]) -> None:
-        # Pull c. In sync mode this pull is ordered after our previous push, whose round
-        # closes only when every group pushed, so c is the centre after the last round.
-        client.exchange(b.key, None, b.pulled, wait=False)
-        b.params.elastic(b.pulled, self.alpha_for(num_groups), out=b.out, dtype=wire)
-        client.push(b.key, b.out)
-
-    def launch(self, b: Bucket, client: Any, num_groups: int, wire: Optional[str]) -> None:
-        # pull c (after our previous push, as in exchange()), d = alpha (x_t - c), push d;
-        # all of it on the snapshot, so the parameters' next update never waits for the pull
-        a = self.alpha_for(num_groups)
-        client.exchange(b.key, None, b.pulled, wait=False)
-        b.snap_buf.pack_axpby(b.pulled, a, -a, dtype=wire, out=b.out)
-        client.push(b.key, b.out)
-
-    def apply(self, b: Bucket, num_groups: int) -> None:
-        b.params.unpack(b.out, alpha=-1.0, beta=1.0)  # x -= d, d as pushed (after any cast)
-
-
+@dataclass(frozen=True)
 class DiLoCo(Strategy):
     """DiLoCo (Douillard et al. 2023): groups take ``period`` inner steps, then push the
     pseudo-gradient ``D = x_start - x``; the servers run outer Nesterov SGD on ``w`` (PyTorch's
@@ -313,57 +225,18 @@ class DiLoCo(Strategy):
         sync = hvd_ps.DiLoCo(period=64, overlap=16)
     """
 
-    name = "DiLoCo"
+    period: int = 16
+    outer_lr: float = 0.7
+    momentum: float = 0.9
+    nesterov: bool = True
+    mode: str = "sync"
+    overlap: int = 0
 
-    def __init__(
-        self,
-        period: int = 16,
-        outer_lr: float = 0.7,
-        momentum: float = 0.9,
-        nesterov: bool = True,
-        mode: str = "sync",
-        overlap: int = 0,
-    ) -> None:
-        self.period = _int("period", period)
-        self.outer_lr = _float("outer_lr", outer_lr, 0.0, float("inf"))
-        self.momentum = _float("momentum", momentum, 0.0, 1.0, open_low=False)
-        if not isinstance(nesterov, bool):
-            raise ConfigError(f"nesterov must be True or False, got {nesterov!r}")
-        self.nesterov = nesterov
-        self.mode = _mode(mode)
-        self.overlap = _overlap(overlap, self.period)
-
-    def __repr__(self) -> str:
-        return (
-            f"DiLoCo(period={self.period}, outer_lr={self.outer_lr!r}, "
-            f"momentum={self.momentum!r}, nesterov={self.nesterov}, mode={self.mode!r}, "
-            f"overlap={self.overlap})"
-        )
-
-    def server_updater(self, num_groups: int) -> Tuple[str, Dict[str, Any]]:
-        scale = 1.0 / num_groups if self.mode == "sync" else 1.0
-        return "nesterov", {
-            "lr": self.outer_lr,
-            "momentum": self.momentum,
-            "nesterov": self.nesterov,
-            "scale": scale,
-        }
-
-    def initial(self, b: Bucket, num_groups: int, wire: Optional[str]) -> Any:
-        b.start = b.params.pack(out=_fresh(b, None))  # x_start, in the parameters' dtype
-        return super().initial(b, num_groups, wire)
-
-    def exchange(self, b: Bucket, client: Any, num_groups: int, wire: Optional[str]) -> None:
-        b.params.pack_axpby(b.start, -1.0, 1.0, dtype=wire, out=b.out)  # D = x_start - x
-        client.exchange(b.key, b.out, b.pulled, wait=False)
-        b.params.unpack(b.pulled)  # x = w
-        b.params.pack(out=b.start)  # x_start = w
-
-    def launch(self, b: Bucket, client: Any, num_groups: int, wire: Optional[str]) -> None:
-        b.snap_buf.pack_axpby(b.start, -1.0, 1.0, dtype=wire, out=b.out)  # D = x_start - x_t
-        client.exchange(b.key, b.out, b.pulled, wait=False)
-
-    def apply(self, b: Bucket, num_groups: int) -> None:
-        b.snap_buf.unpack(b.pulled, alpha=1.0, beta=-1.0)  # w - x_t
-        b.params.unpack(b.snap, alpha=1.0, beta=1.0)  # x += w - x_t
-        b.start_buf.unpack(b.pulled)  # x_start = w
+    def __post_init__(self) -> None:
+        period = _int("period", self.period)
+        outer_lr = number("outer_lr", self.outer_lr, 0.0, math.inf)
+        momentum = number("momentum", self.momentum, 0.0, 1.0, open_low=False)
+        if not isinstance(self.nesterov, bool):
+            raise ConfigError(f"nesterov must be True or False, got {self.nesterov!r}")
+        _set(self, period=period, outer_lr=outer_lr, momentum=momentum, mode=_mode(self.mode))
+        _set(self, overlap=_overlap(self.overlap, period))

@@ -16,19 +16,15 @@ never push the same key twice in one round, however far ahead it runs.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from . import addresses, config
+from . import addresses, config, protocol
 from .deadline import deadline
 from .errors import ConfigError, TierError
-
-SYNC_MODE_HEAD = 3  # MXNet's kSyncMode command id
-CONTROLLER_HEAD = 0  # MXNet's kController command id (carries our JSON commands)
 
 
 @dataclass
@@ -106,17 +102,17 @@ class Client:
             return
         if mode == "sync" and self.ps_rank == 0:
             with deadline(f"switching the {self.where} to sync mode", self.cfg.timeout):
-                self.kv._send_command_to_servers(SYNC_MODE_HEAD, "")
+                self.kv._send_command_to_servers(protocol.SYNC_MODE_HEAD, "")
         self.mode = mode
         self.barrier(f"switching to {mode} mode")
 
-    def register(self, name: str, initial: Any, updater: str, params: Dict[str, Any]) -> int:
-        """A new key for a fused buffer: set its server updater and initial value."""
+    def register(self, name: str, initial: Any, rule: protocol.Rule) -> int:
+        """A new key for a fused buffer: set its servers' rule and its initial value."""
         import mxnet as mx
 
         key = len(self.keys)
         self.keys[key] = name
-        self.command(key, updater, params)
+        self.command(key, rule)
         with deadline(f"initialising PS key {key} ({name}) on the {self.where}", self.cfg.timeout):
             self.kv.init(key, initial)
             # MXNet 1.9.1's KVStoreDist caches how a key maps onto the servers the first time
@@ -133,13 +129,13 @@ class Client:
             scratch.wait_to_read()
         return key
 
-    def command(self, key: int, updater: str, params: Dict[str, Any]) -> None:
-        """Tell every server how to apply pushes to ``key`` (one of the named updaters)."""
-        body = json.dumps({"hvd_ps": 1, "key": key, "updater": updater, "params": params})
+    def command(self, key: int, rule: protocol.Rule) -> None:
+        """Tell every server how to apply pushes to ``key`` (a record of hvd_ps.protocol)."""
+        body = protocol.Command(key, rule).encode()
         # waits for every server's reply: a dead server would block it for ever
-        what = f"sending the {updater!r} updater of PS key {key} to the {self.where}"
+        what = f"sending the {rule.updater!r} updater of PS key {key} to the {self.where}"
         with deadline(what, self.cfg.timeout):
-            self.kv._send_command_to_servers(CONTROLLER_HEAD, body)
+            self.kv._send_command_to_servers(protocol.CONTROLLER_HEAD, body)
 
     def push(self, key: int, value: Any) -> None:
         """Push ``value`` to ``key`` without waiting. A later pull of the key is ordered after

@@ -23,10 +23,11 @@ import horovod.mxnet as hvd
 import mxnet as mx
 import numpy as np
 
-from . import runtime
+from . import gluon_members, runtime
 from .errors import ConfigError, HvdPsError
+from .exchanges import Bucket
 from .schedule import Schedule, wait_arrays
-from .strategies import Bucket, GradientPush, ModelAverage, Strategy
+from .strategies import GradientPush, ModelAverage, Strategy
 
 _trainers = 0
 
@@ -119,8 +120,12 @@ class DistributedTrainer(hvd.DistributedTrainer):
         sync.validate(rt.topo.total_groups)  # e.g. unstable sync EASGD: fail before any step
         _check_horovod_args(rt.topo, compression, gradient_predivide_factor, num_groups)
         _check_process_set(rt.topo, process_set)
-        if isinstance(sync, GradientPush):
-            sync.optimizer = _server_optimizer(optimizer, optimizer_params)
+        # GradientPush runs the optimizer on the servers; the strategy value stays the user's
+        server_opt = (
+            _server_optimizer(optimizer, optimizer_params)
+            if isinstance(sync, GradientPush)
+            else None
+        )
         _trainers += 1
         self._hvdps_prefix = prefix if prefix is not None else f"hvd_ps{_trainers}."
         super().__init__(
@@ -133,14 +138,15 @@ class DistributedTrainer(hvd.DistributedTrainer):
             num_groups=num_groups,
             process_set=rt.topo.group,
         )
-        if self._average_in_framework and rt.topo.group_size == 1:
+        if gluon_members.averages_in_framework(self) and rt.topo.group_size == 1:
             # Horovod skips the allreduce (and its 1/f prescale) for a set of one rank but
             # still scales by f / 1: undo that, so f never changes the mean
-            self._scale /= float(gradient_predivide_factor)
+            scale = gluon_members.grad_scale(self) / float(gradient_predivide_factor)
+            gluon_members.set_grad_scale(self, scale)
         self._rt = rt
         self._sync = sync
         self._t = 0
-        self._sched = Schedule(rt, sync, self._hvdps_prefix)
+        self._sched = Schedule(rt, sync, self._hvdps_prefix, server_opt)
         self._stats: Dict[str, float] = dict.fromkeys(
             ("allreduce_s", "update_s", "exchange_s", "compute_s"), 0.0
         )
@@ -163,24 +169,19 @@ class DistributedTrainer(hvd.DistributedTrainer):
         enter = time.perf_counter()
         if self._last is not None:
             self._stats["compute_s"] += enter - self._last
-        rescale = self._scale / batch_size
-        self._check_and_rescale_grad(rescale)
-        if not self._kv_initialized:
-            self._init_kvstore()
-        if self._params_to_init:
-            self._init_params()
         self._setup()
         self._t += 1
         topo, timeout = self._rt.topo, self._rt.cfg.timeout
 
-        self._allreduce_grads()
+        self.allreduce_grads()  # Gluon's, calling Horovod's allreduce on the group's set
         grads = [g for b in self._sched.all() for g in b.grads.arrays]
         _wait(grads, f"gradient allreduce in group {topo.group_id} (ranks {topo.members})", timeout)
         t1 = time.perf_counter()
         self._stats["allreduce_s"] += t1 - enter
         if self._sync.local_update:
-            self._update(ignore_stale_grad)
+            self.update(batch_size, ignore_stale_grad)  # Gluon's: rescale, local optimizer
         elif topo.is_leader:
+            rescale = gluon_members.grad_scale(self) / batch_size
             for b in self._sched.all():
                 b.grads.pack_axpby(b.out, rescale, 0.0, out=b.out)
         t2 = time.perf_counter()
@@ -196,7 +197,7 @@ class DistributedTrainer(hvd.DistributedTrainer):
         An overlapped exchange still in flight is completed first (waited for, applied to the
         local parameters and broadcast), so the global model includes it."""
         if params is not None:
-            mine = {id(p) for p in self._params}
+            mine = {id(p) for p in gluon_members.trained_params(self)}
             given = params.values() if hasattr(params, "values") else params
             if any(id(p) not in mine for p in given):
                 raise ConfigError("pull_global(params): params must be this trainer's parameters")
@@ -259,7 +260,8 @@ class DistributedTrainer(hvd.DistributedTrainer):
         if self._sched.buckets is not None:
             return
         topo, sync = self._rt.topo, self._sync
-        trained = [p for p in self._params if p.grad_req != "null"]
+        params = gluon_members.trained_params(self)
+        trained = [p for p in params if p.grad_req != "null"]
         signature = (
             repr(sync),
             [(p.name, tuple(p.shape), np.dtype(p.dtype).name) for p in trained],

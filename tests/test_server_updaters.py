@@ -15,7 +15,9 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from hvd_ps.server import CONTROLLER_HEAD, OPTIMIZERS, _Updaters
+from hvd_ps import protocol
+from hvd_ps.protocol import CONTROLLER_HEAD, OPTIMIZERS
+from hvd_ps.server import _Updaters
 
 
 class DummyKV:
@@ -27,9 +29,15 @@ class DummyKV:
 
 
 def cmd(key, updater, params=None, **extra):
+    """A command written by hand: to test what a server does with any bytes."""
     msg = {"hvd_ps": 1, "key": key, "updater": updater, "params": params or {}}
     msg.update(extra)
     return json.dumps(msg).encode()
+
+
+def rec(key, rule):
+    """A command as a leader sends it: a record of hvd_ps.protocol, encoded by it."""
+    return protocol.Command(key, rule).encode().encode()
 
 
 class Fatal(Exception):
@@ -57,24 +65,24 @@ def push(up, key, g, w):
 
 def test_installs_once_on_first_valid_command(up):
     assert up.kv.updaters == [] and not up.installed
-    up.command(CONTROLLER_HEAD, cmd(0, "assign"))
-    up.command(CONTROLLER_HEAD, cmd(1, "add"))
+    up.command(CONTROLLER_HEAD, rec(0, protocol.Assign()))
+    up.command(CONTROLLER_HEAD, rec(1, protocol.Add()))
     assert len(up.kv.updaters) == 1 and up.installed
     assert up.kv.updaters[0] == up.update
     assert up.rejected == 0
 
 
 def test_default_and_assign(up):
-    up.command(CONTROLLER_HEAD, cmd(0, "add"))
+    up.command(CONTROLLER_HEAD, rec(0, protocol.Add()))
     w = nd([1, 2, 3])
     # key 7 never got a command: assign (sync: the round's sum)
     np.testing.assert_array_equal(push(up, 7, nd([4, 5, 6]), w), [4, 5, 6])
-    up.command(CONTROLLER_HEAD, cmd(3, "assign"))
+    up.command(CONTROLLER_HEAD, rec(3, protocol.Assign()))
     np.testing.assert_array_equal(push(up, 3, nd([-1, 0, 9]), w), [-1, 0, 9])
 
 
 def test_add_accumulates(up):
-    up.command(CONTROLLER_HEAD, cmd(2, "add"))
+    up.command(CONTROLLER_HEAD, rec(2, protocol.Add()))
     w = nd([1, 1, 1, 1])
     total = np.ones(4, np.float32)
     for i in range(5):
@@ -88,7 +96,7 @@ def test_add_accumulates(up):
 def test_nesterov_matches_numpy(up, nesterov, scale):
     lr, m = 0.7, 0.9
     params = {"lr": lr, "momentum": m, "nesterov": nesterov, "scale": scale}
-    up.command(CONTROLLER_HEAD, cmd(5, "nesterov", params))
+    up.command(CONTROLLER_HEAD, rec(5, protocol.Nesterov(**params)))
     rng = np.random.default_rng(0)
     w_ref = rng.standard_normal(6).astype(np.float32)
     w = nd(w_ref)
@@ -102,20 +110,20 @@ def test_nesterov_matches_numpy(up, nesterov, scale):
 
 
 def test_nesterov_state_is_per_key_and_reset_by_a_new_command(up):
-    up.command(CONTROLLER_HEAD, cmd(0, "nesterov", {"lr": 1.0, "momentum": 0.5}))
-    up.command(CONTROLLER_HEAD, cmd(1, "nesterov", {"lr": 1.0, "momentum": 0.5}))
+    up.command(CONTROLLER_HEAD, rec(0, protocol.Nesterov(lr=1.0, momentum=0.5)))
+    up.command(CONTROLLER_HEAD, rec(1, protocol.Nesterov(lr=1.0, momentum=0.5)))
     w0, w1 = nd([0.0]), nd([0.0])
     assert push(up, 0, nd([1.0]), w0)[0] == pytest.approx(-1.5)  # v=1; w -= 1+0.5
     assert push(up, 0, nd([1.0]), w0)[0] == pytest.approx(-1.5 - 1.75)  # v=1.5; 1+0.75
     assert push(up, 1, nd([1.0]), w1)[0] == pytest.approx(-1.5)  # key 1 has its own v
-    up.command(CONTROLLER_HEAD, cmd(0, "nesterov", {"lr": 1.0, "momentum": 0.5}))
+    up.command(CONTROLLER_HEAD, rec(0, protocol.Nesterov(lr=1.0, momentum=0.5)))
     assert push(up, 0, nd([1.0]), w0)[0] == pytest.approx(-3.25 - 1.5)  # v restarted at 0
 
 
 def test_optimizer_sgd_momentum_matches_numpy(up):
     lr, mom, wd, scale = 0.1, 0.9, 0.01, 0.5
     args = {"learning_rate": lr, "momentum": mom, "wd": wd}
-    up.command(CONTROLLER_HEAD, cmd(4, "optimizer", {"name": "sgd", "scale": scale, "args": args}))
+    up.command(CONTROLLER_HEAD, rec(4, protocol.Optimizer("sgd", args, scale)))
     rng = np.random.default_rng(1)
     w_ref = rng.standard_normal(8).astype(np.float32)
     w = nd(w_ref)
@@ -130,7 +138,7 @@ def test_optimizer_sgd_momentum_matches_numpy(up):
 def test_optimizer_nag_matches_numpy(up):
     lr, mom = 0.2, 0.5
     params = {"name": "nag", "args": {"learning_rate": lr, "momentum": mom, "rescale_grad": 2.0}}
-    up.command(CONTROLLER_HEAD, cmd(9, "optimizer", params))
+    up.command(CONTROLLER_HEAD, rec(9, protocol.Optimizer(**params)))
     w_ref = np.array([1.0, -2.0, 3.0], np.float32)
     w = nd(w_ref)
     v = np.zeros(3, np.float32)
@@ -183,7 +191,7 @@ BAD_COMMANDS = [
 
 @pytest.mark.parametrize("head, body", BAD_COMMANDS)
 def test_bad_command_rejected_counted_and_harmless(up, head, body):
-    up.command(CONTROLLER_HEAD, cmd(0, "add"))
+    up.command(CONTROLLER_HEAD, rec(0, protocol.Add()))
     up.command(head, body)
     assert up.rejected == 1
     w = nd([1.0, 1.0])
@@ -205,7 +213,7 @@ def test_bad_json_commands_alone_install_nothing(up):
 
 
 def test_bad_pickles_make_pushes_to_stock_keys_fatal(up):
-    up.command(CONTROLLER_HEAD, cmd(3, "add"))
+    up.command(CONTROLLER_HEAD, rec(3, protocol.Add()))
     for head, body in BAD_COMMANDS[:NOT_JSON]:
         up.command(head, body)
     assert up.rejected == NOT_JSON and up.refused and up.stock is None
@@ -344,7 +352,7 @@ def sgd_body(**kw):
 
 def test_stock_optimizer_runs_on_keys_without_a_rule(up):
     lr, mom, wd, scale = 0.1, 0.9, 0.01, 0.5
-    up.command(CONTROLLER_HEAD, cmd(1, "add"))
+    up.command(CONTROLLER_HEAD, rec(1, protocol.Add()))
     up.command(
         CONTROLLER_HEAD,
         sgd_body(learning_rate=lr, momentum=mom, wd=wd, rescale_grad=scale),
@@ -397,7 +405,7 @@ def test_default_assign_of_a_row_sparse_push_replaces_its_rows(up):
 
 def test_every_whitelisted_optimizer_builds(up):
     for i, name in enumerate(OPTIMIZERS):
-        up.command(CONTROLLER_HEAD, cmd(i, "optimizer", {"name": name, "args": {"wd": 0.0}}))
+        up.command(CONTROLLER_HEAD, rec(i, protocol.Optimizer(name, {"wd": 0.0})))
     assert up.rejected == 0
     assert sorted(up.rules) == list(range(len(OPTIMIZERS)))
 
@@ -411,7 +419,7 @@ def test_updater_installed_once_the_server_port_is_bound(up):
         s.listen()
         up.install_when_ready(timeout=5.0)
     assert up.installed and up.kv.updaters == [up.update]
-    up.command(CONTROLLER_HEAD, cmd(0, "add"))  # a command later does not install it twice
+    up.command(CONTROLLER_HEAD, rec(0, protocol.Add()))  # a command later does not install it twice
     assert len(up.kv.updaters) == 1
 
 

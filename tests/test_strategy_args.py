@@ -55,16 +55,66 @@ def test_easgd_default_alpha_is_0_9_over_groups(groups):
     s.validate(groups)  # beta = 0.9 < 1
 
 
-def test_server_updater_parameters_follow_the_mode():
-    assert hvd_ps.GradientPush("sync").server_updater(4)[1]["scale"] == 0.25
-    assert hvd_ps.GradientPush("async").server_updater(4)[1]["scale"] == 1.0
-    sync = hvd_ps.DiLoCo(8, outer_lr=0.5, momentum=0.8, nesterov=False).server_updater(2)
-    assert sync == ("nesterov", {"lr": 0.5, "momentum": 0.8, "nesterov": False, "scale": 0.5})
-    assert hvd_ps.DiLoCo(8, mode="async").server_updater(2)[1]["scale"] == 1.0
-    assert hvd_ps.ModelAverage(4).server_updater(3) == ("assign", {})
-    assert hvd_ps.EASGD(4).server_updater(3) == ("add", {})
-    assert hvd_ps.ModelAverage(4).global_scale(4) == 0.25
-    assert hvd_ps.EASGD(4).global_scale(4) == 1.0
+def test_the_bound_strategy_names_the_servers_rule_for_the_job():
+    from hvd_ps import protocol
+
+    sgd = ("sgd", {"learning_rate": 0.1})
+    assert hvd_ps.GradientPush("sync").bind(4, None, sgd).rule == protocol.Optimizer(
+        "sgd", {"learning_rate": 0.1}, scale=0.25
+    )
+    assert hvd_ps.GradientPush("async").bind(4, None, sgd).rule.scale == 1.0
+    diloco = hvd_ps.DiLoCo(8, outer_lr=0.5, momentum=0.8, nesterov=False).bind(2, None).rule
+    assert diloco == protocol.Nesterov(lr=0.5, momentum=0.8, nesterov=False, scale=0.5)
+    assert hvd_ps.DiLoCo(8, mode="async").bind(2, None).rule.scale == 1.0
+    assert hvd_ps.ModelAverage(4).bind(3, None).rule == protocol.Assign()
+    assert hvd_ps.EASGD(4).bind(3, None).rule == protocol.Add()
+    assert hvd_ps.ModelAverage(4).bind(4, None).global_scale == 0.25
+    assert hvd_ps.EASGD(4).bind(4, None).global_scale == 1.0
+    assert hvd_ps.EASGD(4).bind(3, "float16").alpha == pytest.approx(0.3)
+    with pytest.raises(ConfigError, match="unstable"):  # binding checks the job's G
+        hvd_ps.EASGD(4, alpha=0.5).bind(2, None)
+    with pytest.raises(ConfigError, match="optimizer"):
+        hvd_ps.GradientPush().bind(2, None)
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        hvd_ps.GradientPush("async"),
+        hvd_ps.ModelAverage(8, overlap=2),
+        hvd_ps.EASGD(4, 0.2, "async", 1),
+        hvd_ps.DiLoCo(16, 0.5, 0.8, False, "async", 3),
+    ],
+    ids=repr,
+)
+def test_a_strategy_is_an_immutable_value(strategy):
+    import dataclasses
+
+    again = eval(repr(strategy), {k: getattr(hvd_ps, k) for k in hvd_ps.__all__})
+    assert again == strategy and hash(again) == hash(strategy)  # the cross-group check
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        strategy.period = 2
+    first, second = strategy.bind(2, None, ("sgd", {})), strategy.bind(4, None, ("sgd", {}))
+    assert (first.groups, second.groups) == (2, 4) and first is not second
+    assert again == strategy  # binding never changes the value
+
+
+def test_positional_arguments_keep_their_order():
+    assert hvd_ps.GradientPush("async").mode == "async"
+    e = hvd_ps.EASGD(8, 0.1, "async", 2)
+    assert (e.period, e.alpha, e.mode, e.overlap) == (8, 0.1, "async", 2)
+    d = hvd_ps.DiLoCo(32, 0.5, 0.8, False, "async", 4)
+    assert (d.period, d.outer_lr, d.momentum, d.nesterov, d.mode, d.overlap) == (
+        32,
+        0.5,
+        0.8,
+        False,
+        "async",
+        4,
+    )
+    m = hvd_ps.ModelAverage(6, "sync", 5)
+    assert (m.period, m.mode, m.overlap) == (6, "sync", 5)
+    assert isinstance(hvd_ps.DiLoCo(8, outer_lr=1).outer_lr, float)
 
 
 def test_gradient_push_needs_the_optimizer_by_name_with_numbers():

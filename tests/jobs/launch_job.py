@@ -14,7 +14,7 @@ import mxnet as mx
 from say import say  # noqa: E402  (tests/jobs/say.py: one write per line)
 
 import hvd_ps
-from hvd_ps import runtime
+from hvd_ps import protocol, runtime
 
 rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 pause = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
@@ -25,7 +25,7 @@ rank = hvd.rank()
 client = runtime.runtime().client
 assert client is not None
 client.set_mode("sync")
-key = client.register("launch_job", mx.nd.zeros((4,)), "assign", {})
+key = client.register("launch_job", mx.nd.zeros((4,)), protocol.Assign())
 out = mx.nd.zeros((4,))
 for r in range(rounds):
     client.exchange(key, mx.nd.ones((4,)) * (hvd_ps.global_group_id() + 1) * (r + 1), out)

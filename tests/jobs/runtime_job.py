@@ -34,7 +34,7 @@ import mxnet as mx
 import numpy as np
 
 import hvd_ps
-from hvd_ps import runtime
+from hvd_ps import protocol, runtime
 
 N = 64
 ROUNDS = 8
@@ -72,7 +72,7 @@ def rounds(mode, count, before_push=None):
     key = None
     if c is not None:
         c.set_mode(mode)
-        key = c.register("job", mx.nd.zeros((N,)), "assign", {})
+        key = c.register("job", mx.nd.zeros((N,)), protocol.Assign())
     rnd = 0
     while count is None or rnd < count:
         step = hvd.allreduce(
@@ -100,7 +100,7 @@ def async_add():
     initial = np.arange(N, dtype=np.float32)
     if c is not None:
         c.set_mode("async")
-        key = c.register("job.async", mx.nd.array(initial), "add", {})
+        key = c.register("job.async", mx.nd.array(initial), protocol.Add())
         for rnd in range(ROUNDS):
             c.exchange(key, mx.nd.array(value(hvd_ps.group_id(), rnd)), mx.nd.zeros((N,)))
         c.barrier("all pushes done")
@@ -169,7 +169,7 @@ def main():
             time.sleep(0.5)
         runtime.barrier("server killed")
         if rt.client is not None:
-            rt.client.register("job.after_death", mx.nd.zeros((N,)), "add", {})
+            rt.client.register("job.after_death", mx.nd.zeros((N,)), protocol.Add())
         say("registered")  # never reached
     elif scenario == "kill-leader":
         tier_pids()

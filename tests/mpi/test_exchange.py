@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import hvd_ps
+from hvd_ps import protocol
 
 pytestmark = pytest.mark.mpi(min_size=1)
 
@@ -49,7 +50,7 @@ def test_assign_round_is_the_sum_of_its_pushes(sync_client):
     G = hvd_ps.num_groups()
     rounds = []
     if sync_client is not None:
-        key = sync_client.register("test.assign", mx.nd.zeros((N,)), "assign", {})
+        key = sync_client.register("test.assign", mx.nd.zeros((N,)), protocol.Assign())
         out = mx.nd.zeros((N,))
         for rnd in range(ROUNDS):
             lag(hvd_ps.group_id(), rnd)
@@ -68,7 +69,7 @@ def test_add_accumulates_over_rounds(sync_client):
     initial = 5.0 + np.arange(N, dtype=np.float32)
     rounds = []
     if sync_client is not None:
-        key = sync_client.register("test.add", mx.nd.array(initial), "add", {})
+        key = sync_client.register("test.add", mx.nd.array(initial), protocol.Add())
         out = mx.nd.zeros((N,))
         sync_client.exchange(key, None, out)  # pull only: the initial value
         np.testing.assert_array_equal(out.asnumpy(), initial)
@@ -94,8 +95,8 @@ def test_nesterov_round_uses_the_mean_of_the_round(sync_client):
     w0 = np.linspace(-1, 1, N).astype(np.float32)
     got = []
     if sync_client is not None:
-        params = {"lr": lr, "momentum": m, "nesterov": True, "scale": 1.0 / G}
-        key = sync_client.register("test.nesterov", mx.nd.array(w0), "nesterov", params)
+        rule = protocol.Nesterov(lr=lr, momentum=m, nesterov=True, scale=1.0 / G)
+        key = sync_client.register("test.nesterov", mx.nd.array(w0), rule)
         out = mx.nd.zeros((N,))
         for rnd in range(4):
             lag(hvd_ps.group_id(), rnd)
@@ -160,7 +161,7 @@ def test_server_rejects_pickled_optimizer_and_keeps_serving(sync_client, tmp_pat
     EvilSGD.path = path
     got = None
     if sync_client is not None:
-        key = sync_client.register("test.after_pickle", mx.nd.zeros((N,)), "assign", {})
+        key = sync_client.register("test.after_pickle", mx.nd.zeros((N,)), protocol.Assign())
         if hvd.rank() == 0:
             # what a client sends with kv.set_optimizer: a pickle, as command 0, to every server
             sync_client.kv.set_optimizer(EvilSGD(learning_rate=0.1))
@@ -179,7 +180,7 @@ def test_stats_count_bytes(sync_client):
     if sync_client is None:
         pytest.skip("not a leader")
     before = sync_client.stats.as_dict()
-    key = sync_client.register("test.stats", mx.nd.zeros((N,)), "assign", {})
+    key = sync_client.register("test.stats", mx.nd.zeros((N,)), protocol.Assign())
     out = mx.nd.zeros((N,))
     sync_client.exchange(key, mx.nd.ones((N,)), out)
     after = sync_client.stats.as_dict()
@@ -202,7 +203,7 @@ def test_first_use_of_a_key_may_be_a_queued_pull_then_a_push(sync_client):
         return
     G = hvd_ps.num_groups()
     for i in range(200):
-        key = sync_client.register(f"test.first_use.{i}", mx.nd.full((10,), 2.0), "add", {})
+        key = sync_client.register(f"test.first_use.{i}", mx.nd.full((10,), 2.0), protocol.Add())
         pulled = mx.nd.zeros((10,))
         sync_client.exchange(key, None, pulled, wait=False)
         # computed from the pull (as EASGD's d is), so the engine pushes it after the pull

@@ -1,0 +1,198 @@
+"""The leader's side of each strategy, bound to one job: the math of an exchange on flat buffers.
+
+:meth:`hvd_ps.strategies.Strategy.bind` makes one :class:`Exchange` per trainer at its first
+step, with the number of groups ``G`` (every job on the tier) and the wire dtype fixed from then
+on. An exchange names the servers' rule for its keys (:attr:`Exchange.rule`, a record of
+:mod:`hvd_ps.protocol`) and runs the leader's part of the table in :mod:`hvd_ps.strategies` on
+one :class:`Bucket` at a time, with the fused op (one pass per buffer). State a strategy keeps
+per bucket between exchanges (DiLoCo's ``x_start``) lives here, in the trainer's exchange, never
+on the strategy value the user made.
+
+Every method only queues work on MXNet's engine; the trainer's schedule (:mod:`hvd_ps.schedule`)
+waits once for all buckets, so what follows a pull reads it through engine operations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import mxnet as mx
+
+from . import protocol
+from .errors import ConfigError
+from .strategies import EASGD, DiLoCo, GradientPush, ModelAverage, Strategy
+
+
+@dataclass
+class Bucket:
+    """One fused buffer of a trainer's parameters (one dtype), with its PS key and scratch."""
+
+    index: int  # position among the trainer's buckets
+    params: Any  # FusedBuffer over the parameters
+    grads: Any  # FusedBuffer over their gradients
+    key: int = -1
+    out: Any = None  # flat buffer pushed (wire dtype)
+    pulled: Any = None  # flat buffer pulled (wire dtype)
+    snap: Any = None  # overlap: the snapshot x_t (parameter dtype), allocated once
+    snap_buf: Any = None  # FusedBuffer([snap]): the fused op on the snapshot
+
+
+def _fresh(b: Bucket, dtype: Optional[str]) -> Any:
+    """A flat array of its own for a bucket (set-up only: not one of the buffer's pool)."""
+    return mx.nd.zeros((b.params.size,), dtype=dtype or b.params.dtype)
+
+
+class Exchange:
+    """A strategy bound to a job: ``G`` groups, PS traffic in ``wire`` (None: as the params)."""
+
+    def __init__(self, strategy: Strategy, num_groups: int, wire: Optional[str]) -> None:
+        self.strategy = strategy
+        self.groups = num_groups
+        self.wire = wire
+        #: the servers' rule for every key of the trainer
+        self.rule: protocol.Rule = protocol.Assign()
+        #: ``pull_global`` sets ``x = global_scale * (value on the PS)``
+        self.global_scale = 1.0
+
+    def initial(self, b: Bucket) -> Any:
+        """The key's initial value on the PS (default: the parameters)."""
+        return b.params.pack(dtype=self.wire, out=_fresh(b, self.wire))
+
+    def exchange(self, b: Bucket, client: Any) -> None:
+        """The blocking exchange of one bucket; leaves the new ``x`` in the parameters."""
+        raise NotImplementedError
+
+    def launch(self, b: Bucket, client: Any) -> None:
+        """Overlap: start the exchange from the snapshot ``b.snap`` (packed by the schedule)
+        without waiting; the parameters are not touched."""
+        raise NotImplementedError
+
+    def apply(self, b: Bucket) -> None:
+        """Overlap: apply the exchange :meth:`launch` started to the current parameters (the
+        schedule has waited for ``b.pulled``)."""
+        raise NotImplementedError
+
+
+class GradientPushExchange(Exchange):
+    def __init__(self, s: GradientPush, groups: int, wire: Optional[str], optimizer: Any) -> None:
+        super().__init__(s, groups, wire)
+        if optimizer is None:
+            raise ConfigError("GradientPush needs the trainer's optimizer (name, numbers)")
+        name, args = optimizer
+        self.rule = protocol.Optimizer(name, dict(args), protocol.round_scale(s.mode, groups))
+
+    def exchange(self, b: Bucket, client: Any) -> None:
+        # b.out already holds the scaled group-mean gradient (packed by the trainer)
+        client.exchange(b.key, b.out, b.pulled, wait=False)
+        b.params.unpack(b.pulled)
+
+
+class ModelAverageExchange(Exchange):
+    def __init__(self, s: ModelAverage, groups: int, wire: Optional[str]) -> None:
+        super().__init__(s, groups, wire)
+        self.rule = protocol.Assign()  # the servers keep the sum of a round
+        self.global_scale = 1.0 / groups
+
+    def initial(self, b: Bucket) -> Any:
+        # The PS holds the sum of a round; start as if every group had pushed x0.
+        flat = super().initial(b)
+        return b.params.pack_axpby(flat, float(self.groups), 0.0, dtype=self.wire, out=flat)
+
+    def exchange(self, b: Bucket, client: Any) -> None:
+        b.params.pack(dtype=self.wire, out=b.out)
+        client.exchange(b.key, b.out, b.pulled, wait=False)
+        b.params.unpack(b.pulled, alpha=1.0 / self.groups)
+
+    def launch(self, b: Bucket, client: Any) -> None:
+        b.snap_buf.pack(dtype=self.wire, out=b.out)  # push x_t
+        client.exchange(b.key, b.out, b.pulled, wait=False)
+
+    def apply(self, b: Bucket) -> None:
+        b.snap_buf.unpack(b.pulled, alpha=1.0 / self.groups, beta=-1.0)  # mean - x_t
+        b.params.unpack(b.snap, alpha=1.0, beta=1.0)  # x += mean - x_t
+
+
+class EASGDExchange(Exchange):
+    def __init__(self, s: EASGD, groups: int, wire: Optional[str]) -> None:
+        super().__init__(s, groups, wire)
+        self.rule = protocol.Add()  # c += d
+        self.alpha = s.alpha_for(groups)
+
+    def exchange(self, b: Bucket, client: Any) -> None:
+        # Pull c. In sync mode this pull is ordered after our previous push, whose round
+        # closes only when every group pushed, so c is the centre after the last round.
+        client.exchange(b.key, None, b.pulled, wait=False)
+        b.params.elastic(b.pulled, self.alpha, out=b.out, dtype=self.wire)
+        client.push(b.key, b.out)
+
+    def launch(self, b: Bucket, client: Any) -> None:
+        # pull c (after our previous push, as in exchange()), d = alpha (x_t - c), push d;
+        # all of it on the snapshot, so the parameters' next update never waits for the pull
+        a = self.alpha
+        client.exchange(b.key, None, b.pulled, wait=False)
+        b.snap_buf.pack_axpby(b.pulled, a, -a, dtype=self.wire, out=b.out)
+        client.push(b.key, b.out)
+
+    def apply(self, b: Bucket) -> None:
+        b.params.unpack(b.out, alpha=-1.0, beta=1.0)  # x -= d, d as pushed (after any cast)
+
+
+class DiLoCoExchange(Exchange):
+    def __init__(self, s: DiLoCo, groups: int, wire: Optional[str]) -> None:
+        super().__init__(s, groups, wire)
+        self.rule = protocol.Nesterov(
+            lr=s.outer_lr,
+            momentum=s.momentum,
+            nesterov=s.nesterov,
+            scale=protocol.round_scale(s.mode, groups),
+        )
+        #: per bucket: x_start (the parameters' dtype) and the fused op over it
+        self.start: Dict[int, Tuple[Any, Any]] = {}
+
+    def initial(self, b: Bucket) -> Any:
+        from .fusion import FusedBuffer
+
+        start = b.params.pack(out=_fresh(b, None))  # x_start = x0
+        self.start[b.index] = (start, FusedBuffer([start]))
+        return super().initial(b)
+
+    def starts(self) -> List[Any]:
+        """Every bucket's ``x_start``, in bucket order."""
+        return [self.start[i][0] for i in sorted(self.start)]
+
+    def exchange(self, b: Bucket, client: Any) -> None:
+        start, _ = self.start[b.index]
+        b.params.pack_axpby(start, -1.0, 1.0, dtype=self.wire, out=b.out)  # D = x_start - x
+        client.exchange(b.key, b.out, b.pulled, wait=False)
+        b.params.unpack(b.pulled)  # x = w
+        b.params.pack(out=start)  # x_start = w
+
+    def launch(self, b: Bucket, client: Any) -> None:
+        start, _ = self.start[b.index]
+        b.snap_buf.pack_axpby(start, -1.0, 1.0, dtype=self.wire, out=b.out)  # D = x_start - x_t
+        client.exchange(b.key, b.out, b.pulled, wait=False)
+
+    def apply(self, b: Bucket) -> None:
+        _, start_buf = self.start[b.index]
+        b.snap_buf.unpack(b.pulled, alpha=1.0, beta=-1.0)  # w - x_t
+        b.params.unpack(b.snap, alpha=1.0, beta=1.0)  # x += w - x_t
+        start_buf.unpack(b.pulled)  # x_start = w
+
+
+def bind(
+    strategy: Strategy,
+    num_groups: int,
+    wire: Optional[str],
+    optimizer: Optional[Tuple[str, Dict[str, Any]]] = None,
+) -> Exchange:
+    """The exchange of ``strategy`` for this job (see :meth:`Strategy.bind`)."""
+    if isinstance(strategy, GradientPush):
+        return GradientPushExchange(strategy, num_groups, wire, optimizer)
+    if isinstance(strategy, ModelAverage):
+        return ModelAverageExchange(strategy, num_groups, wire)
+    if isinstance(strategy, EASGD):
+        return EASGDExchange(strategy, num_groups, wire)
+    if isinstance(strategy, DiLoCo):
+        return DiLoCoExchange(strategy, num_groups, wire)
+    raise ConfigError(f"sync: {strategy!r} is not one of hvd_ps's strategies")

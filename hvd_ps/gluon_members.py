@@ -1,0 +1,44 @@
+"""The private members of Gluon's ``Trainer`` and Horovod's ``DistributedTrainer`` that
+:class:`hvd_ps.DistributedTrainer` still reads or writes, in one place, each with its reason.
+
+The trainer otherwise keeps to their public methods (``allreduce_grads()``, ``update()``).
+When MXNet (pinned: 1.9.1) or Horovod (0.28.1) changes, these are what to check:
+
+==========================  ==================  ===============================================
+member                      of                  why hvd_ps needs it
+==========================  ==================  ===============================================
+``_params``                 ``gluon.Trainer``   the Parameters the trainer updates, in its
+                                                order (no public accessor): the fused buffers
+                                                and the cross-group check are built from them
+``_scale``                  ``gluon.Trainer``   the gradient scale Horovod folds its group
+                                                average into; GradientPush pushes gradients
+                                                with it (the servers, not ``update()``, apply
+                                                them), and a group of one rank undoes
+                                                Horovod's ``gradient_predivide_factor`` there
+``_average_in_framework``   Horovod             whether that average sits in ``_scale``
+                                                (Horovod's choice, made in its constructor)
+==========================  ==================  ===============================================
+"""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+
+def trained_params(trainer: Any) -> List[Any]:
+    """The trainer's Parameters, in the order Gluon (and Horovod's tensor names) use."""
+    return list(trainer._params)
+
+
+def grad_scale(trainer: Any) -> float:
+    """The factor ``update()`` multiplies the gradients by, before dividing by the batch."""
+    return float(trainer._scale)
+
+
+def set_grad_scale(trainer: Any, scale: float) -> None:
+    trainer._scale = scale
+
+
+def averages_in_framework(trainer: Any) -> bool:
+    """True when Horovod left the group average to ``_scale`` instead of its allreduce."""
+    return bool(trainer._average_in_framework)

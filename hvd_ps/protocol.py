@@ -1,0 +1,176 @@
+"""What a group leader tells the PS servers: commands as typed records, encoded in one place.
+
+A leader sets how the servers apply pushes to a key by sending one :class:`Command` over
+MXNet's controller channel (command id :data:`CONTROLLER_HEAD`, MXNet's ``kController``), as
+JSON::
+
+    {"hvd_ps": 1, "key": <int >= 0>, "updater": <name>, "params": {<the record's fields>}}
+
+The updater is one of the records below; its fields are its parameters, checked when the record
+is made, so a leader cannot build a command a server would refuse and a server refuses (and
+logs) anything else it receives. A strategy returns a record (:mod:`hvd_ps.exchanges`),
+:class:`hvd_ps.tier.Client` sends it, :mod:`hvd_ps.server` decodes it and runs the update rule
+of its type. Adding an updater means a record here and its rule in the server.
+
+Each rule gets the server's stored slice ``w`` of the key and what arrived ``g``: in sync mode
+the sum of one round of pushes (one per leader), in async mode a single push.
+
+============  ==================================================================================
+record        what a push does to ``w``
+============  ==================================================================================
+Assign        ``w = g`` (the default of every key; a row-sparse push replaces its rows)
+Add           ``w += g``
+Optimizer     ``w = opt(w, scale * g)`` with one of MXNet's optimizers in :data:`OPTIMIZERS`
+Nesterov      ``D = scale g; v = m v + D; w -= lr (D + m v)`` (``nesterov``) or ``w -= lr v``
+============  ==================================================================================
+
+This module imports neither MXNet nor Horovod: the server, the leaders and the tests share it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, Dict, Tuple, Type, Union
+
+from .errors import ConfigError
+
+#: MXNet's ``kController`` command id: carries hvd_ps's commands (and a stock worker's
+#: ``kv.set_optimizer`` pickle, which the server tells apart because it is not JSON)
+CONTROLLER_HEAD = 0
+#: MXNet's ``kSyncMode`` command id: makes the servers count rounds (one push per worker)
+SYNC_MODE_HEAD = 3
+#: the ``hvd_ps`` field of every command; a server refuses any other
+VERSION = 1
+#: MXNet optimizers a server runs for :class:`Optimizer`, by name; their arguments are numbers
+OPTIMIZERS = ("sgd", "nag", "adam", "rmsprop", "adagrad", "signum", "ftrl")
+
+
+def number(name: str, value: Any, low: float, high: float, open_low: bool = True) -> float:
+    """``value`` as a float in ``(low, high)`` (``[low, high)`` if not ``open_low``).
+
+    Rejects bools, strings and nan with a :class:`ConfigError` naming ``name``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    inside = (low < value if open_low else low <= value) and value < high
+    if not inside:  # also nan, for which every comparison is false
+        lo = "(" if open_low else "["
+        raise ConfigError(f"{name} must be in {lo}{low}, {high}), got {value!r}")
+    return float(value)
+
+
+def round_scale(mode: str, num_groups: int) -> float:
+    """What a server multiplies what arrived by: a sync round holds the sum of ``num_groups``
+    pushes and the rule wants their mean; an async push stands alone."""
+    return 1.0 / num_groups if mode == "sync" else 1.0
+
+
+@dataclass(frozen=True)
+class Assign:
+    """``w = g``: the default rule of every key (ModelAverage's sum of a round)."""
+
+    updater: ClassVar[str] = "assign"
+
+
+@dataclass(frozen=True)
+class Add:
+    """``w += g``: EASGD's centre."""
+
+    updater: ClassVar[str] = "add"
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """``w = opt(w, scale * g)``: GradientPush's server-side optimizer, by name."""
+
+    name: str
+    args: Dict[str, Any] = field(default_factory=dict)
+    scale: float = 1.0
+    updater: ClassVar[str] = "optimizer"
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ConfigError(f"optimizer {self.name!r} is not one of {', '.join(OPTIMIZERS)}")
+        if not isinstance(self.args, dict) or not all(
+            isinstance(k, str) and (v is None or isinstance(v, (int, float, bool)))
+            for k, v in self.args.items()
+        ):
+            raise ConfigError(
+                f"optimizer_params of {self.name!r} must be numbers by name, got {self.args!r}"
+            )
+        object.__setattr__(self, "scale", number("scale", self.scale, 0.0, math.inf))
+
+
+@dataclass(frozen=True)
+class Nesterov:
+    """DiLoCo's outer step: heavy-ball or Nesterov SGD on what arrived, times ``scale``."""
+
+    lr: float
+    momentum: float = 0.0
+    nesterov: bool = True
+    scale: float = 1.0
+    updater: ClassVar[str] = "nesterov"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lr", number("lr", self.lr, 0.0, math.inf))
+        m = number("momentum", self.momentum, 0.0, 1.0, open_low=False)
+        object.__setattr__(self, "momentum", m)
+        if not isinstance(self.nesterov, bool):
+            raise ConfigError(f"nesterov must be True or False, got {self.nesterov!r}")
+        object.__setattr__(self, "scale", number("scale", self.scale, 0.0, math.inf))
+
+
+Rule = Union[Assign, Add, Optimizer, Nesterov]
+#: every updater a server knows, by the name a command carries
+UPDATERS: Dict[str, Type[Any]] = {r.updater: r for r in (Assign, Add, Optimizer, Nesterov)}
+
+
+@dataclass(frozen=True)
+class Command:
+    """Set the rule of one PS key on every server."""
+
+    key: int
+    rule: Rule
+
+    def __post_init__(self) -> None:
+        if isinstance(self.key, bool) or not isinstance(self.key, int) or self.key < 0:
+            raise ConfigError(f"key must be an integer >= 0, got {self.key!r}")
+
+    def encode(self) -> str:
+        params = asdict(self.rule)
+        return json.dumps(
+            {"hvd_ps": VERSION, "key": self.key, "updater": self.rule.updater, "params": params}
+        )
+
+    @staticmethod
+    def decode(body: Union[bytes, str]) -> Command:
+        """The command in ``body``; ``ValueError`` (a :class:`ConfigError` or a JSON error) if
+        it is not one: another version, an unknown updater, a missing or unexpected
+        parameter, or a value out of range."""
+        msg = json.loads(body)
+        if not isinstance(msg, dict) or msg.get("hvd_ps") != VERSION:
+            raise ConfigError(f"not an hvd_ps command of version {VERSION}")
+        kind = UPDATERS.get(msg.get("updater"))  # type: ignore[arg-type]
+        if kind is None:
+            raise ConfigError(
+                f"unknown updater {msg.get('updater')!r} (known: {', '.join(UPDATERS)})"
+            )
+        params = msg.get("params", {})
+        if not isinstance(params, dict):
+            raise ConfigError(f"params of {kind.updater!r} must be a JSON object, got {params!r}")
+        known = {f.name for f in fields(kind)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ConfigError(f"{kind.updater!r} has no parameter {', '.join(unknown)}")
+        try:
+            rule = kind(**params)
+        except TypeError as err:  # a required parameter is missing
+            raise ConfigError(f"{kind.updater!r}: {err}") from None
+        return Command(msg.get("key"), rule)  # type: ignore[arg-type]
+
+
+def describe(rule: Rule) -> Tuple[str, Dict[str, Any]]:
+    """The updater's name and parameters, for a log line."""
+    return rule.updater, asdict(rule)
