@@ -39,7 +39,7 @@ def worker(rounds: int, scale: float) -> None:
     sys.path.insert(0, str(HERE))
     from bench_fusion import resnet50_shapes
 
-    from hvd_ps.fusion import plan_buckets
+    from hvd_ps.exchanges import plan_buckets
 
     hvd_ps.init(group_size=1)
     shapes = [

@@ -4,9 +4,10 @@
 step, with the number of groups ``G`` (every job on the tier) and the wire dtype fixed from then
 on. An exchange names the servers' rule for its keys (:attr:`Exchange.rule`, a record of
 :mod:`hvd_ps.protocol`) and runs the leader's part of the table in :mod:`hvd_ps.strategies` on
-one :class:`Bucket` at a time, with the fused op (one pass per buffer). State a strategy keeps
-per bucket between exchanges (DiLoCo's ``x_start``) lives here, in the trainer's exchange, never
-on the strategy value the user made.
+one :class:`Bucket` at a time (:func:`plan_buckets` splits the parameters into buckets), with
+the fused op (one pass per buffer). State a strategy keeps per bucket between exchanges
+(DiLoCo's ``x_start``) lives here, in the trainer's exchange, never on the strategy value the
+user made.
 
 Every method only queues work on MXNet's engine; the trainer's schedule (:mod:`hvd_ps.schedule`)
 waits once for all buckets, so what follows a pull reads it through engine operations.
@@ -15,9 +16,10 @@ waits once for all buckets, so what follows a pull reads it through engine opera
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import mxnet as mx
+import numpy as np
 
 from . import protocol
 from .errors import ConfigError
@@ -36,6 +38,36 @@ class Bucket:
     pulled: Any = None  # flat buffer pulled (wire dtype)
     snap: Any = None  # overlap: the snapshot x_t (parameter dtype), allocated once
     snap_buf: Any = None  # FusedBuffer([snap]): the fused op on the snapshot
+
+
+def plan_buckets(arrays: Sequence[mx.nd.NDArray], max_bytes: int) -> List[List[int]]:
+    """Split ``arrays`` into fused buffers: one dtype per buffer, each at most ``max_bytes``.
+
+    Returns lists of indices into ``arrays``, in order within each dtype (first-seen dtype
+    first). An array larger than ``max_bytes`` gets a buffer of its own; ``max_bytes <= 0``
+    gives one buffer per dtype. Several buffers let their PS transfers overlap.
+
+    Example::
+
+        plan_buckets([a32_10MB, a32_10MB, a16_1MB], 16 << 20)  # -> [[0], [1], [2]]
+    """
+    by_dtype: dict = {}
+    for i, a in enumerate(arrays):
+        by_dtype.setdefault(np.dtype(a.dtype).name, []).append(i)
+    out: List[List[int]] = []
+    for idx in by_dtype.values():
+        current: List[int] = []
+        size = 0
+        for i in idx:
+            nbytes = int(np.prod(arrays[i].shape)) * np.dtype(arrays[i].dtype).itemsize
+            if current and max_bytes > 0 and size + nbytes > max_bytes:
+                out.append(current)
+                current, size = [], 0
+            current.append(i)
+            size += nbytes
+        if current:
+            out.append(current)
+    return out
 
 
 def _fresh(b: Bucket, dtype: Optional[str]) -> Any:

@@ -60,7 +60,7 @@ import numpy as np
 from . import config
 from .errors import ConfigError, HvdPsError
 
-__all__ = ["FusedBuffer", "plan_buckets"]
+__all__ = ["FusedBuffer", "check_engine_errors"]
 
 DTypeLike = Union[None, str, type, np.dtype]
 
@@ -376,33 +376,3 @@ def check_engine_errors() -> None:
     :class:`~hvd_ps.errors.HvdPsError` instead of wrong numbers.
     """
     FusedBuffer._check(_LIB.hvdps_fusion_take_engine_error())
-
-
-def plan_buckets(arrays: Sequence[mx.nd.NDArray], max_bytes: int) -> List[List[int]]:
-    """Split ``arrays`` into fused buffers: one dtype per buffer, each at most ``max_bytes``.
-
-    Returns lists of indices into ``arrays``, in order within each dtype (first-seen dtype
-    first). An array larger than ``max_bytes`` gets a buffer of its own; ``max_bytes <= 0``
-    gives one buffer per dtype. Several buffers let their PS transfers overlap.
-
-    Example::
-
-        plan_buckets([a32_10MB, a32_10MB, a16_1MB], 16 << 20)  # -> [[0], [1], [2]]
-    """
-    by_dtype: dict = {}
-    for i, a in enumerate(arrays):
-        by_dtype.setdefault(np.dtype(a.dtype).name, []).append(i)
-    out: List[List[int]] = []
-    for idx in by_dtype.values():
-        current: List[int] = []
-        size = 0
-        for i in idx:
-            nbytes = int(np.prod(arrays[i].shape)) * np.dtype(arrays[i].dtype).itemsize
-            if current and max_bytes > 0 and size + nbytes > max_bytes:
-                out.append(current)
-                current, size = [], 0
-            current.append(i)
-            size += nbytes
-        if current:
-            out.append(current)
-    return out

@@ -27,8 +27,8 @@ import mxnet as mx
 
 from .deadline import deadline
 from .errors import HvdPsError
-from .exchanges import Bucket, Exchange
-from .fusion import FusedBuffer, plan_buckets
+from .exchanges import Bucket, Exchange, plan_buckets
+from .fusion import FusedBuffer
 from .strategies import Strategy
 
 

@@ -24,8 +24,8 @@ DiLoCo            ``D = x_start - x``         ``v = m v + D'``,           ``x = 
 
 Overlap (``overlap=tau``, ModelAverage, EASGD and DiLoCo; ``0 <= tau < period``): with
 ``tau >= 1`` the leader starts the exchange at step ``t`` from a snapshot ``x_t``
-(:meth:`Strategy.launch`) and applies it at the end of step ``t + tau``
-(:meth:`Strategy.apply`), the group training on meanwhile:
+(:meth:`hvd_ps.exchanges.Exchange.launch`) and applies it at the end of step ``t + tau``
+(:meth:`hvd_ps.exchanges.Exchange.apply`), the group training on meanwhile:
 
 * ModelAverage: ``x = mean_g(x_{g,t}) + (x_{t+tau} - x_t)``
 * EASGD: ``d = alpha (x_t - c)`` with ``c`` pulled at ``t``; servers ``c += d``;

@@ -480,7 +480,7 @@ def test_library_exports():
 
 
 def test_plan_buckets_groups_by_dtype_and_caps_bytes():
-    from hvd_ps.fusion import plan_buckets
+    from hvd_ps.exchanges import plan_buckets
 
     a = [
         mx.nd.zeros((10,)),  # 40 B float32
