@@ -60,8 +60,23 @@ def parse_args(argv=None) -> argparse.Namespace:
         "tagging needs); auto (default): bar on a terminal not behind mpirun/horovodrun",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar (same as --progress none)")
+    p.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="save the whole job here (train_digits.hvdps) and resume from it when it exists",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help="steps between checkpoints (default: the end of every epoch)",
+    )
     args = p.parse_args(argv)
     strategy_flags.finish(args)
+    if args.checkpoint_dir and args.sync == "horovod":
+        p.error("--checkpoint-dir needs an hvd_ps strategy (--sync horovod has no PS to save)")
+    if args.checkpoint_every < 0:
+        p.error(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     return args
 
 
@@ -185,35 +200,49 @@ def main(argv=None) -> int:
     trainer, sync_desc = strategy_flags.make_trainer(args, params, optim)
     loss_fn = mx.gluon.loss.SoftmaxCrossEntropyLoss()
     steps = len(x_tr) // args.batch_size
+    ckpt = os.path.join(args.checkpoint_dir, "train_digits.hvdps") if args.checkpoint_dir else None
+    every = args.checkpoint_every or steps
+    if ckpt:
+        os.makedirs(args.checkpoint_dir, exist_ok=True)
+        if os.path.exists(ckpt):  # rank 0's file system decides; every rank loads it
+            trainer.load_checkpoint(ckpt)
+    resumed = trainer.t if ckpt else 0  # steps already taken by the run that saved
     groups_desc = ", ".join(f"{i}: ranks {g}" for i, g in enumerate(layout))
     out.line(
         f"digits: {size} ranks in {ngroups} group(s) ({groups_desc}{place}); {len(x_tr)} training "
         f"samples per rank, {len(x_te)} test samples, {steps} steps per epoch"
     )
     out.line(f"sync: {sync_desc}")
+    if resumed:
+        out.line(f"resumed from {ckpt} after step {resumed} (epoch {resumed // steps + 1})")
 
     history = []
     train_start = time.perf_counter()
     rng = np.random.RandomState(args.seed + 1000 * shard)
     for epoch in range(1, args.epochs + 1):
         t0 = time.perf_counter()
-        order = rng.permutation(len(x_tr))
+        order = rng.permutation(len(x_tr))  # drawn for skipped epochs too: the same data order
+        skip = min(max(resumed - (epoch - 1) * steps, 0), steps)
+        if skip == steps:
+            continue  # trained before the checkpoint
         total = 0.0
-        with out.bar(steps, f"epoch {epoch}/{args.epochs}") as bar:
-            for i in range(steps):
+        with out.bar(steps - skip, f"epoch {epoch}/{args.epochs}") as bar:
+            for i in range(skip, steps):
                 idx = order[i * args.batch_size : (i + 1) * args.batch_size]
                 x, y = mx.nd.array(x_tr[idx]), mx.nd.array(y_tr[idx])
                 with mx.autograd.record():
                     loss = loss_fn(net(x), y)
                 loss.backward()
                 trainer.step(args.batch_size)
+                if ckpt and trainer.t % every == 0:
+                    trainer.save_checkpoint(ckpt)
                 total += float(loss.mean().asscalar())
-                bar.set_postfix_str(f"loss {total / (i + 1):.4f}", refresh=False)
+                bar.set_postfix_str(f"loss {total / (i + 1 - skip):.4f}", refresh=False)
                 bar.update(1)
         train_s = time.perf_counter() - t0
 
         # mean training loss: over the group and over all ranks
-        mine = mx.nd.array([total / steps])
+        mine = mx.nd.array([total / (steps - skip)])
         group_loss = hvd.allreduce(mine, name=f"digits.gloss.{epoch}", process_set=group_set)
         all_loss = hvd.allreduce(mine, name=f"digits.loss.{epoch}")
         # test accuracy of the group's own model (leaders), then of the global model; each

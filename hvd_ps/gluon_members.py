@@ -17,6 +17,12 @@ member                      of                  why hvd_ps needs it
                                                 Horovod's ``gradient_predivide_factor`` there
 ``_average_in_framework``   Horovod             whether that average sits in ``_scale``
                                                 (Horovod's choice, made in its constructor)
+``_updaters``               ``gluon.Trainer``   the Updater holding the local optimizer's
+                                                state per parameter (``.states``), which a
+                                                checkpoint saves and restores
+``_index_update_count``     ``mx.optimizer``    the per-parameter update counts (Adam's bias
+                                                correction, learning-rate schedules), saved
+                                                with that state
 ==========================  ==================  ===============================================
 """
 
@@ -42,3 +48,20 @@ def set_grad_scale(trainer: Any, scale: float) -> None:
 def averages_in_framework(trainer: Any) -> bool:
     """True when Horovod left the group average to ``_scale`` instead of its allreduce."""
     return bool(trainer._average_in_framework)
+
+
+def local_updater(trainer: Any) -> Any:
+    """The Updater of the trainer's (one, CPU) context: ``.states`` by parameter index."""
+    updaters = trainer._updaters
+    if len(updaters) != 1:
+        raise ValueError(f"hvd_ps trains on one context per rank, this trainer has {len(updaters)}")
+    return updaters[0]
+
+
+def update_counts(optimizer: Any) -> dict:
+    """How often the optimizer has updated each parameter index."""
+    return dict(optimizer._index_update_count)
+
+
+def set_update_counts(optimizer: Any, counts: dict) -> None:
+    optimizer._index_update_count = dict(counts)

@@ -22,6 +22,10 @@ Assign        ``w = g`` (the default of every key; a row-sparse push replaces it
 Add           ``w += g``
 Optimizer     ``w = opt(w, scale * g)`` with one of MXNet's optimizers in :data:`OPTIMIZERS`
 Nesterov      ``D = scale g; v = m v + D; w -= lr (D + m v)`` (``nesterov``) or ``w -= lr v``
+CopyState     ``w`` is a checkpoint's copy of the state of key ``source`` (its optimizer's or
+              its momentum's array number ``leaf``): a push (of anything) copies that state
+              into ``w`` (``load=False``), or ``w`` into that state and sets the optimizer's
+              update count to ``count`` (``load=True``)
 ============  ==================================================================================
 
 This module imports neither MXNet nor Horovod: the server, the leaders and the tests share it.
@@ -122,9 +126,30 @@ class Nesterov:
         object.__setattr__(self, "scale", number("scale", self.scale, 0.0, math.inf))
 
 
-Rule = Union[Assign, Add, Optimizer, Nesterov]
+@dataclass(frozen=True)
+class CopyState:
+    """Checkpoints: copy one array of key ``source``'s server state to or from this key."""
+
+    source: int
+    leaf: int
+    load: bool = False
+    count: int = 0
+    updater: ClassVar[str] = "copy_state"
+
+    def __post_init__(self) -> None:
+        for name in ("source", "leaf", "count"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        if not isinstance(self.load, bool):
+            raise ConfigError(f"load must be True or False, got {self.load!r}")
+
+
+Rule = Union[Assign, Add, Optimizer, Nesterov, CopyState]
 #: every updater a server knows, by the name a command carries
-UPDATERS: Dict[str, Type[Any]] = {r.updater: r for r in (Assign, Add, Optimizer, Nesterov)}
+UPDATERS: Dict[str, Type[Any]] = {
+    r.updater: r for r in (Assign, Add, Optimizer, Nesterov, CopyState)
+}
 
 
 @dataclass(frozen=True)
@@ -169,6 +194,16 @@ class Command:
         except TypeError as err:  # a required parameter is missing
             raise ConfigError(f"{kind.updater!r}: {err}") from None
         return Command(msg.get("key"), rule)  # type: ignore[arg-type]
+
+
+def state_leaves(state: Any) -> list:
+    """The arrays of an MXNet optimizer state (None, an array, or nested tuples of them), in
+    the order a checkpoint stores them: the order both sides of :class:`CopyState` count."""
+    if state is None:
+        return []
+    if isinstance(state, (tuple, list)):
+        return [leaf for part in state for leaf in state_leaves(part)]
+    return [state]
 
 
 def describe(rule: Rule) -> Tuple[str, Dict[str, Any]]:

@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from . import addresses, config, deadline, exits, placement, rendezvous, spawn, topology
 from .errors import HvdPsError, TierError
@@ -27,8 +27,10 @@ class Runtime:
     local: Optional[spawn.LocalTier] = None
     client: Optional[Client] = None
     collectives: int = 0
-    # weak references to callables shutdown() runs first (trainers completing an exchange)
-    finishers: List[Any] = field(default_factory=list)
+    #: trainers' schedules with an overlapped exchange in flight, in the order they started
+    #: it (the same on every rank): shutdown() completes them first. Held strongly, so that
+    #: no rank's garbage collector can drop one that another rank still completes.
+    in_flight: Dict[int, Any] = field(default_factory=dict)
 
     def next_name(self, what: str) -> str:
         """A collective's name, identical on every rank (calls happen in program order)."""
@@ -162,10 +164,8 @@ def shutdown() -> None:
         rt = _rt
         if rt is None:
             return
-        for ref in rt.finishers:
-            finish = ref()
-            if finish is not None:
-                finish()
+        for schedule in list(rt.in_flight.values()):
+            schedule.complete("hvd_ps.shutdown (completing the exchange in flight)")
         barrier("hvd_ps.shutdown on every rank")
         if rt.local is not None:
             # the servers exit when the leaders leave: from here that is no failure to report

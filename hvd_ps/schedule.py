@@ -20,7 +20,7 @@ only once the previous round closed, so a leader never pushes a key twice in one
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import horovod.mxnet as hvd
 import mxnet as mx
@@ -54,6 +54,8 @@ class Schedule:
         self.prefix = prefix
         self.optimizer = optimizer  # GradientPush: the servers' optimizer (name, numbers)
         self.run: Optional[Exchange] = None  # the strategy bound to this job, at setup
+        #: checkpoints: the companion key of each (bucket, server-state array)
+        self.state_keys: Dict[Tuple[int, int], int] = {}
         self.buckets: Optional[List[Bucket]] = None
         self.bcast: List[Any] = []  # one broadcast buffer per bucket
         self.saved: List[Any] = []  # global_model(): the local parameters, allocated once
@@ -83,8 +85,11 @@ class Schedule:
         return client
 
     # -- set-up ---------------------------------------------------------------------------------
-    def setup(self, trained: List[Any]) -> None:
-        """Fused buffers, per-bucket scratch (allocated once), PS keys and updaters."""
+    def setup(self, trained: List[Any], ps_initial: Optional[List[Any]] = None) -> None:
+        """Fused buffers, per-bucket scratch (allocated once), PS keys and updaters.
+
+        ``ps_initial`` (a checkpoint's, one flat array per bucket) replaces the keys' initial
+        values the strategy would compute from the parameters."""
         topo, sync, wire = self.rt.topo, self.sync, self.wire
         run = self.run = sync.bind(topo.total_groups, wire, self.optimizer)
         plan = plan_buckets([p.data() for p in trained], int(self.rt.cfg.bucket_mb * 2**20))
@@ -100,6 +105,8 @@ class Schedule:
             client.set_mode(sync.mode)
             for b in buckets:
                 initial = run.initial(b)
+                if ps_initial is not None:
+                    initial = mx.nd.array(ps_initial[b.index], dtype=initial.dtype)
                 name = f"{self.prefix}{b.params.dtype.name}.{b.index}"
                 b.key = client.register(name, initial, run.rule)
                 b.out = mx.nd.zeros((b.params.size,), dtype=wire or b.params.dtype)
@@ -142,6 +149,7 @@ class Schedule:
                 self.bound().launch(b, client)
         self.pending = t + self.sync.overlap
         self.launched = t
+        self.rt.in_flight[id(self)] = self
         self.exchanges += 1
 
     def complete(self, why: str) -> None:
@@ -149,6 +157,7 @@ class Schedule:
         if self.pending is None:
             return
         self.pending = None
+        self.rt.in_flight.pop(id(self), None)
         topo = self.rt.topo
         if topo.is_leader:
             client = self.client()

@@ -153,13 +153,15 @@ class _Updaters:
             return self._optimizer(key, rule)
         if isinstance(rule, protocol.Nesterov):
             return self._nesterov(key, rule)
+        if isinstance(rule, protocol.CopyState):
+            return self._copy_state(rule)
         raise ValueError(f"no update rule for {rule!r}")
 
     def _optimizer(self, key: int, rule: protocol.Optimizer) -> Callable[[Any, Any], None]:
         args = dict(rule.args)
         args["rescale_grad"] = rule.scale * float(args.get("rescale_grad", 1.0))
         opt = self.mx.optimizer.create(rule.name, **args)
-        slot: Dict[str, Any] = {}
+        slot: Dict[str, Any] = {"opt": opt}
         self.state[key] = slot
 
         def update(g: Any, w: Any) -> None:
@@ -180,6 +182,39 @@ class _Updaters:
             v = d.copy() if v is None else v * m + d
             slot["v"] = v
             w -= lr * (d + m * v) if rule.nesterov else lr * v
+
+        return update
+
+    def leaves(self, key: int, like: Any) -> list:
+        """The arrays of key ``key``'s server state, in a fixed order (created, as a first
+        update would, if the key has none yet; ``like`` gives their shape and dtype)."""
+        slot = self.state.get(key)
+        if slot is None:
+            raise ValueError(f"key {key} has no server state (its rule keeps none)")
+        opt = slot.get("opt")
+        if opt is None:  # nesterov: the momentum v (zeros act as no momentum yet)
+            if slot.get("v") is None:
+                slot["v"] = self.mx.nd.zeros(like.shape, dtype=like.dtype)
+            return [slot["v"]]
+        if "s" not in slot:
+            slot["s"] = opt.create_state(key, like)
+        return protocol.state_leaves(slot["s"])
+
+    def _copy_state(self, rule: protocol.CopyState) -> Callable[[Any, Any], None]:
+        def update(g: Any, w: Any) -> None:
+            leaves = self.leaves(rule.source, w)
+            if rule.leaf >= len(leaves):
+                raise ValueError(
+                    f"key {rule.source} has {len(leaves)} state arrays, not {rule.leaf + 1}"
+                )
+            if rule.load:
+                leaves[rule.leaf][:] = w
+                opt = self.state[rule.source].get("opt")
+                if opt is not None:  # MXNet's private count: Adam's bias correction uses it
+                    opt._index_update_count[rule.source] = rule.count
+                    opt.num_update = max(opt.num_update, rule.count)
+            else:
+                w[:] = leaves[rule.leaf]
 
         return update
 

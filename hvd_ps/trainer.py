@@ -15,7 +15,6 @@ Step semantics (the contract): a step counter ``t`` starts at 1. Every ``step()`
 from __future__ import annotations
 
 import time
-import weakref
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -151,8 +150,6 @@ class DistributedTrainer(hvd.DistributedTrainer):
             ("allreduce_s", "update_s", "exchange_s", "compute_s"), 0.0
         )
         self._last: Optional[float] = None
-        # hvd_ps.shutdown() completes an exchange still in flight (collective, like the rest)
-        rt.finishers.append(weakref.WeakMethod(self._finish))
 
     # -- public -----------------------------------------------------------------------------
     @property
@@ -226,6 +223,37 @@ class DistributedTrainer(hvd.DistributedTrainer):
         finally:
             self._sched.restore_local()
 
+    def save_checkpoint(self, path: str) -> None:
+        """Save everything this job needs to continue exactly: every group's parameters and
+        local optimizer state, the PS side (every key's value and the servers' state: DiLoCo's
+        outer momentum, GradientPush's optimizer state), DiLoCo's ``x_start``, an overlapped
+        exchange in flight, the step counter and the strategy (:mod:`hvd_ps.resume`).
+
+        Collective: call it on every rank at the same step; global rank 0 writes ``path``
+        atomically. Raises :class:`~hvd_ps.errors.CheckpointError` on every rank if it cannot.
+        """
+        from . import resume
+
+        resume.save(self, path)
+
+    def load_checkpoint(self, path: str) -> None:
+        """Continue from ``path`` (written by :meth:`save_checkpoint`): collective, before the
+        first step, instead of ``hvd_ps.broadcast_parameters``. A file that is torn, foreign or
+        saved by another setup (strategy, groups, parameters, wire dtype, bucket plan) is
+        refused with a :class:`~hvd_ps.errors.CheckpointError` naming what differs.
+
+        Example::
+
+            trainer = hvd_ps.DistributedTrainer(params, 'sgd', {...}, sync=hvd_ps.DiLoCo(16))
+            if os.path.exists(path):
+                trainer.load_checkpoint(path)
+            else:
+                hvd_ps.broadcast_parameters(params)
+        """
+        from . import resume
+
+        resume.load(self, path)
+
     def stats(self) -> Dict[str, float]:
         """Counters: steps, exchanges, PS bytes, and seconds per phase of ``step()``.
 
@@ -251,11 +279,7 @@ class DistributedTrainer(hvd.DistributedTrainer):
     def _buckets(self) -> Optional[List[Bucket]]:
         return self._sched.buckets
 
-    def _finish(self) -> None:
-        if self._sched.buckets is not None:
-            self._sched.complete("hvd_ps.shutdown (completing the exchange in flight)")
-
-    def _setup(self) -> None:
+    def _setup(self, ps_initial: Optional[List[Any]] = None) -> None:
         """First step: cross-group checks, then fused buffers, PS keys and updaters."""
         if self._sched.buckets is not None:
             return
@@ -271,7 +295,7 @@ class DistributedTrainer(hvd.DistributedTrainer):
             topo.groups,
         )
         sync.validate(topo.total_groups)  # G counts the groups of every job on the tier
-        self._sched.setup(trained)
+        self._sched.setup(trained, ps_initial)
 
 
 def _check_horovod_args(topo: Any, compression: Any, factor: Any, num_groups: Any) -> None:

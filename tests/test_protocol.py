@@ -18,6 +18,7 @@ RULES = [
     protocol.Optimizer("adam", {}),
     protocol.Nesterov(lr=0.7, momentum=0.9, nesterov=False, scale=0.5),
     protocol.Nesterov(lr=1),
+    protocol.CopyState(source=3, leaf=1, load=True, count=12),
 ]
 
 
@@ -59,6 +60,8 @@ def test_the_wire_format_is_the_documented_one():
         (lambda: protocol.Optimizer("sgd", {"lr_scheduler": {}}), "optimizer_params"),
         (lambda: protocol.Optimizer("sgd", [1]), "optimizer_params"),
         (lambda: protocol.Optimizer("sgd", scale=True), "scale"),
+        (lambda: protocol.CopyState(source=-1, leaf=0), "source"),
+        (lambda: protocol.CopyState(source=0, leaf=0, load=1), "load"),
         (lambda: protocol.Command(-1, protocol.Add()), "key"),
         (lambda: protocol.Command(True, protocol.Add()), "key"),
     ],

@@ -431,3 +431,51 @@ def test_updater_install_gives_up_visibly(up):
     with pytest.raises(Fatal, match="did not bind this server's port within 0.2 s"):
         up.install_when_ready(timeout=0.2)
     assert not up.installed
+
+
+# -- checkpoints: a key's server state copied to and from a companion key ----------------------
+def test_copy_state_saves_and_restores_the_outer_momentum(up):
+    up.command(CONTROLLER_HEAD, rec(0, protocol.Nesterov(lr=1.0, momentum=0.5)))
+    w = nd([0.0, 0.0])
+    push(up, 0, nd([1.0, 2.0]), w)  # v = g
+    push(up, 0, nd([1.0, 0.0]), w)  # v = 0.5 v + g = [1.5, 1.0]
+    up.command(CONTROLLER_HEAD, rec(1, protocol.CopyState(source=0, leaf=0)))
+    saved = nd([9.0, 9.0])
+    np.testing.assert_allclose(push(up, 1, nd([0.0, 0.0]), saved), [1.5, 1.0])
+    # a fresh server: the same rule, then the state loaded from the companion key
+    fresh = _Updaters(DummyKV(), on_fatal=_fatal)
+    fresh.command(CONTROLLER_HEAD, rec(0, protocol.Nesterov(lr=1.0, momentum=0.5)))
+    fresh.command(CONTROLLER_HEAD, rec(1, protocol.CopyState(source=0, leaf=0, load=True)))
+    push(fresh, 1, nd([0.0, 0.0]), nd([1.5, 1.0]))
+    w_old, w_new = w.copy(), w.copy()
+    a = push(up, 0, nd([2.0, 2.0]), w_old)
+    b = push(fresh, 0, nd([2.0, 2.0]), w_new)
+    np.testing.assert_allclose(b, a)  # the same next step as the server that never stopped
+
+
+def test_copy_state_of_adam_carries_both_moments_and_the_update_count(up):
+    args = {"learning_rate": 0.1, "wd": 0.0}
+    up.command(CONTROLLER_HEAD, rec(0, protocol.Optimizer("adam", args)))
+    w = nd([1.0, -1.0, 0.5])
+    for g in ([0.1, 0.2, -0.3], [0.4, -0.1, 0.2], [0.0, 0.3, 0.1]):
+        push(up, 0, nd(g), w)
+    fresh = _Updaters(DummyKV(), on_fatal=_fatal)
+    fresh.command(CONTROLLER_HEAD, rec(0, protocol.Optimizer("adam", args)))
+    for leaf in range(2):  # mean and variance
+        up.command(CONTROLLER_HEAD, rec(5, protocol.CopyState(source=0, leaf=leaf)))
+        value = push(up, 5, nd([0.0] * 3), nd([0.0] * 3))
+        assert np.abs(value).max() > 0
+        rule = protocol.CopyState(source=0, leaf=leaf, load=True, count=3)
+        fresh.command(CONTROLLER_HEAD, rec(5, rule))
+        push(fresh, 5, nd([0.0] * 3), nd(value))
+    w_new = w.copy()
+    a = push(up, 0, nd([0.2, 0.2, 0.2]), w)
+    b = push(fresh, 0, nd([0.2, 0.2, 0.2]), w_new)
+    np.testing.assert_allclose(b, a, rtol=1e-6)  # bias correction used update count 4 on both
+    with pytest.raises(Fatal, match="2 state arrays, not 3"):
+        up.command(CONTROLLER_HEAD, rec(6, protocol.CopyState(source=0, leaf=2)))
+        up.update(6, nd([0.0] * 3), nd([0.0] * 3))
+    with pytest.raises(Fatal, match="no server state"):
+        up.command(CONTROLLER_HEAD, rec(7, protocol.Add()))
+        up.command(CONTROLLER_HEAD, rec(8, protocol.CopyState(source=7, leaf=0)))
+        up.update(8, nd([0.0]), nd([0.0]))
