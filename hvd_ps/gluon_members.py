@@ -24,6 +24,11 @@ member                      of                  why hvd_ps needs it
                                                 correction, learning-rate schedules), saved
                                                 with that state
 ==========================  ==================  ===============================================
+
+Outside the trainer, three private methods of MXNet's ``KVStore`` are used where they are
+needed, with the same caveat: ``_barrier`` and ``_send_command_to_servers`` by the leaders'
+client (:mod:`hvd_ps.tier`: a barrier of the leaders, the servers' commands) and
+``_set_updater`` by the server (:mod:`hvd_ps.server`: its update rules).
 """
 
 from __future__ import annotations
