@@ -78,7 +78,7 @@ def write(path: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) 
 def read(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
     """The arrays and the ``meta`` of a checkpoint, after checking every part of it."""
     if not os.path.isfile(path):
-        raise CheckpointError(f"no checkpoint at {path}")
+        raise CheckpointError(f"no checkpoint at {path}: check the path")
     try:
         with zipfile.ZipFile(path) as zf:
             try:
@@ -117,7 +117,9 @@ def read(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
     except CheckpointError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is torn or corrupt: {err}") from None
+        raise CheckpointError(
+            f"{path} is torn or corrupt: {err}; start from another checkpoint"
+        ) from None
     return arrays, dict(manifest.get("meta") or {})
 
 

@@ -95,14 +95,16 @@ def _number(env: Mapping[str, str], name: str, default: float, kind: type, minim
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
+    what = "a number" if kind is float else "an int"
+    fix = f"set {what} >= {minimum:g}, or unset it for the default {default:g}"
     try:
         value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+        raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}: {fix}") from None
     if not math.isfinite(value):  # nan fires every deadline at once; inf kills its timer
-        raise ConfigError(f"{name}={raw!r} must be a finite number")
+        raise ConfigError(f"{name}={raw!r} must be a finite number: {fix}")
     if value < minimum:
-        raise ConfigError(f"{name}={raw!r} must be >= {minimum}")
+        raise ConfigError(f"{name}={raw!r} must be >= {minimum}: {fix}")
     return value
 
 
@@ -133,10 +135,14 @@ def load(environ: Optional[Mapping[str, str]] = None) -> Config:
     port: Optional[int] = None
     if uri is not None:
         if not env.get("DMLC_PS_ROOT_PORT"):
-            raise ConfigError("DMLC_PS_ROOT_URI is set but DMLC_PS_ROOT_PORT is not")
+            raise ConfigError(
+                "DMLC_PS_ROOT_URI is set but DMLC_PS_ROOT_PORT is not: set both (the address "
+                "of a running tier, as 'hvdps-run --servers-only' prints it), or neither (the "
+                "job then starts a tier of its own)"
+            )
         port = int(_number(env, "DMLC_PS_ROOT_PORT", 0, int, 1))
         if port > 65535:
-            raise ConfigError(f"DMLC_PS_ROOT_PORT={port} is not a TCP port")
+            raise ConfigError(f"DMLC_PS_ROOT_PORT={port} is not a TCP port: set one of 1..65535")
     ps_servers = env.get("DMLC_NUM_SERVER")
     ps_workers = env.get("DMLC_NUM_WORKER")
     level = env.get("HVD_PS_LOG_LEVEL", "WARNING").strip().upper() or "WARNING"

@@ -7,6 +7,8 @@ dead parameter-server tier, a stalled peer) surfaces as an :class:`HvdPsError`, 
 
 from __future__ import annotations
 
+from typing import Optional
+
 
 class HvdPsError(RuntimeError):
     """Base class of every error hvd_ps raises on purpose.
@@ -16,6 +18,9 @@ class HvdPsError(RuntimeError):
     """
 
     every_rank = False
+    #: the global rank that reports the error when the ranks of one group raise it alike
+    #: (None: rank 0 for an ``every_rank`` error, else each rank that has it)
+    reporter: Optional[int] = None
 
 
 class ConfigError(HvdPsError, ValueError):
@@ -36,3 +41,9 @@ class TierError(HvdPsError):
 class CheckpointError(HvdPsError):
     """A checkpoint cannot be used: torn, foreign, corrupt, of another version, or saved by a
     job that differs from this one (the message names what differs)."""
+
+
+class NonFiniteError(HvdPsError):
+    """A group's leader refused to push NaN or inf to the PS tier (:mod:`hvd_ps.finite`); the
+    message names the step and the parameters. Every rank of that group raises it; the leader
+    reports it."""

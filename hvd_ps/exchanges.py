@@ -15,7 +15,7 @@ waits once for all buckets, so what follows a pull reads it through engine opera
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import mxnet as mx
@@ -38,6 +38,7 @@ class Bucket:
     pulled: Any = None  # flat buffer pulled (wire dtype)
     snap: Any = None  # overlap: the snapshot x_t (parameter dtype), allocated once
     snap_buf: Any = None  # FusedBuffer([snap]): the fused op on the snapshot
+    names: List[str] = field(default_factory=list)  # the parameters' names, in layout order
 
 
 def plan_buckets(arrays: Sequence[mx.nd.NDArray], max_bytes: int) -> List[List[int]]:

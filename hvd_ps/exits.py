@@ -9,6 +9,8 @@ process exits non-zero:
 * an error every rank raises alike (``every_rank``, e.g. a bad layout) is printed by global
   rank 0 only; the other ranks exit without a word (a moment later, so that ``mpirun`` does
   not end rank 0 before it has spoken);
+* an error the ranks of one group raise alike (its ``reporter`` set, e.g. a NaN the leader
+  refused to push) is printed by that rank only;
 * any other hvd_ps error is printed by the rank that has it;
 * ``HVD_PS_LOG_LEVEL=DEBUG`` prints the full traceback instead, and an error from user code
   (anything that is not an HvdPsError) always keeps its traceback.
@@ -50,7 +52,8 @@ def excepthook(kind: Any, value: Any, tb: Any) -> None:
     if not isinstance(value, HvdPsError) or config.debug_errors():
         _previous(kind, value, tb)
         return
-    if value.every_rank and config.launch_rank() != 0:
+    reporter = value.reporter if value.reporter is not None else (0 if value.every_rank else None)
+    if reporter is not None and config.launch_rank() != reporter:
         time.sleep(QUIET_RANK_DELAY_S)
         return
     sys.stdout.flush()

@@ -104,6 +104,7 @@ def _start_tier(cfg: config.Config, topo: topology.Topology) -> tuple:
 
     if cfg.external_tier:
         assert cfg.ps_root_uri is not None and cfg.ps_root_port is not None
+        _check_reachable(cfg.ps_root_uri, cfg.ps_root_port, cfg.timeout)
         return None, (cfg.ps_root_uri, cfg.ps_root_port, cfg.ps_num_servers or 1)
     local = None
     message: Any = None
@@ -132,6 +133,26 @@ def _start_tier(cfg: config.Config, topo: topology.Topology) -> tuple:
         deadline.on_fatal(lambda: tier.stop(grace=0))
         tier.watch(lambda what: deadline.fatal(f"{what} during the job; ending it"))
     return local, tuple(message)
+
+
+def _check_reachable(uri: str, port: int, timeout: float) -> None:
+    """Every rank: the configured scheduler accepts TCP connections, else a TierError at once
+    on every rank (ps-lite itself would retry until HVD_PS_TIMEOUT)."""
+    import horovod.mxnet as hvd
+
+    reached = addresses.port_open(uri, port)
+    with deadline.deadline("checking that every rank reaches the PS scheduler", timeout):
+        everyone = hvd.allgather_object(reached, name="hvd_ps.tier_reachable")
+    missing = [r for r, ok in enumerate(everyone) if not ok]
+    if missing:
+        err = TierError(
+            f"no PS scheduler accepts connections at {uri}:{port} (DMLC_PS_ROOT_URI, "
+            f"DMLC_PS_ROOT_PORT) from rank(s) {missing}: start the tier first ('hvdps-run "
+            "--servers-only' prints the variables to set), fix the address, or unset "
+            "DMLC_PS_ROOT_URI so that the job starts a tier of its own"
+        )
+        err.every_rank = True
+        raise err
 
 
 def runtime() -> Runtime:

@@ -9,8 +9,12 @@ bucket (into a buffer allocated once) and queues the exchange from it on MXNet's
 waiting; the whole group trains on. At step ``t + tau`` the leader waits for the exchange
 (bounded by ``HVD_PS_TIMEOUT``), applies it to the current parameters and broadcasts them.
 Every rank knows from the step counter when an exchange is in flight, so members never wait for
-the PS. ``pull_global()``, ``global_model()`` and ``hvd_ps.shutdown()`` first complete an
-exchange still in flight (wait, apply, broadcast) at that call, so its result is never lost.
+the PS. Before any push the leader checks that what it would push is finite
+(:mod:`hvd_ps.finite`); a NaN or inf is refused, nothing is pushed, and every rank of the group
+raises :class:`~hvd_ps.errors.NonFiniteError` at the group broadcast that follows (for an
+overlapped exchange: the one at step ``t + tau``). ``pull_global()``, ``global_model()`` and
+``hvd_ps.shutdown()`` first complete an exchange still in flight (wait, apply, broadcast) at
+that call, so its result is never lost.
 
 Sync-round safety: the next push of a key happens ``period`` steps after the previous one and
 after the wait for the previous exchange (``tau < period``), and in sync mode that wait returns
@@ -25,8 +29,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import horovod.mxnet as hvd
 import mxnet as mx
 
+from . import finite
 from .deadline import deadline
-from .errors import HvdPsError
+from .errors import HvdPsError, NonFiniteError
 from .exchanges import Bucket, Exchange, plan_buckets
 from .fusion import FusedBuffer
 from .strategies import Strategy
@@ -61,6 +66,8 @@ class Schedule:
         self.saved: List[Any] = []  # global_model(): the local parameters, allocated once
         self.pending: Optional[int] = None  # step at which the exchange in flight is applied
         self.launched = 0  # step the exchange in flight started at
+        self.refused: Optional[str] = None  # overlap: why the exchange in flight was not pushed
+        self.status: Any = None  # 1 element broadcast with the buckets: 1 = the leader refused
         self.exchanges = 0
         self.ps_wait_s = 0.0
 
@@ -97,7 +104,7 @@ class Schedule:
         for i, idx in enumerate(plan):
             ps = [trained[j] for j in idx]
             params, grads = FusedBuffer([p.data() for p in ps]), FusedBuffer([p.grad() for p in ps])
-            b = Bucket(i, params, grads)
+            b = Bucket(i, params, grads, names=[p.name for p in ps])
             self.bcast.append(mx.nd.zeros((b.params.size,), dtype=b.params.dtype))
             buckets.append(b)
         if topo.is_leader:
@@ -114,6 +121,7 @@ class Schedule:
                 if sync.overlap:
                     b.snap = mx.nd.zeros((b.params.size,), dtype=b.params.dtype)
                     b.snap_buf = FusedBuffer([b.snap])
+        self.status = mx.nd.zeros((1,))
         self.buckets = buckets
 
     # -- training steps -------------------------------------------------------------------------
@@ -129,15 +137,18 @@ class Schedule:
 
     def blocking(self, t: int) -> None:
         topo = self.rt.topo
+        refused = None
         if topo.is_leader:
             client = self.client()
+            refused = self._refusal(t, None)
+        if topo.is_leader and refused is None:
             # every bucket's transfers are queued on MXNet's engine first, so they overlap;
             # then one bounded wait for all of them
             for b in self.all():
                 self.bound().exchange(b, client)
             self._wait_ps(client, f"PS exchange at step {t}")
         self.exchanges += 1
-        self.group_broadcast(f"exchange at step {t}")
+        self.group_broadcast(f"exchange at step {t}", refused, t)
 
     def launch(self, t: int) -> None:
         """Start the exchange from a snapshot of the parameters; nobody waits."""
@@ -146,6 +157,8 @@ class Schedule:
             client = self.client()
             for b in self.all():
                 b.params.pack(out=b.snap)
+            self.refused = self._refusal(t, [b.snap for b in self.all()])
+            for b in self.all() if self.refused is None else []:
                 self.bound().launch(b, client)
         self.pending = t + self.sync.overlap
         self.launched = t
@@ -159,12 +172,32 @@ class Schedule:
         self.pending = None
         self.rt.in_flight.pop(id(self), None)
         topo = self.rt.topo
-        if topo.is_leader:
+        refused, self.refused = self.refused, None
+        if topo.is_leader and refused is None:
             client = self.client()
             self._wait_ps(client, f"PS exchange started at step {self.launched}")
             for b in self.all():
                 self.bound().apply(b)
-        self.group_broadcast(why)
+        self.group_broadcast(why, refused, self.launched)
+
+    def _refusal(self, t: int, flats: Optional[List[Any]]) -> Optional[str]:
+        """Leader: why the push of step ``t`` must not happen (NaN or inf), or None. ``flats``:
+        the snapshots; None for a blocking exchange, which checks the pushed gradients
+        (GradientPush) or the parameters, packed into the broadcast buffers."""
+        buckets = self.all()
+        if flats is not None:
+            what = "the parameters (the snapshot of the overlapped exchange)"
+        elif not self.sync.local_update:  # GradientPush: b.out holds the gradients to push
+            flats, what = [b.out for b in buckets], "the group-mean gradients"
+        else:
+            for b, flat in zip(buckets, self.bcast):
+                b.params.pack(out=flat)
+            flats, what = self.bcast, "the parameters"
+        topo = self.rt.topo
+        why = finite.refusal(buckets, flats, t, what)
+        if why is None:
+            return None
+        return f"group {topo.global_group_id} (leader rank {topo.leader}), {why}"
 
     def _wait_ps(self, client: Any, what: str) -> None:
         start = time.perf_counter()
@@ -197,11 +230,20 @@ class Schedule:
         for b, flat in zip(self.all(), self.saved):
             b.params.unpack(flat)
 
-    def group_broadcast(self, why: str) -> None:
-        """The leader's parameters to the rest of its group (one broadcast per fused buffer)."""
+    def group_broadcast(self, why: str, refused: Optional[str] = None, step: int = 0) -> None:
+        """The leader's parameters to the rest of its group (one broadcast per fused buffer),
+        with one status element: if the leader ``refused`` the push of ``step``, every rank of
+        the group raises a NonFiniteError here (the leader's names the parameters)."""
         topo = self.rt.topo
         if topo.group_size == 1:
+            if refused is not None:
+                raise NonFiniteError(refused)
             return
+        if topo.is_leader:
+            self.status[:] = 0.0 if refused is None else 1.0
+        hvd.broadcast_(
+            self.status, root_rank=topo.leader, name=f"{self.prefix}status", process_set=topo.group
+        )
         for i, (b, flat) in enumerate(zip(self.all(), self.bcast)):
             if topo.is_leader:
                 b.params.pack(out=flat)
@@ -212,7 +254,17 @@ class Schedule:
                 process_set=topo.group,
             )
         what = f"group {topo.group_id}: broadcast from leader rank {topo.leader} after {why}"
-        wait_arrays(self.bcast, what, self.rt.cfg.timeout)
+        wait_arrays(self.bcast + [self.status], what, self.rt.cfg.timeout)
+        if refused is not None:
+            raise NonFiniteError(refused)
+        if not topo.is_leader and float(self.status.asnumpy()[0]) != 0.0:
+            err = NonFiniteError(
+                f"group {topo.global_group_id} (leader rank {topo.leader}), step {step}: the "
+                "leader refused to push NaN or inf to the PS tier (its message names the "
+                f"parameters): {finite.ADVICE}"
+            )
+            err.reporter = topo.leader  # the leader's line says it all
+            raise err
         if not topo.is_leader:
             for b, flat in zip(self.all(), self.bcast):
                 b.params.unpack(flat)

@@ -103,7 +103,10 @@ def start(
         if scheduler and addresses.port_open(host, tier.port):
             if attempt + 1 < tries:
                 continue
-            raise TierError(f"port {tier.port} on {host} is in use: cannot start the scheduler")
+            raise TierError(
+                f"port {tier.port} on {host} is in use: cannot start the scheduler; pick another "
+                "port (hvdps-run --ps-port), or leave it out for a free one"
+            )
         if scheduler:
             tier._spawn("scheduler", "scheduler", extra)
         for i in range(num_servers):

@@ -41,7 +41,8 @@ def plan(
             raise TopologyError(f"group_size must be a positive integer, got {group_size!r}")
         if world_size % group_size:
             raise TopologyError(
-                f"group_size={group_size} does not divide the world size {world_size}"
+                f"group_size={group_size} does not divide the world size {world_size}: pass a "
+                "group_size that divides it, or groups=[[...], ...] for uneven groups"
             )
         return [list(range(s, s + group_size)) for s in range(0, world_size, group_size)]
     if hosts is None or len(hosts) != world_size:
@@ -61,7 +62,7 @@ def _check_partition(world_size: int, groups: Sequence[Sequence[int]]) -> List[L
         if isinstance(grp, (str, bytes)) or not isinstance(grp, Sequence):
             raise TopologyError(f"groups[{gid}] must be a list of ranks, got {grp!r}")
         if len(grp) == 0:
-            raise TopologyError(f"groups[{gid}] is empty")
+            raise TopologyError(f"groups[{gid}] is empty: put every rank in exactly one group")
         for r in grp:
             if isinstance(r, bool) or not isinstance(r, int):
                 raise TopologyError(f"groups[{gid}] holds {r!r}, which is not a rank")
@@ -70,7 +71,10 @@ def _check_partition(world_size: int, groups: Sequence[Sequence[int]]) -> List[L
                     f"groups[{gid}] holds rank {r}, outside the world of {world_size} ranks"
                 )
             if r in seen:
-                raise TopologyError(f"rank {r} is in groups[{seen[r]}] and groups[{gid}]")
+                raise TopologyError(
+                    f"rank {r} is in groups[{seen[r]}] and groups[{gid}]: put every rank in "
+                    "exactly one group"
+                )
             seen[r] = gid
         out.append(sorted(grp))
     missing = sorted(set(range(world_size)) - set(seen))
@@ -181,8 +185,10 @@ def _add_process_sets(hvd: Any, sets: dict) -> None:
         try:
             sets[key] = hvd.add_process_set(process_set)
         except ValueError:
-            raise ConfigError(
+            err = ConfigError(
                 "hvd.init() was called before hvd_ps.init(): delete that hvd.init() line "
                 "(hvd_ps.init() starts Horovod itself, with one process set per group), or "
                 "call hvd.init(process_sets='dynamic') there instead"
-            ) from None
+            )
+            err.every_rank = True  # every rank's script made the same call: one line per job
+            raise err from None

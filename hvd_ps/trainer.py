@@ -14,6 +14,7 @@ Step semantics (the contract): a step counter ``t`` starts at 1. Every ``step()`
 
 from __future__ import annotations
 
+import hashlib
 import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional
@@ -289,6 +290,8 @@ class DistributedTrainer(hvd.DistributedTrainer):
         signature = (
             repr(sync),
             [(p.name, tuple(p.shape), np.dtype(p.dtype).name) for p in trained],
+            # the starting values, unless a checkpoint sets them (once: one copy to the host)
+            None if ps_initial is not None else [_digest(p.data()) for p in trained],
         )
         _check_same(
             hvd.allgather_object(signature, name=f"{self._hvdps_prefix}signature"),
@@ -342,21 +345,38 @@ def _server_optimizer(optimizer: Any, params: Optional[Dict[str, Any]]) -> tuple
     return optimizer.lower(), args
 
 
+def _digest(a: Any) -> str:
+    return hashlib.sha1(np.ascontiguousarray(a.asnumpy()).tobytes()).hexdigest()
+
+
 def _check_same(signatures: List[Any], groups: List[List[int]]) -> None:
-    """Every rank must train the same parameters (shapes, dtypes) with the same strategy."""
-    ref_strategy, ref_params = signatures[0]
-    for rank, (strategy, params) in enumerate(signatures):
+    """Every rank must train the same parameters (names, shapes, dtypes, starting values) with
+    the same strategy. Every rank compares the same signatures, so all raise alike."""
+    model = "build the same model, in the same order, on every rank"
+    ref_strategy, ref_params, ref_digests = signatures[0]
+    there = "on rank 0 (group 0)"
+    for rank, (strategy, params, digests) in enumerate(signatures):
         gid = next(i for i, g in enumerate(groups) if rank in g)
-        where = f"rank {rank} (group {gid}) vs rank 0 (group 0)"
+        here = f"on rank {rank} (group {gid})"
+        why = None
         if strategy != ref_strategy:
-            raise HvdPsError(f"sync strategy differs: {where}: {strategy} vs {ref_strategy}")
-        if len(params) != len(ref_params):
-            raise HvdPsError(
-                f"number of trained parameters differs: {where}: {len(params)} vs {len(ref_params)}"
-            )
-        for (n, s, d), (_rn, rs, rd) in zip(params, ref_params):
-            if (s, d) != (rs, rd):
-                raise HvdPsError(
-                    f"parameter {n!r} differs across groups: {where}: shape {s} {d} vs "
-                    f"{rs} {rd} (every group must train the same model)"
+            why = f"sync strategy differs: {strategy} {here}, {ref_strategy} {there}: pass "
+            why += "every rank the same sync="
+        elif len(params) != len(ref_params):
+            why = f"number of trained parameters differs: {len(params)} {here}, "
+            why += f"{len(ref_params)} {there}: {model}"
+        for (n, s, d), (rn, rs, rd) in zip(params, ref_params):
+            if why is None and (n, s, d) != (rn, rs, rd):
+                why = f"parameter {n!r} differs across groups: {s} {d} {here} but {rn!r} {rs} "
+                why += f"{rd} {there}: {model}"
+        for (n, *_), mine, ref_digest in zip(params, digests or [], ref_digests or []):
+            if why is None and mine != ref_digest:
+                why = (
+                    f"parameter {n!r} starts with other values {here} than {there}: call "
+                    "hvd_ps.broadcast_parameters(params) (or trainer.load_checkpoint) before "
+                    "the first trainer.step, so that every group starts from the same model"
                 )
+        if why is not None:
+            err = HvdPsError(why)
+            err.every_rank = True  # every rank compares the same signatures
+            raise err

@@ -72,7 +72,8 @@ def test_an_error_of_every_rank_is_one_line_from_rank_0():
     job = run("bad-layout")
     assert job.returncode != 0
     assert hvd_ps_lines(job.stdout) == [
-        "hvd_ps: TopologyError: group_size=3 does not divide the world size 4"
+        "hvd_ps: TopologyError: group_size=3 does not divide the world size 4: pass a "
+        "group_size that divides it, or groups=[[...], ...] for uneven groups"
     ], job.stdout[-3000:]
     assert "Traceback" not in job.stdout
 
