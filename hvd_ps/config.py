@@ -37,6 +37,15 @@ variable                   default      meaning
 ``HVD_PS_LAUNCHER``        unset        ``host:port`` where ``hvdps-run`` waits to hear the job's
                                         number of groups before it starts the tier (set by it)
 ``HVD_PS_LAUNCHER_TOKEN``  unset        the secret rank 0 sends with it (set by ``hvdps-run``)
+``HVD_PS_ROSTER``          unset        ``host:port`` of the roster of a shared tier (printed by
+                                        ``hvdps-run --servers-only``): leaders hold a lease there,
+                                        so the tier sees a group die and a restarted job rejoin
+``HVD_PS_HEARTBEAT``       ``6``        ``hvdps-run --servers-only``: seconds without a ps-lite
+                                        heartbeat after which the scheduler counts a node dead and
+                                        gives its place to a node that rejoins
+``HVD_PS_AUDIT_DIR``       unset        servers append every update they apply (key, what
+                                        arrived, the value before and after) to a JSON-lines file
+                                        there: for tests and soaks of small models only
 ``DMLC_PS_ROOT_URI``       unset        scheduler address of an existing tier (set by
                                         ``hvdps-run``); unset means: start an embedded tier
 ``DMLC_PS_ROOT_PORT``      unset        scheduler port of that tier
@@ -84,6 +93,9 @@ class Config:
     total_groups: Optional[int] = None
     launcher: Optional[Tuple[str, int]] = None
     launcher_token: str = ""
+    roster: Optional[Tuple[str, int]] = None
+    heartbeat: int = 6
+    audit_dir: Optional[str] = None
 
     @property
     def external_tier(self) -> bool:
@@ -108,16 +120,23 @@ def _number(env: Mapping[str, str], name: str, default: float, kind: type, minim
     return value
 
 
-def _launcher(env: Mapping[str, str]) -> Optional[Tuple[str, int]]:
-    raw = (env.get("HVD_PS_LAUNCHER") or "").strip()
+def _address(env: Mapping[str, str], name: str) -> Optional[Tuple[str, int]]:
+    raw = (env.get(name) or "").strip()
     if not raw:
         return None
     host, _, port = raw.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"HVD_PS_LAUNCHER={raw!r} must be host:port (it is set by hvdps-run)")
+        raise ConfigError(f"{name}={raw!r} must be host:port (it is set by hvdps-run)")
+    return host, int(port)
+
+
+def _launcher(env: Mapping[str, str]) -> Optional[Tuple[str, int]]:
+    address = _address(env, "HVD_PS_LAUNCHER")
+    if address is None:
+        return None
     if not env.get("HVD_PS_LAUNCHER_TOKEN"):
         raise ConfigError("HVD_PS_LAUNCHER is set but HVD_PS_LAUNCHER_TOKEN is not")
-    return host, int(port)
+    return address
 
 
 def _optional_int(env: Mapping[str, str], name: str, minimum: int = 1) -> Optional[int]:
@@ -168,6 +187,9 @@ def load(environ: Optional[Mapping[str, str]] = None) -> Config:
         total_groups=_optional_int(env, "HVD_PS_TOTAL_GROUPS"),
         launcher=_launcher(env),
         launcher_token=env.get("HVD_PS_LAUNCHER_TOKEN", ""),
+        roster=_address(env, "HVD_PS_ROSTER"),
+        heartbeat=int(_number(env, "HVD_PS_HEARTBEAT", 6, int, 2)),
+        audit_dir=env.get("HVD_PS_AUDIT_DIR") or None,
     )
 
 
@@ -187,14 +209,37 @@ def ps_environment(
     }
 
 
+#: seconds between two ps-lite heartbeats of a node (ps-lite counts whole seconds)
+HEARTBEAT_INTERVAL = 1
+
+
+def heartbeat_environment(dead_after: int) -> Dict[str, str]:
+    """ps-lite's heartbeats, for the nodes of a tier that groups may leave and rejoin: every
+    node but the scheduler sends one each :data:`HEARTBEAT_INTERVAL` s, and the scheduler
+    counts a node silent for ``dead_after`` s as dead (its place goes to a node that joins
+    later). Harmless to the role that does not use one of the two."""
+    return {
+        "PS_HEARTBEAT_INTERVAL": str(HEARTBEAT_INTERVAL),
+        "PS_HEARTBEAT_TIMEOUT": str(dead_after),
+    }
+
+
 def set_worker_environment(
-    root_uri: str, root_port: int, num_servers: int, num_workers: int, node_host: str
+    root_uri: str,
+    root_port: int,
+    num_servers: int,
+    num_workers: int,
+    node_host: str,
+    heartbeats: bool = False,
 ) -> None:
     """Put a ps-lite worker's ``DMLC_*`` variables (:func:`ps_environment`) in this process's
-    environment, where MXNet reads them when it creates the dist KVStore."""
+    environment, where MXNet reads them when it creates the dist KVStore; with
+    ``heartbeats``, also ps-lite's heartbeat interval (a tier with a roster needs them)."""
     os.environ.update(
         ps_environment("worker", root_uri, root_port, num_servers, num_workers, node_host)
     )
+    if heartbeats:
+        os.environ["PS_HEARTBEAT_INTERVAL"] = str(HEARTBEAT_INTERVAL)
 
 
 def set_node_host(address: str) -> None:
@@ -249,6 +294,7 @@ _OUTER_LAUNCH = (
     "HVD_PS_NUM_GROUPS",
     "HVD_PS_GROUP_OFFSET",  # a tier hvdps-run starts for a job serves that job alone
     "HVD_PS_TOTAL_GROUPS",
+    "HVD_PS_ROSTER",
 )
 
 

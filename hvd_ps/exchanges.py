@@ -92,6 +92,11 @@ class Exchange:
         """The key's initial value on the PS (default: the parameters)."""
         return b.params.pack(dtype=self.wire, out=_fresh(b, self.wire))
 
+    def rejoin(self, b: Bucket) -> None:
+        """A group that rejoins the tier: ``x = global_scale * (the key's value)``, which the
+        leader pulled into ``b.pulled`` (the centre, the servers' weights)."""
+        b.params.unpack(b.pulled, alpha=self.global_scale)
+
     def exchange(self, b: Bucket, client: Any) -> None:
         """The blocking exchange of one bucket; leaves the new ``x`` in the parameters."""
         raise NotImplementedError
@@ -193,6 +198,10 @@ class DiLoCoExchange(Exchange):
     def starts(self) -> List[Any]:
         """Every bucket's ``x_start``, in bucket order."""
         return [self.start[i][0] for i in sorted(self.start)]
+
+    def rejoin(self, b: Bucket) -> None:
+        super().rejoin(b)  # x = w
+        self.start[b.index][1].unpack(b.pulled)  # x_start = w
 
     def exchange(self, b: Bucket, client: Any) -> None:
         start, _ = self.start[b.index]

@@ -60,6 +60,7 @@ from .launch_args import (  # noqa: F401 - re-exported for tests and users
     parse_hosts,
     split_argv,
 )
+from .roster import Roster
 
 # -- the tier --------------------------------------------------------------------------------
 
@@ -104,6 +105,7 @@ class Tier:
 def start_tier(plan: Plan, opts: argparse.Namespace, num_workers: int) -> Tier:
     """Scheduler and servers for ``num_workers`` PS workers; raises :class:`HvdPsError`."""
     total = {"DMLC_NUM_SERVER": str(len(plan.servers))}  # local and remote servers
+    total.update(_heartbeats(opts))
     local = spawn.start(
         plan.local_servers,
         num_workers,
@@ -136,7 +138,7 @@ def _start_remote(tier: Tier, plan: Plan, opts: argparse.Namespace, num_workers:
             num_workers,
             socket.gethostbyname(host),
         )
-        env = config.remote_server_environment(ps)
+        env = config.remote_server_environment({**ps, **_heartbeats(opts)})
         cmd = remote_server_command(ssh, host, env, sys.executable, os.getcwd())
         tier.remote[f"server on {host} #{i}"] = subprocess.Popen(
             cmd,
@@ -144,6 +146,11 @@ def _start_remote(tier: Tier, plan: Plan, opts: argparse.Namespace, num_workers:
             start_new_session=True,
             preexec_fn=processes.die_with_parent,
         )
+
+
+def _heartbeats(opts: argparse.Namespace) -> Dict[str, str]:
+    """A tier that jobs may leave and rejoin (``--servers-only``) runs ps-lite's heartbeats."""
+    return config.heartbeat_environment(config.load().heartbeat) if opts.servers_only else {}
 
 
 def node_host(plan: Plan) -> Dict[str, str]:
@@ -286,28 +293,44 @@ def run_job(launch: Launch, forward: List[str], command: List[str], sigs: Signal
 
 
 def serve(tier: Tier, plan: Plan, sigs: Signals) -> int:
-    """``--servers-only``: print the exports, serve until a signal or the servers finish.
+    """``--servers-only``: print the exports, serve until a signal, until the servers finish
+    (sync jobs stop them when all leaders have left) or until the roster says every group has
+    left (async groups leave alone) or died for good (:mod:`hvd_ps.roster`).
 
     Besides the tier's address every job gets ``HVD_PS_TOTAL_GROUPS`` (the groups of all
-    jobs); a comment line says that each job also sets ``HVD_PS_GROUP_OFFSET``, the global id
-    of its first group (see :mod:`hvd_ps.placement`)."""
+    jobs) and ``HVD_PS_ROSTER``; a comment line says that each job also sets
+    ``HVD_PS_GROUP_OFFSET``, the global id of its first group (see :mod:`hvd_ps.placement`)."""
     total = tier.local.num_workers
+    cfg = config.load()
+    try:
+        roster = Roster(plan.ps_host, total, cfg.heartbeat, cfg.timeout, say)
+    except OSError as err:
+        raise HvdPsError(f"cannot listen on --ps-host {plan.ps_host}: {err.strerror}") from None
     print(f"export HVD_PS_TOTAL_GROUPS={total}")
-    for k, v in ps_exports(plan, tier).items():
+    for k, v in {**ps_exports(plan, tier), "HVD_PS_ROSTER": roster.address}.items():
         print(f"export {k}={shlex.quote(v)}")
     print(
         f"# and in each job: export HVD_PS_GROUP_OFFSET=<global id of its first group, "
         f"0..{total - 1}> (the jobs' groups must take every id once)"
     )
     sys.stdout.flush()
-    while sigs.received is None:
-        what = tier.failed()
-        if what is not None:
-            say(f"HvdPsError: {what}")
-            return TIER_DIED
-        if tier.finished():
-            return 0
-        time.sleep(0.2)
+    try:
+        while sigs.received is None:
+            what = tier.failed()
+            if what is not None:
+                say(f"HvdPsError: {what}")
+                return TIER_DIED
+            if tier.finished():
+                return 0
+            done = roster.finished()
+            if done is not None:
+                code, why = done
+                say(f"{why}; stopping the PS tier" if code == 0 else f"HvdPsError: {why}")
+                tier.stop(grace=2.0)  # sync servers finish alone; async ones wait for no one
+                return code
+            roster.poll(0.2)
+    finally:
+        roster.close()
     say(f"got signal {sigs.received}; stopping the PS tier")
     return 0
 

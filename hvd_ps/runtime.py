@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import addresses, config, deadline, exits, placement, rendezvous, spawn, topology
-from .errors import HvdPsError, TierError
+from .errors import HvdPsError, TierError, TopologyError
 from .tier import Client
 
 
@@ -31,6 +31,9 @@ class Runtime:
     #: it (the same on every rank): shutdown() completes them first. Held strongly, so that
     #: no rank's garbage collector can drop one that another rank still completes.
     in_flight: Dict[int, Any] = field(default_factory=dict)
+    #: this job's groups took the places of dead ones on the tier (:mod:`hvd_ps.roster`):
+    #: their trainers start from the PS's state
+    rejoined: bool = False
 
     def next_name(self, what: str) -> str:
         """A collective's name, identical on every rank (calls happen in program order)."""
@@ -94,8 +97,30 @@ def init(
                 uri, port, servers, topo.total_groups, topo.global_group_id, cfg, place.shared
             )
             _rt.client.connect()
-        if place.shared:  # other jobs' groups meet here too: every global id taken once?
-            placement.check_claims(_rt, place)
+        if cfg.roster is not None:
+            _rt.rejoined = _rejoined(_rt)
+        if place.shared and not _rt.rejoined:  # other jobs' groups meet here: ids taken once?
+            placement.check_claims(_rt, place)  # (a rejoining job's ids the roster checked)
+
+
+def _rejoined(rt: Runtime) -> bool:
+    """Every rank: whether this job's leaders rejoined the tier (all of them, or none)."""
+    import horovod.mxnet as hvd
+
+    mine = rt.client.rejoined if rt.client is not None else None
+    if hvd.size() == 1:
+        return bool(mine)
+    with deadline.deadline("telling every rank whether the job rejoins the tier", rt.cfg.timeout):
+        flags = {f for f in hvd.allgather_object(mine, name="hvd_ps.rejoined") if f is not None}
+    if len(flags) > 1:
+        err = TopologyError(
+            "some of this job's groups rejoin the PS tier (their ids had died or left) and "
+            "others join it for the first time: a job that rejoins must bring back the groups "
+            "of one job that died (the same HVD_PS_GROUP_OFFSET and grouping)"
+        )
+        err.every_rank = True
+        raise err
+    return flags == {True}
 
 
 def _start_tier(cfg: config.Config, topo: topology.Topology) -> tuple:

@@ -16,6 +16,11 @@ overlapped exchange: the one at step ``t + tau``). ``pull_global()``, ``global_m
 ``hvd_ps.shutdown()`` first complete an exchange still in flight (wait, apply, broadcast) at
 that call, so its result is never lost.
 
+A job whose groups rejoin a shared tier after dying (:mod:`hvd_ps.roster`; async only) does
+not start from its own parameters: at set-up each leader pulls every key's current value (the
+centre, the servers' weights), the strategy makes it the group's model
+(:meth:`~hvd_ps.exchanges.Exchange.rejoin`) and the leader broadcasts it to the group.
+
 Sync-round safety: the next push of a key happens ``period`` steps after the previous one and
 after the wait for the previous exchange (``tau < period``), and in sync mode that wait returns
 only once the previous round closed, so a leader never pushes a key twice in one round.
@@ -31,7 +36,7 @@ import mxnet as mx
 
 from . import finite
 from .deadline import deadline
-from .errors import HvdPsError, NonFiniteError
+from .errors import ConfigError, HvdPsError, NonFiniteError
 from .exchanges import Bucket, Exchange, plan_buckets
 from .fusion import FusedBuffer
 from .strategies import Strategy
@@ -98,6 +103,14 @@ class Schedule:
         ``ps_initial`` (a checkpoint's, one flat array per bucket) replaces the keys' initial
         values the strategy would compute from the parameters."""
         topo, sync, wire = self.rt.topo, self.sync, self.wire
+        if self.rt.rejoined and sync.mode == "sync":
+            err = ConfigError(
+                f"group {topo.global_group_id} rejoined the PS tier, but {sync!r} runs in sync "
+                "mode, whose rounds need every group from the start: only async groups can "
+                "rejoin (restart every job of a sync run, e.g. from a checkpoint)"
+            )
+            err.every_rank = True
+            raise err
         run = self.run = sync.bind(topo.total_groups, wire, self.optimizer)
         plan = plan_buckets([p.data() for p in trained], int(self.rt.cfg.bucket_mb * 2**20))
         buckets = []
@@ -115,14 +128,18 @@ class Schedule:
                 if ps_initial is not None:
                     initial = mx.nd.array(ps_initial[b.index], dtype=initial.dtype)
                 name = f"{self.prefix}{b.params.dtype.name}.{b.index}"
-                b.key = client.register(name, initial, run.rule)
                 b.out = mx.nd.zeros((b.params.size,), dtype=wire or b.params.dtype)
                 b.pulled = mx.nd.zeros((b.params.size,), dtype=wire or b.params.dtype)
+                b.key = client.register(name, initial, run.rule, out=b.pulled)
+                if client.rejoined:  # start from the PS's state, not from our x0
+                    run.rejoin(b)
                 if sync.overlap:
                     b.snap = mx.nd.zeros((b.params.size,), dtype=b.params.dtype)
                     b.snap_buf = FusedBuffer([b.snap])
         self.status = mx.nd.zeros((1,))
         self.buckets = buckets
+        if self.rt.rejoined:
+            self.group_broadcast("rejoining the PS tier (the model it holds)")
 
     # -- training steps -------------------------------------------------------------------------
     def on_step(self, t: int) -> None:

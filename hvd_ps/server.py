@@ -72,6 +72,7 @@ class _Updaters:
         self.stock_body: Optional[bytes] = None
         #: why a stock optimizer was refused (sticky: pushes to stock keys then stop the job)
         self.refused: Optional[str] = None
+        self.audit = _Audit(config.load().audit_dir)
 
     def install(self) -> None:
         """Install :meth:`update` as the server's updater (once; raises until it exists)."""
@@ -239,6 +240,7 @@ class _Updaters:
                     stored.stype,
                     how or ("nothing: refused" if self.refused else "assign"),
                 )
+            before = self.audit.before(stored)
             rule = self.rules.get(key)
             if rule is not None:
                 rule(received, stored)
@@ -251,8 +253,35 @@ class _Updaters:
                 self.stock(key, received, stored)
             else:  # default: assign (sync: the round's sum)
                 _assign(received, stored)
+            self.audit.record(key, received, before, stored)
         except Exception as err:  # an exception here would be swallowed by ctypes
             self.on_fatal(f"could not apply a push to key {key}: {type(err).__name__}: {err}")
+
+
+class _Audit:
+    """``HVD_PS_AUDIT_DIR``: every applied update as one JSON line (key, its count on this
+    server, what arrived, the stored slice before and after), in ``server-<pid>.jsonl``,
+    flushed per line, so a test or a soak can replay the servers' arithmetic and count the
+    updates (nothing lost, nothing applied twice). Copies every update: small models only."""
+
+    def __init__(self, directory: Optional[str]) -> None:
+        self.file = None
+        self.counts: Dict[int, int] = {}
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+            self.file = open(os.path.join(directory, f"server-{os.getpid()}.jsonl"), "a")
+
+    def before(self, stored: Any) -> Any:
+        return None if self.file is None else stored.asnumpy().ravel().tolist()
+
+    def record(self, key: int, received: Any, before: Any, stored: Any) -> None:
+        if self.file is None:
+            return
+        n = self.counts[key] = self.counts.get(key, 0) + 1
+        line = {"key": key, "n": n, "received": received.asnumpy().ravel().tolist()}
+        line.update(before=before, after=stored.asnumpy().ravel().tolist())
+        self.file.write(json.dumps(line) + "\n")
+        self.file.flush()
 
 
 def _assign(received: Any, stored: Any) -> None:

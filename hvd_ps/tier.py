@@ -12,10 +12,18 @@ are workers, not one push from each worker, so a leader must never push a key tw
 round. :meth:`Client.exchange` pushes, then pulls into a buffer whose write depends on the
 push's completion, and waits; the push completes only when its round closes, so a leader can
 never push the same key twice in one round, however far ahead it runs.
+
+On a tier with a roster (``hvdps-run --servers-only``, :mod:`hvd_ps.roster`) the leader holds
+a lease there from :meth:`Client.connect` to :meth:`Client.close`. A leader that rejoins after
+its group died (:attr:`Client.rejoined`) takes the dead node's place in ps-lite and must not
+disturb the others: it passes no barrier, sends no rule and no initial value, and reads every
+key's current value instead. In async mode a leader on such a tier also leaves without
+ps-lite's exit barrier, so no group ever waits for one that died.
 """
 
 from __future__ import annotations
 
+import ctypes
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -25,6 +33,7 @@ import numpy as np
 from . import addresses, config, protocol
 from .deadline import deadline
 from .errors import ConfigError, TierError
+from .roster import Lease
 
 
 @dataclass
@@ -56,6 +65,12 @@ class Client:
     mode: Optional[str] = None
     keys: Dict[int, str] = field(default_factory=dict)
     stats: Stats = field(default_factory=Stats)
+    lease: Optional[Lease] = None  # the place on the tier's roster, if it has one
+
+    @property
+    def rejoined(self) -> bool:
+        """This leader took the place of its group's dead (or departed) predecessor."""
+        return self.lease is not None and self.lease.rejoin
 
     @property
     def where(self) -> str:
@@ -68,8 +83,17 @@ class Client:
         # several jobs may share one tier: it then has more workers than this job has groups
         workers = self.cfg.ps_num_workers or self.num_groups
         host = self.cfg.node_host or addresses.route_address(self.uri)
-        config.set_worker_environment(self.uri, self.port, self.num_servers, workers, host)
+        roster = self.cfg.roster
+        config.set_worker_environment(
+            self.uri, self.port, self.num_servers, workers, host, heartbeats=roster is not None
+        )
         what = f"group {self.group_id}'s leader connecting to the {self.where}"
+        if roster is not None:
+            self.lease = Lease(roster, self.group_id, self.num_groups, self.cfg.timeout)
+            if self.lease.rejoin:
+                # ps-lite answers a node that registers only once it counts the old one dead
+                time.sleep(self.lease.wait)
+                what = f"group {self.group_id}'s leader rejoining the {self.where}"
         with deadline(what + " (are all servers and leaders up?)", self.cfg.timeout):
             try:
                 self.kv = mx.kv.create("dist_async")
@@ -100,21 +124,40 @@ class Client:
                     f"of one job must use the same mode (asked for {mode})"
                 )
             return
+        if self.rejoined:
+            if mode == "sync":
+                raise ConfigError(
+                    f"group {self.group_id} rejoined the {self.where}, but its trainer runs in "
+                    "sync mode, whose rounds need every group from the start: only async groups "
+                    "can rejoin (restart every job of a sync run, e.g. from a checkpoint)"
+                )
+            self.mode = mode
+            return  # the others passed this barrier long ago
         if mode == "sync" and self.ps_rank == 0:
             with deadline(f"switching the {self.where} to sync mode", self.cfg.timeout):
                 self.kv._send_command_to_servers(protocol.SYNC_MODE_HEAD, "")
         self.mode = mode
         self.barrier(f"switching to {mode} mode")
 
-    def register(self, name: str, initial: Any, rule: protocol.Rule) -> int:
-        """A new key for a fused buffer: set its servers' rule and its initial value."""
+    def register(self, name: str, initial: Any, rule: protocol.Rule, out: Any = None) -> int:
+        """A new key for a fused buffer: set its servers' rule and its initial value, then
+        pull it into ``out`` (if given). A leader that rejoined only pulls: ``out`` then holds
+        the key's current value on the PS."""
         import mxnet as mx
 
         key = len(self.keys)
         self.keys[key] = name
-        self.command(key, rule)
+        size, dtype = int(initial.size), np.dtype(initial.dtype).name
+        if self.rejoined:
+            assert self.lease is not None
+            self.lease.check_key(key, name, size, dtype)
+        else:
+            self.command(key, rule)
+            if self.lease is not None:
+                self.lease.report_key(key, name, size, dtype)
         with deadline(f"initialising PS key {key} ({name}) on the {self.where}", self.cfg.timeout):
-            self.kv.init(key, initial)
+            if not self.rejoined:
+                self.kv.init(key, initial)
             # MXNet 1.9.1's KVStoreDist caches how a key maps onto the servers the first time
             # the key is used, and fills that cache entry outside its lock: a push fills it on
             # the calling thread (in kv.push), a pull inside its engine op on an engine thread.
@@ -124,7 +167,7 @@ class Client:
             # lens->size() == keys.size() (2 vs. 1)"). kv.init fills it only on ps-lite's rank
             # 0, so every leader pulls the new key once, here, and waits: from then on the
             # entry is only read.
-            scratch = mx.nd.empty(initial.shape, dtype=initial.dtype)
+            scratch = mx.nd.empty(initial.shape, dtype=initial.dtype) if out is None else out
             self.kv.pull(key, out=scratch)
             scratch.wait_to_read()
         return key
@@ -174,11 +217,18 @@ class Client:
         self.stats.seconds += time.perf_counter() - start
 
     def close(self) -> None:
-        """Leave the tier (ps-lite's exit barrier over all leaders)."""
+        """Leave the tier: ps-lite's exit barrier over all leaders, except for async groups
+        on a tier with a roster (they leave alone), then the roster's lease."""
         if self.kv is None:
             return
-        with deadline(
-            f"leaving the {self.where} (waiting for the other leaders)", self.cfg.timeout
-        ):
+        alone = self.lease is not None and self.mode != "sync"
+        if alone:
+            from mxnet.base import _LIB, check_call
+
+            check_call(_LIB.MXKVStoreSetBarrierBeforeExit(self.kv.handle, ctypes.c_int(0)))
+        what = "leaving the " + self.where + ("" if alone else " (waiting for the other leaders)")
+        with deadline(what, self.cfg.timeout):
             kv, self.kv = self.kv, None
             del kv
+        if self.lease is not None:
+            self.lease.leave()

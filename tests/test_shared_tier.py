@@ -206,11 +206,11 @@ def _kill(procs: List[subprocess.Popen]) -> None:
 class Tier:
     """``hvdps-run --servers-only`` for ``workers`` groups; its exports and PS PIDs."""
 
-    def __init__(self, tmp: Path, workers: int) -> None:
+    def __init__(self, tmp: Path, workers: int, **env: str) -> None:
         self.pidfile = tmp / "tier.pids"
         cmd = [sys.executable, "-m", "hvd_ps.launch", "--servers-only", "--num-workers",
                str(workers), "--pidfile", str(self.pidfile)]  # fmt: skip
-        self.proc = _popen(cmd, 240, _env())
+        self.proc = _popen(cmd, 240, _env(**env))
         self.exports = self._read_exports(limit=60)
 
     def _read_exports(self, limit: float) -> Dict[str, str]:

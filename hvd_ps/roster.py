@@ -1,0 +1,283 @@
+"""Which groups of a shared PS tier are alive: joins, deaths, rejoins and leaves.
+
+``hvdps-run --servers-only`` serves several independent ``horovodrun`` jobs; in async mode
+they are loosely coupled, so one job's death must not stop the others, and a restarted job must
+be able to take its group's place again. ps-lite can hand a dead node's id to a node that
+registers later (its "recovery" path: with ``PS_HEARTBEAT_INTERVAL`` on every node and
+``PS_HEARTBEAT_TIMEOUT`` on the scheduler, a node that has sent no heartbeat for that long is
+dead, and a new node of its role gets its id; MXNet's worker then skips the start and
+``kv.init`` barriers). But ps-lite tells no one of a death, and a node that registers while
+no node is dead yet is never answered. The roster fills both gaps:
+
+* it listens next to the scheduler (``HVD_PS_ROSTER=host:port`` in the tier's exports). Each
+  leader opens one TCP connection, says ``join`` with its global group id, and holds the
+  connection for the whole job: its lease. Closing it with ``leave`` is a clean end; the
+  connection breaking without one (the process died; TCP keep-alive covers a host that
+  vanished) is the group's death, and the tier prints a line naming the group.
+* a ``join`` for a group that died (or left) is a rejoin: the answer says so, and how long to
+  wait before registering with ps-lite (until the scheduler counts the dead node as dead). A
+  rejoining leader skips everything that would disturb the others (the barriers, the keys'
+  initial values and rules) and starts from the PS's state (:mod:`hvd_ps.schedule`).
+* every leader reports the PS keys it registers (name, size, dtype), so a rejoining job that
+  builds another model is refused before it pulls a key the servers do not have.
+* the tier ends when every group has left (0), or when no group is alive and a dead one has
+  not rejoined within ``HVD_PS_TIMEOUT`` (non-zero, naming it).
+
+Messages are JSON lines (:mod:`hvd_ps.rendezvous`'s framing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .errors import TierError, TopologyError
+from .rendezvous import MAX_MESSAGE, _receive, _send
+
+#: seconds, beyond ps-lite's dead-node timeout, that a rejoining leader waits (heartbeat times
+#: are whole seconds, and the dead node's last one may be a second late)
+MARGIN = 2.0
+
+
+def keepalive(sock: socket.socket) -> None:
+    """Notice a peer whose host is gone within ~5 s (a dead process closes at once)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for opt, value in (("TCP_KEEPIDLE", 2), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, opt):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
+
+
+# -- the tier's side -----------------------------------------------------------------------------
+
+
+@dataclass
+class Group:
+    """What the roster knows of one global group id."""
+
+    state: str = "never"  # never | live | left | dead
+    since: float = 0.0  # monotonic time of the last change
+    who: str = ""  # the leader, as it said (pid and host)
+    joins: int = 0
+    live: int = 0  # leases held (more than one only if jobs claim one id at the start)
+
+
+@dataclass
+class Roster:
+    """``hvdps-run --servers-only``'s side. ``report(line)`` prints what happens."""
+
+    host: str
+    total: int
+    dead_after: int  # the scheduler's PS_HEARTBEAT_TIMEOUT
+    timeout: float  # how long a dead group may take to come back once no group is alive
+    report: Callable[[str], None]
+    groups: Dict[int, Group] = field(default_factory=dict)
+    keys: Dict[str, List[Any]] = field(default_factory=dict)
+    conns: Dict[socket.socket, Optional[int]] = field(default_factory=dict)
+    buffers: Dict[socket.socket, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind((self.host, 0))
+        self.sock.listen(64)
+        self.address = f"{self.host}:{self.sock.getsockname()[1]}"
+        self.groups = {g: Group() for g in range(self.total)}
+
+    def poll(self, timeout: float) -> None:
+        """Handle what arrives within ``timeout`` seconds."""
+        ready, _, _ = select.select([self.sock, *self.conns], [], [], timeout)
+        for sock in ready:
+            if sock is self.sock:
+                conn, _ = self.sock.accept()
+                keepalive(conn)
+                self.conns[conn] = None
+                self.buffers[conn] = b""
+            else:
+                self._read(sock)
+
+    def _read(self, conn: socket.socket) -> None:
+        try:
+            chunk = conn.recv(65536)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._gone(conn)
+            return
+        data = self.buffers[conn] + chunk
+        *lines, rest = data.split(b"\n")
+        self.buffers[conn] = rest
+        if len(rest) > MAX_MESSAGE:
+            self._gone(conn)
+            return
+        for line in lines:
+            try:
+                message = json.loads(line)
+                if not isinstance(message, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                self._gone(conn)
+                return
+            self._handle(conn, message)
+
+    def _handle(self, conn: socket.socket, msg: Dict[str, Any]) -> None:
+        if "join" in msg:
+            self._send(conn, self._join(conn, msg))
+        elif "key" in msg and self.conns.get(conn) is not None:
+            entry = [msg.get("name"), msg.get("size"), msg.get("dtype")]
+            self.keys.setdefault(str(msg["key"]), entry)
+        elif "leave" in msg and self.conns.get(conn) is not None:
+            gid = self.conns.pop(conn)
+            assert gid is not None
+            self.groups[gid].live -= 1
+            if not self.groups[gid].live:
+                self._set(gid, "left")
+            self.buffers.pop(conn, None)
+            conn.close()
+
+    @property
+    def started(self) -> bool:
+        """Every group has joined once: ps-lite's start is over, later joins are rejoins."""
+        return all(g.joins for g in self.groups.values())
+
+    def _join(self, conn: socket.socket, msg: Dict[str, Any]) -> Dict[str, Any]:
+        gid, total = msg.get("join"), msg.get("total")
+        if not isinstance(gid, int) or not 0 <= gid < self.total:
+            if not self.started:  # the leaders' claims on the PS refuse it, in every job
+                return {"ok": True, "rejoin": False, "wait": 0, "keys": {}}
+            return {"error": f"global group id {gid!r} is not one of 0..{self.total - 1}"}
+        group = self.groups[gid]
+        if not self.started:
+            # Before ps-lite's start is over every job waits in it for all leaders: refusing
+            # one here would leave the others waiting until HVD_PS_TIMEOUT. The leaders'
+            # claims on the PS (hvd_ps.placement) check ids and totals, every job alike.
+            group.joins += 1
+            group.live += 1
+            group.who = f"pid {msg.get('pid')} on {msg.get('host')}"
+            self.conns[conn] = gid
+            self._set(gid, "live")
+            return {"ok": True, "rejoin": False, "wait": 0, "keys": self.keys}
+        if total != self.total:
+            return {
+                "error": f"the job counts {total} groups in all, the tier serves {self.total} "
+                f"(its --num-workers): give every job HVD_PS_TOTAL_GROUPS={self.total}"
+            }
+        if group.state == "live" or self.conns.get(conn) is not None:
+            return {
+                "error": f"global group id {gid} is taken by a live leader ({group.who}); give "
+                "each job its own HVD_PS_GROUP_OFFSET, or wait until that job ends"
+            }
+        rejoin = group.state in ("dead", "left")
+        wait = max(0.0, group.since + self.dead_after + MARGIN - time.monotonic()) if rejoin else 0
+        was = group.state
+        group.who = f"pid {msg.get('pid')} on {msg.get('host')}"
+        group.joins += 1
+        group.live += 1
+        self.conns[conn] = gid
+        self._set(gid, "live")
+        if rejoin:
+            how = "died" if was == "dead" else "left"
+            self.report(f"group {gid} rejoins the tier (it had {how}); the others go on")
+        return {"ok": True, "rejoin": rejoin, "wait": wait, "keys": self.keys}
+
+    def _send(self, conn: socket.socket, message: Dict[str, Any]) -> None:
+        try:
+            _send(conn, message)
+        except OSError:
+            self._gone(conn)
+
+    def _gone(self, conn: socket.socket) -> None:
+        gid = self.conns.pop(conn, None)
+        self.buffers.pop(conn, None)
+        conn.close()
+        if gid is None:
+            return
+        group = self.groups[gid]
+        group.live -= 1
+        if group.live:
+            return  # another leader claimed the id at the start (its job is refused anyway)
+        who = group.who
+        self._set(gid, "dead")
+        alive = [g for g, s in self.groups.items() if s.state == "live"]
+        self.report(
+            f"group {gid} died: its leader ({who}) went away without leaving the tier. The "
+            f"PS tier keeps serving the other groups ({alive or 'none alive'}); start that job "
+            f"again (HVD_PS_GROUP_OFFSET as before) and it rejoins from the PS's state"
+        )
+
+    def _set(self, gid: int, state: str) -> None:
+        self.groups[gid].state = state
+        self.groups[gid].since = time.monotonic()
+
+    def finished(self) -> Optional[Tuple[int, str]]:
+        """``(exit code, why)`` once the tier should stop, else None."""
+        states = {g: s.state for g, s in self.groups.items()}
+        if any(s in ("live", "never") for s in states.values()):
+            return None
+        dead = [g for g, s in states.items() if s == "dead"]
+        if not dead:
+            return 0, f"all {self.total} groups have left"
+        last = max(self.groups[g].since for g in dead)
+        if time.monotonic() - last < self.timeout:
+            return None
+        return 1, (
+            f"group(s) {dead} died and did not rejoin within HVD_PS_TIMEOUT "
+            f"({self.timeout:g} s), and no other group is alive"
+        )
+
+    def close(self) -> None:
+        for conn in list(self.conns):
+            conn.close()
+        self.sock.close()
+
+
+# -- a leader's side ---------------------------------------------------------------------------
+
+
+class Lease:
+    """A leader's place on the roster, held from ``hvd_ps.init`` to its end."""
+
+    def __init__(self, address: Tuple[str, int], gid: int, total: int, timeout: float) -> None:
+        self.where = f"the PS tier's roster at {address[0]}:{address[1]} (HVD_PS_ROSTER)"
+        self.gid = gid
+        try:
+            self.sock = socket.create_connection(address, timeout=min(30.0, timeout))
+            keepalive(self.sock)
+            me = {"join": gid, "total": total, "pid": os.getpid(), "host": socket.gethostname()}
+            _send(self.sock, me)
+            reply = _receive(self.sock, timeout)
+        except (OSError, ValueError) as err:
+            raise TierError(f"group {gid}'s leader could not join {self.where}: {err}") from None
+        if "error" in reply:
+            raise TopologyError(f"{self.where} refused group {gid}: {reply['error']}")
+        self.rejoin = bool(reply.get("rejoin"))
+        self.wait = float(reply.get("wait") or 0.0)
+        self.keys: Dict[str, List[Any]] = dict(reply.get("keys") or {})
+
+    def report_key(self, key: int, name: str, size: int, dtype: str) -> None:
+        self._tell({"key": key, "name": name, "size": size, "dtype": dtype})
+
+    def check_key(self, key: int, name: str, size: int, dtype: str) -> None:
+        """A rejoining leader: the tier must already serve ``key`` as this job describes it."""
+        known = self.keys.get(str(key))
+        if known == [name, size, dtype]:
+            return
+        there = "no such key" if known is None else f"{known[0]} ({known[1]} {known[2]} elements)"
+        raise TierError(
+            f"group {self.gid} rejoins the PS tier, but its PS key {key} is {name} ({size} "
+            f"{dtype} elements) where the tier has {there}: a job that rejoins must build the "
+            "same model and trainers, in the same order, as the jobs that started the tier"
+        )
+
+    def leave(self) -> None:
+        self._tell({"leave": self.gid})
+        self.sock.close()
+
+    def _tell(self, message: Dict[str, Any]) -> None:
+        try:
+            _send(self.sock, message)
+        except OSError:
+            pass  # the tier is gone: the PS calls themselves report it

@@ -1,0 +1,141 @@
+"""The roster of a shared tier, in process: leases, deaths, rejoins, refusals and the tier's end.
+
+A :class:`hvd_ps.roster.Roster` on loopback is polled by a thread; leaders are
+:class:`hvd_ps.roster.Lease` objects (what a group's leader holds from ``hvd_ps.init`` to its
+end). A lease whose socket closes without ``leave`` is a death: the roster reports it naming
+the group, and a later join of that id is a rejoin told to wait until ps-lite counts the dead
+node dead (``dead_after`` + the margin).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Iterator, List
+
+import pytest
+
+from hvd_ps import roster
+from hvd_ps.errors import TierError, TopologyError
+
+DEAD_AFTER = 3
+
+
+class Running:
+    def __init__(self, total: int, timeout: float = 60.0) -> None:
+        self.lines: List[str] = []
+        self.roster = roster.Roster("127.0.0.1", total, DEAD_AFTER, timeout, self.lines.append)
+        host, port = self.roster.address.split(":")
+        self.address = (host, int(port))
+        self.stop = False
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stop:
+            self.roster.poll(0.02)
+
+    def lease(self, gid: int, total: int = 0) -> roster.Lease:
+        return roster.Lease(self.address, gid, total or self.roster.total, 10.0)
+
+    def until(self, what, limit: float = 5.0) -> None:
+        end = time.monotonic() + limit
+        while time.monotonic() < end:
+            if what():
+                return
+            time.sleep(0.02)
+        pytest.fail(f"roster lines so far: {self.lines}")
+
+
+@pytest.fixture
+def tier() -> Iterator[Running]:
+    r = Running(3)
+    yield r
+    r.stop = True
+    r.thread.join(timeout=5)
+    r.roster.close()
+
+
+def test_a_clean_run_ends_the_tier_with_0(tier: Running) -> None:
+    leases = [tier.lease(g) for g in range(3)]
+    assert [x.rejoin for x in leases] == [False] * 3
+    assert tier.roster.finished() is None
+    leases[0].report_key(0, "hvd_ps1.float32.0", 18, "float32")
+    for x in leases[:2]:
+        x.leave()
+    tier.until(lambda: tier.roster.groups[1].state == "left")
+    assert tier.roster.finished() is None  # group 2 still trains
+    leases[2].leave()
+    tier.until(lambda: tier.roster.finished() is not None)
+    assert tier.roster.finished() == (0, "all 3 groups have left")
+    assert tier.lines == []  # nothing to report
+
+
+def test_a_death_is_reported_and_the_group_rejoins_after_the_heartbeat_timeout(
+    tier: Running,
+) -> None:
+    leases = [tier.lease(g) for g in range(3)]
+    leases[0].report_key(0, "hvd_ps1.float32.0", 18, "float32")
+    leases[2].sock.close()  # the process died: no leave
+    tier.until(lambda: any("group 2 died" in ln for ln in tier.lines))
+    (line,) = tier.lines
+    assert line.startswith("group 2 died: its leader (pid ")
+    assert "keeps serving the other groups ([0, 1])" in line
+    assert "HVD_PS_GROUP_OFFSET as before" in line
+    again = tier.lease(2)
+    assert again.rejoin
+    assert DEAD_AFTER < again.wait <= DEAD_AFTER + roster.MARGIN
+    assert again.keys == {"0": ["hvd_ps1.float32.0", 18, "float32"]}
+    again.check_key(0, "hvd_ps1.float32.0", 18, "float32")
+    with pytest.raises(TierError, match=r"its PS key 0 is hvd_ps1\.float32\.0 \(20 float32"):
+        again.check_key(0, "hvd_ps1.float32.0", 20, "float32")
+    with pytest.raises(TierError, match="where the tier has no such key"):
+        again.check_key(1, "hvd_ps1.float32.1", 4, "float32")
+    assert "group 2 rejoins the tier (it had died); the others go on" in tier.lines[-1]
+
+
+def test_after_the_start_a_live_id_or_another_total_is_refused(tier: Running) -> None:
+    leases = [tier.lease(g) for g in range(3)]
+    with pytest.raises(TopologyError, match="global group id 1 is taken by a live leader"):
+        tier.lease(1)
+    leases[1].sock.close()
+    tier.until(lambda: tier.roster.groups[1].state == "dead")
+    with pytest.raises(TopologyError, match="give every job HVD_PS_TOTAL_GROUPS=3"):
+        tier.lease(1, total=4)
+    with pytest.raises(TopologyError, match="global group id 5 is not one of 0..2"):
+        tier.lease(5)
+    assert leases[0].rejoin is False
+
+
+def test_at_the_start_duplicate_ids_pass_so_the_claims_refuse_every_job(tier: Running) -> None:
+    # refusing one job here would leave the others waiting in ps-lite's start
+    first, second = tier.lease(0), tier.lease(0)
+    assert (first.rejoin, second.rejoin) == (False, False)
+    first.sock.close()
+    time.sleep(0.3)
+    assert tier.lines == []  # another lease of id 0 is still held
+    second.sock.close()
+    tier.until(lambda: tier.lines)
+    assert tier.lines[0].startswith("group 0 died")
+
+
+def test_a_dead_group_that_never_comes_back_ends_the_tier_non_zero() -> None:
+    r = Running(2, timeout=0.5)
+    try:
+        a, b = r.lease(0), r.lease(1)
+        b.sock.close()
+        r.until(lambda: r.roster.groups[1].state == "dead")
+        a.leave()
+        r.until(lambda: r.roster.finished() is not None)
+        code, why = r.roster.finished()  # type: ignore[misc]
+        assert code == 1
+        assert why.startswith("group(s) [1] died and did not rejoin within HVD_PS_TIMEOUT")
+    finally:
+        r.stop = True
+        r.thread.join(timeout=5)
+        r.roster.close()
+
+
+def test_an_unreachable_roster_is_a_tier_error() -> None:
+    with pytest.raises(TierError, match="could not join the PS tier's roster at 127.0.0.1:1"):
+        roster.Lease(("127.0.0.1", 1), 0, 1, 2.0)
