@@ -15,7 +15,10 @@ no node is dead yet is never answered. The roster fills both gaps:
   connection breaking without one (the process died; TCP keep-alive covers a host that
   vanished) is the group's death, and the tier prints a line naming the group.
 * a ``join`` for a group that died (or left) is a rejoin: the answer says so, and how long to
-  wait before registering with ps-lite (until the scheduler counts the dead node as dead). A
+  wait before registering with ps-lite (until the scheduler counts the dead node as dead).
+  ps-lite's scheduler survives only one recovery in its life (:data:`RECOVERIES`), so the
+  roster grants one rejoin per tier and refuses the next with an error saying what to do,
+  rather than let the scheduler abort under the jobs still training. A
   rejoining leader skips everything that would disturb the others (the barriers, the keys'
   initial values and rules) and starts from the PS's state (:mod:`hvd_ps.schedule`).
 * every leader reports the PS keys it registers (name, size, dtype), so a rejoining job that
@@ -38,6 +41,17 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .errors import TierError, TopologyError
 from .rendezvous import MAX_MESSAGE, _receive, _send
+
+#: rejoins a tier can take: ps-lite's scheduler (MXNet 1.9.1's ps-lite) keeps every node it
+#: recovered in one list it never clears, and checks that the list holds exactly one node at
+#: each recovery, so the second recovery aborts the scheduler ("Check failed:
+#: recovery_nodes->control.node.size() == 1 (2 vs. 1)") and with it the whole tier
+RECOVERIES = 1
+ONE_RECOVERY = (
+    "this PS tier has taken the one rejoin ps-lite allows in a tier's life (its scheduler "
+    "aborts at a second one); let the other jobs finish, then restart the tier and every job "
+    "(from their checkpoints)"
+)
 
 #: seconds, beyond ps-lite's dead-node timeout, that a rejoining leader waits (heartbeat times
 #: are whole seconds, and the dead node's last one may be a second late)
@@ -77,6 +91,7 @@ class Roster:
     report: Callable[[str], None]
     groups: Dict[int, Group] = field(default_factory=dict)
     keys: Dict[str, List[Any]] = field(default_factory=dict)
+    recoveries: int = 0  # rejoins granted (ps-lite takes RECOVERIES in a tier's life)
     conns: Dict[socket.socket, Optional[int]] = field(default_factory=dict)
     buffers: Dict[socket.socket, bytes] = field(default_factory=dict)
 
@@ -171,6 +186,9 @@ class Roster:
                 "each job its own HVD_PS_GROUP_OFFSET, or wait until that job ends"
             }
         rejoin = group.state in ("dead", "left")
+        if rejoin and self.recoveries >= RECOVERIES:
+            return {"error": f"global group id {gid} cannot rejoin: {ONE_RECOVERY}"}
+        self.recoveries += rejoin
         wait = max(0.0, group.since + self.dead_after + MARGIN - time.monotonic()) if rejoin else 0
         was = group.state
         group.who = f"pid {msg.get('pid')} on {msg.get('host')}"
@@ -202,10 +220,15 @@ class Roster:
         who = group.who
         self._set(gid, "dead")
         alive = [g for g, s in self.groups.items() if s.state == "live"]
+        then = (
+            "start that job again (HVD_PS_GROUP_OFFSET as before) and it rejoins from the "
+            "PS's state"
+            if self.recoveries < RECOVERIES
+            else f"it cannot rejoin ({ONE_RECOVERY})"
+        )
         self.report(
             f"group {gid} died: its leader ({who}) went away without leaving the tier. The "
-            f"PS tier keeps serving the other groups ({alive or 'none alive'}); start that job "
-            f"again (HVD_PS_GROUP_OFFSET as before) and it rejoins from the PS's state"
+            f"PS tier keeps serving the other groups ({alive or 'none alive'}); {then}"
         )
 
     def _set(self, gid: int, state: str) -> None:

@@ -7,7 +7,8 @@ What a user relies on, checked for EASGD, DiLoCo and GradientPush:
 
 * the tier prints a line naming the dead group, keeps serving, and lets the restarted job take
   its place; the survivors never stall (their shutdown takes seconds) and exit 0, and so does
-  the tier once every group has left;
+  the tier once every group has left; a second rejoin, which ps-lite's scheduler cannot take
+  (it aborts at its second node recovery), is refused at once with one line saying what to do;
 * the restarted group's first parameters, on both its ranks, are a state of the PS (an exact
   value the servers held), not its initial parameters;
 * the servers' audit (``HVD_PS_AUDIT_DIR``: every applied update with the value before and
@@ -128,8 +129,13 @@ def test_a_dead_async_group_rejoins_and_nothing_is_lost(tmp_path: Path, strategy
         before_rejoin = _count(tmp_path / "A.count")
         c2 = _job(tmp_path, 2, 2, strategy, "C2", "--steps", "12", **ex)
         jobs.append(c2)
-        results = {n: shared._finish([j], limit=150)[0] for n, j in zip("AB", (a, b))}
-        results["C2"] = shared._finish([c2], limit=150)[0]
+        results = {"C2": shared._finish([c2], limit=150)[0]}
+        # ps-lite takes one recovery in a tier's life: a second rejoin is refused, at once
+        c3 = _job(tmp_path, 1, 2, strategy, "C3", "--steps", "4", **ex)
+        jobs.append(c3)
+        code3, _, err3 = shared._finish([c3], limit=90)[0]
+        done.touch()
+        results.update({n: shared._finish([j], limit=150)[0] for n, j in zip("AB", (a, b))})
         for name, (code, so, se) in results.items():
             assert code == 0, f"{name}: {so}{se[-3000:]}"
         _, tier_err = tier.proc.communicate(timeout=60)  # it ends by itself
@@ -142,6 +148,10 @@ def test_a_dead_async_group_rejoins_and_nothing_is_lost(tmp_path: Path, strategy
     assert "keeps serving the other groups ([0, 1])" in tier_err, tier_err
     assert "group 2 rejoins the tier (it had died)" in tier_err, tier_err
     assert "all 3 groups have left; stopping the PS tier" in tier_err, tier_err
+    assert code3 != 0 and not (tmp_path / "C3.rank0.npz").exists()
+    assert "global group id 2 cannot rejoin: this PS tier has taken the one rejoin" in err3, err3
+    assert "restart the tier and every job (from their checkpoints)" in err3, err3
+    assert "Traceback" not in err3, err3
     assert _count(tmp_path / "A.count") > before_rejoin, "A stalled while C was dead"
 
     got = {t: dict(np.load(tmp_path / f"{t}.rank0.npz")) for t in ("A", "B", "C2")}

@@ -1,0 +1,244 @@
+"""Soak: thousands of async exchanges on one shared tier while one group keeps dying and
+rejoining; the servers' memory over time and every update accounted for. Not part of CI.
+
+Three jobs share one ``hvdps-run --servers-only --num-workers 3`` tier (loopback, servers
+auditing every update: ``HVD_PS_AUDIT_DIR``). Every job sleeps a random ``0..--jitter`` s each
+step. Groups 0 and 1 train for the whole soak; group 2's job is killed with SIGKILL at a random
+exchange (up to ``--kill-after``), and a new job rejoins in its place and trains to the end.
+(One rejoin: ps-lite's scheduler aborts at its second node recovery, so a tier takes one in its
+life and refuses the next, see hvd_ps/roster.py.) Meanwhile the PS processes' resident memory
+is sampled every second. At the end the servers' audit is checked (the job is
+tests/jobs/rejoin_job.py):
+
+* ``lost``: updates whose "before" is not the previous update's "after" (an update applied
+  outside the audit, or one lost between two), must be 0;
+* ``unaccounted``: applied updates beyond what the jobs counted as pushed; only the killed
+  job's last push may land uncounted, so it must be 0 or 1; fewer applied than pushed would
+  be a lost push;
+* the memory of each PS process: first, peak and last sample (bounded: no growth with rounds).
+
+Usage::
+
+    python -m benchmarks.soak [--minutes 5] [--strategy EASGD] [--kill-after 300]
+
+Writes benchmarks/results/soak.json and soak.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+JOB = str(ROOT / "tests" / "jobs" / "rejoin_job.py")
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _env(**extra: str) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DMLC_", "HVD_PS_"))}
+    env.update(
+        PATH=f"{os.path.dirname(sys.executable)}:{env.get('PATH', '/usr/bin:/bin')}",
+        PYTHONPATH=str(ROOT),
+        OMP_NUM_THREADS="1",
+        MXNET_CPU_WORKER_NTHREADS="1",
+        OMPI_MCA_mpi_yield_when_idle="1",  # more processes than cores
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        HVD_PS_TIMEOUT="60",
+    )
+    env.update(extra)
+    return env
+
+
+def _start(cmd: List[str], env: Dict[str, str], log: Path) -> subprocess.Popen:
+    out = open(log, "w")
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+
+
+def _kill_job(job: subprocess.Popen, out: Path, tag: str) -> None:
+    """SIGKILL the job's session and its ranks (mpirun gives them process groups of their own),
+    found among our children by their command line, killed by PID."""
+    ranks = [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if JOB in (p.info["cmdline"] or []) and str(out) in p.info["cmdline"]
+        and tag in p.info["cmdline"]
+    ]  # fmt: skip
+    try:
+        os.killpg(job.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # it had ended by itself
+    for pid in ranks:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    job.wait(timeout=30)
+
+
+def _count(path: Path) -> int:
+    try:
+        return int(path.read_text() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _sample(pids: Dict[str, int], samples: List, stop: threading.Event, start: float) -> None:
+    procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+    while not stop.is_set():
+        row = {"t": round(time.monotonic() - start, 1)}
+        for name, p in procs.items():
+            try:
+                row[name] = p.memory_info().rss / 2**20
+            except psutil.Error:
+                row[name] = float("nan")
+        samples.append(row)
+        stop.wait(1.0)
+
+
+def _check_audit(directory: Path) -> Dict[str, int]:
+    lines = []
+    for f in directory.glob("server-*.jsonl"):
+        lines += [json.loads(line) for line in f.read_text().splitlines()]
+    lines = [ln for ln in lines if ln["key"] == 0]
+    lost = sum(
+        1 for prev, ln in zip(lines, lines[1:])
+        if not np.array_equal(np.float32(prev["after"]), np.float32(ln["before"]))
+    )  # fmt: skip
+    return {"applied": len(lines), "lost": lost}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--minutes", type=float, default=5.0)
+    ap.add_argument("--strategy", default="EASGD", choices=["EASGD", "DiLoCo", "GradientPush"])
+    ap.add_argument("--kill-after", type=int, default=300, help="kill group 2 by this exchange")
+    ap.add_argument("--jitter", type=float, default=0.02, help="largest random delay per step")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="hvd_ps_soak."))
+    audit, stop_file = work / "audit", work / "stop"
+    tier_env = _env(HVD_PS_AUDIT_DIR=str(audit), HVD_PS_HEARTBEAT="4")
+    tier = subprocess.Popen(
+        [sys.executable, "-m", "hvd_ps.launch", "--servers-only", "--num-workers", "3",
+         "--pidfile", str(work / "tier.pids")],
+        env=tier_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=open(work / "tier.log", "w"),
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    text = ""
+    assert tier.stdout is not None
+    while "# and in each job" not in text:
+        line = tier.stdout.readline()
+        if not line:
+            raise SystemExit(f"the tier printed no exports: {text}")
+        text += line
+    exports = dict(re.findall(r"^export (\w+)=(\S+)$", text, re.M))
+    pids = {ln.split(" ", 1)[1].strip(): int(ln.split()[0])
+            for ln in (work / "tier.pids").read_text().splitlines()}  # fmt: skip
+    samples: List[Dict] = []
+    stop = threading.Event()
+    start = time.monotonic()
+    sampler = threading.Thread(target=_sample, args=(pids, samples, stop, start), daemon=True)
+    sampler.start()
+
+    def job(gid: int, tag: str, *stop_args: str) -> subprocess.Popen:
+        cmd = [
+            "horovodrun",
+            "-np",
+            "1",
+            sys.executable,
+            JOB,
+            str(work),
+            args.strategy,
+            tag,
+            "--jitter",
+            str(args.jitter),
+            "--limit",
+            str(args.minutes * 60 + 300),
+            *stop_args,
+        ]
+        env = _env(HVD_PS_GROUP_OFFSET=str(gid), **exports)
+        return _start(cmd, env, work / f"{tag}.log")  # fmt: skip
+
+    steady = [job(g, f"G{g}", "--until", str(stop_file)) for g in (0, 1)]
+    rng = np.random.RandomState(0)
+    target = int(rng.randint(args.kill_after // 2, args.kill_after + 1))
+    c0 = job(2, "C0", "--until", str(stop_file))
+    while _count(work / "C0.count") < target and c0.poll() is None:
+        time.sleep(0.05)
+    _kill_job(c0, work, "C0")  # SIGKILL at a random exchange
+    killed = _count(work / "C0.count")
+    killed_after_s = time.monotonic() - start
+    c1 = job(2, "C1", "--until", str(stop_file))  # rejoins (the one rejoin ps-lite takes)
+    while time.monotonic() < start + args.minutes * 60 and c1.poll() is None:
+        time.sleep(0.5)
+    stop_file.touch()
+    codes = [p.wait(timeout=300) for p in (*steady, c1)]
+    tier.wait(timeout=120)
+    stop.set()
+    sampler.join()
+    took = time.monotonic() - start
+    pushed = killed + sum(
+        int(np.load(work / f"{t}.rank0.npz")["exchanges"]) for t in ("G0", "G1", "C1")
+    )
+    audit_result = _check_audit(audit)
+    unaccounted = audit_result["applied"] - pushed
+    memory = {
+        name: {"first_mb": samples[0][name], "peak_mb": max(s[name] for s in samples),
+               "last_mb": samples[-1][name]}
+        for name in pids
+    }  # fmt: skip
+    report = {
+        "strategy": args.strategy,
+        "seconds": round(took, 1),
+        "killed_after_s": round(killed_after_s, 1),
+        "killed_at_exchange": killed,
+        "exchanges_pushed": pushed,
+        "updates_applied": audit_result["applied"],
+        "lost": audit_result["lost"],
+        "unaccounted": unaccounted,
+        "ok": audit_result["lost"] == 0 and 0 <= unaccounted <= 1
+        and codes == [0, 0, 0] and tier.returncode == 0,
+        "exit_codes": codes,
+        "tier_exit_code": tier.returncode,
+        "memory": memory,
+        "samples": samples,
+        "tier_log": (work / "tier.log").read_text().splitlines()[-20:],
+    }  # fmt: skip
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "soak.json").write_text(json.dumps(report, indent=1))
+    rows = "\n".join(
+        f"| {n} | {m['first_mb']:.0f} | {m['peak_mb']:.0f} | {m['last_mb']:.0f} |"
+        for n, m in memory.items()
+    )
+    md = (
+        f"Soak ({args.strategy}, async, 3 groups, {took / 60:.1f} min, random delays up to "
+        f"{args.jitter:g} s per step): group 2's job killed with SIGKILL at its exchange "
+        f"{killed} ({killed_after_s:.0f} s in), a new job rejoined and trained to the end; "
+        f"{pushed} exchanges pushed, {audit_result['applied']} updates applied by the servers, "
+        f"lost {audit_result['lost']}, unaccounted {unaccounted} (the killed job's last push "
+        f"may land: 0..1); exit codes of G0, G1, C1: {codes}, tier {tier.returncode}.\n\n"
+        "| PS process | RSS first (MB) | peak (MB) | last (MB) |\n|---|---|---|---|\n" + rows + "\n"
+    )
+    (out / "soak.md").write_text(md)
+    print(md)
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
