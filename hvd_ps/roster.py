@@ -53,6 +53,12 @@ ONE_RECOVERY = (
     "(from their checkpoints)"
 )
 
+SYNC = (
+    "The groups of this tier train in sync mode, whose rounds need every group: the others' "
+    "next round cannot close and they fail within HVD_PS_TIMEOUT; restart the tier and every "
+    "job (from their checkpoints)"
+)
+
 #: seconds, beyond ps-lite's dead-node timeout, that a rejoining leader waits (heartbeat times
 #: are whole seconds, and the dead node's last one may be a second late)
 MARGIN = 2.0
@@ -91,6 +97,7 @@ class Roster:
     report: Callable[[str], None]
     groups: Dict[int, Group] = field(default_factory=dict)
     keys: Dict[str, List[Any]] = field(default_factory=dict)
+    modes: set = field(default_factory=set)  # the trainers' modes the leaders reported
     recoveries: int = 0  # rejoins granted (ps-lite takes RECOVERIES in a tier's life)
     conns: Dict[socket.socket, Optional[int]] = field(default_factory=dict)
     buffers: Dict[socket.socket, bytes] = field(default_factory=dict)
@@ -144,6 +151,8 @@ class Roster:
         elif "key" in msg and self.conns.get(conn) is not None:
             entry = [msg.get("name"), msg.get("size"), msg.get("dtype")]
             self.keys.setdefault(str(msg["key"]), entry)
+        elif "mode" in msg and self.conns.get(conn) is not None:
+            self.modes.add(str(msg["mode"]))
         elif "leave" in msg and self.conns.get(conn) is not None:
             gid = self.conns.pop(conn)
             assert gid is not None
@@ -186,6 +195,8 @@ class Roster:
                 "each job its own HVD_PS_GROUP_OFFSET, or wait until that job ends"
             }
         rejoin = group.state in ("dead", "left")
+        if rejoin and "sync" in self.modes:
+            return {"error": f"global group id {gid} cannot rejoin: {SYNC}"}
         if rejoin and self.recoveries >= RECOVERIES:
             return {"error": f"global group id {gid} cannot rejoin: {ONE_RECOVERY}"}
         self.recoveries += rejoin
@@ -220,6 +231,11 @@ class Roster:
         who = group.who
         self._set(gid, "dead")
         alive = [g for g, s in self.groups.items() if s.state == "live"]
+        if "sync" in self.modes:
+            self.report(
+                f"group {gid} died: its leader ({who}) went away without leaving the tier. {SYNC}"
+            )
+            return
         then = (
             "start that job again (HVD_PS_GROUP_OFFSET as before) and it rejoins from the "
             "PS's state"
@@ -294,6 +310,9 @@ class Lease:
             f"{dtype} elements) where the tier has {there}: a job that rejoins must build the "
             "same model and trainers, in the same order, as the jobs that started the tier"
         )
+
+    def report_mode(self, mode: str) -> None:
+        self._tell({"mode": mode})
 
     def leave(self) -> None:
         self._tell({"leave": self.gid})

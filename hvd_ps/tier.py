@@ -133,6 +133,8 @@ class Client:
                 )
             self.mode = mode
             return  # the others passed this barrier long ago
+        if self.lease is not None:
+            self.lease.report_mode(mode)  # a sync group's death is fatal to the others
         if mode == "sync" and self.ps_rank == 0:
             with deadline(f"switching the {self.where} to sync mode", self.cfg.timeout):
                 self.kv._send_command_to_servers(protocol.SYNC_MODE_HEAD, "")

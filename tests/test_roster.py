@@ -146,3 +146,19 @@ def test_a_dead_group_that_never_comes_back_ends_the_tier_non_zero() -> None:
 def test_an_unreachable_roster_is_a_tier_error() -> None:
     with pytest.raises(TierError, match="could not join the PS tier's roster at 127.0.0.1:1"):
         roster.Lease(("127.0.0.1", 1), 0, 1, 2.0)
+
+
+def test_in_sync_mode_a_death_says_the_others_fail_and_no_rejoin_is_granted(
+    tier: Running,
+) -> None:
+    leases = [tier.lease(g) for g in range(3)]
+    for x in leases:
+        x.report_mode("sync")
+    time.sleep(0.2)
+    leases[0].sock.close()
+    tier.until(lambda: tier.lines)
+    assert "group 0 died" in tier.lines[0]
+    assert "train in sync mode, whose rounds need every group" in tier.lines[0]
+    with pytest.raises(TopologyError, match="global group id 0 cannot rejoin: The groups of"):
+        tier.lease(0)
+    assert tier.roster.recoveries == 0  # the one recovery ps-lite takes is not spent
