@@ -22,10 +22,12 @@ never leaves a PS process behind. With only local hosts everything binds 127.0.0
 remote hosts the scheduler binds ``--ps-host``, which is then required.
 
 ``--servers-only`` starts just the tier, prints the ``export`` lines for it and serves until
-SIGINT/SIGTERM or until its servers finish (when all ``--num-workers`` PS workers, possibly
-from several independent ``horovodrun`` jobs, have left). The exports include
-``HVD_PS_TOTAL_GROUPS`` (= ``--num-workers``, the groups of all jobs); each job adds its own
-``HVD_PS_GROUP_OFFSET``, the global id of its first group.
+SIGINT/SIGTERM or until all ``--num-workers`` groups, possibly from several independent
+``horovodrun`` jobs, have left (or no group is alive and a dead one has not rejoined within
+``HVD_PS_TIMEOUT``: exit 1). The exports include ``HVD_PS_TOTAL_GROUPS`` (= ``--num-workers``,
+the groups of all jobs) and ``HVD_PS_ROSTER``, where each leader holds a lease so that the tier
+reports a group's death and lets a restarted async job rejoin (:mod:`hvd_ps.roster`); each job
+adds its own ``HVD_PS_GROUP_OFFSET``, the global id of its first group.
 
 Exit codes: the job's own; 2 for bad flags; 1 when the tier cannot start; 75 when a PS
 process dies during the job; 127 when ``horovodrun`` is missing; 128+N after signal N.
