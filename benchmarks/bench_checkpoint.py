@@ -4,8 +4,9 @@ The model of the cluster suite (an MLP 64-4096-4096-2048-10, 25.5M parameters) t
 steps under DiLoCo (so the servers hold an outer momentum and every group a local SGD momentum
 and ``x_start``); then, in turns, ``trainer.save_checkpoint`` (every rank; each rank times its
 own call, which is how long that rank stalls) and, on global rank 0, ``numpy.save`` of one
-array of the file's size into the same directory, with and without an ``fsync`` (the checkpoint
-fsyncs: a crash must not leave half a file). Medians of the repeats, side by side in one run.
+array of the checkpoint's size (its shards and manifest) into the same directory, with and
+without an ``fsync`` (the checkpoint fsyncs: a crash must not leave half a file). Medians of
+the repeats, side by side in one run, after ``--warmup`` first saves reported apart.
 
 Run under ``mpirun`` (``-np 2`` gives 2 groups of one rank, each with its own parameters)::
 
@@ -31,6 +32,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
+def checkpoint_bytes(path: str) -> int:
+    """The manifest's size and its shards'."""
+    from hvd_ps import checkpoint
+
+    shards = checkpoint.read_manifest(path)["shards"]
+    return os.path.getsize(path) + sum(s["bytes"] for s in shards)
+
+
 def numpy_save(folder: str, nbytes: int, sync: bool) -> float:
     import numpy as np
 
@@ -51,6 +60,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hidden", default="4096,4096,2048")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2, help="first saves, reported apart")
     ap.add_argument("--dir", default=None, help="where to write (default: a fresh temp dir)")
     ap.add_argument("--name", default="checkpoint")
     args = ap.parse_args()
@@ -59,6 +69,7 @@ def main() -> int:
     import mxnet as mx
 
     import hvd_ps
+    import hvd_ps.checkpoint
 
     hvd_ps.init(group_size=1)
     net = mx.gluon.nn.HybridSequential()
@@ -85,41 +96,61 @@ def main() -> int:
     folder = args.dir or (tempfile.mkdtemp(prefix="hvd_ps-bench-") if hvd.rank() == 0 else None)
     folder = hvd.broadcast_object(folder, root_rank=0, name="bench.dir")
     path = os.path.join(folder, "job.hvdps")
-    saves, plain, synced = [], [], []
-    for _ in range(args.repeats):
+    load_before = os.getloadavg()[0]
+
+    def timed_save() -> float:
         hvd.allreduce(mx.nd.zeros(1), name="bench.sync").wait_to_read()
         t0 = time.perf_counter()
         trainer.save_checkpoint(path)
-        saves.append(time.perf_counter() - t0)
+        return time.perf_counter() - t0
+
+    first = [timed_save() for _ in range(args.warmup)]
+    if hvd.rank() == 0:  # numpy's first files too, in memory the machine has not touched yet
+        for sync in (False, True):
+            numpy_save(folder, checkpoint_bytes(path), sync=sync)
+    saves, plain, synced = [], [], []
+    for _ in range(args.repeats):
+        saves.append(timed_save())
         if hvd.rank() == 0:
-            size = os.path.getsize(path)
+            size = checkpoint_bytes(path)
             plain.append(numpy_save(folder, size, sync=False))
             synced.append(numpy_save(folder, size, sync=True))
-    stalls = hvd.allgather_object(statistics.median(saves), name="bench.stalls")
+    every = hvd.allgather_object((first, saves), name="bench.stalls")
     if hvd.rank() == 0:
-        size = os.path.getsize(path)
+        size = checkpoint_bytes(path)
         med = statistics.median
+        slowest = [max(rank[1][i] for rank in every) for i in range(args.repeats)]
+        first_slowest = [max(rank[0][i] for rank in every) for i in range(args.warmup)]
+        worst = med(slowest)
         result = {
             "parameters": n_params,
             "ranks": hvd.size(),
             "groups": hvd_ps.num_groups(),
             "file_bytes": size,
+            "shards": len(hvd_ps.checkpoint.read_manifest(path)["shards"]),
             "repeats": args.repeats,
-            "save_s_per_rank": stalls,
-            "save_s_all": saves,
+            "load_average_1min": [load_before, os.getloadavg()[0]],
+            "first_saves_s_slowest_rank": first_slowest,
+            "save_s_slowest_rank": slowest,
+            "save_s_per_rank": [rank[1] for rank in every],
             "numpy_save_s": med(plain),
             "numpy_save_fsync_s": med(synced),
             "numpy_save_all": plain,
             "numpy_save_fsync_all": synced,
+            "ratio": worst / med(plain),
+            "ratio_fsync": worst / med(synced),
         }
-        worst = max(stalls)
+        firsts = ", ".join(f"{t:.2f}" for t in first_slowest)
         lines = [
             f"# Whole-job checkpoint ({n_params / 1e6:.1f}M parameters, DiLoCo, "
             f"{hvd.size()} ranks in {hvd_ps.num_groups()} groups)",
             "",
-            f"File: {size / 1e6:.0f} MB (every group's parameters, SGD momentum and x_start, the "
-            "PS keys and the servers' outer momentum). Medians of "
-            f"{args.repeats} saves; the spread is the range over the repeats.",
+            f"Checkpoint: {size / 1e6:.0f} MB in {result['shards']} shards and a manifest (every "
+            "group's parameters, SGD momentum and x_start, the PS keys and the servers' outer "
+            f"momentum). Medians of {args.repeats} saves after {args.warmup} first ones; the "
+            "spread is the range over the repeats; save_checkpoint is timed on every rank, the "
+            "slowest rank of each save counts. Load average (1 min) "
+            f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after.",
             "",
             "| what | seconds | ratio to numpy.save | ratio to numpy.save + fsync |",
             "|---|---|---|---|",
@@ -127,8 +158,11 @@ def main() -> int:
             f"({min(plain):.3f}-{max(plain):.3f}) | 1.00 | |",
             f"| numpy.save + fsync | {med(synced):.3f} ({min(synced):.3f}-{max(synced):.3f}) | "
             f"{med(synced) / med(plain):.2f} | 1.00 |",
-            f"| save_checkpoint, slowest rank | {worst:.3f} ({min(saves):.3f}-{max(saves):.3f}"
-            f" on rank 0) | {worst / med(plain):.2f} | {worst / med(synced):.2f} |",
+            f"| save_checkpoint, slowest rank | {worst:.3f} ({min(slowest):.3f}-"
+            f"{max(slowest):.3f}) | {worst / med(plain):.2f} | {worst / med(synced):.2f} |",
+            "",
+            f"The first saves took {firsts} s (the first registers the servers' companion keys; "
+            "the first two write new files, later ones overwrite the spares in place).",
         ]
         os.makedirs(RESULTS, exist_ok=True)
         with open(os.path.join(RESULTS, f"{args.name}.json"), "w") as f:

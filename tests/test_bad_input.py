@@ -69,9 +69,10 @@ def _port_in_use(tmp: Path) -> None:
         spawn.start(1, 1, port=s.getsockname()[1], timeout=10)
 
 
-def _saved(tmp: Path) -> str:
+def _saved(tmp: Path, value: float = 0.0) -> str:
     path = str(tmp / "ckpt.hvdps")
-    checkpoint.write(path, {"ps/0": np.arange(6, dtype=np.float32)}, {"strategy": "EASGD"})
+    ps = np.arange(6, dtype=np.float32) + value
+    checkpoint.write(path, {"ps/0": ps}, {"strategy": "EASGD"})
     return path
 
 
@@ -82,6 +83,12 @@ def _ckpt(damage: Callable[[str], None]) -> Callable[[Path], Any]:
         return checkpoint.read(path)
 
     return run
+
+
+def _shard(path: str) -> str:
+    """The (one) shard of the checkpoint ``path``."""
+    (shard,) = checkpoint.read_manifest(path)["shards"]
+    return os.path.join(os.path.dirname(path), shard["name"])
 
 
 def _truncate(path: str) -> None:
@@ -97,7 +104,7 @@ def _flip(path: str) -> None:
 
 
 def _rewrite(manifest: Any = None, members: Dict[str, bytes] = None) -> Callable[[str], None]:
-    """Replace the file by a zip of ``members`` and (unless None) a ``manifest``."""
+    """Replace the manifest by a zip of ``members`` and (unless None) ``manifest``."""
 
     def damage(path: str) -> None:
         with zipfile.ZipFile(path, "w") as zf:
@@ -109,6 +116,34 @@ def _rewrite(manifest: Any = None, members: Dict[str, bytes] = None) -> Callable
     return damage
 
 
+def _edit(change: Callable[[Dict[str, Any]], None]) -> Callable[[str], None]:
+    """Rewrite the manifest (a valid zip) after ``change`` to its JSON."""
+
+    def damage(path: str) -> None:
+        with zipfile.ZipFile(path) as zf:
+            manifest = json.loads(zf.read(checkpoint.MANIFEST))
+        change(manifest)
+        _rewrite(manifest)(path)
+
+    return damage
+
+
+def _drop_member(path: str) -> None:
+    """The shard without its array, the manifest told the new size (so only the arrays
+    differ)."""
+    shard = _shard(path)
+    with zipfile.ZipFile(shard, "w") as zf:
+        zf.writestr("other.npy", b"")
+    _edit(lambda m: m["shards"][0].update(bytes=os.path.getsize(shard)))(path)
+
+
+def _other_shard(path: str) -> None:
+    """The shard replaced by the shard of another checkpoint of the same shape."""
+    other = Path(path).parent / "other"
+    other.mkdir()
+    os.replace(_shard(_saved(other, 1.0)), _shard(path))
+
+
 def _npy(a: np.ndarray) -> bytes:
     import io
 
@@ -117,9 +152,12 @@ def _npy(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _manifest(version: int = 1, fmt: str = checkpoint.FORMAT, shape=(6,)) -> Dict[str, Any]:
-    arrays = {"ps/0": {"shape": list(shape), "dtype": "<f4"}}
-    return {"format": fmt, "version": version, "meta": {}, "arrays": arrays}
+def _manifest(version: int = 2, fmt: str = checkpoint.FORMAT) -> Dict[str, Any]:
+    return {"format": fmt, "version": version, "meta": {}, "shards": []}
+
+
+def _set_shape(m: Dict[str, Any]) -> None:
+    m["shards"][0]["arrays"]["ps/0"]["shape"] = [7]
 
 
 ONE = {"ps/0.npy": _npy(np.arange(6, dtype=np.float32))}
@@ -194,21 +232,32 @@ CASES = [
      "CheckpointError", r"no checkpoint at .*nothing.hvdps: check the path"),
     ("checkpoint-torn", _ckpt(_truncate), "CheckpointError",
      r"is torn or corrupt: .*; start from another checkpoint"),
-    ("checkpoint-flipped-byte", _ckpt(_flip), "CheckpointError",
-     r"is torn or corrupt: .*CRC.*; start from another checkpoint"),
+    ("checkpoint-flipped-byte", _ckpt(lambda p: _flip(_shard(p))), "CheckpointError",
+     r"shard ckpt.hvdps.all.[0-9a-f]{16}.npz of .* is torn or corrupt: .*CRC.*; start from "
+     r"another checkpoint"),
     ("checkpoint-not-a-zip", _ckpt(lambda p: Path(p).write_bytes(b"hello")), "CheckpointError",
      r"is torn or corrupt: .*; start from another checkpoint"),
     ("checkpoint-no-manifest", _ckpt(_rewrite(None, ONE)), "CheckpointError",
      r"is not an hvd_ps checkpoint \(it has no manifest.json\)"),
     ("checkpoint-foreign-manifest", _ckpt(_rewrite(_manifest(fmt="other"), ONE)),
      "CheckpointError", r"is not an hvd_ps checkpoint \(foreign manifest\)"),
-    ("checkpoint-other-version", _ckpt(_rewrite(_manifest(version=2), ONE)), "CheckpointError",
-     r"is a version 2 checkpoint; this hvd_ps reads version 1"),
-    ("checkpoint-member-missing", _ckpt(_rewrite(_manifest(), {})), "CheckpointError",
-     r"arrays do not match the manifest \(missing \['ps/0'\], unlisted \[\]\); the file was "
-     r"altered"),
-    ("checkpoint-shape-altered", _ckpt(_rewrite(_manifest(shape=(7,)), ONE)), "CheckpointError",
-     r"array 'ps/0' is <f4\[6\], its manifest says <f4\[7\]; the file was altered"),
+    ("checkpoint-other-version", _ckpt(_rewrite(_manifest(version=1), ONE)), "CheckpointError",
+     r"is a version 1 checkpoint; this hvd_ps reads version 2"),
+    ("checkpoint-shard-missing", _ckpt(lambda p: os.unlink(_shard(p))), "CheckpointError",
+     r"shard ckpt.hvdps.all.[0-9a-f]{16}.npz of .* is missing: a checkpoint is its manifest "
+     r"and every shard it lists, in one directory; copy them together or start from another "
+     r"checkpoint"),
+    ("checkpoint-shard-torn", _ckpt(lambda p: _truncate(_shard(p))), "CheckpointError",
+     r"shard .* is \d+ bytes, its manifest says \d+: it is torn or was replaced; start from "
+     r"another checkpoint"),
+    ("checkpoint-shard-of-another-checkpoint", _ckpt(_other_shard), "CheckpointError",
+     r"array 'ps/0' has CRC-32 \d+, the manifest says \d+: the shard is from another "
+     r"checkpoint"),
+    ("checkpoint-member-missing", _ckpt(_drop_member), "CheckpointError",
+     r"arrays do not match the manifest \(missing \['ps/0'\], unlisted \['other'\]\); the "
+     r"shard was altered or is from another checkpoint"),
+    ("checkpoint-shape-altered", _ckpt(_edit(_set_shape)), "CheckpointError",
+     r"array 'ps/0' is <f4\[6\], the manifest says <f4\[7\]; the checkpoint was altered"),
     ("checkpoint-of-another-setup",
      lambda tmp: checkpoint.expect(_saved(tmp), checkpoint.read(_saved(tmp))[1], "strategy",
                                    "DiLoCo"),

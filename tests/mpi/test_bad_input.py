@@ -203,6 +203,35 @@ def _garbage(path: str) -> None:
         f.write(b"not a checkpoint at all")
 
 
+def _last_shard(path: str) -> str:
+    """The shard of the last group (read by other ranks than rank 0 when there are several)."""
+    from hvd_ps import checkpoint
+
+    shard = checkpoint.read_manifest(path)["shards"][-1]
+    return os.path.join(os.path.dirname(path), shard["name"])
+
+
+def _drop_last_shard(path: str) -> None:
+    os.unlink(_last_shard(path))
+
+
+def _flip_last_shard(path: str) -> None:
+    """A byte of the last shard's first array, its data (a bit flip the size check misses)."""
+    import zipfile
+
+    shard = _last_shard(path)
+    with zipfile.ZipFile(shard) as zf:
+        info = zf.infolist()[0]
+    with open(shard, "r+b") as f:
+        f.seek(info.header_offset + 26)  # the local header's name and extra field lengths
+        names = int.from_bytes(f.read(2), "little") + int.from_bytes(f.read(2), "little")
+        at = info.header_offset + 30 + names + info.compress_size - 1  # the data's last byte
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
 RESUME = r"resume with the same setting or start from another checkpoint"
 
 CASES = [
@@ -252,6 +281,11 @@ CASES = [
          r"is torn or corrupt"),
     Case("checkpoint-foreign", _checkpoint("ck_foreign", _garbage), "CheckpointError",
          r"is torn or corrupt"),
+    Case("checkpoint-shard-missing", _checkpoint("ck_shard", _drop_last_shard),
+         "CheckpointError", r"shard ck_shard.hvdps.group\d+.[0-9a-f]{16}.npz of .* is missing: "
+         r"a checkpoint is its manifest and every shard it lists, in one directory"),
+    Case("checkpoint-shard-flipped", _checkpoint("ck_flip", _flip_last_shard),
+         "CheckpointError", r"shard ck_flip.hvdps.group\d+.* is torn or corrupt: .*CRC"),
     Case("checkpoint-after-first-step", _checkpoint("ck_late", stepped=True), "CheckpointError",
          r"call it before the trainer's first step"),
 ]  # fmt: skip

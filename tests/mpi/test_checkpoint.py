@@ -47,9 +47,9 @@ def _strategy(spec, num_groups):
     return hvd_ps.DiLoCo(period=period, outer_lr=0.7, momentum=0.9, overlap=overlap)
 
 
-def _run(case, tag, steps, first=1, save=None, load=None):
+def _run(case, tag, steps, first=1, save=None, load=None, go_on=False):
     """Train ``case`` (parameters named ``tag``) from step ``first`` to ``steps``; save after
-    step ``save`` (and stop there) or start by loading ``load``."""
+    step ``save`` (and stop there, unless ``go_on``) or start by loading ``load``."""
     import horovod.mxnet as hvd
     import mxnet as mx
 
@@ -79,7 +79,8 @@ def _run(case, tag, steps, first=1, save=None, load=None):
         if t == save:
             path = _shared_path(case)
             trainer.save_checkpoint(path)
-            return net, trainer, path
+            if not go_on:
+                return net, trainer, path
     return net, trainer, None
 
 
@@ -119,6 +120,23 @@ def test_resumed_run_ends_where_the_uninterrupted_run_ends(rt, sync_client, case
     # the run trained: its result is not the initial parameters
     w0, b0 = ref.initial()
     assert np.abs(_values(net_a) - np.concatenate([w0.ravel(), b0])).max() > 1e-3
+
+
+@pytest.mark.mpi(min_size=1)
+@pytest.mark.parametrize("case", [c for c in CASES if "overlap" in c])
+def test_a_run_that_saves_and_goes_on_ends_where_it_would_have(rt, sync_client, case):
+    """Saving leaves the job as it was: the exchange in flight lands as it would have (the
+    save pulls every PS key, and MXNet pulls a key into the array last pushed to it)."""
+    import horovod.mxnet as hvd
+
+    _, steps, k = CASES[case]
+    net_a, trainer_a, _ = _run(case, f"{case}_go_a", steps)
+    net_d, trainer_d, _ = _run(case, f"{case}_go_d", steps, save=k, go_on=True)
+    assert trainer_d.t == steps
+    _close(_values(net_d), _values(net_a), f"{case}: rank {hvd.rank()}'s parameters")
+    trainer_a.pull_global()
+    trainer_d.pull_global()
+    _close(_values(net_d), _values(net_a), f"{case}: the global model")
 
 
 @pytest.mark.mpi(min_size=1)
