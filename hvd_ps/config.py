@@ -43,6 +43,9 @@ variable                   default      meaning
 ``HVD_PS_HEARTBEAT``       ``6``        ``hvdps-run --servers-only``: seconds without a ps-lite
                                         heartbeat after which the scheduler counts a node dead and
                                         gives its place to a node that rejoins
+``HVD_PS_OWN_SCHEDULER``   unset        ``1``: a scheduler started with ``DMLC_ROLE=scheduler`` is
+                                        hvd_ps's (:mod:`hvd_ps.scheduler`), not ps-lite's; set
+                                        by ``hvdps-run --servers-only``
 ``HVD_PS_AUDIT_DIR``       unset        servers append every update they apply (key, what
                                         arrived, the value before and after) to a JSON-lines file
                                         there: for tests and soaks of small models only
@@ -96,6 +99,7 @@ class Config:
     roster: Optional[Tuple[str, int]] = None
     heartbeat: int = 6
     audit_dir: Optional[str] = None
+    own_scheduler: bool = False
 
     @property
     def external_tier(self) -> bool:
@@ -137,6 +141,13 @@ def _launcher(env: Mapping[str, str]) -> Optional[Tuple[str, int]]:
     if not env.get("HVD_PS_LAUNCHER_TOKEN"):
         raise ConfigError("HVD_PS_LAUNCHER is set but HVD_PS_LAUNCHER_TOKEN is not")
     return address
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "").strip()
+    if raw not in ("", "0", "1"):
+        raise ConfigError(f"{name}={raw!r} must be 1 or 0 (or unset)")
+    return raw == "1"
 
 
 def _optional_int(env: Mapping[str, str], name: str, minimum: int = 1) -> Optional[int]:
@@ -190,6 +201,7 @@ def load(environ: Optional[Mapping[str, str]] = None) -> Config:
         roster=_address(env, "HVD_PS_ROSTER"),
         heartbeat=int(_number(env, "HVD_PS_HEARTBEAT", 6, int, 2)),
         audit_dir=env.get("HVD_PS_AUDIT_DIR") or None,
+        own_scheduler=_flag(env, "HVD_PS_OWN_SCHEDULER"),
     )
 
 

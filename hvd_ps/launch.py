@@ -151,8 +151,11 @@ def _start_remote(tier: Tier, plan: Plan, opts: argparse.Namespace, num_workers:
 
 
 def _heartbeats(opts: argparse.Namespace) -> Dict[str, str]:
-    """A tier that jobs may leave and rejoin (``--servers-only``) runs ps-lite's heartbeats."""
-    return config.heartbeat_environment(config.load().heartbeat) if opts.servers_only else {}
+    """A tier that jobs may leave and rejoin (``--servers-only``) runs ps-lite's heartbeats and
+    hvd_ps's scheduler (:mod:`hvd_ps.scheduler`: ps-lite's takes one node recovery in its life)."""
+    if not opts.servers_only:
+        return {}
+    return {**config.heartbeat_environment(config.load().heartbeat), "HVD_PS_OWN_SCHEDULER": "1"}
 
 
 def node_host(plan: Plan) -> Dict[str, str]:

@@ -16,9 +16,8 @@ no node is dead yet is never answered. The roster fills both gaps:
   vanished) is the group's death, and the tier prints a line naming the group.
 * a ``join`` for a group that died (or left) is a rejoin: the answer says so, and how long to
   wait before registering with ps-lite (until the scheduler counts the dead node as dead).
-  ps-lite's scheduler survives only one recovery in its life (:data:`RECOVERIES`), so the
-  roster grants one rejoin per tier and refuses the next with an error saying what to do,
-  rather than let the scheduler abort under the jobs still training. A
+  (ps-lite's own scheduler aborts at its second recovery, so the tier runs hvd_ps's,
+  :mod:`hvd_ps.scheduler`, which takes any number.) A
   rejoining leader skips everything that would disturb the others (the barriers, the keys'
   initial values and rules) and starts from the PS's state (:mod:`hvd_ps.schedule`).
 * every leader reports the PS keys it registers (name, size, dtype), so a rejoining job that
@@ -41,17 +40,6 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .errors import TierError, TopologyError
 from .rendezvous import MAX_MESSAGE, _receive, _send
-
-#: rejoins a tier can take: ps-lite's scheduler (MXNet 1.9.1's ps-lite) keeps every node it
-#: recovered in one list it never clears, and checks that the list holds exactly one node at
-#: each recovery, so the second recovery aborts the scheduler ("Check failed:
-#: recovery_nodes->control.node.size() == 1 (2 vs. 1)") and with it the whole tier
-RECOVERIES = 1
-ONE_RECOVERY = (
-    "this PS tier has taken the one rejoin ps-lite allows in a tier's life (its scheduler "
-    "aborts at a second one); let the other jobs finish, then restart the tier and every job "
-    "(from their checkpoints)"
-)
 
 SYNC = (
     "The groups of this tier train in sync mode, whose rounds need every group: the others' "
@@ -98,7 +86,7 @@ class Roster:
     groups: Dict[int, Group] = field(default_factory=dict)
     keys: Dict[str, List[Any]] = field(default_factory=dict)
     modes: set = field(default_factory=set)  # the trainers' modes the leaders reported
-    recoveries: int = 0  # rejoins granted (ps-lite takes RECOVERIES in a tier's life)
+    recoveries: int = 0  # rejoins granted
     conns: Dict[socket.socket, Optional[int]] = field(default_factory=dict)
     buffers: Dict[socket.socket, bytes] = field(default_factory=dict)
 
@@ -197,8 +185,6 @@ class Roster:
         rejoin = group.state in ("dead", "left")
         if rejoin and "sync" in self.modes:
             return {"error": f"global group id {gid} cannot rejoin: {SYNC}"}
-        if rejoin and self.recoveries >= RECOVERIES:
-            return {"error": f"global group id {gid} cannot rejoin: {ONE_RECOVERY}"}
         self.recoveries += rejoin
         wait = max(0.0, group.since + self.dead_after + MARGIN - time.monotonic()) if rejoin else 0
         was = group.state
@@ -236,15 +222,10 @@ class Roster:
                 f"group {gid} died: its leader ({who}) went away without leaving the tier. {SYNC}"
             )
             return
-        then = (
-            "start that job again (HVD_PS_GROUP_OFFSET as before) and it rejoins from the "
-            "PS's state"
-            if self.recoveries < RECOVERIES
-            else f"it cannot rejoin ({ONE_RECOVERY})"
-        )
         self.report(
             f"group {gid} died: its leader ({who}) went away without leaving the tier. The "
-            f"PS tier keeps serving the other groups ({alive or 'none alive'}); {then}"
+            f"PS tier keeps serving the other groups ({alive or 'none alive'}); start that job "
+            "again (HVD_PS_GROUP_OFFSET as before) and it rejoins from the PS's state"
         )
 
     def _set(self, gid: int, state: str) -> None:

@@ -359,6 +359,18 @@ def main() -> int:
         format=f"%(asctime)s [hvd_ps {role} pid {os.getpid()}] %(levelname)s %(message)s",
     )
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    cfg = config.load()
+    if role == "scheduler" and cfg.own_scheduler:  # a tier groups may leave and rejoin
+        from . import scheduler
+
+        assert cfg.ps_root_uri is not None and cfg.ps_root_port is not None
+        return scheduler.main(
+            cfg.ps_root_uri,
+            cfg.ps_root_port,
+            cfg.ps_num_servers or 1,
+            cfg.ps_num_workers or 1,
+            cfg.heartbeat,
+        )
     return run(role)
 
 
