@@ -97,7 +97,9 @@ class Tier:
         return None
 
     def finished(self) -> bool:
-        return all(p.poll() is not None for p in self.procs().values())
+        """Every server has exited (a sync job's leaders stop them as they leave; the
+        scheduler of a ``--servers-only`` tier, hvd_ps's own, waits to be stopped)."""
+        return all(p.poll() is not None for n, p in self.procs().items() if n != "scheduler")
 
     def stop(self, grace: float) -> None:
         self.local.stop(grace=grace)
@@ -326,6 +328,7 @@ def serve(tier: Tier, plan: Plan, sigs: Signals) -> int:
                 say(f"HvdPsError: {what}")
                 return TIER_DIED
             if tier.finished():
+                tier.stop(grace=2.0)
                 return 0
             done = roster.finished()
             if done is not None:
