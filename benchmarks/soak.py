@@ -69,9 +69,10 @@ def _start(cmd: List[str], env: Dict[str, str], log: Path) -> subprocess.Popen:
                             start_new_session=True)  # fmt: skip
 
 
-def _kill_job(job: subprocess.Popen, out: Path, tag: str) -> None:
-    """SIGKILL the job's session and its ranks (mpirun gives them process groups of their own),
-    found among our children by their command line, killed by PID."""
+def kill_job(job: subprocess.Popen, out: Path, tag: str) -> None:
+    """SIGKILL a whole job of tests/jobs/rejoin_job.py: its session and its ranks (mpirun
+    gives them process groups of their own), found by their command line (the job's out dir
+    and tag), killed by PID. Used by tests/test_rejoin.py too."""
     ranks = [
         p.pid
         for p in psutil.process_iter(["cmdline"])
@@ -185,7 +186,7 @@ def main() -> int:
             target = int(rng.randint(args.restart_every // 4, args.restart_every))
             while _count(work / f"{tag}.count") < target and c.poll() is None:
                 time.sleep(0.05)
-            _kill_job(c, work, tag)
+            kill_job(c, work, tag)
             kills += 1
             killed += _count(work / f"{tag}.count")
         else:  # the others leave when done

@@ -23,19 +23,19 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
-import psutil
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference as ref  # noqa: E402
 import test_shared_tier as shared  # noqa: E402  (its tier and process helpers)
+
+from benchmarks.soak import kill_job  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = str(ROOT / "tests" / "jobs" / "rejoin_job.py")
@@ -59,26 +59,6 @@ def _wait_for(what: str, check, limit: float, procs: List) -> None:
     outs = [p.communicate(timeout=20) if p.poll() is not None else ("", "") for p in procs]
     shared._kill(procs)
     pytest.fail(f"{what} did not happen: {outs}")
-
-
-def _kill_job(job, out: Path, tag: str) -> None:
-    """SIGKILL a whole job: its horovodrun session and its ranks (mpirun starts them in
-    process groups of their own), found by the job's command line and killed by PID."""
-    ranks = [
-        p.pid
-        for p in psutil.process_iter(["cmdline"])
-        if JOB in (p.info["cmdline"] or [])
-        and str(out) in p.info["cmdline"]
-        and tag in p.info["cmdline"]
-    ]
-    os.killpg(job.pid, signal.SIGKILL)
-    for pid in ranks:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    job.wait(timeout=20)
-    shared._assert_gone(ranks)
 
 
 def _count(path: Path) -> int:
@@ -125,7 +105,7 @@ def test_a_dead_async_group_rejoins_and_nothing_is_lost(tmp_path: Path, strategy
         c1 = _job(tmp_path, 2, 2, strategy, "C1", "--until", str(tmp_path / "never"), **ex)
         jobs = [a, b, c1]
         _wait_for("C1's third exchange", lambda: _count(tmp_path / "C1.count") >= 3, 120, jobs)
-        _kill_job(c1, tmp_path, "C1")
+        kill_job(c1, tmp_path, "C1")
         killed_at = _count(tmp_path / "C1.count")
         before_rejoin = _count(tmp_path / "A.count")
         c2 = _job(tmp_path, 2, 2, strategy, "C2", "--steps", "12", **ex)
