@@ -182,7 +182,8 @@ def _pull_ps(tr: Any) -> List[Tuple[str, Any]]:
             # one array per push: a later pull of the key writes into what was pushed last
             zeros = mx.nd.zeros(b.pulled.shape, dtype=b.pulled.dtype)
             key = _state_key(tr, b, leaf, protocol.CopyState(b.key, leaf), zeros)
-            client.push(key, zeros)  # by each leader: a sync round waits for all of them
+            if b.index in mine or client.mode == "sync":  # a round waits for every leader
+                client.push(key, zeros)
             if b.index in mine:
                 state = mx.nd.empty(b.pulled.shape, dtype=b.pulled.dtype)
                 client.exchange(key, None, state, wait=False)  # after the push: the copy
