@@ -233,7 +233,8 @@ class DistributedTrainer(hvd.DistributedTrainer):
         Collective: call it on every rank at the same step. Each group's leader writes its
         group's shard next to ``path`` (so ``path``'s directory must be one every leader and
         rank 0 see: one host, or a shared filesystem); global rank 0 then commits them by
-        writing the manifest ``path`` atomically. Raises :class:`~hvd_ps.errors.CheckpointError` on every rank if it cannot.
+        writing the manifest ``path`` atomically. Raises
+        :class:`~hvd_ps.errors.CheckpointError` on every rank if it cannot.
         """
         from . import resume
 
