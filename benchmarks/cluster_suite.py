@@ -23,7 +23,9 @@ counters over the window), and the split of a step into compute / group allreduc
 (``trainer.stats()``). Then, unless
 ``--no-accuracy``, time to ``--target`` test accuracy on the first cluster at the first link
 with a smaller (``--acc-hidden``, >= 4M parameters) model for ``--acc-methods`` (the global
-model evaluated after every epoch, timed apart from training). Every job runs with
+model evaluated after every epoch, timed apart from training; every run trains all
+``--epochs``, so that the final accuracy of an overlapped run compares with its blocking
+twin's). ``--no-throughput`` runs only these. Every job runs with
 ``OMP_NUM_THREADS=1`` and ``OMPI_MCA_mpi_yield_when_idle=1`` (more ranks than cores).
 
 Needs root. Writes ``--out``.json, .md and plots (``_efficiency.png``, ``_model.png``,
@@ -183,7 +185,7 @@ def estimate(args: argparse.Namespace, clusters: List, links: List[str], overlap
              compute_s: float, start_s: float) -> float:  # fmt: skip
     """Seconds the throughput runs should take by the cost model, given the bound's step time
     ``compute_s`` and ``start_s`` per job (start, warm-up aside, evaluation); printed per run."""
-    params = sum(a * b + b for a, b in _layers(args.hidden))
+    params = sum(a * b + b for a, b in report._widths(args.hidden))
     total = 0.0
     for hosts, rpn in clusters:
         for link in links:
@@ -200,11 +202,6 @@ def estimate(args: argparse.Namespace, clusters: List, links: List[str], overlap
                       f"{start_s:.0f} s start + {evals:.1f} s eval = {secs:.0f} s")  # fmt: skip
     print(f"throughput runs: {total / 60:.1f} min by the model ({params / 1e6:.1f}M parameters)")
     return total
-
-
-def _layers(hidden: str) -> List:
-    widths = [64] + [int(w) for w in hidden.split(",") if w] + [10]
-    return list(zip(widths[:-1], widths[1:]))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -227,13 +224,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--eval", action="store_true",
                     help="also evaluate the global model after each throughput window")  # fmt: skip
     ap.add_argument("--no-accuracy", action="store_true", help="skip time-to-accuracy")
+    ap.add_argument("--no-throughput", action="store_true",
+                    help="only the time-to-accuracy runs")  # fmt: skip
     ap.add_argument(
         "--acc-methods",
         default="horovod,model_average,easgd,diloco",
         help="methods of the time-to-accuracy runs (with their overlapped twins)",
     )
     ap.add_argument("--target", type=float, default=0.95)
-    ap.add_argument("--epochs", type=int, default=30, help="most epochs of an accuracy run")
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=12,
+        help="epochs of an accuracy run (all of them: final accuracies compare)",
+    )
     ap.add_argument("--job-timeout", type=int, default=900)
     ap.add_argument("--ps-timeout", type=int, default=600)
     ap.add_argument("--out", default=str(RESULTS / "cluster_suite"))
@@ -264,7 +268,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for ci, (hosts, rpn) in enumerate(clusters):
             for li, link in enumerate(links):
                 with StarCluster(hosts=hosts, rate=link) as cluster:
-                    for spec in plan(args, overlap_ok):
+                    for spec in [] if args.no_throughput else plan(args, overlap_ok):
                         port += 1
                         before = cluster.counters()
                         got = run_job(cluster, spec, args, rpn, link, "throughput", port, tmp)

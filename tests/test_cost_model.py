@@ -10,8 +10,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: benchmarks/
 from benchmarks.model import (  # noqa: E402
     FRAME_OVERHEAD,
+    TRANSPORTS,
     Job,
     Net,
+    Transport,
+    calibrate,
     check,
     check_markdown,
     ps_phase,
@@ -23,6 +26,8 @@ from benchmarks.model import (  # noqa: E402
 F = FRAME_OVERHEAD
 NET = Net(hosts=2, ranks_per_host=2, bandwidth=1e8, latency=0.001)
 JOB = Job(params=1_000_000, compute_s=0.5)  # 4 MB of float32
+#: transports that reach the link rate and cost no processor time: the arithmetic by hand
+IDEAL = {name: Transport(efficiency=1.0, cpu_s_per_byte=0.0) for name in TRANSPORTS}
 
 
 def test_rates():
@@ -53,18 +58,19 @@ def test_ps_phase_sharded():
         ps_phase(2, 1, 1.0, 3)
 
 
-def test_horovod_ring():
-    got = step("horovod", NET, JOB)
-    # 2 (N-1)/N M = 1.5 * 4 MB on each host's edge of the ring, 2 (N-1) = 6 latencies
-    assert got["sent"] == pytest.approx([6e6 * F, 6e6 * F])
-    assert got["comm_s"] == pytest.approx(0.06 * F + 0.006)
-    assert got["step_s"] == pytest.approx(0.5 + 0.06 * F + 0.006)
-    four = step("horovod", Net(4, 1, 1e8, 0.0), JOB)
-    assert four["total_bytes"] == pytest.approx(24e6 * F)
+def test_horovod_halving_doubling_over_hosts():
+    got = step("horovod", NET, JOB, transports=IDEAL)
+    # 2 hosts: 2 (H-1)/H M = 4 MB each way per host (the steps inside a host stay there),
+    # 2 log2(4) = 4 latencies
+    assert got["sent"] == pytest.approx([4e6 * F, 4e6 * F])
+    assert got["comm_s"] == pytest.approx(0.04 * F + 0.004)
+    assert got["step_s"] == pytest.approx(0.5 + 0.04 * F + 0.004)
+    four = step("horovod", Net(4, 1, 1e8, 0.0), JOB, transports=IDEAL)
+    assert four["total_bytes"] == pytest.approx(4 * 6e6 * F)  # 1.5 M per host
 
 
 def test_dist_sync_servers_on_every_host():
-    got = step("dist_sync", NET, JOB, server_hosts=2)
+    got = step("dist_sync", NET, JOB, server_hosts=2, transports=IDEAL)
     # each host: its 2 workers push half of 4 MB to the other host, and serve the other
     # host's 2 workers half of theirs: 4 MB each way per phase, then the pull
     assert got["sent"] == pytest.approx([8e6 * F, 8e6 * F])
@@ -72,38 +78,40 @@ def test_dist_sync_servers_on_every_host():
 
 
 def test_gradient_push_servers_on_host_a():
-    got = step("gradient_push", NET, JOB, server_hosts=1)
+    got = step("gradient_push", NET, JOB, server_hosts=1, transports=IDEAL)
     assert got["sent"] == pytest.approx([4e6 * F, 4e6 * F])  # b pushes, a answers the pull
     assert got["step_s"] == pytest.approx(0.5 + 2 * (0.04 * F + 0.001))
-    half = step("gradient_push", NET, Job(1_000_000, 0.5, wire_bytes=2), server_hosts=1)
+    half = step(
+        "gradient_push", NET, Job(1_000_000, 0.5, wire_bytes=2), server_hosts=1, transports=IDEAL
+    )
     assert half["total_bytes"] == pytest.approx(4e6 * F)  # float16 on the wire
 
 
 def test_periodic_blocking_and_overlapped():
     exchange_s = 2 * (0.04 * F + 0.001)
-    blocking = step("easgd", NET, JOB, period=16, overlap=0)
+    blocking = step("easgd", NET, JOB, period=16, overlap=0, transports=IDEAL)
     assert blocking["comm_s"] == pytest.approx(exchange_s / 16)
     assert blocking["total_bytes"] == pytest.approx(8e6 * F / 16)
-    hidden = step("easgd", NET, JOB, period=16, overlap=1)  # 0.5 s of compute hides it
+    hidden = step("easgd", NET, JOB, period=16, overlap=1, transports=IDEAL)  # 0.5 s hides it
     assert hidden["step_s"] == 0.5
     slow = Net(2, 2, 1e6, 0.0)  # 4 MB at 1 MB/s: 2 * 4.18 s per exchange, 8 steps hide 4 s
-    partly = step("model_average", slow, JOB, period=16, overlap=8)
+    partly = step("model_average", slow, JOB, period=16, overlap=8, transports=IDEAL)
     assert partly["comm_s"] == pytest.approx((8 * F - 4.0) / 16)
-    half = step("diloco", NET, Job(1_000_000, 0.5, wire_bytes=2), period=16)
+    half = step("diloco", NET, Job(1_000_000, 0.5, wire_bytes=2), period=16, transports=IDEAL)
     assert half["comm_s"] == pytest.approx(2 * (0.02 * F + 0.001) / 16)
 
 
 def test_bound_and_single_host_send_nothing():
-    assert step("bound", NET, JOB) == {"step_s": 0.5, "comm_s": 0.0, "sent": [0, 0],
-                                       "total_bytes": 0}  # fmt: skip
-    assert step("horovod", Net(1, 4, 1e8, 0.001), JOB)["comm_s"] == 0.0
+    nothing = {"step_s": 0.5, "comm_s": 0.0, "sent": [0, 0], "total_bytes": 0}
+    assert step("bound", NET, JOB, transports=IDEAL) == nothing
+    assert step("horovod", Net(1, 4, 1e8, 0.001), JOB, transports=IDEAL)["comm_s"] == 0.0
 
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="method"):
-        step("allgather", NET, JOB)
+        step("allgather", NET, JOB, transports=IDEAL)
     with pytest.raises(ValueError, match="overlap"):
-        step("easgd", NET, JOB, period=4, overlap=4)
+        step("easgd", NET, JOB, period=4, overlap=4, transports=IDEAL)
 
 
 def _run(name, method, step_s, link_bytes, **kw):
@@ -116,30 +124,74 @@ def _run(name, method, step_s, link_bytes, **kw):
 def test_check_against_measurements():
     runs = [
         _run("bound", "bound", 0.5, 3000.0),  # Horovod's control messages: no error quoted
-        _run("horovod", "horovod", 0.6, 12e6),  # model: 0.5 + 0.06 F, 12 MB F
+        _run("horovod", "horovod", 0.6, 8e6),  # model: 0.5 + 0.04 F, 8 MB F
         _run("easgd k=16", "easgd", 0.5, 1e6, period=16, overlap=8),
         _run("other link", "horovod", 1.0, 1.0, link="1gbit"),  # no bound there: skipped
     ]
-    rows = check(runs)
+    rows = check(runs, IDEAL)
     assert [r["name"] for r in rows] == ["bound", "horovod", "easgd k=16"]
     assert rows[0]["calibration"] and rows[0]["step_error"] == 0.0
     assert rows[0]["bytes_error"] is None
-    assert rows[1]["model_step_s"] == pytest.approx(0.5 + 0.06 * F)
-    assert rows[1]["step_error"] == pytest.approx((0.06 * F - 0.1) / 0.6)
+    assert rows[1]["model_step_s"] == pytest.approx(0.5 + 0.04 * F)
+    assert rows[1]["step_error"] == pytest.approx((0.04 * F - 0.1) / 0.6)
     assert rows[1]["bytes_error"] == pytest.approx(F - 1)
     assert rows[2]["step_error"] == 0.0  # 8 steps of 0.5 s hide an 0.08 s exchange
     assert rows[2]["bytes_error"] == pytest.approx(0.5 * F - 1)  # 8 MB F / 16 against 1 MB
     md = check_markdown(rows)
-    assert "| horovod | 2x2 | 800mbit | 0.600 | 0.560 | -7% | 12.0 | 12.0 | +0% |" in md
-    assert "Largest step-time error: 7% over 2 runs." in md
+    assert "| horovod | 2x2 | 800mbit | 0.600 | 0.540 | -10% | 8.0 | 8.0 | +0% |" in md
+    assert "Largest step-time error: 10% over 2 runs." in md
 
 
 def test_scaling_curves():
     job = Job(params=1_000_000, compute_s=0.5)
-    curves = scaling([8, 16], 4, 1e8, job, batch=32, period=16, overlap=8, latency=0.0)
+    curves = scaling([8, 16], 4, 1e8, job, batch=32, period=16, overlap=8, latency=0.0,
+                     transports=IDEAL)  # fmt: skip
     assert curves["bound"] == pytest.approx([8 * 32 / 0.5, 16 * 32 / 0.5])
-    ring8 = 2 * 7 / 8 * 4e6 * F / 1e8
+    ring8 = 2 * 1 / 2 * 4e6 * F / 1e8  # 8 ranks on 2 hosts
     assert curves["Horovod"][0] == pytest.approx(8 * 32 / (0.5 + ring8))
     # dist_sync at 2 hosts, a server on each: 4 workers x 2 MB each way per phase
     assert curves["dist_sync"][0] == pytest.approx(8 * 32 / (0.5 + 2 * 8e6 * F / 1e8))
     assert curves["hvd_ps ModelAverage k=16 overlap=8"] == curves["bound"]
+
+
+def test_transport_efficiency_and_processor_time():
+    slow = {**IDEAL, "hvd_ps": Transport(efficiency=0.5, cpu_s_per_byte=1e-9)}
+    got = step("gradient_push", NET, JOB, server_hosts=1, transports=slow)
+    # 4 MB F per phase at half of 1e8 B/s, two phases; 8 MB F sent by the two hosts together
+    link = 2 * (4e6 * F / 5e7 + 0.001)
+    assert got["comm_s"] == pytest.approx(link + 8e6 * F * 1e-9)
+    own = Net(2, 2, 1e8, 0.001, shared_cpu=False)  # real hosts: the busiest host's bytes
+    got = step("gradient_push", own, JOB, server_hosts=1, transports=slow)
+    assert got["comm_s"] == pytest.approx(link + 4e6 * F * 1e-9)
+    mpi = {**IDEAL, "mpi": Transport(efficiency=0.25, cpu_s_per_byte=2e-9)}
+    got = step("horovod", Net(4, 1, 1e8, 0.0), JOB, transports=mpi)
+    assert got["comm_s"] == pytest.approx(6e6 * F / 2.5e7 + 4 * 6e6 * F * 2e-9)
+
+
+def test_overlap_hides_link_time_not_processor_time():
+    cpu = {**IDEAL, "hvd_ps": Transport(efficiency=1.0, cpu_s_per_byte=1e-8)}
+    got = step("easgd", NET, JOB, period=16, overlap=8, transports=cpu)
+    assert got["comm_s"] == pytest.approx(8e6 * F * 1e-8 / 16)  # 0.08 s, all of it waited
+
+
+def _synthetic(method, link, period, eff, cpu, bound_s=0.5, **kw):
+    """A run whose step time follows the model with the given constants exactly."""
+    run = _run(method, method, 1.0, 0.0, link=link, period=period, **kw)
+    bound = _run("bound", "bound", bound_s, 0.0, link=link)
+    tr = {name: Transport(eff, cpu) for name in TRANSPORTS}
+    run["step_s"] = check([run, bound], tr)[0]["model_step_s"]
+    return [run, bound]
+
+
+def test_calibrate_recovers_the_constants():
+    runs = []
+    for link in ("1gbit", "100mbit"):
+        runs += _synthetic("model_average", link, 16, eff=0.7, cpu=1e-9, server_hosts=2)
+        runs += _synthetic("horovod", link, 1, eff=0.55, cpu=0.0)
+    runs += _synthetic("easgd", "1gbit", 16, eff=0.1, cpu=0.0, overlap=8)  # overlapped: unused
+    got = calibrate(runs)
+    assert got["hvd_ps"].efficiency == pytest.approx(0.7, rel=1e-6)
+    assert got["hvd_ps"].cpu_s_per_byte == pytest.approx(1e-9, rel=1e-6)
+    assert got["mpi"].efficiency == pytest.approx(0.55, rel=1e-6)
+    assert got["mpi"].cpu_s_per_byte == pytest.approx(0.0, abs=1e-15)
+    assert "stock_ps" not in got  # no dist_sync run: nothing to fit
