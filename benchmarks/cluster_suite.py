@@ -185,7 +185,7 @@ def estimate(args: argparse.Namespace, clusters: List, links: List[str], overlap
              compute_s: float, start_s: float) -> float:  # fmt: skip
     """Seconds the throughput runs should take by the cost model, given the bound's step time
     ``compute_s`` and ``start_s`` per job (start, warm-up aside, evaluation); printed per run."""
-    params = sum(a * b + b for a, b in report._widths(args.hidden))
+    params = report.param_count(args.hidden)
     total = 0.0
     for hosts, rpn in clusters:
         for link in links:

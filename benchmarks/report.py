@@ -101,9 +101,10 @@ def efficiency(runs: List[Dict]) -> None:
         r["speedup_vs_dist_sync"] = ref["dist_sync"] / r["step_s"] if "dist_sync" in ref else None
 
 
-def _widths(hidden: str) -> List:
+def param_count(hidden: str) -> int:
+    """Parameters of the digits MLP 64-``hidden``-10 (weights and biases)."""
     widths = [64] + [int(w) for w in hidden.split(",") if w] + [10]
-    return list(zip(widths[:-1], widths[1:]))
+    return sum(i * o + o for i, o in zip(widths[:-1], widths[1:]))
 
 
 def markdown(results: Dict, elapsed: float) -> str:
@@ -113,7 +114,7 @@ def markdown(results: Dict, elapsed: float) -> str:
         "# hvd_ps at the paper's scale on emulated clusters",
         "",
         f"MLP 64-{a['hidden'].replace(',', '-')}-10 "
-        f"({sum(i * o + o for i, o in _widths(a['hidden'])) / 1e6:.1f}M parameters) "
+        f"({param_count(a['hidden']) / 1e6:.1f}M parameters) "
         f"on digits, {a['batch']} samples per rank and step, SGD lr 0.1 momentum 0.9, seed "
         f"{a['seed']}; hosts are network namespaces on a switch, each link `tc tbf`-shaped both "
         "ways; one group per host; one server per host for dist_sync (MXNet's stock servers) "
