@@ -20,13 +20,15 @@ that cross the link every step (each of their steps is alike; reported per step)
 also evaluates the global model after each window, timed apart. Per run: samples/s,
 efficiency (bound time / method time), bytes that crossed the links (the hosts' interface
 counters over the window), and the split of a step into compute / group allreduce / PS wait
-(``trainer.stats()``). Then, unless
-``--no-accuracy``, time to ``--target`` test accuracy on the first cluster at the first link
-with a smaller (``--acc-hidden``, >= 4M parameters) model for ``--acc-methods`` (the global
-model evaluated after every epoch, timed apart from training; every run trains all
-``--epochs``, so that the final accuracy of an overlapped run compares with its blocking
-twin's). ``--no-throughput`` runs only these. Every job runs with
+(``trainer.stats()``). Then, unless ``--no-accuracy``, time to ``--target`` test accuracy on
+the ``--acc-clusters`` at ``--acc-link`` with a smaller (``--acc-hidden``, >= 4M parameters)
+model for ``--acc-methods`` (the global model evaluated after every epoch, timed apart from
+training; every run trains all ``--epochs``, so that the final accuracy of an overlapped run
+compares with its blocking twin's). ``--no-throughput`` runs only these. Every job runs with
 ``OMP_NUM_THREADS=1`` and ``OMPI_MCA_mpi_yield_when_idle=1`` (more ranks than cores).
+``--wire float16`` sends hvd_ps's exchanges in float16 and, for a fair peer, compresses
+Horovod's allreduce to float16 too (``hvd.Compression.fp16``); MXNet's stock KVStore has no
+float16 wire, so dist_sync sends float32 either way.
 
 Needs root. Writes ``--out``.json, .md and plots (``_efficiency.png``, ``_model.png``,
 ``_accuracy.png``) under benchmarks/results. Full run::
@@ -133,6 +135,7 @@ def run_job(cluster: StarCluster, spec: Dict, args: argparse.Namespace, rpn: int
             "--ranks-per-host", str(rpn), "--period", str(spec["period"]),
             "--overlap", str(spec["overlap"]), "--batch", str(args.batch),
             "--seed", str(args.seed), "--out", str(stem)]  # fmt: skip
+    argv += ["--fp16-allreduce"] if m == "horovod" and args.wire == "float16" else []
     if mode == "throughput":
         warmup = args.warmup + spec["overlap"]
         argv += ["--hidden", args.hidden, "--warmup", str(warmup), "--steps", str(spec["steps"])]
@@ -212,7 +215,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--hidden", default="4096,4096,2048", help="MLP widths (25.5M parameters)")
     ap.add_argument("--acc-hidden", default="2048,2048", help="accuracy model (4.3M parameters)")
     ap.add_argument("--period", type=int, default=16)
-    ap.add_argument("--overlap", type=int, default=8, help="tau of the overlapped twins (0: none)")
+    ap.add_argument("--overlap", type=int, default=None,
+                    help="tau of the overlapped twins (0: none; default: period - 1)")  # fmt: skip
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps (plus the overlap)")
     ap.add_argument("--steps", type=int, default=16, help="timed steps (one period by default)")
     ap.add_argument("--slow-steps", type=int, default=2,
@@ -220,7 +224,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--batch", type=int, default=32, help="per rank")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--wire", choices=("float32", "float16"), default="float32",
-                    help="HVD_PS_WIRE_DTYPE of every hvd_ps run")  # fmt: skip
+                    help="HVD_PS_WIRE_DTYPE of every hvd_ps run; float16 also compresses "
+                    "Horovod's allreduce to float16 (hvd.Compression.fp16); dist_sync stays "
+                    "float32 (the stock KVStore has no float16 wire)")  # fmt: skip
     ap.add_argument("--eval", action="store_true",
                     help="also evaluate the global model after each throughput window")  # fmt: skip
     ap.add_argument("--no-accuracy", action="store_true", help="skip time-to-accuracy")
@@ -231,6 +237,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         default="horovod,model_average,easgd,diloco",
         help="methods of the time-to-accuracy runs (with their overlapped twins)",
     )
+    ap.add_argument("--acc-clusters", default="2x2,4x1",
+                    help="clusters of the time-to-accuracy runs (of --clusters)")  # fmt: skip
+    ap.add_argument("--acc-link", default="1gbit", help="link of the time-to-accuracy runs")
     ap.add_argument("--target", type=float, default=0.95)
     ap.add_argument(
         "--epochs",
@@ -251,6 +260,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if bad:
         ap.error(f"--methods: unknown {', '.join(bad)} (choose from {', '.join(ALL)})")
     clusters = [tuple(int(v) for v in c.split("x")) for c in args.clusters.split(",")]
+    acc_clusters = [tuple(int(v) for v in c.split("x")) for c in args.acc_clusters.split(",") if c]
+    if args.overlap is None:
+        args.overlap = args.period - 1
+    if not 0 <= args.overlap < args.period:
+        ap.error(f"--overlap: need 0 <= overlap < period ({args.period}), got {args.overlap}")
     links = args.links.split(",")
     overlap_ok = overlap_supported()
     if args.estimate:
@@ -265,8 +279,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     start, port = time.time(), 9300
     with tempfile.TemporaryDirectory(prefix="hvdps-suite-") as tmpdir:
         tmp = Path(tmpdir)
-        for ci, (hosts, rpn) in enumerate(clusters):
-            for li, link in enumerate(links):
+        for hosts, rpn in clusters:
+            for link in links:
                 with StarCluster(hosts=hosts, rate=link) as cluster:
                     for spec in [] if args.no_throughput else plan(args, overlap_ok):
                         port += 1
@@ -277,7 +291,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                     after)  # fmt: skip
                         results["runs"].append(row)
                         print(report.progress(row, time.time() - start), flush=True)
-                    if ci == 0 and li == 0 and not args.no_accuracy:
+                    if (hosts, rpn) in acc_clusters and link == args.acc_link \
+                            and not args.no_accuracy:  # fmt: skip
                         for spec in plan(args, overlap_ok):
                             if spec["method"] not in args.acc_methods or spec["method"] == "bound":
                                 continue  # the bound has no global model: each host its own

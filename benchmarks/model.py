@@ -106,8 +106,9 @@ class Net:
 
 @dataclass(frozen=True)
 class Job:
-    """``params`` values of ``value_bytes`` each (``wire_bytes`` each in hvd_ps's model
-    exchanges); ``compute_s`` the step time of the no-communication bound."""
+    """``params`` values of ``value_bytes`` each (``wire_bytes`` each on hvd_ps's and
+    Horovod's wire, which can be float16; the stock KVStore sends ``value_bytes``);
+    ``compute_s`` the step time of the no-communication bound."""
 
     params: int
     compute_s: float
@@ -177,8 +178,8 @@ def step(
     grad = job.params * job.value_bytes
     if method == "bound" or net.hosts == 1:
         comm, sent = 0.0, [0.0] * net.hosts
-    elif method == "horovod":
-        edge = 2 * (net.hosts - 1) / net.hosts * grad * FRAME_OVERHEAD
+    elif method == "horovod":  # its wire: float16 with hvd.Compression.fp16
+        edge = 2 * (net.hosts - 1) / net.hosts * job.params * job.wire_bytes * FRAME_OVERHEAD
         link = edge / (tr.efficiency * net.bandwidth) + 2 * math.log2(net.ranks) * net.latency
         cpu = tr.cpu_s_per_byte * edge * (net.hosts if net.shared_cpu else 1)
         comm, sent = link + cpu, [edge] * net.hosts

@@ -10,7 +10,9 @@ from typing import Dict, List
 from benchmarks import model
 
 WIRE_BYTES = {"float32": 4, "float16": 2}
-HVD_PS = ("gradient_push",) + model.PERIODIC  # the methods HVD_PS_WIRE_DTYPE applies to
+#: the methods whose wire ``--wire`` sets: hvd_ps's (HVD_PS_WIRE_DTYPE) and Horovod's
+#: (float16 compression); the stock KVStore of dist_sync has no float16 wire
+WIRED = ("horovod", "gradient_push") + model.PERIODIC
 
 
 def throughput_row(spec: Dict, got: Dict, hosts: int, rpn: int, link: str, args, before: List,
@@ -31,7 +33,7 @@ def throughput_row(spec: Dict, got: Dict, hosts: int, rpn: int, link: str, args,
         "link": link,
         "params": ranks[0]["params"],
         "batch": args.batch,
-        "wire_bytes": WIRE_BYTES[args.wire] if spec["method"] in HVD_PS else 4,
+        "wire_bytes": WIRE_BYTES[args.wire] if spec["method"] in WIRED else 4,
         "server_hosts": hosts,
         "step_s": step_s,
         "samples_per_s": hosts * rpn * args.batch / step_s,
@@ -143,38 +145,45 @@ def markdown(results: Dict, elapsed: float) -> str:
             f"{_fmt(r.get('ps_wait_s'))} | {_fmt(r.get('exchange_s'))} | {r['rest_s']:.3f} | "
             f"{_fmt(r['eval_s'], '.2f')} | {_fmt(r['test_accuracy'])} |"
         )
-    acc = results["accuracy"]
-    if acc:
-        hvd = next((r for r in acc if r["method"] == "horovod"), None)
-        out += [
-            "",
-            f"## Time to {a['target']:.0%} test accuracy ({acc[0]['hosts']}x"
-            f"{acc[0]['ranks_per_host']}, {acc[0]['link']}, MLP 64-"
-            f"{a['acc_hidden'].replace(',', '-')}-10, {acc[0]['params'] / 1e6:.1f}M parameters)",
-            "",
-            "Training time only (the global model is evaluated after every epoch, timed apart), "
-            f"until the first epoch at the target; every run trains all {a['epochs']} epochs, "
-            "and the final accuracy is the global model's after the last (overlapped runs: "
-            "the change against their blocking twin, in points).",
-            "",
-            "| method | reached | training s | vs Horovod | epoch | final accuracy | vs blocking |",
-            "|---|---|---:|---:|---:|---:|---:|",
-        ]
-        for r in acc:
-            both = hvd is not None and r["reached"] and hvd["reached"]
-            ratio = r["train_s"] / hvd["train_s"] if both else None
-            twin = next((b for b in acc if b["name"] == r["name"].split(" overlap=")[0]), None)
-            diff = None
-            if " overlap=" in r["name"] and twin is not None:
-                diff = (r["final_test_accuracy"] - twin["final_test_accuracy"]) * 100
-            out.append(f"| {r['name']} | {'yes' if r['reached'] else 'no'} | {r['train_s']:.1f} | "
-                       f"{_fmt(ratio, '.2f')}x | {r['epochs']} | {r['final_test_accuracy']:.4f} | "
-                       f"{_fmt(diff, '+.1f')} |")  # fmt: skip
+    for cluster in sorted({(r["hosts"], r["ranks_per_host"]) for r in results["accuracy"]}):
+        out += accuracy_table(results, cluster)
     out += ["", "## Cost model (benchmarks/model.py) against every measured run", "",
             "Transport constants fitted to `results/cluster_suite_4x1_run1.json`, not to these "
             "runs; the bound of each cluster and link gives the compute.", ""]  # fmt: skip
     out.append(model.check_markdown(results["model_check"]))
     return "\n".join(out) + "\n"
+
+
+def accuracy_table(results: Dict, cluster) -> List[str]:
+    """The time-to-accuracy section of one cluster."""
+    a = results["args"]
+    acc = [r for r in results["accuracy"] if (r["hosts"], r["ranks_per_host"]) == cluster]
+    hvd = next((r for r in acc if r["method"] == "horovod"), None)
+    out = [
+        "",
+        f"## Time to {a['target']:.0%} test accuracy ({cluster[0]}x{cluster[1]}, "
+        f"{acc[0]['link']}, MLP 64-{a['acc_hidden'].replace(',', '-')}-10, "
+        f"{acc[0]['params'] / 1e6:.1f}M parameters)",
+        "",
+        "Training time only (the global model is evaluated after every epoch, timed apart), "
+        f"until the first epoch at the target; every run trains all {a['epochs']} epochs, "
+        "and the final accuracy is the global model's after the last (overlapped runs: "
+        "the change against their blocking twin, in points).",
+        "",
+        "| method | reached | training s | vs Horovod | epoch | final accuracy | vs blocking |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in acc:
+        both = hvd is not None and r["reached"] and hvd["reached"]
+        ratio = r["train_s"] / hvd["train_s"] if both else None
+        twin = next((b for b in acc if b["name"] == r["name"].split(" overlap=")[0]), None)
+        diff = None
+        if " overlap=" in r["name"] and twin is not None:
+            diff = (r["final_test_accuracy"] - twin["final_test_accuracy"]) * 100
+        out.append(f"| {r['name']} | {'yes' if r['reached'] else 'no'} | {r['train_s']:.1f} | "
+                   f"{_fmt(ratio, '.2f')}x | {r['epochs']} | {r['final_test_accuracy']:.4f} | "
+                   f"{_fmt(diff, '+.1f')} |")  # fmt: skip
+    return out
 
 
 def plot_efficiency(runs: List[Dict], path: Path) -> None:
@@ -204,13 +213,18 @@ def plot_accuracy(acc: List[Dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for r in acc:
-        ax.plot([e["train_s"] for e in r["evals"]], [e["test_accuracy"] for e in r["evals"]],
-                marker=".", label=r["name"])  # fmt: skip
-    ax.set_xlabel("training time (s, evaluation excluded)")
-    ax.set_ylabel("test accuracy of the global model")
-    ax.legend(fontsize=7)
+    clusters = sorted({(r["hosts"], r["ranks_per_host"]) for r in acc})
+    fig, axes = plt.subplots(1, len(clusters), figsize=(7 * len(clusters), 4), squeeze=False)
+    for ax, (h, rpn) in zip(axes[0], clusters):
+        for r in acc:
+            if (r["hosts"], r["ranks_per_host"]) != (h, rpn):
+                continue
+            ax.plot([e["train_s"] for e in r["evals"]], [e["test_accuracy"] for e in r["evals"]],
+                    marker=".", label=r["name"])  # fmt: skip
+        ax.set_title(f"{h} hosts x {rpn} ranks, {acc[0]['link']}", fontsize=9)
+        ax.set_xlabel("training time (s, evaluation excluded)")
+        ax.set_ylabel("test accuracy of the global model")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

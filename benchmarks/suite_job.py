@@ -54,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval", action="store_true", help="throughput: evaluate after the window")
+    p.add_argument("--fp16-allreduce", action="store_true",
+                   help="horovod: compress its allreduce to float16 (the peer of hvd_ps's "
+                   "float16 wire)")  # fmt: skip
     p.add_argument("--dev", default="hvps0", help="the host's inter-host interface")
     p.add_argument("--out", required=True)
     return p.parse_args(argv)
@@ -147,7 +150,8 @@ class Setup:
         hvd.broadcast_parameters(params, root_rank=0)
         if a.method == "bound":
             return hvd.DistributedTrainer(params, "sgd", optim, process_set=self.group)
-        return hvd.DistributedTrainer(params, "sgd", optim)
+        fp16 = hvd.Compression.fp16 if a.fp16_allreduce else hvd.Compression.none
+        return hvd.DistributedTrainer(params, "sgd", optim, compression=fp16)
 
     def step_size(self) -> int:
         # the stock KVStore sums the workers' gradients: scale by the global batch for the mean
