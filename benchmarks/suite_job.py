@@ -147,9 +147,14 @@ class Setup:
             hvd_ps.broadcast_parameters(params)
             sync = strategy(a, self.hosts)
             return hvd_ps.DistributedTrainer(params, "sgd", optim, sync=sync)
-        hvd.broadcast_parameters(params, root_rank=0)
         if a.method == "bound":
+            # the hosts never meet: each starts from its first rank's parameters (the same
+            # everywhere, one seed), sent inside the host, not across the link
+            for i, p in enumerate(params.values()):
+                hvd.broadcast_(p.data(), root_rank=self.group.ranks[0], name=f"suite.init.{i}",
+                               process_set=self.group)  # fmt: skip
             return hvd.DistributedTrainer(params, "sgd", optim, process_set=self.group)
+        hvd.broadcast_parameters(params, root_rank=0)
         fp16 = hvd.Compression.fp16 if a.fp16_allreduce else hvd.Compression.none
         return hvd.DistributedTrainer(params, "sgd", optim, compression=fp16)
 
