@@ -20,11 +20,14 @@ that cross the link every step (each of their steps is alike; reported per step)
 also evaluates the global model after each window, timed apart. Per run: samples/s,
 efficiency (bound time / method time), bytes that crossed the links (the hosts' interface
 counters over the window), and the split of a step into compute / group allreduce / PS wait
-(``trainer.stats()``). Then, unless ``--no-accuracy``, time to ``--target`` test accuracy on
-the ``--acc-clusters`` at ``--acc-link`` with a smaller (``--acc-hidden``, >= 4M parameters)
-model for ``--acc-methods`` (the global model evaluated after every epoch, timed apart from
-training; every run trains all ``--epochs``, so that the final accuracy of an overlapped run
-compares with its blocking twin's). ``--no-throughput`` runs only these. Every job runs with
+(``trainer.stats()``). ``--repeats N`` runs every method's throughput job N times, interleaved
+(all methods, then all again), and reports the median run with the spread of step time and
+of efficiency (each repeat's bound against the same repeat's method). Then, unless
+``--no-accuracy``, time to ``--target`` test accuracy on the ``--acc-clusters`` at
+``--acc-link`` with a smaller (``--acc-hidden``, >= 4M parameters) model for
+``--acc-methods`` (the global model evaluated after every epoch, timed apart from training;
+every run trains all ``--epochs``, so that the final accuracy of an overlapped run compares
+with its blocking twin's). ``--no-throughput`` runs only these. Every job runs with
 ``OMP_NUM_THREADS=1`` and ``OMPI_MCA_mpi_yield_when_idle=1`` (more ranks than cores).
 ``--wire float16`` sends hvd_ps's exchanges in float16 and, for a fair peer, compresses
 Horovod's allreduce to float16 too (``hvd.Compression.fp16``); MXNet's stock KVStore has no
@@ -221,6 +224,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--steps", type=int, default=16, help="timed steps (one period by default)")
     ap.add_argument("--slow-steps", type=int, default=2,
                     help="timed steps of the methods that cross the link every step")  # fmt: skip
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="throughput runs of each method, interleaved; the table shows the median "
+                    "and the spread (accuracy runs are not repeated)")  # fmt: skip
     ap.add_argument("--batch", type=int, default=32, help="per rank")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--wire", choices=("float32", "float16"), default="float32",
@@ -263,6 +269,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     acc_clusters = [tuple(int(v) for v in c.split("x")) for c in args.acc_clusters.split(",") if c]
     if args.overlap is None:
         args.overlap = args.period - 1
+    if args.repeats < 1:
+        ap.error(f"--repeats: need at least 1, got {args.repeats}")
     if not 0 <= args.overlap < args.period:
         ap.error(f"--overlap: need 0 <= overlap < period ({args.period}), got {args.overlap}")
     links = args.links.split(",")
@@ -282,13 +290,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         for hosts, rpn in clusters:
             for link in links:
                 with StarCluster(hosts=hosts, rate=link) as cluster:
-                    for spec in [] if args.no_throughput else plan(args, overlap_ok):
+                    # repeats interleaved: every method once, then again, so that a drift of
+                    # the machine's speed touches every method alike
+                    throughput = [] if args.no_throughput else plan(args, overlap_ok)
+                    for repeat, spec in [(i, s) for i in range(args.repeats) for s in throughput]:
                         port += 1
                         before = cluster.counters()
                         got = run_job(cluster, spec, args, rpn, link, "throughput", port, tmp)
                         after = cluster.counters()
                         row = report.throughput_row(spec, got, hosts, rpn, link, args, before,
                                                     after)  # fmt: skip
+                        row["repeat"] = repeat
                         results["runs"].append(row)
                         print(report.progress(row, time.time() - start), flush=True)
                     if (hosts, rpn) in acc_clusters and link == args.acc_link \

@@ -77,9 +77,10 @@ def accuracy_row(spec: Dict, got: Dict, hosts: int, rpn: int, link: str) -> Dict
 
 
 def progress(row: Dict, elapsed: float) -> str:
+    rep = f" (repeat {row['repeat'] + 1})" if row.get("repeat") else ""
     return (f"[{elapsed:6.0f} s] {row['hosts']}x{row['ranks_per_host']} {row['link']} "
-            f"{row['name']}: {row['step_s']:.3f} s/step, {row['samples_per_s']:.1f} samples/s, "
-            f"job {row['wall_s']:.0f} s")  # fmt: skip
+            f"{row['name']}{rep}: {row['step_s']:.3f} s/step, "
+            f"{row['samples_per_s']:.1f} samples/s, job {row['wall_s']:.0f} s")  # fmt: skip
 
 
 def progress_acc(row: Dict, elapsed: float) -> str:
@@ -103,6 +104,42 @@ def efficiency(runs: List[Dict]) -> None:
         r["speedup_vs_dist_sync"] = ref["dist_sync"] / r["step_s"] if "dist_sync" in ref else None
 
 
+def _config(r: Dict):
+    return (r["hosts"], r["ranks_per_host"], r["link"])
+
+
+def merge_repeats(rows: List[Dict]) -> List[Dict]:
+    """One row per run of a cluster and link, in the order of the plan: the repeat with the
+    median step time (the lower one of an even count), with every repeat's step time
+    (``step_s_runs``) and efficiency (``efficiency_runs``: the bound of the same repeat over
+    the method's), in repeat order."""
+    bound = {(_config(r), r.get("repeat", 0)): r["step_s"] for r in rows if r["method"] == "bound"}
+    groups: Dict = {}
+    for r in rows:
+        groups.setdefault(_config(r) + (r["name"],), []).append(r)
+    merged = []
+    for group in groups.values():
+        by_time = sorted(group, key=lambda r: r["step_s"])
+        row = dict(by_time[(len(by_time) - 1) // 2])
+        in_order = sorted(group, key=lambda r: r.get("repeat", 0))
+        row["repeats"] = len(group)
+        row["step_s_runs"] = [r["step_s"] for r in in_order]
+        keys = [(_config(r), r.get("repeat", 0)) for r in in_order]
+        row["efficiency_runs"] = [bound[k] / r["step_s"] for k, r in zip(keys, in_order)
+                                  if k in bound]  # fmt: skip
+        merged.append(row)
+    return merged
+
+
+def spread(r: Dict) -> str:
+    """``min-max`` of a merged row's step times and efficiencies over its repeats."""
+    times, effs = r.get("step_s_runs", []), r.get("efficiency_runs", [])
+    if len(times) < 2:
+        return ""
+    text = f"{min(times):.3f}-{max(times):.3f} s"
+    return text + (f"; {min(effs):.2f}-{max(effs):.2f}" if effs else "")
+
+
 def param_count(hidden: str) -> int:
     """Parameters of the digits MLP 64-``hidden``-10 (weights and biases)."""
     widths = [64] + [int(w) for w in hidden.split(",") if w] + [10]
@@ -112,6 +149,7 @@ def param_count(hidden: str) -> int:
 def markdown(results: Dict, elapsed: float) -> str:
     a = results["args"]
     runs = results["runs"]
+    repeats = max((r.get("repeats", 1) for r in runs), default=1)
     out = [
         "# hvd_ps at the paper's scale on emulated clusters",
         "",
@@ -129,12 +167,17 @@ def markdown(results: Dict, elapsed: float) -> str:
         "",
         "efficiency = bound time / method time; MB/step: what crossed the links (all hosts' "
         "sent bytes); compute = forward+backward; allreduce / PS wait / exchange per step from "
-        "`trainer.stats()` (hvd_ps only); rest = step - compute.",
+        "`trainer.stats()` (hvd_ps only); rest = step - compute."
+        + (f" Each method ran {repeats} times, interleaved; a row is its median run, and "
+           "spread is the min-max of its step time and of its efficiency (each against the "
+           "bound of the same repeat)." if repeats > 1 else ""),
         "",
         "| cluster | link | method | s/step | samples/s | efficiency | vs Horovod | vs dist_sync "
-        "| MB/step | compute s | allreduce s | PS wait s | exchange s | rest s | eval s | acc |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+        "| MB/step | compute s | allreduce s | PS wait s | exchange s | rest s | eval s | acc |"
+        + (" spread |" if repeats > 1 else ""),
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        + ("---|" if repeats > 1 else ""),
+    ]  # fmt: skip
     for r in runs:
         mb = None if r["link_bytes_per_step"] is None else r["link_bytes_per_step"] / 1e6
         out.append(
@@ -144,6 +187,7 @@ def markdown(results: Dict, elapsed: float) -> str:
             f"{_fmt(mb, '.1f')} | {r['compute_s']:.3f} | {_fmt(r.get('allreduce_s'))} | "
             f"{_fmt(r.get('ps_wait_s'))} | {_fmt(r.get('exchange_s'))} | {r['rest_s']:.3f} | "
             f"{_fmt(r['eval_s'], '.2f')} | {_fmt(r['test_accuracy'])} |"
+            + (f" {spread(r)} |" if repeats > 1 else "")
         )
     for cluster in sorted({(r["hosts"], r["ranks_per_host"]) for r in results["accuracy"]}):
         out += accuracy_table(results, cluster)
@@ -230,7 +274,11 @@ def plot_accuracy(acc: List[Dict], path: Path) -> None:
 
 
 def finish(results: Dict, stem: Path, elapsed: float) -> None:
-    """Efficiencies, the cost-model check, then JSON, markdown and plots at ``stem``."""
+    """Repeats merged (the raw rows kept as ``repeat_runs``), efficiencies, the cost-model
+    check, then JSON, markdown and plots at ``stem``."""
+    if any(r.get("repeat", 0) for r in results["runs"]):
+        results["repeat_runs"] = results["runs"]
+    results["runs"] = merge_repeats(results["runs"])
     efficiency(results["runs"])
     results["model_check"] = model.check(results["runs"])
     results["elapsed_s"] = elapsed
