@@ -14,9 +14,12 @@ seed and ranks, one job per method (``benchmarks/suite_job.py`` under ``mpirun``
 * ``bound``: the same job with the groups never exchanging (Horovod allreduce inside a host
   only): the no-communication bound, the limit of any method on that hardware.
 
-Throughput: ``--warmup`` steps (plus the overlap, so that the window holds one exchange started
-and one applied), then a timed window of ``--steps`` steps, or ``--slow-steps`` for the methods
-that cross the link every step (each of their steps is alike; reported per step). ``--eval``
+Throughput: ``--warmup`` untimed steps, then a timed window of ``--steps`` steps, or
+``--slow-steps`` for the methods that cross the link every step (each of their steps is alike;
+reported per step). An overlapped run warms up ``period - 1`` steps instead, so that its window
+(one period by default) starts with an exchange and ends with that exchange applied: nothing is
+in flight when the job ends. Every rank builds the initial parameters from one seed (checked
+equal on every rank), so no job broadcasts them across the links. ``--eval``
 also evaluates the global model after each window, timed apart. Per run: samples/s,
 efficiency (bound time / method time), bytes that crossed the links (the hosts' interface
 counters over the window), and the split of a step into compute / group allreduce / PS wait
@@ -74,6 +77,15 @@ def overlap_supported() -> bool:
     except TypeError:
         return False
     return True
+
+
+def warmup_steps(args: argparse.Namespace, spec: Dict) -> int:
+    """Untimed steps before the window: ``--warmup``, or for an overlapped run up to the step
+    before its first exchange (exchanges start at the steps ``t % period == 0``, ``t`` from 1)."""
+    if not spec["overlap"]:
+        return args.warmup
+    period = spec["period"]
+    return -(-(args.warmup + 1) // period) * period - 1
 
 
 def plan(args: argparse.Namespace, overlap_ok: bool) -> List[Dict]:
@@ -140,7 +152,7 @@ def run_job(cluster: StarCluster, spec: Dict, args: argparse.Namespace, rpn: int
             "--seed", str(args.seed), "--out", str(stem)]  # fmt: skip
     argv += ["--fp16-allreduce"] if m == "horovod" and args.wire == "float16" else []
     if mode == "throughput":
-        warmup = args.warmup + spec["overlap"]
+        warmup = warmup_steps(args, spec)
         argv += ["--hidden", args.hidden, "--warmup", str(warmup), "--steps", str(spec["steps"])]
         argv += ["--eval"] if args.eval else []
     else:
@@ -184,6 +196,12 @@ def run_job(cluster: StarCluster, spec: Dict, args: argparse.Namespace, rpn: int
             f"{spec['name']} ({mode}) failed with code {proc.returncode} (log: {kept}):\n"
             + text[-3000:]
         )
+    digests = {r["init_digest"] for r in ranks}
+    if len(digests) != 1:
+        raise RuntimeError(
+            f"{spec['name']} ({mode}): the ranks' initial parameters differ "
+            f"({len(digests)} digests) although they come from one seed"
+        )
     return {"ranks": ranks, "wall_s": time.time() - t0}
 
 
@@ -200,7 +218,7 @@ def estimate(args: argparse.Namespace, clusters: List, links: List[str], overlap
             for spec in plan(args, overlap_ok):
                 m = spec["method"]
                 st = model.step(m, net, job, spec["period"], spec["overlap"], hosts)["step_s"]
-                n = spec["steps"] + args.warmup + spec["overlap"]
+                n = spec["steps"] + warmup_steps(args, spec)
                 evals = params * 4 / net.bandwidth if m != "bound" and args.eval else 0.0
                 secs = start_s + n * st + evals
                 total += secs
@@ -220,7 +238,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--period", type=int, default=16)
     ap.add_argument("--overlap", type=int, default=None,
                     help="tau of the overlapped twins (0: none; default: period - 1)")  # fmt: skip
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps (plus the overlap)")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="untimed steps (an overlapped run: up to its first exchange)")  # fmt: skip
     ap.add_argument("--steps", type=int, default=16, help="timed steps (one period by default)")
     ap.add_argument("--slow-steps", type=int, default=2,
                     help="timed steps of the methods that cross the link every step")  # fmt: skip

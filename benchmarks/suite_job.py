@@ -23,9 +23,12 @@ only, groups never exchange: the no-communication bound), ``dist_sync`` (a stock
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import time
+
+STARTED = time.time()  # the timeline of a job: where its wall time goes outside the steps
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "1")
@@ -141,20 +144,18 @@ class Setup:
             return mx.gluon.Trainer(params, "sgd", optim, kvstore=kv)
         import horovod.mxnet as hvd
 
+        # A user's script broadcasts the initial parameters first (hvd.broadcast_parameters,
+        # hvd_ps.broadcast_parameters). Here every rank builds them from one seed, and the
+        # suite checks that they are equal on every rank (``init_digest``), so no job sends
+        # them: untimed set-up that only lengthened the suite (at 100 Mbit/s 25M parameters
+        # take ~20 s to cross four hosts).
         if self.hvd_ps:
             import hvd_ps
 
-            hvd_ps.broadcast_parameters(params)
             sync = strategy(a, self.hosts)
             return hvd_ps.DistributedTrainer(params, "sgd", optim, sync=sync)
-        if a.method == "bound":
-            # the hosts never meet: each starts from its first rank's parameters (the same
-            # everywhere, one seed), sent inside the host, not across the link
-            for i, p in enumerate(params.values()):
-                hvd.broadcast_(p.data(), root_rank=self.group.ranks[0], name=f"suite.init.{i}",
-                               process_set=self.group)  # fmt: skip
+        if a.method == "bound":  # the hosts never meet: Horovod inside each host only
             return hvd.DistributedTrainer(params, "sgd", optim, process_set=self.group)
-        hvd.broadcast_parameters(params, root_rank=0)
         fp16 = hvd.Compression.fp16 if a.fp16_allreduce else hvd.Compression.none
         return hvd.DistributedTrainer(params, "sgd", optim, compression=fp16)
 
@@ -182,6 +183,14 @@ class Setup:
             hvd.shutdown()
 
 
+def init_digest(arrays) -> str:
+    """A digest of the initial parameters: equal on every rank, or the jobs' runs differ."""
+    h = hashlib.sha1()
+    for a in arrays:
+        h.update(a.asnumpy().tobytes())
+    return h.hexdigest()
+
+
 def accuracy(net, x, y) -> float:
     pred = net(mx.nd.array(x)).argmax(axis=1).asnumpy().astype(np.int64)
     return float((pred == y).mean())
@@ -189,7 +198,9 @@ def accuracy(net, x, y) -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    timeline = {"started": STARTED}
     s = Setup(args)
+    timeline["setup"] = time.time()
     x_tr, y_tr, x_te, y_te = load_data(args.seed, s.rank, s.size)
     mx.random.seed(args.seed)
     net = build_net(args.hidden)
@@ -197,6 +208,7 @@ def main(argv=None) -> int:
     net.hybridize()
     params = net.collect_params()
     trainer = s.trainer(params)
+    timeline["trainer"] = time.time()
     arrays = [p.data() for p in params.values()]
     loss_fn = mx.gluon.loss.SoftmaxCrossEntropyLoss()
     rng = np.random.RandomState(args.seed + 1000 * s.rank)
@@ -204,6 +216,7 @@ def main(argv=None) -> int:
     local_rank = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", "0"))
     out = {"rank": s.rank, "size": s.size, "method": args.method, "steps": [], "fwd_bwd": []}
     out["params"] = int(sum(np.prod(p.shape) for p in params.values()))
+    out["init_digest"] = init_digest(arrays)
 
     def one_step(idx) -> float:
         t0 = time.perf_counter()
@@ -235,6 +248,8 @@ def main(argv=None) -> int:
             if j == 0 and i:
                 order = rng.permutation(len(x_tr))
             out["last_loss"] = one_step(order[j * args.batch : (j + 1) * args.batch])
+            if i == 0:
+                timeline["first_step"] = time.time()
         out["window_end"] = time.time()
         if local_rank == 0:
             out["counters_end"] = counters(args.dev)
@@ -262,7 +277,10 @@ def main(argv=None) -> int:
         out["reached"] = first is not None
         out["reached_epoch"] = first["epoch"] if first else None
         out["train_s"] = first["train_s"] if first else train_s
+    timeline["trained"] = time.time()
     s.finish()
+    timeline["finished"] = time.time()
+    out["timeline"] = timeline
     with open(f"{args.out}.rank{s.rank}.json", "w") as f:
         json.dump(out, f)
     return 0
