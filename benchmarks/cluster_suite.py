@@ -144,12 +144,13 @@ def run_job(cluster: StarCluster, spec: Dict, args: argparse.Namespace, rpn: int
             mode: str, port: int, tmp: Path) -> Dict:  # fmt: skip
     """One job of one method; returns the measurements of every rank."""
     m = spec["method"]
-    stem = tmp / f"{spec['name'].replace(' ', '_')}_{mode}_{len(cluster.hosts)}x{rpn}_{link}"
+    stem = tmp / (f"{spec['name'].replace(' ', '_')}_{mode}_{len(cluster.hosts)}x{rpn}_{link}"
+                  f"_seed{spec.get('seed', args.seed)}")  # fmt: skip
     hosts = len(cluster.hosts)
     argv = [sys.executable, "-m", "benchmarks.suite_job", "--method", m, "--mode", mode,
             "--ranks-per-host", str(rpn), "--period", str(spec["period"]),
             "--overlap", str(spec["overlap"]), "--batch", str(args.batch),
-            "--seed", str(args.seed), "--out", str(stem)]  # fmt: skip
+            "--seed", str(spec.get("seed", args.seed)), "--out", str(stem)]  # fmt: skip
     argv += ["--fp16-allreduce"] if m == "horovod" and args.wire == "float16" else []
     if mode == "throughput":
         warmup = warmup_steps(args, spec)
@@ -265,6 +266,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--acc-clusters", default="2x2,4x1",
                     help="clusters of the time-to-accuracy runs (of --clusters)")  # fmt: skip
     ap.add_argument("--acc-link", default="1gbit", help="link of the time-to-accuracy runs")
+    ap.add_argument("--acc-seeds", type=int, default=1,
+                    help="accuracy runs of every method with seeds --seed .. --seed + N - 1 "
+                    "(data split, shards, initial model); the table shows the mean and the "
+                    "spread, and each overlapped run against its blocking twin of the same "
+                    "seed")  # fmt: skip
     ap.add_argument("--target", type=float, default=0.95)
     ap.add_argument(
         "--epochs",
@@ -290,6 +296,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.overlap = args.period - 1
     if args.repeats < 1:
         ap.error(f"--repeats: need at least 1, got {args.repeats}")
+    if args.acc_seeds < 1:
+        ap.error(f"--acc-seeds: need at least 1, got {args.acc_seeds}")
     if not 0 <= args.overlap < args.period:
         ap.error(f"--overlap: need 0 <= overlap < period ({args.period}), got {args.overlap}")
     links = args.links.split(",")
@@ -324,7 +332,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         print(report.progress(row, time.time() - start), flush=True)
                     if (hosts, rpn) in acc_clusters and link == args.acc_link \
                             and not args.no_accuracy:  # fmt: skip
-                        for spec in plan(args, overlap_ok):
+                        specs = [dict(s, seed=args.seed + i) for i in range(args.acc_seeds)
+                                 for s in plan(args, overlap_ok)]  # fmt: skip
+                        for spec in specs:
                             if spec["method"] not in args.acc_methods or spec["method"] == "bound":
                                 continue  # the bound has no global model: each host its own
                             port += 1

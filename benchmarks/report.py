@@ -73,7 +73,42 @@ def accuracy_row(spec: Dict, got: Dict, hosts: int, rpn: int, link: str) -> Dict
         "final_test_accuracy": r0["evals"][-1]["test_accuracy"],
         "eval_s": sum(e["eval_s"] for e in r0["evals"]),
         "evals": r0["evals"],
+        "seed": spec.get("seed"),
     }
+
+
+def merge_seeds(acc: List[Dict]) -> List[Dict]:
+    """One row per accuracy run of a cluster (in the order of the plan) over its seeds: the
+    mean training time to the target (``None`` unless every seed reached it), the mean epoch
+    and final accuracy, every seed's final accuracy (``final_runs``), and for an overlapped run
+    its final accuracy minus its blocking twin's of the same seed, per seed (``vs_blocking``,
+    points)."""
+    groups: Dict = {}
+    for r in acc:
+        groups.setdefault((r["hosts"], r["ranks_per_host"], r["name"]), []).append(r)
+    final = {(r["hosts"], r["ranks_per_host"], r["name"], r.get("seed")): r["final_test_accuracy"]
+             for r in acc}  # fmt: skip
+    merged = []
+    for (hosts, rpn, name), rows in groups.items():
+        rows = sorted(rows, key=lambda r: r.get("seed") or 0)
+        reached = all(r["reached"] for r in rows)
+        row = dict(rows[0])
+        row.update(
+            seeds=[r.get("seed") for r in rows],
+            reached=reached,
+            train_s=statistics.mean(r["train_s"] for r in rows),
+            train_runs=[r["train_s"] for r in rows],
+            epochs=statistics.mean(r["epochs"] for r in rows),
+            final_test_accuracy=statistics.mean(r["final_test_accuracy"] for r in rows),
+            final_runs=[r["final_test_accuracy"] for r in rows],
+        )
+        if " overlap=" in name:
+            twin = name.split(" overlap=")[0]
+            keys = [(hosts, rpn, twin, r.get("seed")) for r in rows]
+            row["vs_blocking"] = [(r["final_test_accuracy"] - final[k]) * 100
+                                  for k, r in zip(keys, rows) if k in final]  # fmt: skip
+        merged.append(row)
+    return merged
 
 
 def progress(row: Dict, elapsed: float) -> str:
@@ -159,8 +194,11 @@ def markdown(results: Dict, elapsed: float) -> str:
         f"{a['seed']}; hosts are network namespaces on a switch, each link `tc tbf`-shaped both "
         "ways; one group per host; one server per host for dist_sync (MXNet's stock servers) "
         f"and hvd_ps (its own servers); hvd_ps wire dtype {a['wire']}. Timed window: "
-        f"{a['steps']} steps after {a['warmup']} (+ overlap) warm-up, {a['slow_steps']} for the "
-        "methods that cross the link every step; evaluation timed apart. "
+        f"{a['steps']} steps after {a['warmup']} of warm-up ({a['period'] - 1} for an overlapped "
+        "run, so that its window starts with an exchange and ends with it applied), "
+        f"{a['slow_steps']} for the methods that cross the link every step; evaluation timed "
+        "apart; the initial parameters come from one seed on every rank (checked), not from a "
+        "broadcast. "
         "`OMP_NUM_THREADS=1`, `OMPI_MCA_mpi_yield_when_idle=1` (4 ranks on 2 cores). "
         f"overlap supported by this hvd_ps: {results['overlap_supported']}. Run "
         f"{results['started']}, {elapsed / 60:.1f} min in all.",
@@ -201,7 +239,9 @@ def markdown(results: Dict, elapsed: float) -> str:
 def accuracy_table(results: Dict, cluster) -> List[str]:
     """The time-to-accuracy section of one cluster."""
     a = results["args"]
-    acc = [r for r in results["accuracy"] if (r["hosts"], r["ranks_per_host"]) == cluster]
+    acc = merge_seeds([r for r in results["accuracy"]
+                       if (r["hosts"], r["ranks_per_host"]) == cluster])  # fmt: skip
+    seeds = len(acc[0]["seeds"])
     hvd = next((r for r in acc if r["method"] == "horovod"), None)
     out = [
         "",
@@ -212,21 +252,31 @@ def accuracy_table(results: Dict, cluster) -> List[str]:
         "Training time only (the global model is evaluated after every epoch, timed apart), "
         f"until the first epoch at the target; every run trains all {a['epochs']} epochs, "
         "and the final accuracy is the global model's after the last (overlapped runs: "
-        "the change against their blocking twin, in points).",
+        "the change against their blocking twin, in points)."
+        + (f" Every method ran with {seeds} seeds ({', '.join(map(str, acc[0]['seeds']))}: "
+           "data split, shards, initial model); a row shows the means, the spread the "
+           "min-max of the final accuracy, and vs blocking the mean of the per-seed "
+           "differences with their min-max." if seeds > 1 else ""),
         "",
-        "| method | reached | training s | vs Horovod | epoch | final accuracy | vs blocking |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
+        "| method | reached | training s | vs Horovod | epoch | final accuracy | vs blocking |"
+        + (" spread |" if seeds > 1 else ""),
+        "|---|---|---:|---:|---:|---:|---:|" + ("---|" if seeds > 1 else ""),
+    ]  # fmt: skip
     for r in acc:
         both = hvd is not None and r["reached"] and hvd["reached"]
         ratio = r["train_s"] / hvd["train_s"] if both else None
-        twin = next((b for b in acc if b["name"] == r["name"].split(" overlap=")[0]), None)
-        diff = None
-        if " overlap=" in r["name"] and twin is not None:
-            diff = (r["final_test_accuracy"] - twin["final_test_accuracy"]) * 100
-        out.append(f"| {r['name']} | {'yes' if r['reached'] else 'no'} | {r['train_s']:.1f} | "
-                   f"{_fmt(ratio, '.2f')}x | {r['epochs']} | {r['final_test_accuracy']:.4f} | "
-                   f"{_fmt(diff, '+.1f')} |")  # fmt: skip
+        diffs = r.get("vs_blocking") or []
+        diff = _fmt(statistics.mean(diffs), "+.1f") if diffs else ""
+        if len(diffs) > 1:
+            diff += f" ({min(diffs):+.1f} to {max(diffs):+.1f})"
+        epoch = f"{r['epochs']:.1f}" if seeds > 1 else f"{r['epochs']}"
+        line = (
+            f"| {r['name']} | {'yes' if r['reached'] else 'no'} | {r['train_s']:.1f} | "
+            f"{_fmt(ratio, '.2f')}x | {epoch} | {r['final_test_accuracy']:.4f} | {diff} |"
+        )
+        if seeds > 1:
+            line += f" {min(r['final_runs']):.4f}-{max(r['final_runs']):.4f} |"
+        out.append(line)  # fmt: skip
     return out
 
 
