@@ -3,7 +3,9 @@
 Emulated clusters (``benchmarks/star.py``: one network namespace per host on a switch, each
 host's link shaped with ``tc tbf``) of ``--clusters`` (default 2 hosts x 2 ranks and 4 hosts x
 1 rank) at ``--links`` (default 1 Gbit/s and 100 Mbit/s). In each, with the same model, data,
-seed and ranks, one job per method (``benchmarks/suite_job.py`` under ``mpirun``):
+seed and ranks, one run per method (``benchmarks/suite_job.py`` under ``mpirun``; every run
+but ``dist_sync``'s in one job, one after the other, so that Python, MXNet, Horovod and the PS
+tier start once: each run still builds its own model, trainer and PS keys):
 
 * ``horovod``: Horovod allreduce over all ranks every step;
 * ``dist_sync``: a stock Gluon ``Trainer(kvstore='dist_sync')``, every rank a worker, with
@@ -140,25 +142,49 @@ class Tier:
             f.close()
 
 
-def run_job(cluster: StarCluster, spec: Dict, args: argparse.Namespace, rpn: int, link: str,
-            mode: str, port: int, tmp: Path) -> Dict:  # fmt: skip
-    """One job of one method; returns the measurements of every rank."""
-    m = spec["method"]
-    stem = tmp / (f"{spec['name'].replace(' ', '_')}_{mode}_{len(cluster.hosts)}x{rpn}_{link}"
-                  f"_seed{spec.get('seed', args.seed)}")  # fmt: skip
-    hosts = len(cluster.hosts)
-    argv = [sys.executable, "-m", "benchmarks.suite_job", "--method", m, "--mode", mode,
-            "--ranks-per-host", str(rpn), "--period", str(spec["period"]),
-            "--overlap", str(spec["overlap"]), "--batch", str(args.batch),
-            "--seed", str(spec.get("seed", args.seed)), "--out", str(stem)]  # fmt: skip
-    argv += ["--fp16-allreduce"] if m == "horovod" and args.wire == "float16" else []
+def accuracy_plan(args: argparse.Namespace, overlap_ok: bool) -> List[Dict]:
+    """The accuracy runs of one cluster: ``--acc-methods`` (with their overlapped twins) for
+    every seed, seed by seed. The bound has no global model (each host its own): none."""
+    acc = [s for s in plan(args, overlap_ok) if s["method"] in args.acc_methods]
+    return [dict(s, seed=args.seed + i) for i in range(args.acc_seeds) for s in acc
+            if s["method"] != "bound"]  # fmt: skip
+
+
+def jobs_of(specs: List[Dict]) -> List[List[Dict]]:
+    """The runs grouped into jobs, in order: every ``dist_sync`` run a job of its own (every
+    rank a worker of the stock servers), every other run in one shared job (Python, MXNet,
+    Horovod and the PS tier start once: ~15 s a job on two shared cores)."""
+    stock = [[s] for s in specs if s["method"] == "dist_sync"]
+    shared = [s for s in specs if s["method"] != "dist_sync"]
+    return stock + ([shared] if shared else [])
+
+
+def job_spec(spec: Dict, args: argparse.Namespace, mode: str) -> Dict:
+    """One run's settings for ``benchmarks/suite_job.py`` (its ``RUN_DEFAULTS`` keys)."""
+    run = {k: spec[k] for k in ("name", "method", "period", "overlap")}
+    run.update(mode=mode, batch=args.batch, seed=spec.get("seed", args.seed))
+    run["fp16_allreduce"] = spec["method"] == "horovod" and args.wire == "float16"
     if mode == "throughput":
-        warmup = warmup_steps(args, spec)
-        argv += ["--hidden", args.hidden, "--warmup", str(warmup), "--steps", str(spec["steps"])]
-        argv += ["--eval"] if args.eval else []
+        run.update(hidden=args.hidden, warmup=warmup_steps(args, spec), steps=spec["steps"],
+                   eval=args.eval)  # fmt: skip
     else:
-        argv += ["--hidden", args.acc_hidden, "--epochs", str(args.epochs),
-                 "--target", str(args.target)]  # fmt: skip
+        run.update(hidden=args.acc_hidden, epochs=args.epochs, target=args.target)
+    return run
+
+
+def run_job(cluster: StarCluster, specs: List[Dict], args: argparse.Namespace, rpn: int,
+            link: str, mode: str, port: int, tmp: Path) -> List[Dict]:  # fmt: skip
+    """One job running ``specs`` in turn; returns, per run, the measurements of every rank
+    and the run's wall time."""
+    methods = {s["method"] for s in specs}
+    seeds = sorted({s.get("seed", args.seed) for s in specs})
+    stem = tmp / (f"{'+'.join(sorted(methods))}_{mode}_{len(cluster.hosts)}x{rpn}_{link}"
+                  f"_seed{'-'.join(map(str, seeds))}_{port}")  # fmt: skip
+    runs_file = stem.with_suffix(".runs.json")
+    runs_file.write_text(json.dumps([job_spec(s, args, mode) for s in specs], indent=1))
+    hosts = len(cluster.hosts)
+    argv = [sys.executable, "-m", "benchmarks.suite_job", "--runs", str(runs_file),
+            "--ranks-per-host", str(rpn), "--out", str(stem)]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", MXNET_CPU_WORKER_NTHREADS="1",
                OMPI_MCA_mpi_yield_when_idle="1", HVD_PS_TIMEOUT=str(args.ps_timeout),
                HVD_PS_WIRE_DTYPE=args.wire, PYTHONPATH=str(ROOT))  # fmt: skip
@@ -167,17 +193,18 @@ def run_job(cluster: StarCluster, spec: Dict, args: argparse.Namespace, rpn: int
     forward = ["OMPI_MCA_mpi_yield_when_idle", "HVD_PS_TIMEOUT", "HVD_PS_WIRE_DTYPE",
                "OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"]  # fmt: skip
     tier: Optional[Tier] = None
-    if m not in ("horovod", "bound"):
-        workers = hosts * rpn if m == "dist_sync" else hosts
-        tier = Tier(cluster, m == "dist_sync", workers, port, stem)
+    stock = methods == {"dist_sync"}
+    if stock or methods & set(model.PERIODIC + ("gradient_push",)):
+        workers = hosts * rpn if stock else hosts
+        tier = Tier(cluster, stock, workers, port, stem)
         env.update(tier.env)
         forward += sorted(tier.env)
-        if m == "dist_sync":
+        if stock:
             env["DMLC_ROLE"] = "worker"
             forward.append("DMLC_ROLE")
-    cmd = ["timeout", "-k", "10", str(args.job_timeout)]
+    cmd = ["timeout", "-k", "10", str(args.job_timeout * len(specs))]
     cmd += cluster.mpirun(argv, slots=rpn, env=forward)
-    t0 = time.time()
+    names = ", ".join(s["name"] for s in specs)
     try:
         with open(stem.with_suffix(".job.log"), "w") as log:
             proc = subprocess.run(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -194,16 +221,20 @@ def run_job(cluster: StarCluster, spec: Dict, args: argparse.Namespace, rpn: int
         text = stem.with_suffix(".job.log").read_text()
         kept.write_text(text)
         raise RuntimeError(
-            f"{spec['name']} ({mode}) failed with code {proc.returncode} (log: {kept}):\n"
+            f"the job of {names} ({mode}) failed with code {proc.returncode} (log: {kept}):\n"
             + text[-3000:]
         )
-    digests = {r["init_digest"] for r in ranks}
-    if len(digests) != 1:
-        raise RuntimeError(
-            f"{spec['name']} ({mode}): the ranks' initial parameters differ "
-            f"({len(digests)} digests) although they come from one seed"
-        )
-    return {"ranks": ranks, "wall_s": time.time() - t0}
+    got = []
+    for i, spec in enumerate(specs):
+        per_rank = [dict(r["runs"][i], rank=r["rank"]) for r in ranks]
+        if len({r["init_digest"] for r in per_rank}) != 1:
+            raise RuntimeError(
+                f"{spec['name']} ({mode}): the ranks' initial parameters differ although "
+                "they come from one seed"
+            )
+        wall = max(r["run_ended"] for r in per_rank) - min(r["run_started"] for r in per_rank)
+        got.append({"ranks": per_rank, "wall_s": wall})
+    return got
 
 
 def estimate(args: argparse.Namespace, clusters: List, links: List[str], overlap_ok: bool,
@@ -278,7 +309,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         default=12,
         help="epochs of an accuracy run (all of them: final accuracies compare)",
     )
-    ap.add_argument("--job-timeout", type=int, default=900)
+    ap.add_argument("--job-timeout", type=int, default=900,
+                    help="seconds per run (a job of N runs: N times this)")  # fmt: skip
     ap.add_argument("--ps-timeout", type=int, default=600)
     ap.add_argument("--out", default=str(RESULTS / "cluster_suite"))
     ap.add_argument("--estimate", nargs=2, type=float, metavar=("COMPUTE_S", "START_S"),
@@ -320,28 +352,27 @@ def main(argv: Optional[List[str]] = None) -> int:
                     # repeats interleaved: every method once, then again, so that a drift of
                     # the machine's speed touches every method alike
                     throughput = [] if args.no_throughput else plan(args, overlap_ok)
-                    for repeat, spec in [(i, s) for i in range(args.repeats) for s in throughput]:
-                        port += 1
-                        before = cluster.counters()
-                        got = run_job(cluster, spec, args, rpn, link, "throughput", port, tmp)
-                        after = cluster.counters()
-                        row = report.throughput_row(spec, got, hosts, rpn, link, args, before,
-                                                    after)  # fmt: skip
-                        row["repeat"] = repeat
-                        results["runs"].append(row)
-                        print(report.progress(row, time.time() - start), flush=True)
+                    for repeat in range(args.repeats):
+                        rows: Dict[str, Dict] = {}
+                        for specs in jobs_of(throughput):
+                            port += 1
+                            done = run_job(cluster, specs, args, rpn, link, "throughput", port,
+                                           tmp)  # fmt: skip
+                            for spec, got in zip(specs, done):
+                                row = report.throughput_row(spec, got, hosts, rpn, link, args)
+                                row["repeat"] = repeat
+                                rows[spec["name"]] = row
+                                print(report.progress(row, time.time() - start), flush=True)
+                        results["runs"] += [rows[s["name"]] for s in throughput]  # plan order
                     if (hosts, rpn) in acc_clusters and link == args.acc_link \
                             and not args.no_accuracy:  # fmt: skip
-                        specs = [dict(s, seed=args.seed + i) for i in range(args.acc_seeds)
-                                 for s in plan(args, overlap_ok)]  # fmt: skip
-                        for spec in specs:
-                            if spec["method"] not in args.acc_methods or spec["method"] == "bound":
-                                continue  # the bound has no global model: each host its own
+                        for job in jobs_of(accuracy_plan(args, overlap_ok)):
                             port += 1
-                            got = run_job(cluster, spec, args, rpn, link, "accuracy", port, tmp)
-                            row = report.accuracy_row(spec, got, hosts, rpn, link)
-                            results["accuracy"].append(row)
-                            print(report.progress_acc(row, time.time() - start), flush=True)
+                            done = run_job(cluster, job, args, rpn, link, "accuracy", port, tmp)
+                            for spec, got in zip(job, done):
+                                row = report.accuracy_row(spec, got, hosts, rpn, link)
+                                results["accuracy"].append(row)
+                                print(report.progress_acc(row, time.time() - start), flush=True)
     report.finish(results, Path(args.out), time.time() - start)
     return 0
 

@@ -15,9 +15,9 @@ WIRE_BYTES = {"float32": 4, "float16": 2}
 WIRED = ("horovod", "gradient_push") + model.PERIODIC
 
 
-def throughput_row(spec: Dict, got: Dict, hosts: int, rpn: int, link: str, args, before: List,
-                   after: List) -> Dict:  # fmt: skip
-    """One run's numbers. The step time is the slowest rank's mean over the timed window."""
+def throughput_row(spec: Dict, got: Dict, hosts: int, rpn: int, link: str, args) -> Dict:
+    """One run's numbers. The step time is the slowest rank's mean over the timed window;
+    ``job_link_bytes`` counts the whole run (set-up, PS key registration and warm-up too)."""
     ranks = got["ranks"]
     warm = len(ranks[0]["steps"]) - spec["steps"]
     per_rank = [sum(r["steps"][warm:]) / spec["steps"] for r in ranks]
@@ -25,6 +25,7 @@ def throughput_row(spec: Dict, got: Dict, hosts: int, rpn: int, link: str, args,
     slowest = ranks[per_rank.index(step_s)]
     compute = statistics.mean(sum(r["fwd_bwd"][warm:]) / spec["steps"] for r in ranks)
     window = [r for r in ranks if "counters_start" in r and r["counters_start"]]
+    run_window = [r for r in ranks if r.get("run_counters_start")]
     sent = sum(r["counters_end"]["tx_bytes"] - r["counters_start"]["tx_bytes"] for r in window)
     row = {
         **{k: spec[k] for k in ("name", "method", "period", "overlap", "steps")},
@@ -38,7 +39,10 @@ def throughput_row(spec: Dict, got: Dict, hosts: int, rpn: int, link: str, args,
         "step_s": step_s,
         "samples_per_s": hosts * rpn * args.batch / step_s,
         "link_bytes_per_step": sent / spec["steps"] if len(window) == hosts else None,
-        "job_link_bytes": sum(a["tx_bytes"] - b["tx_bytes"] for a, b in zip(after, before)),
+        "job_link_bytes": sum(
+            r["run_counters_end"]["tx_bytes"] - r["run_counters_start"]["tx_bytes"]
+            for r in run_window
+        ),
         "compute_s": compute,
         "rest_s": step_s - compute,
         "test_accuracy": ranks[0].get("test_accuracy"),
@@ -46,6 +50,8 @@ def throughput_row(spec: Dict, got: Dict, hosts: int, rpn: int, link: str, args,
         "wall_s": got["wall_s"],
         "slowest_rank": slowest["rank"],
         "slowest_rank_steps_s": slowest["steps"],  # warm-up included, for a look at the noise
+        # a rank's peak memory so far in its job (runs share a job): a leak shows as growth
+        "max_rss_mb": max(r.get("max_rss_mb", 0.0) for r in ranks),
     }
     stats = [r["stats"] for r in ranks if "stats" in r]
     if stats:

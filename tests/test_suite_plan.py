@@ -27,3 +27,54 @@ def test_blocking_window_keeps_the_warmup_and_holds_one_exchange():
     w = warmup_steps(args, dict(overlap=0, period=16))
     assert w == 1
     assert [t for t in range(w + 1, w + 17) if t % 16 == 0] == [16]
+
+
+def suite_args(**kw):
+    base = dict(methods=["horovod", "dist_sync", "gradient_push", "model_average", "bound"],
+                period=16, overlap=15, steps=16, slow_steps=2, warmup=1, seed=3, acc_seeds=2,
+                acc_methods=["horovod", "model_average", "bound", "dist_sync"])  # fmt: skip
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_jobs_share_one_job_but_dist_sync_runs_alone():
+    from benchmarks.cluster_suite import jobs_of, plan
+
+    specs = plan(suite_args(), overlap_ok=True)
+    jobs = jobs_of(specs)
+    assert [[s["name"] for s in j] for j in jobs] == [
+        ["dist_sync"],
+        ["horovod", "gradient_push", "model_average k=16", "model_average k=16 overlap=15",
+         "bound"],
+    ]  # fmt: skip
+    assert sorted(s["name"] for j in jobs for s in j) == sorted(s["name"] for s in specs)
+    assert jobs_of([s for s in specs if s["method"] == "dist_sync"] * 2) == [
+        [specs[1]],
+        [specs[1]],
+    ]  # two stock runs: two jobs (the stock KVStore starts once per process)
+
+
+def test_accuracy_plan_runs_every_seed_without_the_bound():
+    from benchmarks.cluster_suite import accuracy_plan
+
+    runs = accuracy_plan(suite_args(), overlap_ok=True)
+    names = ["horovod", "dist_sync", "model_average k=16", "model_average k=16 overlap=15"]
+    assert [(r["name"], r["seed"]) for r in runs] == [(n, 3) for n in names] + [
+        (n, 4) for n in names
+    ]
+
+
+def test_a_job_spec_carries_the_window_and_the_wire():
+    from benchmarks.cluster_suite import job_spec, plan
+
+    args = suite_args(batch=32, hidden="8,8", acc_hidden="4,4", eval=False, wire="float16",
+                      epochs=3, target=0.9)  # fmt: skip
+    by_name = {s["name"]: s for s in plan(args, overlap_ok=True)}
+    ov = job_spec(by_name["model_average k=16 overlap=15"], args, "throughput")
+    assert (ov["warmup"], ov["steps"], ov["overlap"], ov["hidden"]) == (15, 16, 15, "8,8")
+    assert job_spec(by_name["horovod"], args, "throughput")["fp16_allreduce"] is True
+    assert job_spec(by_name["dist_sync"], args, "throughput")["fp16_allreduce"] is False
+    acc = job_spec(dict(by_name["horovod"], seed=4), args, "accuracy")
+    assert (acc["hidden"], acc["epochs"], acc["seed"], acc["target"]) == ("4,4", 3, 4, 0.9)
+    from benchmarks.suite_job import RUN_DEFAULTS
+
+    assert set(ov) <= set(RUN_DEFAULTS) and set(acc) <= set(RUN_DEFAULTS)
