@@ -356,6 +356,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         rows: Dict[str, Dict] = {}
                         for specs in jobs_of(throughput):
                             port += 1
+                            print(report.progress_job(specs, hosts, rpn, link, "throughput",
+                                                      time.time() - start), flush=True)  # fmt: skip
                             done = run_job(cluster, specs, args, rpn, link, "throughput", port,
                                            tmp)  # fmt: skip
                             for spec, got in zip(specs, done):
@@ -368,6 +370,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                             and not args.no_accuracy:  # fmt: skip
                         for job in jobs_of(accuracy_plan(args, overlap_ok)):
                             port += 1
+                            print(report.progress_job(job, hosts, rpn, link, "accuracy",
+                                                      time.time() - start), flush=True)  # fmt: skip
                             done = run_job(cluster, job, args, rpn, link, "accuracy", port, tmp)
                             for spec, got in zip(job, done):
                                 row = report.accuracy_row(spec, got, hosts, rpn, link)

@@ -121,7 +121,14 @@ def progress(row: Dict, elapsed: float) -> str:
     rep = f" (repeat {row['repeat'] + 1})" if row.get("repeat") else ""
     return (f"[{elapsed:6.0f} s] {row['hosts']}x{row['ranks_per_host']} {row['link']} "
             f"{row['name']}{rep}: {row['step_s']:.3f} s/step, "
-            f"{row['samples_per_s']:.1f} samples/s, job {row['wall_s']:.0f} s")  # fmt: skip
+            f"{row['samples_per_s']:.1f} samples/s, run {row['wall_s']:.0f} s")  # fmt: skip
+
+
+def progress_job(specs: List[Dict], hosts: int, rpn: int, link: str, mode: str,
+                 elapsed: float) -> str:  # fmt: skip
+    """The line printed as a job starts (its runs' lines follow when it ends)."""
+    names = ", ".join(s["name"] + (f" seed {s['seed']}" if "seed" in s else "") for s in specs)
+    return f"[{elapsed:6.0f} s] {hosts}x{rpn} {link} {mode} job of {len(specs)}: {names}"
 
 
 def progress_acc(row: Dict, elapsed: float) -> str:
