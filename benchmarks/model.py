@@ -100,9 +100,9 @@ REFERENCE_FWD_BWD_S = 0.0732
 CALIBRATION_FILE = "results/cluster_suite_4x1_run1.json"
 #: the caption of the model's table: where its constants and inputs come from
 CALIBRATION_NOTE = (
-    f"Transport constants fitted to `{CALIBRATION_FILE}` (blocking runs only), not to these "
-    "runs. Inputs from the bound of the same cluster and link only: its step is the base of "
-    "Horovod and hvd_ps, its forward+backward the base of dist_sync (no Horovod group, "
+    f"Transport constants fitted to `{CALIBRATION_FILE}` (blocking and overlapped runs), not "
+    "to these runs. Inputs from the bound of the same cluster and link only: its step is the "
+    "base of Horovod and hvd_ps, its forward+backward the base of dist_sync (no Horovod group, "
     "optimizer on the servers), and its forward+backward over the calibration file's "
     f"({REFERENCE_FWD_BWD_S:.3f} s) scales the processor time (this machine's speed varies "
     "between days). The step of the run itself is never an input."

@@ -243,8 +243,7 @@ def markdown(results: Dict, elapsed: float) -> str:
     for cluster in sorted({(r["hosts"], r["ranks_per_host"]) for r in results["accuracy"]}):
         out += accuracy_table(results, cluster)
     out += ["", "## Cost model (benchmarks/model.py) against every measured run", "",
-            "Transport constants fitted to `results/cluster_suite_4x1_run1.json`, not to these "
-            "runs; the bound of each cluster and link gives the compute.", ""]  # fmt: skip
+            model.CALIBRATION_NOTE, ""]  # fmt: skip
     out.append(model.check_markdown(results["model_check"]))
     return "\n".join(out) + "\n"
 
