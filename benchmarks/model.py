@@ -58,8 +58,8 @@ by ``Net.cpu_scale``: the bound's forward+backward time of the same file over th
 calibration file (:data:`REFERENCE_FWD_BWD_S`). Only measured inputs of the *bound* enter, so
 nothing of the run being predicted feeds its own prediction.
 
-The constants are fitted (:func:`calibrate`, least squares on relative error, blocking runs
-only) to one results file, ``results/cluster_suite_4x1_run1.json`` (4 hosts x 1 rank at
+The constants are fitted (:func:`calibrate`, least squares on relative error, blocking and
+overlapped runs) to one results file, ``results/cluster_suite_4x1_run1.json`` (4 hosts x 1 rank at
 1 Gbit/s and 100 Mbit/s, every method); :func:`check` reports the model against the runs of
 any other file, which the fit has not seen (:data:`CALIBRATION_NOTE`). What it leaves: the
 runs repeat only within ~+-15% on this machine (2 x 2 Horovod at 100 Mbit/s took 11.5, 12.5
