@@ -27,12 +27,13 @@ efficiency (bound time / method time), bytes that crossed the links (the hosts' 
 counters over the window), and the split of a step into compute / group allreduce / PS wait
 (``trainer.stats()``). ``--repeats N`` runs every method's throughput job N times, interleaved
 (all methods, then all again), and reports the median run with the spread of step time and
-of efficiency (each repeat's bound against the same repeat's method). Then, unless
+of efficiency (each repeat's bound against the same repeat's method). Unless
 ``--no-accuracy``, time to ``--target`` test accuracy on the ``--acc-clusters`` at
 ``--acc-link`` with a smaller (``--acc-hidden``, >= 4M parameters) model for
 ``--acc-methods`` (the global model evaluated after every epoch, timed apart from training;
 every run trains all ``--epochs``, so that the final accuracy of an overlapped run compares
-with its blocking twin's). ``--no-throughput`` runs only these. Every job runs with
+with its blocking twin's): these runs follow the throughput runs in the same shared job
+(of the last repeat). ``--no-throughput`` runs only these. Every job runs with
 ``OMP_NUM_THREADS=1`` and ``OMPI_MCA_mpi_yield_when_idle=1`` (more ranks than cores).
 ``--wire float16`` sends hvd_ps's exchanges in float16 and, for a fair peer, compresses
 Horovod's allreduce to float16 too (``hvd.Compression.fp16``); MXNet's stock KVStore has no
@@ -91,7 +92,8 @@ def warmup_steps(args: argparse.Namespace, spec: Dict) -> int:
 
 
 def plan(args: argparse.Namespace, overlap_ok: bool) -> List[Dict]:
-    """The runs of one cluster and link, in order: name, method, period, overlap, steps."""
+    """The throughput runs of one cluster and link, in order: name, method, period, overlap,
+    steps."""
     runs = []
     for m in args.methods:
         if m in model.PERIODIC:
@@ -99,10 +101,11 @@ def plan(args: argparse.Namespace, overlap_ok: bool) -> List[Dict]:
             for tau in taus:
                 name = f"{m} k={args.period}" + (f" overlap={tau}" if tau else "")
                 runs.append(dict(name=name, method=m, period=args.period, overlap=tau,
-                                 steps=args.steps))  # fmt: skip
+                                 steps=args.steps, mode="throughput"))  # fmt: skip
         else:
             steps = args.slow_steps if m in model.EVERY_STEP else args.steps
-            runs.append(dict(name=m, method=m, period=1, overlap=0, steps=steps))
+            runs.append(dict(name=m, method=m, period=1, overlap=0, steps=steps,
+                             mode="throughput"))  # fmt: skip
     return runs
 
 
@@ -146,22 +149,24 @@ def accuracy_plan(args: argparse.Namespace, overlap_ok: bool) -> List[Dict]:
     """The accuracy runs of one cluster: ``--acc-methods`` (with their overlapped twins) for
     every seed, seed by seed. The bound has no global model (each host its own): none."""
     acc = [s for s in plan(args, overlap_ok) if s["method"] in args.acc_methods]
-    return [dict(s, seed=args.seed + i) for i in range(args.acc_seeds) for s in acc
-            if s["method"] != "bound"]  # fmt: skip
+    return [dict(s, seed=args.seed + i, mode="accuracy") for i in range(args.acc_seeds)
+            for s in acc if s["method"] != "bound"]  # fmt: skip
 
 
 def jobs_of(specs: List[Dict]) -> List[List[Dict]]:
     """The runs grouped into jobs, in order: every ``dist_sync`` run a job of its own (every
-    rank a worker of the stock servers), every other run in one shared job (Python, MXNet,
-    Horovod and the PS tier start once: ~15 s a job on two shared cores)."""
+    rank a worker of the stock servers), every other run, throughput and accuracy alike, in
+    one shared job (Python, MXNet, Horovod and the PS tier start once: ~15 s a job on two
+    shared cores)."""
     stock = [[s] for s in specs if s["method"] == "dist_sync"]
     shared = [s for s in specs if s["method"] != "dist_sync"]
     return stock + ([shared] if shared else [])
 
 
-def job_spec(spec: Dict, args: argparse.Namespace, mode: str) -> Dict:
+def job_spec(spec: Dict, args: argparse.Namespace) -> Dict:
     """One run's settings for ``benchmarks/suite_job.py`` (its ``RUN_DEFAULTS`` keys)."""
     run = {k: spec[k] for k in ("name", "method", "period", "overlap")}
+    mode = spec["mode"]
     run.update(mode=mode, batch=args.batch, seed=spec.get("seed", args.seed))
     run["fp16_allreduce"] = spec["method"] == "horovod" and args.wire == "float16"
     if mode == "throughput":
@@ -173,15 +178,16 @@ def job_spec(spec: Dict, args: argparse.Namespace, mode: str) -> Dict:
 
 
 def run_job(cluster: StarCluster, specs: List[Dict], args: argparse.Namespace, rpn: int,
-            link: str, mode: str, port: int, tmp: Path) -> List[Dict]:  # fmt: skip
+            link: str, port: int, tmp: Path) -> List[Dict]:  # fmt: skip
     """One job running ``specs`` in turn; returns, per run, the measurements of every rank
     and the run's wall time."""
     methods = {s["method"] for s in specs}
     seeds = sorted({s.get("seed", args.seed) for s in specs})
-    stem = tmp / (f"{'+'.join(sorted(methods))}_{mode}_{len(cluster.hosts)}x{rpn}_{link}"
+    modes = "+".join(sorted({s["mode"] for s in specs}))
+    stem = tmp / (f"{'+'.join(sorted(methods))}_{modes}_{len(cluster.hosts)}x{rpn}_{link}"
                   f"_seed{'-'.join(map(str, seeds))}_{port}")  # fmt: skip
     runs_file = stem.with_suffix(".runs.json")
-    runs_file.write_text(json.dumps([job_spec(s, args, mode) for s in specs], indent=1))
+    runs_file.write_text(json.dumps([job_spec(s, args) for s in specs], indent=1))
     hosts = len(cluster.hosts)
     argv = [sys.executable, "-m", "benchmarks.suite_job", "--runs", str(runs_file),
             "--ranks-per-host", str(rpn), "--out", str(stem)]  # fmt: skip
@@ -204,7 +210,7 @@ def run_job(cluster: StarCluster, specs: List[Dict], args: argparse.Namespace, r
             forward.append("DMLC_ROLE")
     cmd = ["timeout", "-k", "10", str(args.job_timeout * len(specs))]
     cmd += cluster.mpirun(argv, slots=rpn, env=forward)
-    names = ", ".join(s["name"] for s in specs)
+    names = ", ".join(f"{s['name']} ({s['mode']})" for s in specs)
     try:
         with open(stem.with_suffix(".job.log"), "w") as log:
             proc = subprocess.run(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -221,15 +227,14 @@ def run_job(cluster: StarCluster, specs: List[Dict], args: argparse.Namespace, r
         text = stem.with_suffix(".job.log").read_text()
         kept.write_text(text)
         raise RuntimeError(
-            f"the job of {names} ({mode}) failed with code {proc.returncode} (log: {kept}):\n"
-            + text[-3000:]
+            f"the job of {names} failed with code {proc.returncode} (log: {kept}):\n" + text[-3000:]
         )
     got = []
     for i, spec in enumerate(specs):
         per_rank = [dict(r["runs"][i], rank=r["rank"]) for r in ranks]
         if len({r["init_digest"] for r in per_rank}) != 1:
             raise RuntimeError(
-                f"{spec['name']} ({mode}): the ranks' initial parameters differ although "
+                f"{spec['name']} ({spec['mode']}): the ranks' initial parameters differ although "
                 "they come from one seed"
             )
         wall = max(r["run_ended"] for r in per_rank) - min(r["run_started"] for r in per_rank)
@@ -350,33 +355,31 @@ def main(argv: Optional[List[str]] = None) -> int:
             for link in links:
                 with StarCluster(hosts=hosts, rate=link) as cluster:
                     # repeats interleaved: every method once, then again, so that a drift of
-                    # the machine's speed touches every method alike
+                    # the machine's speed touches every method alike; the accuracy runs join
+                    # the last repeat's jobs (one job start fewer)
                     throughput = [] if args.no_throughput else plan(args, overlap_ok)
+                    acc = [] if args.no_accuracy or (hosts, rpn) not in acc_clusters \
+                        or link != args.acc_link else accuracy_plan(args, overlap_ok)  # fmt: skip
                     for repeat in range(args.repeats):
+                        specs = throughput + (acc if repeat == args.repeats - 1 else [])
                         rows: Dict[str, Dict] = {}
-                        for specs in jobs_of(throughput):
+                        for job in jobs_of(specs):
                             port += 1
-                            print(report.progress_job(specs, hosts, rpn, link, "throughput",
+                            print(report.progress_job(job, hosts, rpn, link,
                                                       time.time() - start), flush=True)  # fmt: skip
-                            done = run_job(cluster, specs, args, rpn, link, "throughput", port,
-                                           tmp)  # fmt: skip
-                            for spec, got in zip(specs, done):
+                            done = run_job(cluster, job, args, rpn, link, port, tmp)
+                            for spec, got in zip(job, done):
+                                if spec["mode"] == "accuracy":
+                                    row = report.accuracy_row(spec, got, hosts, rpn, link)
+                                    results["accuracy"].append(row)
+                                    print(report.progress_acc(row, time.time() - start),
+                                          flush=True)  # fmt: skip
+                                    continue
                                 row = report.throughput_row(spec, got, hosts, rpn, link, args)
                                 row["repeat"] = repeat
                                 rows[spec["name"]] = row
                                 print(report.progress(row, time.time() - start), flush=True)
                         results["runs"] += [rows[s["name"]] for s in throughput]  # plan order
-                    if (hosts, rpn) in acc_clusters and link == args.acc_link \
-                            and not args.no_accuracy:  # fmt: skip
-                        for job in jobs_of(accuracy_plan(args, overlap_ok)):
-                            port += 1
-                            print(report.progress_job(job, hosts, rpn, link, "accuracy",
-                                                      time.time() - start), flush=True)  # fmt: skip
-                            done = run_job(cluster, job, args, rpn, link, "accuracy", port, tmp)
-                            for spec, got in zip(job, done):
-                                row = report.accuracy_row(spec, got, hosts, rpn, link)
-                                results["accuracy"].append(row)
-                                print(report.progress_acc(row, time.time() - start), flush=True)
     report.finish(results, Path(args.out), time.time() - start)
     return 0
 

@@ -15,6 +15,14 @@ WIRE_BYTES = {"float32": 4, "float16": 2}
 WIRED = ("horovod", "gradient_push") + model.PERIODIC
 
 
+def setup_s(ranks: List[Dict]) -> float | None:
+    """Seconds from a run's start to its first step on the slowest rank (data, model, trainer
+    and, for hvd_ps, its PS keys); ``None`` from a job that did not record it."""
+    if not all("set_up" in r for r in ranks):
+        return None
+    return max(r["set_up"] - r["run_started"] for r in ranks)
+
+
 def throughput_row(spec: Dict, got: Dict, hosts: int, rpn: int, link: str, args) -> Dict:
     """One run's numbers. The step time is the slowest rank's mean over the timed window;
     ``job_link_bytes`` counts the whole run (set-up, PS key registration and warm-up too)."""
@@ -48,6 +56,7 @@ def throughput_row(spec: Dict, got: Dict, hosts: int, rpn: int, link: str, args)
         "test_accuracy": ranks[0].get("test_accuracy"),
         "eval_s": ranks[0].get("eval_s"),
         "wall_s": got["wall_s"],
+        "setup_s": setup_s(ranks),
         "slowest_rank": slowest["rank"],
         "slowest_rank_steps_s": slowest["steps"],  # warm-up included, for a look at the noise
         # a rank's peak memory so far in its job (runs share a job): a leak shows as growth
@@ -80,6 +89,8 @@ def accuracy_row(spec: Dict, got: Dict, hosts: int, rpn: int, link: str) -> Dict
         "eval_s": sum(e["eval_s"] for e in r0["evals"]),
         "evals": r0["evals"],
         "seed": spec.get("seed"),
+        "wall_s": got["wall_s"],  # the whole run: set-up, every epoch, every evaluation
+        "setup_s": setup_s(got["ranks"]),
     }
 
 
@@ -124,16 +135,18 @@ def progress(row: Dict, elapsed: float) -> str:
             f"{row['samples_per_s']:.1f} samples/s, run {row['wall_s']:.0f} s")  # fmt: skip
 
 
-def progress_job(specs: List[Dict], hosts: int, rpn: int, link: str, mode: str,
-                 elapsed: float) -> str:  # fmt: skip
-    """The line printed as a job starts (its runs' lines follow when it ends)."""
-    names = ", ".join(s["name"] + (f" seed {s['seed']}" if "seed" in s else "") for s in specs)
-    return f"[{elapsed:6.0f} s] {hosts}x{rpn} {link} {mode} job of {len(specs)}: {names}"
+def progress_job(specs: List[Dict], hosts: int, rpn: int, link: str, elapsed: float) -> str:
+    """The line printed as a job starts (its runs' lines follow when it ends): its runs in
+    order, an accuracy run with its seed."""
+    names = ", ".join(s["name"] + (f" (accuracy, seed {s['seed']})" if s["mode"] == "accuracy"
+                                   else "") for s in specs)  # fmt: skip
+    return f"[{elapsed:6.0f} s] {hosts}x{rpn} {link} job of {len(specs)} runs: {names}"
 
 
 def progress_acc(row: Dict, elapsed: float) -> str:
     return (f"[{elapsed:6.0f} s] accuracy {row['name']}: {row['final_test_accuracy']:.4f} after "
-            f"{row['train_s']:.1f} s of training ({row['epochs']} epochs)")  # fmt: skip
+            f"{row['train_s']:.1f} s of training ({row['epochs']} epochs), "
+            f"run {row['wall_s']:.0f} s")  # fmt: skip
 
 
 def _fmt(v, spec: str = ".3f") -> str:

@@ -53,6 +53,22 @@ def test_jobs_share_one_job_but_dist_sync_runs_alone():
     ]  # two stock runs: two jobs (the stock KVStore starts once per process)
 
 
+def test_accuracy_runs_follow_the_throughput_runs_in_the_shared_job():
+    from benchmarks.cluster_suite import accuracy_plan, jobs_of, plan
+
+    args = suite_args(acc_seeds=1)
+    throughput, acc = plan(args, overlap_ok=True), accuracy_plan(args, overlap_ok=True)
+    jobs = jobs_of(throughput + acc)
+    assert [[(s["name"], s["mode"]) for s in j] for j in jobs] == [
+        [("dist_sync", "throughput")],
+        [("dist_sync", "accuracy")],  # a stock run is a job of its own in either mode
+        [(n, "throughput") for n in ["horovod", "gradient_push", "model_average k=16",
+                                     "model_average k=16 overlap=15", "bound"]]
+        + [(n, "accuracy") for n in ["horovod", "model_average k=16",
+                                     "model_average k=16 overlap=15"]],
+    ]  # fmt: skip
+
+
 def test_accuracy_plan_runs_every_seed_without_the_bound():
     from benchmarks.cluster_suite import accuracy_plan
 
@@ -61,6 +77,7 @@ def test_accuracy_plan_runs_every_seed_without_the_bound():
     assert [(r["name"], r["seed"]) for r in runs] == [(n, 3) for n in names] + [
         (n, 4) for n in names
     ]
+    assert {r["mode"] for r in runs} == {"accuracy"}
 
 
 def test_a_job_spec_carries_the_window_and_the_wire():
@@ -69,11 +86,11 @@ def test_a_job_spec_carries_the_window_and_the_wire():
     args = suite_args(batch=32, hidden="8,8", acc_hidden="4,4", eval=False, wire="float16",
                       epochs=3, target=0.9)  # fmt: skip
     by_name = {s["name"]: s for s in plan(args, overlap_ok=True)}
-    ov = job_spec(by_name["model_average k=16 overlap=15"], args, "throughput")
+    ov = job_spec(by_name["model_average k=16 overlap=15"], args)
     assert (ov["warmup"], ov["steps"], ov["overlap"], ov["hidden"]) == (15, 16, 15, "8,8")
-    assert job_spec(by_name["horovod"], args, "throughput")["fp16_allreduce"] is True
-    assert job_spec(by_name["dist_sync"], args, "throughput")["fp16_allreduce"] is False
-    acc = job_spec(dict(by_name["horovod"], seed=4), args, "accuracy")
+    assert job_spec(by_name["horovod"], args)["fp16_allreduce"] is True
+    assert job_spec(by_name["dist_sync"], args)["fp16_allreduce"] is False
+    acc = job_spec(dict(by_name["horovod"], seed=4, mode="accuracy"), args)
     assert (acc["hidden"], acc["epochs"], acc["seed"], acc["target"]) == ("4,4", 3, 4, 0.9)
     from benchmarks.suite_job import RUN_DEFAULTS
 
