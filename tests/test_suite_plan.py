@@ -95,3 +95,11 @@ def test_a_job_spec_carries_the_window_and_the_wire():
     from benchmarks.suite_job import RUN_DEFAULTS
 
     assert set(ov) <= set(RUN_DEFAULTS) and set(acc) <= set(RUN_DEFAULTS)
+
+
+def test_a_runs_set_up_time_is_its_slowest_ranks():
+    from benchmarks.report import setup_s
+
+    ranks = [{"run_started": 10.0, "set_up": 12.5}, {"run_started": 10.2, "set_up": 14.0}]
+    assert setup_s(ranks) == pytest.approx(3.8)
+    assert setup_s(ranks + [{"run_started": 10.0}]) is None  # a job that did not record it
