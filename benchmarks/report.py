@@ -16,8 +16,9 @@ WIRED = ("horovod", "gradient_push") + model.PERIODIC
 
 
 def setup_s(ranks: List[Dict]) -> float | None:
-    """Seconds from a run's start to its first step on the slowest rank (data, model, trainer
-    and, for hvd_ps, its PS keys); ``None`` from a job that did not record it."""
+    """Seconds from a run's start to its first step on the slowest rank (data, model and
+    trainer; an hvd_ps trainer registers its PS keys in its first step, which is not in it);
+    ``None`` from a job that did not record it."""
     if not all("set_up" in r for r in ranks):
         return None
     return max(r["set_up"] - r["run_started"] for r in ranks)

@@ -244,7 +244,8 @@ def one_run(job: Job, run: argparse.Namespace, index: int, dev: str) -> dict:
     per_epoch = len(x_tr) // run.batch
     out["params"] = int(sum(np.prod(p.shape) for p in params.values()))
     out["init_digest"] = init_digest(arrays)
-    out["set_up"] = time.time()  # data, model, trainer (an hvd_ps trainer registers its keys)
+    out["set_up"] = time.time()  # data, model, trainer (hvd_ps registers its PS keys later,
+    # in the first step)
     stats = (lambda: dict(trainer.stats())) if run.method in HVD_PS_METHODS else dict
 
     def one_step(idx) -> float:
