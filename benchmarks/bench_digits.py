@@ -49,16 +49,12 @@ METHODS = {
     "easgd": ("hvd_ps EASGD sync period 4", ["--sync", "easgd"]),
     "easgd_async": ("hvd_ps EASGD async period 4", ["--sync", "easgd", "--mode", "async"]),
     "diloco": ("hvd_ps DiLoCo sync period 8", ["--sync", "diloco"]),
-    # async GradientPush / DiLoCo apply each group's push as a whole step (sync: the mean of
-    # the round), so with G = 2 groups they get the sync learning rate divided by 2
+    # async: each push is 1/G of a sync round, so the sync hyperparameters carry over
     "gradient_push_async": (
-        "hvd_ps GradientPush async (lr 0.05)",
-        ["--sync", "gradient_push", "--mode", "async", "--lr", "0.05"],
+        "hvd_ps GradientPush async",
+        ["--sync", "gradient_push", "--mode", "async"],
     ),
-    "diloco_async": (
-        "hvd_ps DiLoCo async period 8 (outer lr 0.35)",
-        ["--sync", "diloco", "--mode", "async", "--outer-lr", "0.35"],
-    ),
+    "diloco_async": ("hvd_ps DiLoCo async period 8", ["--sync", "diloco", "--mode", "async"]),
 }
 
 

@@ -1,5 +1,6 @@
 """Soak: thousands of async exchanges on one shared tier while one group keeps dying and
-rejoining; the servers' memory over time and every update accounted for. Not part of CI.
+rejoining; the servers' memory over time and every update accounted for. A short run is in
+the test suite (tests/test_soak.py).
 
 Three jobs share one ``hvdps-run --servers-only --num-workers 3`` tier (loopback, servers
 auditing every update: ``HVD_PS_AUDIT_DIR``). Every job sleeps a random ``0..--jitter`` s each
@@ -15,7 +16,13 @@ tests/jobs/rejoin_job.py):
 * ``unaccounted``: applied updates beyond what the jobs counted as pushed; only a killed
   job's last push may land uncounted, so it must lie in ``0 .. kills``; fewer applied than
   pushed would be a lost push;
-* the memory of each PS process: first, peak and last sample (bounded: no growth with rounds).
+* the memory of each PS process: first, peak and last sample (bounded: no growth with rounds);
+* every group finite and alive: a job that fails (a clean job of group 2, or group 0 or 1)
+  is a line of the result (its group, exit code and last error line), never a traceback of
+  the soak; the global model every finished job pulled at its end must be finite.
+
+The soak always ends with a job of group 2 that leaves cleanly (after a killed one it runs one
+more), so the tier's verdict never depends on where the time ran out.
 
 Usage::
 
@@ -111,6 +118,39 @@ def _sample(pids: Dict[str, int], samples: List, stop: threading.Event, start: f
         stop.wait(1.0)
 
 
+def last_error(log: str) -> str:
+    """The line of a job's output that says why it failed: the last line naming an error (an
+    hvd_ps error line, a Python exception), else the last line."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if re.search(r"hvd_ps: |Error\b|Error:|error:", line):
+            return line
+    return lines[-1] if lines else "(no output)"
+
+
+def failure(gid: int, tag: str, code: int, log_path: Path) -> Dict[str, object]:
+    """A failed job as a line of the result."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError as err:
+        text = f"(no log: {err})"
+    return {"group": gid, "job": tag, "exit_code": code, "last_error": last_error(text)}
+
+
+def verdict(
+    audit: Dict[str, int],
+    unaccounted: int,
+    kills: int,
+    failures: List,
+    tier_code: int,
+    finite: bool,
+) -> bool:
+    """Whether the soak passed: nothing lost, every applied update accounted for (a killed
+    job's last push may land uncounted), no job failed, the tier left cleanly, all finite."""
+    return (audit["lost"] == 0 and 0 <= unaccounted <= kills and not failures
+            and tier_code == 0 and finite)  # fmt: skip
+
+
 def _check_audit(directory: Path) -> Dict[str, int]:
     lines = []
     for f in directory.glob("server-*.jsonl"):
@@ -178,29 +218,50 @@ def main() -> int:
     steady = [job(g, f"G{g}", "--until", str(stop_file)) for g in (0, 1)]
     rng = np.random.RandomState(0)
     per_step = 1 if args.strategy == "GradientPush" else 2  # steps per exchange
-    kills, killed, finished = 0, 0, ["G0", "G1"]
-    while time.monotonic() < start + args.minutes * 60:
-        tag = f"C{kills + len(finished) - 2}"
+    kills, killed, finished, failures = 0, 0, [], []
+    last_killed = False
+    # the last job of group 2 always leaves cleanly: a killed one is followed by one more
+    while (time.monotonic() < start + args.minutes * 60 or last_killed) and not failures:
+        if any(p.poll() is not None for p in steady):  # group 0 or 1 ended early: stop here
+            break
+        jobs_of_2 = kills + len(finished) + len(failures)
+        tag = f"C{jobs_of_2}"
         c = job(2, tag, "--steps", str(args.restart_every * per_step))
-        if (len(finished) + kills) % 2 == 1:  # every other job: SIGKILL at a random exchange
+        last_killed = jobs_of_2 % 2 == 1  # every other job: SIGKILL at a random exchange
+        if last_killed:
             target = int(rng.randint(args.restart_every // 4, args.restart_every))
             while _count(work / f"{tag}.count") < target and c.poll() is None:
                 time.sleep(0.05)
+            if c.poll() not in (None, 0):  # it failed before the kill
+                failures.append(failure(2, tag, int(c.returncode), work / f"{tag}.log"))
+                break
             kill_job(c, work, tag)
             kills += 1
             killed += _count(work / f"{tag}.count")
         else:  # the others leave when done
-            if c.wait(timeout=args.minutes * 60 + 300) != 0:
-                raise SystemExit(f"{tag} failed: see {work / (tag + '.log')}")
-            finished.append(tag)
+            code = c.wait(timeout=args.minutes * 60 + 300)
+            if code != 0:
+                failures.append(failure(2, tag, code, work / f"{tag}.log"))
+            else:
+                finished.append(tag)
     stop_file.touch()
     codes = [p.wait(timeout=300) for p in steady]
-    tier.wait(timeout=120)
+    for gid, code in enumerate(codes):
+        if code != 0:
+            failures.append(failure(gid, f"G{gid}", code, work / f"G{gid}.log"))
+    try:
+        tier.wait(timeout=120)
+    except subprocess.TimeoutExpired:  # the tier waits for groups that are gone: stop it
+        os.killpg(tier.pid, signal.SIGTERM)
+        tier.wait(timeout=60)
     stop.set()
     sampler.join()
     took = time.monotonic() - start
-    pushed = killed + sum(int(np.load(work / f"{t}.rank0.npz")["exchanges"]) for t in finished)
-    jobs_of_2 = kills + len(finished) - 2
+    done = [t for t, code in zip(("G0", "G1"), codes) if code == 0] + finished
+    results = {t: np.load(work / f"{t}.rank0.npz") for t in done}
+    pushed = killed + sum(int(r["exchanges"]) for r in results.values())
+    finite = all(np.isfinite(r["glob"]).all() for r in results.values())
+    jobs_of_2 = kills + len(finished) + sum(1 for f in failures if f["group"] == 2)
     audit_result = _check_audit(audit)
     unaccounted = audit_result["applied"] - pushed
     warm = next((s for s in samples if s["t"] >= 10), samples[-1])  # imports done
@@ -218,8 +279,9 @@ def main() -> int:
         "updates_applied": audit_result["applied"],
         "lost": audit_result["lost"],
         "unaccounted": unaccounted,
-        "ok": audit_result["lost"] == 0 and 0 <= unaccounted <= kills
-        and codes == [0, 0] and tier.returncode == 0,
+        "finite": finite,
+        "failures": failures,
+        "ok": verdict(audit_result, unaccounted, kills, failures, tier.returncode, finite),
         "exit_codes": codes,
         "tier_exit_code": tier.returncode,
         "memory": memory,
@@ -240,8 +302,15 @@ def main() -> int:
         f"with SIGKILL at a random exchange ({kills} kills); {pushed} exchanges pushed, "
         f"{audit_result['applied']} updates applied by the servers, lost "
         f"{audit_result['lost']}, unaccounted {unaccounted} (a killed job's last push may "
-        f"land: 0..{kills}); exit codes of groups 0 and 1: {codes}, tier {tier.returncode}.\n\n"
-        "| PS process | RSS at 10 s (MB) | peak (MB) | last (MB) |\n|---|---|---|---|\n"
+        f"land: 0..{kills}); exit codes of groups 0 and 1: {codes}, tier {tier.returncode}; "
+        f"global models {'finite' if finite else 'NOT FINITE'}.\n\n"
+        + "".join(
+            f"FAILED: group {f['group']} (job {f['job']}) exited {f['exit_code']}: "
+            f"{f['last_error']}\n"
+            for f in failures
+        )
+        + ("\n" if failures else "")
+        + "| PS process | RSS at 10 s (MB) | peak (MB) | last (MB) |\n|---|---|---|---|\n"
         + rows
         + "\n"
     )

@@ -11,6 +11,7 @@ the in-place tqdm bar is drawn only on a real terminal that no launcher sits in 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -106,3 +107,18 @@ class Console:
             delay=self.interval,
             file=WholeLines(),
         )
+
+
+def chance_warning(accuracy: float, classes: int, samples: int) -> Optional[str]:
+    """A warning line when ``accuracy`` on ``samples`` test samples is no better than guessing
+    one of ``classes`` classes: within three binomial standard deviations of ``1/classes``
+    (or not a number). None when the model learned something."""
+    chance = 1.0 / classes
+    bound = chance + 3.0 * math.sqrt(chance * (1.0 - chance) / max(samples, 1))
+    if math.isfinite(accuracy) and accuracy > bound:
+        return None
+    return (
+        f"WARNING: the final accuracy {100 * accuracy:.2f}% is no better than chance "
+        f"({100 * chance:.0f}% for {classes} classes; at most {100 * bound:.1f}% on "
+        f"{samples} test samples): the job ran, but its model did not learn"
+    )

@@ -12,7 +12,7 @@ STRATEGIES = ("gradient_push", "model_average", "easgd", "diloco", "horovod")
 DEFAULT_PERIOD = {"gradient_push": 1, "model_average": 4, "easgd": 4, "diloco": 8, "horovod": 1}
 
 
-def add(p: argparse.ArgumentParser, outer_momentum: float = 0.9) -> None:
+def add(p: argparse.ArgumentParser, outer_momentum: float = 0.9, outer_lr: float = 0.7) -> None:
     p.add_argument("--sync", choices=STRATEGIES, default="easgd", help="strategy (default easgd)")
     p.add_argument("--mode", choices=("sync", "async"), default="sync")
     p.add_argument(
@@ -23,7 +23,12 @@ def add(p: argparse.ArgumentParser, outer_momentum: float = 0.9) -> None:
         "1 gradient_push)",
     )
     p.add_argument("--alpha", type=float, default=None, help="EASGD alpha (default 0.9 / groups)")
-    p.add_argument("--outer-lr", type=float, default=0.7, help="DiLoCo outer learning rate")
+    p.add_argument(
+        "--outer-lr",
+        type=float,
+        default=outer_lr,
+        help=f"DiLoCo outer learning rate (default {outer_lr})",
+    )
     p.add_argument(
         "--outer-momentum",
         type=float,

@@ -42,7 +42,7 @@ import hvd_ps  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    strategy_flags.add(p, outer_momentum=0.5)
+    strategy_flags.add(p, outer_momentum=0.5, outer_lr=0.5)
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--lr", type=float, default=0.1, help="learning rate of the local SGD")
     p.add_argument("--momentum", type=float, default=0.9, help="momentum of the local SGD")
@@ -274,6 +274,9 @@ def main(argv=None) -> int:
             f"final test accuracy (global model): {100 * final:.2f}%  "
             f"(training {train_time:.1f} s, total {time.perf_counter() - start:.1f} s)"
         )
+        warning = console.chance_warning(final, 10, len(y_te))
+        if warning:
+            out.line(warning)
         if args.json:
             result = {
                 "sync": args.sync,

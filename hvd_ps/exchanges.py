@@ -112,13 +112,50 @@ class Exchange:
         raise NotImplementedError
 
 
+#: what async GradientPush's delayed Nesterov takes of an ``sgd``/``nag`` optimizer's arguments
+#: (MXNet's defaults otherwise); ``lazy_update`` and ``multi_precision`` change nothing for the
+#: dense float buffers the servers hold
+DELAYED_SGD_ARGS = ("learning_rate", "momentum", "wd", "rescale_grad", "clip_gradient")
+_NO_EFFECT = ("lazy_update", "multi_precision")
+
+
+def async_push_rule(name: str, args: Dict[str, Any], groups: int) -> protocol.Rule:
+    """The servers' rule of async GradientPush: each push is ``1/G`` of a sync round.
+
+    MXNet's ``sgd`` and ``nag`` (one momentum buffer) become delayed Nesterov SGD, as async
+    DiLoCo's outer step: the push's own gradient term at once with ``lr / G``, the momentum
+    once every ``G`` pushes. Other optimizers run on every push with ``lr / G`` (their state
+    updated per push)."""
+    if name not in ("sgd", "nag"):
+        return protocol.Optimizer(name, dict(args), lr_scale=1.0 / groups)
+    unknown = sorted(set(args) - set(DELAYED_SGD_ARGS) - set(_NO_EFFECT))
+    if unknown:
+        raise ConfigError(
+            f"optimizer_params {', '.join(unknown)}: async GradientPush runs {name!r} on the "
+            f"servers as delayed Nesterov SGD, which takes {', '.join(DELAYED_SGD_ARGS)}"
+        )
+    clip = args.get("clip_gradient")
+    return protocol.Nesterov(
+        lr=float(args.get("learning_rate", 0.01)),  # MXNet's default for sgd and nag
+        momentum=float(args.get("momentum", 0.0)),
+        nesterov=True,
+        scale=float(args.get("rescale_grad", 1.0)) / groups,
+        delay=groups,
+        wd=float(args.get("wd", 0.0)),
+        clip=None if clip is None or clip < 0 else float(clip),
+    )
+
+
 class GradientPushExchange(Exchange):
     def __init__(self, s: GradientPush, groups: int, wire: Optional[str], optimizer: Any) -> None:
         super().__init__(s, groups, wire)
         if optimizer is None:
             raise ConfigError("GradientPush needs the trainer's optimizer (name, numbers)")
         name, args = optimizer
-        self.rule = protocol.Optimizer(name, dict(args), protocol.round_scale(s.mode, groups))
+        if s.mode == "sync":  # one step with the mean of a round's G gradients
+            self.rule = protocol.Optimizer(name, dict(args), protocol.round_scale(s.mode, groups))
+        else:
+            self.rule = async_push_rule(name, dict(args), groups)
 
     def exchange(self, b: Bucket, client: Any) -> None:
         # b.out already holds the scaled group-mean gradient (packed by the trainer)
@@ -183,7 +220,10 @@ class DiLoCoExchange(Exchange):
             lr=s.outer_lr,
             momentum=s.momentum,
             nesterov=s.nesterov,
-            scale=protocol.round_scale(s.mode, groups),
+            # sync: the mean of a round's G pushes; async: each push is 1/G of a round and
+            # the momentum is applied once every G pushes (delayed Nesterov)
+            scale=1.0 / groups,
+            delay=1 if s.mode == "sync" else groups,
         )
         #: per bucket: x_start (the parameters' dtype) and the fused op over it
         self.start: Dict[int, Tuple[Any, Any]] = {}

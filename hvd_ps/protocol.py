@@ -20,8 +20,14 @@ record        what a push does to ``w``
 ============  ==================================================================================
 Assign        ``w = g`` (the default of every key; a row-sparse push replaces its rows)
 Add           ``w += g``
-Optimizer     ``w = opt(w, scale * g)`` with one of MXNet's optimizers in :data:`OPTIMIZERS`
-Nesterov      ``D = scale g; v = m v + D; w -= lr (D + m v)`` (``nesterov``) or ``w -= lr v``
+Optimizer     ``w = opt(w, scale * g)`` with one of MXNet's optimizers in :data:`OPTIMIZERS`,
+              its learning rate multiplied by ``lr_scale``
+Nesterov      outer SGD with momentum, the momentum applied once every ``delay`` pushes:
+              ``D = clip(scale g) + wd w; A += D``; at each ``delay``-th push
+              ``v = m v + A; A = 0`` and ``w -= lr (D + m v)`` (``nesterov``) or
+              ``w -= lr (D + m v_old)`` (heavy ball);
+              at every other push ``w -= lr D``. With ``delay = 1``: ``v = m v + D;
+              w -= lr (D + m v)`` or ``w -= lr v``
 CopyState     ``w`` is a checkpoint's copy of the state of key ``source`` (its optimizer's or
               its momentum's array number ``leaf``): a push (of anything) copies that state
               into ``w`` (``load=False``), or ``w`` into that state and sets the optimizer's
@@ -36,7 +42,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar, Dict, Tuple, Type, Union
+from typing import Any, ClassVar, Dict, Optional, Tuple, Type, Union
 
 from .errors import ConfigError
 
@@ -87,11 +93,13 @@ class Add:
 
 @dataclass(frozen=True)
 class Optimizer:
-    """``w = opt(w, scale * g)``: GradientPush's server-side optimizer, by name."""
+    """``w = opt(w, scale * g)``: GradientPush's server-side optimizer, by name, with its
+    learning rate (``args``' or the optimizer's default) multiplied by ``lr_scale``."""
 
     name: str
     args: Dict[str, Any] = field(default_factory=dict)
     scale: float = 1.0
+    lr_scale: float = 1.0
     updater: ClassVar[str] = "optimizer"
 
     def __post_init__(self) -> None:
@@ -105,16 +113,23 @@ class Optimizer:
                 f"optimizer_params of {self.name!r} must be numbers by name, got {self.args!r}"
             )
         object.__setattr__(self, "scale", number("scale", self.scale, 0.0, math.inf))
+        object.__setattr__(self, "lr_scale", number("lr_scale", self.lr_scale, 0.0, math.inf))
 
 
 @dataclass(frozen=True)
 class Nesterov:
-    """DiLoCo's outer step: heavy-ball or Nesterov SGD on what arrived, times ``scale``."""
+    """DiLoCo's outer step: heavy-ball or Nesterov SGD on what arrived, times ``scale``, the
+    momentum applied once every ``delay`` pushes (the async rules' delayed Nesterov; async
+    GradientPush's too, with MXNet SGD's ``clip`` of the scaled gradient and weight decay
+    ``wd``: ``D = clip(scale g) + wd w``)."""
 
     lr: float
     momentum: float = 0.0
     nesterov: bool = True
     scale: float = 1.0
+    delay: int = 1
+    wd: float = 0.0
+    clip: Optional[float] = None
     updater: ClassVar[str] = "nesterov"
 
     def __post_init__(self) -> None:
@@ -124,11 +139,26 @@ class Nesterov:
         if not isinstance(self.nesterov, bool):
             raise ConfigError(f"nesterov must be True or False, got {self.nesterov!r}")
         object.__setattr__(self, "scale", number("scale", self.scale, 0.0, math.inf))
+        if isinstance(self.delay, bool) or not isinstance(self.delay, int) or self.delay < 1:
+            raise ConfigError(f"delay must be an integer >= 1, got {self.delay!r}")
+        object.__setattr__(self, "wd", number("wd", self.wd, 0.0, math.inf, open_low=False))
+        if self.clip is not None:
+            object.__setattr__(self, "clip", number("clip", self.clip, 0.0, math.inf))
+
+    @property
+    def leaves(self) -> int:
+        """The state arrays a server keeps per key: the momentum ``v``, and with a delay the
+        sum ``A`` of the pushes since the momentum was last applied."""
+        return 1 if self.delay == 1 else 2
 
 
 @dataclass(frozen=True)
 class CopyState:
-    """Checkpoints: copy one array of key ``source``'s server state to or from this key."""
+    """Checkpoints: copy one array of key ``source``'s server state to or from this key.
+
+    ``count`` (with ``load``) is how many pushes the key has had: an optimizer's update count
+    (Adam's bias correction), and for a delayed :class:`Nesterov` where it stands in its cycle
+    (``count % delay`` pushes since the momentum was last applied)."""
 
     source: int
     leaf: int

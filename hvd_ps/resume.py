@@ -129,7 +129,7 @@ def _owned(tr: Any) -> Set[int]:
 def _server_leaves(rule: protocol.Rule) -> int:
     """How many state arrays the servers keep per key under ``rule``."""
     if isinstance(rule, protocol.Nesterov):
-        return 1
+        return rule.leaves
     if isinstance(rule, protocol.Optimizer):
         opt = mx.optimizer.create(rule.name, **rule.args)
         return len(protocol.state_leaves(opt.create_state(0, mx.nd.zeros((1,)))))

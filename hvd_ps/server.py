@@ -162,6 +162,8 @@ class _Updaters:
         args = dict(rule.args)
         args["rescale_grad"] = rule.scale * float(args.get("rescale_grad", 1.0))
         opt = self.mx.optimizer.create(rule.name, **args)
+        if rule.lr_scale != 1.0:  # async GradientPush: each push is 1/G of a sync round
+            opt.set_learning_rate(opt.learning_rate * rule.lr_scale)
         slot: Dict[str, Any] = {"opt": opt}
         self.state[key] = slot
 
@@ -173,16 +175,40 @@ class _Updaters:
         return update
 
     def _nesterov(self, key: int, rule: protocol.Nesterov) -> Callable[[Any, Any], None]:
-        lr, m, scale = rule.lr, rule.momentum, rule.scale
-        slot: Dict[str, Any] = {}
+        """Outer SGD with (delayed) momentum, as :class:`hvd_ps.protocol.Nesterov` states it.
+
+        ``slot``: ``v`` the momentum, ``a`` the sum of the scaled pushes since ``v`` was last
+        updated (only with a delay), ``k`` how many pushes that sum holds."""
+        lr, m, scale, delay = rule.lr, rule.momentum, rule.scale, rule.delay
+        slot: Dict[str, Any] = {"k": 0, "delay": delay}
         self.state[key] = slot
 
         def update(g: Any, w: Any) -> None:
             d = g * scale
-            v = slot.get("v")
-            v = d.copy() if v is None else v * m + d
-            slot["v"] = v
-            w -= lr * (d + m * v) if rule.nesterov else lr * v
+            if rule.clip is not None:
+                d = self.mx.nd.clip(d, -rule.clip, rule.clip)
+            if rule.wd:
+                d = d + rule.wd * w
+            if delay > 1:
+                a = slot.get("a")
+                slot["a"] = a = d.copy() if a is None else a + d
+            else:
+                a = d
+            slot["k"] += 1
+            if slot["k"] < delay:
+                w -= lr * d  # this push's share of the gradient term; momentum waits
+                return
+            v_old = slot.get("v")
+            v = a.copy() if v_old is None else v_old * m + a
+            slot["v"], slot["k"] = v, 0
+            if delay > 1:
+                slot["a"] = None
+            if rule.nesterov:
+                w -= lr * (d + m * v)
+            elif v_old is None:
+                w -= lr * d
+            else:
+                w -= lr * (d + m * v_old)
 
         return update
 
@@ -193,10 +219,12 @@ class _Updaters:
         if slot is None:
             raise ValueError(f"key {key} has no server state (its rule keeps none)")
         opt = slot.get("opt")
-        if opt is None:  # nesterov: the momentum v (zeros act as no momentum yet)
-            if slot.get("v") is None:
-                slot["v"] = self.mx.nd.zeros(like.shape, dtype=like.dtype)
-            return [slot["v"]]
+        if opt is None:  # nesterov: the momentum v and, with a delay, the sum A since it
+            names = ("v",) if slot["delay"] == 1 else ("v", "a")
+            for name in names:  # zeros act as no momentum yet / nothing summed yet
+                if slot.get(name) is None:
+                    slot[name] = self.mx.nd.zeros(like.shape, dtype=like.dtype)
+            return [slot[name] for name in names]
         if "s" not in slot:
             slot["s"] = opt.create_state(key, like)
         return protocol.state_leaves(slot["s"])
@@ -210,10 +238,13 @@ class _Updaters:
                 )
             if rule.load:
                 leaves[rule.leaf][:] = w
-                opt = self.state[rule.source].get("opt")
+                slot = self.state[rule.source]
+                opt = slot.get("opt")
                 if opt is not None:  # MXNet's private count: Adam's bias correction uses it
                     opt._index_update_count[rule.source] = rule.count
                     opt.num_update = max(opt.num_update, rule.count)
+                else:  # a delayed Nesterov: where the key stands in its cycle of pushes
+                    slot["k"] = rule.count % slot["delay"]
             else:
                 w[:] = leaves[rule.leaf]
 

@@ -12,15 +12,31 @@ buffers with the fused op and names the servers' side, a record of :mod:`hvd_ps.
 ================  ==========================  ==========================  ======================
 strategy          leader pushes               server does                 leader then sets
 ================  ==========================  ==========================  ======================
-GradientPush      group-mean gradient ``g``   optimizer on ``w`` (sync:   ``x = w``
-                  (scaled by 1/batch)         mean of the round's ``g``)
+GradientPush      group-mean gradient ``g``   optimizer on ``w``, one     ``x = w``
+                  (scaled by 1/batch)         step with the round's mean
 ModelAverage      ``x``                       ``w = sum of the round``    ``x = w / G``
 EASGD             ``d = alpha (x - c)``,      ``c += d``                  ``x -= d``
                   after pulling ``c``
 DiLoCo            ``D = x_start - x``         ``v = m v + D'``,           ``x = x_start = w``
                                               ``w -= lr (D' + m v)``
-                                              (``D'``: round mean / push)
+                                              (``D'``: the round's mean)
 ================  ==========================  ==========================  ======================
+
+Async rules (``mode='async'``): the servers apply each push as it arrives, and **each push is
+1/G of a sync round**, so ``G`` pushes move ``w`` as one sync round of them would and no rule
+needs its hyperparameters divided by ``G``:
+
+* DiLoCo (delayed Nesterov, after Async Local-SGD, arXiv 2401.09135): each push ``D`` moves
+  ``w -= lr D / G`` at once and adds ``D / G`` to ``A``; every ``G``-th push also applies the
+  momentum, once: ``v = m v + A; A = 0; w -= lr m v`` (Nesterov; heavy ball: ``w -= lr m
+  v_old``). When the ``G`` pushes are equal this is the sync round's step exactly.
+* GradientPush with MXNet's ``sgd`` or ``nag``: the same delayed Nesterov on the pushed
+  gradient (``D = clip(g / G) + wd w``), so a stale gradient enters the momentum once, at
+  ``1/G`` of a round, and heavy-ball ``sgd`` momentum becomes Nesterov (per-push momentum on
+  stale gradients measured unstable). Other optimizers run on every push with the learning
+  rate ``lr / G``, their state updated per push.
+* EASGD: ``c += d`` per push, with ``alpha`` defaulting to ``0.9 / G`` (each push pulls the
+  centre ``1/G`` of ``beta = 0.9``).
 
 Overlap (``overlap=tau``, ModelAverage, EASGD and DiLoCo; ``0 <= tau < period``): with
 ``tau >= 1`` the leader starts the exchange at step ``t`` from a snapshot ``x_t``
@@ -121,8 +137,12 @@ class GradientPush(Strategy):
     """The paper's baseline: every step, each group's leader pushes the group-mean gradient and
     the servers run the optimizer on the PS copy ``w`` of the weights; groups then set
     ``x = w``. In sync mode a server applies one update with the mean of the G gradients of a
-    round; in async mode each push updates ``w`` as it arrives. The trainer's optimizer and its
-    ``optimizer_params`` (numbers only) run on the servers; no local update happens.
+    round; in async mode each push updates ``w`` as it arrives as ``1/G`` of a sync round, so
+    the sync hyperparameters carry over: ``sgd`` and ``nag`` run as delayed Nesterov (the
+    gradient term at once with ``lr / G``, the momentum once every ``G`` pushes), other
+    optimizers with ``lr / G`` per push.
+    The trainer's optimizer and its ``optimizer_params`` (numbers only) run on the servers; no
+    local update happens.
 
     Example::
 
@@ -212,8 +232,10 @@ class DiLoCo(Strategy):
     """DiLoCo (Douillard et al. 2023): groups take ``period`` inner steps, then push the
     pseudo-gradient ``D = x_start - x``; the servers run outer Nesterov SGD on ``w`` (PyTorch's
     ``SGD(nesterov=True)`` / MXNet's NAG, no weight decay): ``v = m v + D'; w -= lr (D' + m v)``
-    where ``D'`` is the round's mean (sync) or the single push (async). Groups then restart
-    from ``x = x_start = w``.
+    where ``D'`` is the round's mean. Groups then restart from ``x = x_start = w``. In async
+    mode each push is ``1/G`` of a round: ``w -= outer_lr D / G`` at once, and the momentum
+    is applied once every ``G`` pushes, with ``A`` the sum of their ``D / G`` (delayed
+    Nesterov): ``v = m v + A; w -= outer_lr m v``. The sync hyperparameters carry over.
 
     ``overlap=tau`` (``0 <= tau < period``) pushes ``D = x_start - x_t`` from a snapshot and
     applies the servers' ``w`` ``tau`` steps later: ``x = w + (x_{t+tau} - x_t)``,

@@ -37,28 +37,36 @@ fi
 # is a session of its own (tests/mpi/conftest.py reads HVD_PS_TEST_GROUPS).
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MXNET_CPU_WORKER_NTHREADS="${MXNET_CPU_WORKER_NTHREADS:-1}"
 export HVD_PS_TIMEOUT="${HVD_PS_TIMEOUT:-60}"
-# np | groups | wire dtype | HVD_PS_BUCKET_MB | tests
-# (the last run also splits every parameter into a PS key of its own)
+# np | groups | wire dtype | HVD_PS_BUCKET_MB | tier mode | tests
+# (the float16 run also splits every parameter into a PS key of its own; a tier runs in one
+# mode per job, so the async rules have sessions of their own)
 runs=(
-  "1|[[0]]|float32|4|tests/mpi"
-  "2|[[0,1]]|float32|4|tests/mpi"
-  "4|[[0,1],[2,3]]|float32|4|tests/mpi"
-  "4|[[0],[1,2,3]]|float32|4|tests/mpi"
-  "4|[[0],[1],[2],[3]]|float32|4|tests/mpi"
-  "4|[[0,1],[2,3]]|float16|0.00001|tests/mpi/test_strategies.py"
+  "1|[[0]]|float32|4|sync|tests/mpi"
+  "2|[[0,1]]|float32|4|sync|tests/mpi"
+  "4|[[0,1],[2,3]]|float32|4|sync|tests/mpi"
+  "4|[[0],[1,2,3]]|float32|4|sync|tests/mpi"
+  "4|[[0],[1],[2],[3]]|float32|4|sync|tests/mpi"
+  "4|[[0,1],[2,3]]|float16|0.00001|sync|tests/mpi/test_strategies.py"
+  "1|[[0]]|float32|4|async|tests/mpi/test_async_rules.py"
+  "2|[[0],[1]]|float32|4|async|tests/mpi/test_async_rules.py"
+  "4|[[0,1],[2,3]]|float32|4|async|tests/mpi/test_async_rules.py"
+  "4|[[0],[1,2,3]]|float32|4|async|tests/mpi/test_async_rules.py"
+  "4|[[0],[1],[2],[3]]|float32|4|async|tests/mpi/test_async_rules.py"
 )
 phase mpi || runs=()
 for run in "${runs[@]}"; do
-  IFS='|' read -r np groups wire bucket tests <<< "$run"
+  IFS='|' read -r np groups wire bucket mode tests <<< "$run"
   tag="np$np-g$(echo "$groups" | sed 's/\],\[/./g' | tr -d '[], ')-$wire"   # e.g. np4-g01.23-float32
+  [ "$mode" = sync ] || tag="$tag-$mode"
   # HVD_PS_TEST_MPI_RUNS (a grep pattern over the tags) keeps only some runs, e.g. for stress.sh
   if [ -n "${HVD_PS_TEST_MPI_RUNS:-}" ] && ! grep -qE "$HVD_PS_TEST_MPI_RUNS" <<< "$tag"; then
     continue
   fi
-  step "MPI tests, world size $np, groups $groups, wire $wire, buckets of $bucket MB (mpirun + pytest-mpi)"
+  step "MPI tests, world size $np, groups $groups, wire $wire, buckets of $bucket MB, $mode tier (mpirun + pytest-mpi)"
   timeout -k 5 300 mpirun -np "$np" --oversubscribe --bind-to none -x OMP_NUM_THREADS \
     -x MXNET_CPU_WORKER_NTHREADS -x PATH -x HVD_PS_TIMEOUT -x HVD_PS_TEST_GROUPS="$groups" \
-    -x HVD_PS_WIRE_DTYPE="$wire" -x HVD_PS_BUCKET_MB="$bucket" -x OMPI_MCA_mpi_yield_when_idle \
+    -x HVD_PS_WIRE_DTYPE="$wire" -x HVD_PS_BUCKET_MB="$bucket" -x HVD_PS_TEST_MODE="$mode" \
+    -x OMPI_MCA_mpi_yield_when_idle \
     "$ROOT/scripts/mpi_rank.sh" "$OUT/$tag" -p no:cacheprovider --with-mpi "$ROOT/$tests" "$@"
   rc=$?; [ $rc -eq 0 ] || { status=1; echo "mpirun -np $np ($groups, $wire) exited $rc"; }
 done

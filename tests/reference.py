@@ -8,7 +8,7 @@ real run step by step.
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -162,4 +162,95 @@ def _run_overlapped(strategy: Dict, groups: List[List[int]], steps: int, lr: flo
         out[-1]["final"] = complete(*pending[1:])
     else:
         out[-1]["final"] = out[-1]["x"]
+    return out
+
+
+class OuterSGD:
+    """The servers' outer SGD of DiLoCo in numpy (:class:`hvd_ps.protocol.Nesterov`): what
+    arrived is scaled by ``scale``; the momentum is applied once every ``delay`` pushes with
+    the sum ``A`` of the scaled pushes since (``delay = 1``: every push, sync DiLoCo)."""
+
+    def __init__(self, lr: float, momentum: float, nesterov: bool, scale: float, delay: int):
+        self.lr, self.m, self.nesterov = lr, momentum, nesterov
+        self.scale, self.delay = scale, delay
+        self.v = None
+        self.a = None
+        self.k = 0
+
+    def step(self, w: np.ndarray, received: np.ndarray) -> np.ndarray:
+        d = self.scale * received
+        self.a = d if self.a is None else self.a + d
+        self.k += 1
+        if self.k < self.delay:
+            return w - self.lr * d
+        v_old = self.v
+        self.v = self.a if v_old is None else self.m * v_old + self.a
+        self.a, self.k = None, 0
+        if self.nesterov:
+            return w - self.lr * (d + self.m * self.v)
+        return w - self.lr * (d if v_old is None else d + self.m * v_old)
+
+
+def run_async(
+    strategy: Dict,
+    groups: List[List[int]],
+    steps: int,
+    lr: float,
+    momentum: float = 0.0,
+    share: Optional[float] = None,
+) -> List[Dict]:
+    """The async rules with a fixed push order: at every step the groups step one after the
+    other, in group order, each completing its exchange (if the step has one) before the next
+    group starts its step. ``momentum`` is the momentum of GradientPush's ``sgd`` on the servers.
+
+    * GradientPush (``sgd``): delayed Nesterov (:class:`OuterSGD` with ``lr``, ``scale = 1/G``,
+      ``delay = G``) on the pushed gradient; ``x = w``;
+    * EASGD: ``d = alpha (x - c)`` with the current ``c``; ``x -= d``; ``c += d``;
+    * DiLoCo: ``D = x_start - x``; delayed Nesterov (:class:`OuterSGD` with ``scale = 1/G``,
+      ``delay = G``); ``x = x_start = w``.
+
+    ``share`` is the part of a sync round each push makes, ``1/G`` (the default: these
+    rules); ``share=1`` makes each push a whole step, momentum included (the earlier rules).
+
+    Returns one record per step: {"x": [params of each group], "global": the servers' value}.
+    """
+    name, period, n = strategy["name"], strategy.get("period", 1), len(groups)
+    share = 1.0 / n if share is None else share
+    delay = max(1, round(1.0 / share))
+    x0 = initial()
+    xs = [x0 for _ in groups]
+    starts = [x0 for _ in groups]
+    c = x0
+    outer = None
+    if name == "DiLoCo":
+        outer = [
+            OuterSGD(strategy["outer_lr"], strategy["momentum"], strategy["nesterov"], share, delay)
+            for _ in range(2)
+        ]
+    if name == "GradientPush":  # sgd on the servers: delayed Nesterov, lr / G a push
+        outer = [OuterSGD(lr, momentum, True, share, delay) for _ in range(2)]
+    out = []
+    for t in range(1, steps + 1):
+        for g, members in enumerate(groups):  # the fixed push order
+            gg = group_grad(xs[g], members, t)
+            if name == "GradientPush":
+                assert outer is not None
+                c = tuple(o.step(c[i], gg[i]) for i, o in enumerate(outer))
+                xs[g] = c
+                continue
+            xs[g] = axpy(-lr, gg, xs[g])
+            if t % period:
+                continue
+            if name == "EASGD":
+                a = strategy["alpha"]
+                d = (a * (xs[g][0] - c[0]), a * (xs[g][1] - c[1]))
+                xs[g] = axpy(-1.0, d, xs[g])
+                c = axpy(1.0, d, c)
+            elif name == "DiLoCo":
+                assert outer is not None
+                c = tuple(o.step(c[i], starts[g][i] - xs[g][i]) for i, o in enumerate(outer))
+                xs[g] = starts[g] = c
+            else:
+                raise ValueError(name)
+        out.append({"x": [(x[0].copy(), x[1].copy()) for x in xs], "global": c})
     return out

@@ -123,3 +123,16 @@ def test_console_bar_mode_draws_in_place(monkeypatch) -> None:
     text = out.getvalue()
     assert "\r" in text and "epoch 1/1:" in text  # tqdm's redraws
     assert text.endswith("epoch 1/1  loss 0.1\n")
+
+
+@pytest.mark.parametrize(
+    "accuracy, warned",
+    [(0.10, True), (0.14, True), (float("nan"), True), (0.16, False), (0.97, False)],
+)
+def test_chance_warning_on_360_digits(accuracy: float, warned: bool) -> None:
+    """Ten classes, 360 test samples: chance is 10%, three standard deviations 4.7 points."""
+    line = console.chance_warning(accuracy, 10, 360)
+    assert (line is not None) == warned
+    if warned:
+        assert line.startswith("WARNING: the final accuracy") and "no better than chance" in line
+        assert "10% for 10 classes" in line and "14.7%" in line

@@ -38,10 +38,23 @@ def test_the_wire_format_is_the_documented_one():
         "hvd_ps": 1,
         "key": 3,
         "updater": "nesterov",
-        "params": {"lr": 0.5, "momentum": 0.8, "nesterov": True, "scale": 0.25},
+        "params": {
+            "lr": 0.5,
+            "momentum": 0.8,
+            "nesterov": True,
+            "scale": 0.25,
+            "delay": 1,
+            "wd": 0.0,
+            "clip": None,
+        },
     }
     body = protocol.Command(0, protocol.Optimizer("sgd", {"wd": 0.1}, 0.5)).encode()
-    assert json.loads(body)["params"] == {"name": "sgd", "args": {"wd": 0.1}, "scale": 0.5}
+    assert json.loads(body)["params"] == {
+        "name": "sgd",
+        "args": {"wd": 0.1},
+        "scale": 0.5,
+        "lr_scale": 1.0,
+    }
     assert json.loads(protocol.Command(1, protocol.Add()).encode())["params"] == {}
 
 

@@ -14,7 +14,8 @@ What a user relies on, checked for EASGD, DiLoCo and GradientPush:
   (an exact value the servers held), not its initial parameters;
 * the servers' audit (``HVD_PS_AUDIT_DIR``: every applied update with the value before and
   after) forms one unbroken chain from the initial value, each step equal to the strategy's
-  rule replayed in numpy (EASGD ``c += d``; DiLoCo's Nesterov outer step; GradientPush's SGD),
+  rule replayed in numpy (EASGD ``c += d``; DiLoCo's delayed Nesterov outer step; GradientPush's
+  SGD with the learning rate / G),
   so the final value is the initial one plus every update applied; and the servers applied as
   many updates as the groups pushed (the killed job's last push may or may not have arrived).
 """
@@ -40,6 +41,7 @@ from benchmarks.soak import kill_job  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 JOB = str(ROOT / "tests" / "jobs" / "rejoin_job.py")
 LR = 0.1  # the jobs' local (and GradientPush's server) learning rate
+GROUPS = 3  # groups on the tier (A, B and C's jobs)
 DEAD_AFTER = "4"  # HVD_PS_HEARTBEAT: seconds of silence before ps-lite counts a node dead
 
 
@@ -79,11 +81,11 @@ def _replay(strategy: str, before: np.ndarray, received: np.ndarray, state: Dict
     """The servers' rule of the async strategy, in numpy (float32, as the servers compute)."""
     if strategy == "EASGD":
         return before + received  # c += d
-    if strategy == "GradientPush":
-        return before - np.float32(LR) * received  # SGD, no momentum, rescale 1 (async)
-    lr, m = np.float32(0.7), np.float32(0.9)  # DiLoCo's outer Nesterov step
-    v = state["v"] = received.copy() if "v" not in state else m * state["v"] + received
-    return before - lr * (received + m * v)
+    if strategy == "GradientPush":  # SGD, no momentum; async: lr / G per push
+        return before - np.float32(LR / GROUPS) * received
+    # DiLoCo's outer step, async: each push 1/G of a round, the momentum once per G pushes
+    outer = state.setdefault("outer", ref.OuterSGD(0.7, 0.9, True, 1.0 / GROUPS, GROUPS))
+    return outer.step(before, received)
 
 
 def _x0() -> np.ndarray:

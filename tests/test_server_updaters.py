@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import sys
 
 import mxnet as mx
 import numpy as np
@@ -107,6 +108,106 @@ def test_nesterov_matches_numpy(up, nesterov, scale):
         v = m * v + d
         w_ref = w_ref - lr * (d + m * v) if nesterov else w_ref - lr * v
         np.testing.assert_allclose(push(up, 5, nd(g), w), w_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+@pytest.mark.parametrize("groups", [2, 3])
+def test_delayed_nesterov_matches_the_numpy_reference(up, nesterov, groups):
+    """Async DiLoCo's server rule: each push 1/G of a round, momentum once per G pushes."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import reference as ref
+
+    lr, m = 0.7, 0.9
+    rule = protocol.Nesterov(lr, m, nesterov, scale=1.0 / groups, delay=groups)
+    up.command(CONTROLLER_HEAD, rec(5, rule))
+    model = ref.OuterSGD(lr, m, nesterov, 1.0 / groups, groups)
+    rng = np.random.default_rng(3)
+    w_ref = rng.standard_normal(6)
+    w = nd(w_ref)
+    for _ in range(4 * groups + 1):
+        g = rng.standard_normal(6).astype(np.float32)
+        w_ref = model.step(w_ref, g.astype(np.float64))
+        np.testing.assert_allclose(push(up, 5, nd(g), w), w_ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_delayed_nesterov_with_equal_pushes_is_one_sync_round(up, nesterov):
+    """G equal pushes under the async rule move w exactly as one sync round of them does."""
+    lr, m, groups = 0.5, 0.8, 4
+    sync = protocol.Nesterov(lr, m, nesterov, scale=1.0 / groups)
+    up.command(CONTROLLER_HEAD, rec(0, sync))
+    up.command(CONTROLLER_HEAD, rec(1, protocol.Nesterov(lr, m, nesterov, 1.0 / groups, groups)))
+    w_sync, w_async = nd([1.0, -2.0]), nd([1.0, -2.0])
+    for d in ([0.3, 0.1], [-0.2, 0.4], [0.5, 0.5]):
+        push(up, 0, nd(np.float32(groups) * np.float32(d)), w_sync)  # a round's sum
+        for _ in range(groups):
+            push(up, 1, nd(d), w_async)
+        np.testing.assert_allclose(w_async.asnumpy(), w_sync.asnumpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_delayed_nesterov_state_resumes_mid_cycle(up):
+    """A checkpoint taken between two applications of the momentum: v, the sum A and where
+    the key stands in its cycle (from the push count) continue exactly on a fresh server."""
+    rule = protocol.Nesterov(lr=0.7, momentum=0.9, scale=1 / 3, delay=3)
+    assert rule.leaves == 2 and protocol.Nesterov(lr=0.7).leaves == 1
+    up.command(CONTROLLER_HEAD, rec(0, rule))
+    w = nd([0.5, -0.5, 1.0])
+    rng = np.random.default_rng(4)
+    pushes = [nd(rng.standard_normal(3)) for _ in range(9)]
+    for g in pushes[:5]:  # 5 pushes: the momentum applied once, 2 pushes summed in A
+        push(up, 0, g, w)
+    fresh = _Updaters(DummyKV(), on_fatal=_fatal)
+    fresh.command(CONTROLLER_HEAD, rec(0, rule))
+    for leaf in range(rule.leaves):  # v, then A
+        up.command(CONTROLLER_HEAD, rec(5, protocol.CopyState(source=0, leaf=leaf)))
+        value = push(up, 5, nd([0.0] * 3), nd([0.0] * 3))
+        assert np.abs(value).max() > 0, leaf
+        fresh.command(CONTROLLER_HEAD, rec(5, protocol.CopyState(0, leaf, load=True, count=5)))
+        push(fresh, 5, nd([0.0] * 3), nd(value))
+    w_fresh = w.copy()
+    for g in pushes[5:]:  # the 6th push applies the momentum on both servers
+        np.testing.assert_allclose(push(fresh, 0, g, w_fresh), push(up, 0, g, w), rtol=1e-6)
+
+
+def test_nesterov_with_clip_is_mxnet_nag_and_wd_the_textbook_one(up):
+    """Async GradientPush turns sgd/nag into the Nesterov rule. With ``delay = 1`` it is
+    MXNet's own ``nag`` push for push (rescale, clip); its weight decay is the textbook one
+    (PyTorch's ``SGD(nesterov=True, weight_decay=wd)``: ``wd w`` of the weight before the
+    step). MXNet's ``nag_mom_update`` writes the weight in place first and then reads the new
+    weight for the momentum's decay term, so there the two differ from the second push on."""
+    nag = {"learning_rate": 0.2, "momentum": 0.9, "rescale_grad": 0.5, "clip_gradient": 0.3}
+    up.command(CONTROLLER_HEAD, rec(0, protocol.Optimizer("nag", nag)))
+    up.command(CONTROLLER_HEAD, rec(1, protocol.Nesterov(0.2, 0.9, True, scale=0.5, clip=0.3)))
+    up.command(CONTROLLER_HEAD, rec(2, protocol.Nesterov(0.2, 0.9, True, scale=0.5, wd=0.05)))
+    rng = np.random.default_rng(5)
+    start = rng.standard_normal(6).astype(np.float32)
+    w_mx, w_ours, w_wd = nd(start), nd(start), nd(start)
+    w_ref, v = start.astype(np.float64), np.zeros(6)
+    for _ in range(5):
+        g = rng.standard_normal(6).astype(np.float32) * 2
+        np.testing.assert_allclose(
+            push(up, 1, nd(g), w_ours), push(up, 0, nd(g), w_mx), rtol=1e-5, atol=1e-6
+        )
+        d = 0.5 * g + 0.05 * w_ref
+        v = 0.9 * v + d
+        w_ref = w_ref - 0.2 * (d + 0.9 * v)
+        np.testing.assert_allclose(push(up, 2, nd(g), w_wd), w_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_lr_scale_divides_the_learning_rate(up):
+    """Async GradientPush: lr / G per push, the gradient itself unscaled (Adam included)."""
+    for key, name in enumerate(("sgd", "adam")):
+        args = {"learning_rate": 0.1, "wd": 0.01}
+        up.command(CONTROLLER_HEAD, rec(key, protocol.Optimizer(name, args, lr_scale=0.25)))
+        up.command(
+            CONTROLLER_HEAD,
+            rec(10 + key, protocol.Optimizer(name, dict(args, learning_rate=0.025))),
+        )
+        w, w_ref = nd([1.0, -1.0]), nd([1.0, -1.0])
+        for g in ([0.3, -0.2], [0.1, 0.4]):
+            np.testing.assert_allclose(
+                push(up, key, nd(g), w), push(up, 10 + key, nd(g), w_ref), rtol=1e-6
+            )
 
 
 def test_nesterov_state_is_per_key_and_reset_by_a_new_command(up):

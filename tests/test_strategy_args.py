@@ -62,10 +62,25 @@ def test_the_bound_strategy_names_the_servers_rule_for_the_job():
     assert hvd_ps.GradientPush("sync").bind(4, None, sgd).rule == protocol.Optimizer(
         "sgd", {"learning_rate": 0.1}, scale=0.25
     )
-    assert hvd_ps.GradientPush("async").bind(4, None, sgd).rule.scale == 1.0
+    # async: each push is 1/G of a round (delayed Nesterov for sgd and nag; lr / G otherwise)
+    assert hvd_ps.GradientPush("async").bind(4, None, sgd).rule == protocol.Nesterov(
+        lr=0.1, momentum=0.0, nesterov=True, scale=0.25, delay=4
+    )
+    nag = ("nag", {"learning_rate": 0.2, "momentum": 0.9, "wd": 1e-4, "rescale_grad": 2.0})
+    assert hvd_ps.GradientPush("async").bind(2, None, nag).rule == protocol.Nesterov(
+        lr=0.2, momentum=0.9, nesterov=True, scale=1.0, delay=2, wd=1e-4
+    )
+    adam = ("adam", {"learning_rate": 0.01})
+    assert hvd_ps.GradientPush("async").bind(4, None, adam).rule == protocol.Optimizer(
+        "adam", {"learning_rate": 0.01}, lr_scale=0.25
+    )
+    with pytest.raises(ConfigError, match="optimizer_params lr_mult: async GradientPush"):
+        hvd_ps.GradientPush("async").bind(2, None, ("sgd", {"lr_mult": 2.0}))
     diloco = hvd_ps.DiLoCo(8, outer_lr=0.5, momentum=0.8, nesterov=False).bind(2, None).rule
     assert diloco == protocol.Nesterov(lr=0.5, momentum=0.8, nesterov=False, scale=0.5)
-    assert hvd_ps.DiLoCo(8, mode="async").bind(2, None).rule.scale == 1.0
+    assert hvd_ps.DiLoCo(8, mode="async").bind(4, None).rule == protocol.Nesterov(
+        lr=0.7, momentum=0.9, nesterov=True, scale=0.25, delay=4
+    )
     assert hvd_ps.ModelAverage(4).bind(3, None).rule == protocol.Assign()
     assert hvd_ps.EASGD(4).bind(3, None).rule == protocol.Add()
     assert hvd_ps.ModelAverage(4).bind(4, None).global_scale == 0.25

@@ -77,9 +77,11 @@ while True:
         loss = 0.5 * ((net(mx.nd.array(x)) - mx.nd.array(y)) ** 2).sum(axis=1)
     loss.backward()
     trainer.step(ref.BATCH)
-    if hvd_ps.is_leader():
-        with open(os.path.join(args.out, f"{args.tag}.count"), "w") as f:
+    if hvd_ps.is_leader():  # atomically: a reader never sees the file empty
+        count = os.path.join(args.out, f"{args.tag}.count")
+        with open(count + ".tmp", "w") as f:
             f.write(str(trainer.stats()["exchanges"]))
+        os.replace(count + ".tmp", count)
     time.sleep(0.03 + (rng.uniform(0, args.jitter) if args.jitter else 0.0))
 timed_out = args.until is not None and not os.path.exists(args.until)
 exchanges = trainer.stats()["exchanges"]

@@ -9,6 +9,10 @@ otherwise). ``scripts/test.sh`` runs this directory once per grouping::
     HVD_PS_TEST_GROUPS='[[0],[1,2,3]]' mpirun -np 4 -x HVD_PS_TEST_GROUPS \\
         python -m pytest --with-mpi tests/mpi
 
+A PS tier runs in one mode for a whole job: ``HVD_PS_TEST_MODE=async`` makes this session's
+tier async (the ``async_client`` tests run, the ``sync_client`` ones skip); by default it is
+sync, and the async tests skip.
+
 Every wait is bounded by ``HVD_PS_TIMEOUT`` (60 s here unless set).
 """
 
@@ -54,9 +58,25 @@ def rt(shape):
     hvd_ps.shutdown()
 
 
+def _tier_mode() -> str:
+    return os.environ.get("HVD_PS_TEST_MODE", "sync")
+
+
 @pytest.fixture(scope="session")
 def sync_client(rt):
     """This rank's PS client with the tier in sync mode (None on non-leaders)."""
+    if _tier_mode() != "sync":
+        pytest.skip("this session's PS tier is async (HVD_PS_TEST_MODE)")
     if rt.client is not None:
         rt.client.set_mode("sync")
+    return rt.client
+
+
+@pytest.fixture(scope="session")
+def async_client(rt):
+    """This rank's PS client with the tier in async mode (None on non-leaders)."""
+    if _tier_mode() != "async":
+        pytest.skip("this session's PS tier is sync (HVD_PS_TEST_MODE=async runs this test)")
+    if rt.client is not None:
+        rt.client.set_mode("async")
     return rt.client
