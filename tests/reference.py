@@ -209,6 +209,10 @@ def run_async(
     * DiLoCo: ``D = x_start - x``; delayed Nesterov (:class:`OuterSGD` with ``scale = 1/G``,
       ``delay = G``); ``x = x_start = w``.
 
+    With ``"overlap": tau`` (EASGD, DiLoCo) the exchange of step ``t`` starts from the snapshot
+    ``x_t`` in the group's turn and is applied at the end of its step ``t + tau``: EASGD
+    ``x = x - d``, DiLoCo ``x = w + x - x_t`` and ``x_start = w``.
+
     ``share`` is the part of a sync round each push makes, ``1/G`` (the default: these
     rules); ``share=1`` makes each push a whole step, momentum included (the earlier rules).
 
@@ -229,6 +233,8 @@ def run_async(
         ]
     if name == "GradientPush":  # sgd on the servers: delayed Nesterov, lr / G a push
         outer = [OuterSGD(lr, momentum, True, share, delay) for _ in range(2)]
+    tau = strategy.get("overlap", 0)
+    pending: List[Optional[Tuple[int, Params, Params]]] = [None for _ in groups]
     out = []
     for t in range(1, steps + 1):
         for g, members in enumerate(groups):  # the fixed push order
@@ -239,18 +245,26 @@ def run_async(
                 xs[g] = c
                 continue
             xs[g] = axpy(-lr, gg, xs[g])
-            if t % period:
-                continue
-            if name == "EASGD":
-                a = strategy["alpha"]
-                d = (a * (xs[g][0] - c[0]), a * (xs[g][1] - c[1]))
-                xs[g] = axpy(-1.0, d, xs[g])
-                c = axpy(1.0, d, c)
-            elif name == "DiLoCo":
-                assert outer is not None
-                c = tuple(o.step(c[i], starts[g][i] - xs[g][i]) for i, o in enumerate(outer))
-                xs[g] = starts[g] = c
-            else:
-                raise ValueError(name)
+            if t % period == 0:
+                snap = xs[g]  # overlap: the exchange starts from x_t, the servers move now
+                if name == "EASGD":
+                    a = strategy["alpha"]
+                    d = (a * (snap[0] - c[0]), a * (snap[1] - c[1]))
+                    c = axpy(1.0, d, c)
+                    change = axpy(-1.0, d, snap)  # x_t - d
+                elif name == "DiLoCo":
+                    assert outer is not None
+                    c = tuple(o.step(c[i], starts[g][i] - snap[i]) for i, o in enumerate(outer))
+                    change = c  # x = w (+ the steps since x_t), x_start = w
+                else:
+                    raise ValueError(name)
+                pending[g] = (t + tau, snap, change)
+            job = pending[g]
+            if job is not None and job[0] == t:  # applied at the end of step t + tau
+                _, snap, change = job
+                xs[g] = axpy(1.0, change, axpy(-1.0, snap, xs[g]))
+                if name == "DiLoCo":
+                    starts[g] = change
+                pending[g] = None
         out.append({"x": [(x[0].copy(), x[1].copy()) for x in xs], "global": c})
     return out

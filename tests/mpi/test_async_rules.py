@@ -9,6 +9,8 @@ servers (``mx.nd.waitall``) before a barrier of all ranks lets the next group st
 order tests/reference.py's :func:`run_async` is exact: every rank's parameters after every step
 and the servers' value at the end must equal it to 1e-5 relative (4e-3 with a float16 wire).
 
+Overlapped exchanges and a run resumed from a checkpoint are checked against the same model.
+
 Needs an async tier: scripts/test.sh runs this file in sessions of their own with
 ``HVD_PS_TEST_MODE=async``, at every grouping of the sync suite; elsewhere it skips.
 """
@@ -26,6 +28,7 @@ import reference as ref  # noqa: E402
 
 LR = 0.1
 
+DILOCO = {"name": "DiLoCo", "period": 3, "outer_lr": 0.7, "momentum": 0.9, "nesterov": True}
 CASES = {  # spec, steps, the servers' SGD momentum (GradientPush)
     "GradientPush": ({"name": "GradientPush"}, 5, 0.0),
     "GradientPush-momentum": ({"name": "GradientPush"}, 5, 0.9),
@@ -40,23 +43,27 @@ CASES = {  # spec, steps, the servers' SGD momentum (GradientPush)
         8,
         0.0,
     ),
+    # overlap: the exchange started at step t lands at the end of step t + tau
+    "EASGD-overlap": ({"name": "EASGD", "period": 3, "alpha": 0.3, "overlap": 2}, 8, 0.0),
+    "DiLoCo-overlap": (dict(DILOCO, overlap=1), 10, 0.0),
 }
 
 
 def _strategy(spec):
     import hvd_ps
 
-    name = spec["name"]
+    name, overlap = spec["name"], spec.get("overlap", 0)
     if name == "GradientPush":
         return hvd_ps.GradientPush(mode="async")
     if name == "EASGD":
-        return hvd_ps.EASGD(period=spec["period"], alpha=spec["alpha"], mode="async")
+        return hvd_ps.EASGD(spec["period"], spec["alpha"], mode="async", overlap=overlap)
     return hvd_ps.DiLoCo(
         period=spec["period"],
         outer_lr=spec["outer_lr"],
         momentum=spec["momentum"],
         nesterov=spec["nesterov"],
         mode="async",
+        overlap=overlap,
     )
 
 
@@ -75,11 +82,57 @@ def _turn_barrier(tag: str) -> None:
     hvd.allreduce(mx.nd.zeros((1,)), name=tag).wait_to_read()
 
 
+def _trainer(tag, spec, momentum, load=None):
+    """A Dense model and its async trainer, set up (collectively); from ``load`` if given."""
+    import mxnet as mx
+
+    import hvd_ps
+
+    net = mx.gluon.nn.Dense(ref.OUT, in_units=ref.IN, prefix=f"async_{tag}_")
+    net.initialize()
+    w0, b0 = ref.initial()
+    if load is not None:  # other values: only the checkpoint can make them right
+        w0, b0 = w0 + 1.0, b0 - 2.0
+    net.weight.set_data(mx.nd.array(w0))
+    net.bias.set_data(mx.nd.array(b0))
+    optim = {"learning_rate": LR}
+    if momentum:
+        optim["momentum"] = momentum
+    trainer = hvd_ps.DistributedTrainer(net.collect_params(), "sgd", optim, sync=_strategy(spec))
+    if load is not None:  # sets the trainer up (an exchange in flight stays in flight)
+        trainer.load_checkpoint(load)
+        return net, trainer
+    hvd_ps.broadcast_parameters(net.collect_params())
+    with trainer.global_model():  # the trainer's set-up (collective over all ranks) first
+        pass
+    return net, trainer
+
+
+def _train_in_turns(rt, tag, net, trainer, first, last, on_step=None):
+    """Steps ``first .. last``, the groups taking their turns in group order each step."""
+    import horovod.mxnet as hvd
+    import mxnet as mx
+
+    import hvd_ps
+
+    gid = hvd_ps.group_id()
+    for t in range(first, last + 1):
+        for turn in range(rt.topo.num_groups):
+            if turn == gid:
+                x, y = ref.batch(hvd.rank(), t)
+                with mx.autograd.record():
+                    loss = 0.5 * ((net(mx.nd.array(x)) - mx.nd.array(y)) ** 2).sum(axis=1)
+                loss.backward()
+                trainer.step(ref.BATCH)
+            _turn_barrier(f"async.{tag}.{t}.{turn}")
+        if on_step is not None:
+            on_step(t)
+
+
 @pytest.mark.mpi(min_size=1)
 @pytest.mark.parametrize("case", list(CASES))
 def test_async_rule_matches_numpy_reference_in_a_fixed_push_order(rt, async_client, case):
     import horovod.mxnet as hvd
-    import mxnet as mx
 
     import hvd_ps
 
@@ -92,34 +145,61 @@ def test_async_rule_matches_numpy_reference_in_a_fixed_push_order(rt, async_clie
         # the test can fail: the earlier rule (a whole step per push) ends measurably apart
         old = ref.run_async(spec, groups, steps, LR, momentum, share=1.0)[-1]["x"][gid][0]
         assert np.max(np.abs(old - want[-1]["x"][gid][0])) > 1e-3
+    if spec.get("overlap"):  # and overlap moves the trajectory away from the blocking one
+        blocking = ref.run_async(dict(spec, overlap=0), groups, steps, LR, momentum)
+        assert np.max(np.abs(blocking[-1]["x"][gid][0] - want[-1]["x"][gid][0])) > 1e-3
 
-    net = mx.gluon.nn.Dense(ref.OUT, in_units=ref.IN, prefix=f"async_{case.lower()}_")
-    net.initialize()
-    w0, b0 = ref.initial()
-    net.weight.set_data(mx.nd.array(w0))
-    net.bias.set_data(mx.nd.array(b0))
-    hvd_ps.broadcast_parameters(net.collect_params())
-    optim = {"learning_rate": LR}
-    if momentum:
-        optim["momentum"] = momentum
-    trainer = hvd_ps.DistributedTrainer(net.collect_params(), "sgd", optim, sync=_strategy(spec))
-    with trainer.global_model():  # the trainer's set-up (collective over all ranks) first
-        pass
-    for t in range(1, steps + 1):
-        for turn in range(len(groups)):
-            if turn == gid:
-                x, y = ref.batch(rank, t)
-                with mx.autograd.record():
-                    loss = 0.5 * ((net(mx.nd.array(x)) - mx.nd.array(y)) ** 2).sum(axis=1)
-                loss.backward()
-                trainer.step(ref.BATCH)
-            _turn_barrier(f"async.{case}.{t}.{turn}")
+    net, trainer = _trainer(case.lower(), spec, momentum)
+
+    def check(t):
         ew, eb = want[t - 1]["x"][gid]
         _close(net.weight.data().asnumpy(), ew, f"{case} step {t} weight, rank {rank}", tol)
         _close(net.bias.data().asnumpy(), eb, f"{case} step {t} bias, rank {rank}", tol)
+
+    _train_in_turns(rt, case, net, trainer, 1, steps, check)
     period = spec.get("period", 1)
     assert trainer.stats()["exchanges"] == steps // period
     trainer.pull_global(net.collect_params())
     gw, gb = want[-1]["global"]
     _close(net.weight.data().asnumpy(), gw, f"{case} servers' weight, rank {rank}", tol)
     _close(net.bias.data().asnumpy(), gb, f"{case} servers' bias, rank {rank}", tol)
+
+
+RESUME = {  # spec, steps, stop after step k, the servers' SGD momentum
+    "GradientPush-momentum": ({"name": "GradientPush"}, 6, 4, 0.9),
+    "DiLoCo": (DILOCO, 9, 4, 0.0),
+    "DiLoCo-overlap": (dict(DILOCO, overlap=2), 9, 4, 0.0),
+}
+
+
+@pytest.mark.mpi(min_size=1)
+@pytest.mark.parametrize("case", list(RESUME))
+def test_async_run_resumed_from_a_checkpoint_matches_numpy_reference(rt, async_client, case):
+    """Stopped after step k and resumed into new PS keys: the servers' delayed momentum, its
+    partial sum and an exchange in flight come back from the file alone, and the run ends
+    where the reference does."""
+    import tempfile
+
+    import horovod.mxnet as hvd
+
+    import hvd_ps
+
+    spec, steps, k, momentum = RESUME[case]
+    want = ref.run_async(spec, rt.topo.groups, steps, LR, momentum)
+    rank, gid = hvd.rank(), hvd_ps.group_id()
+    tol = 1e-5 if rt.cfg.wire_dtype == "float32" else 4e-3
+    tag = f"resume_{case.lower()}"
+    net, trainer = _trainer(tag, spec, momentum)
+    _train_in_turns(rt, tag + ".a", net, trainer, 1, k)
+    folder = tempfile.mkdtemp(prefix="hvd_ps-async-") if rank == 0 else None
+    path = os.path.join(hvd.broadcast_object(folder, root_rank=0, name=tag), f"{tag}.hvdps")
+    trainer.save_checkpoint(path)
+    net, trainer = _trainer(tag, spec, momentum, load=path)
+    assert trainer.t == k
+    _train_in_turns(rt, tag + ".b", net, trainer, k + 1, steps)
+    ew, eb = want[-1]["x"][gid]
+    _close(net.weight.data().asnumpy(), ew, f"{case} resumed weight, rank {rank}", tol)
+    _close(net.bias.data().asnumpy(), eb, f"{case} resumed bias, rank {rank}", tol)
+    trainer.pull_global(net.collect_params())
+    gw, gb = want[-1]["global"]
+    _close(net.weight.data().asnumpy(), gw, f"{case} resumed servers' weight, rank {rank}", tol)
