@@ -54,9 +54,11 @@ Overlap (``overlap=tau``, ModelAverage, EASGD and DiLoCo; ``0 <= tau < period``)
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Tuple, Type
 
 from .errors import ConfigError
 from .protocol import number
@@ -81,10 +83,48 @@ def _overlap(value: Any, period: int) -> int:
     return value
 
 
-def _mode(value: Any, allowed: Tuple[str, ...] = MODES) -> str:
+def _mode(value: Any, allowed: Tuple[str, ...] = MODES, owner: str = "") -> str:
     if value not in allowed:
-        raise ConfigError(f"mode must be one of {', '.join(allowed)}, got {value!r}")
+        msg = f"mode must be one of {', '.join(allowed)}, got {value!r}"
+        others = [k.__name__ for k in _strategies() if value in k.modes and k.__name__ != owner]
+        close = difflib.get_close_matches(str(value), allowed, n=1)
+        if others:
+            names = ", ".join(others[:-1]) + f" and {others[-1]}" if len(others) > 1 else others[0]
+            msg += (
+                f": {owner} has no {value} mode; {names} {'have' if len(others) > 1 else 'has'} one"
+            )
+        elif close:
+            msg += f": did you mean {close[0]!r}?"
+        raise ConfigError(msg)
     return str(value)
+
+
+def _strategies() -> List[Type[Strategy]]:
+    """Every strategy class, in the order they are defined."""
+    return [k for k in Strategy.__subclasses__() if dataclasses.is_dataclass(k)]
+
+
+class _CheckedArguments(type):
+    """A strategy's arguments are checked by name before its constructor sees them: an unknown
+    keyword is a :class:`ConfigError` naming the closest valid one, not a ``TypeError``."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if dataclasses.is_dataclass(cls):
+            names = [f.name for f in dataclasses.fields(cls)]
+            listed = f"(its arguments: {', '.join(names)})"
+            if len(args) > len(names):
+                raise ConfigError(
+                    f"{cls.__name__} takes at most {len(names)} arguments {listed}, "
+                    f"got {len(args)} positional"
+                )
+            for key in kwargs:
+                if key in names[: len(args)]:
+                    raise ConfigError(f"{cls.__name__}: {key} given twice, by position and name")
+                if key not in names:
+                    close = difflib.get_close_matches(key, names, n=1)
+                    hint = f": did you mean {close[0]!r}?" if close else ""
+                    raise ConfigError(f"{cls.__name__} has no argument {key!r}{hint} {listed}")
+        return super().__call__(*args, **kwargs)
 
 
 def _set(obj: Any, **values: Any) -> None:
@@ -93,7 +133,7 @@ def _set(obj: Any, **values: Any) -> None:
         object.__setattr__(obj, name, value)
 
 
-class Strategy:
+class Strategy(metaclass=_CheckedArguments):
     """Base of the strategies: a period, a mode, an overlap, and how to bind to a job.
 
     Not a dataclass itself, so that each strategy (a frozen dataclass) declares its own
@@ -104,6 +144,8 @@ class Strategy:
     period = 1
     mode = "sync"
     overlap = 0
+    #: the modes the strategy has
+    modes: ClassVar[Tuple[str, ...]] = MODES
     #: whether the trainer's own optimizer updates the parameters every step
     local_update: ClassVar[bool] = True
 
@@ -154,7 +196,7 @@ class GradientPush(Strategy):
     local_update: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        _set(self, mode=_mode(self.mode))
+        _set(self, mode=_mode(self.mode, owner="GradientPush"))
 
     def __repr__(self) -> str:
         return f"GradientPush(mode={self.mode!r})"
@@ -177,10 +219,11 @@ class ModelAverage(Strategy):
     period: int = 1
     mode: str = "sync"
     overlap: int = 0
+    modes: ClassVar[Tuple[str, ...]] = ("sync",)
 
     def __post_init__(self) -> None:
         period = _int("period", self.period)
-        _set(self, period=period, mode=_mode(self.mode, ("sync",)))
+        _set(self, period=period, mode=_mode(self.mode, self.modes, "ModelAverage"))
         _set(self, overlap=_overlap(self.overlap, period))
 
     def __repr__(self) -> str:
@@ -211,7 +254,7 @@ class EASGD(Strategy):
     def __post_init__(self) -> None:
         period = _int("period", self.period)
         alpha = None if self.alpha is None else number("alpha", self.alpha, 0.0, 1.0)
-        _set(self, period=period, alpha=alpha, mode=_mode(self.mode))
+        _set(self, period=period, alpha=alpha, mode=_mode(self.mode, owner="EASGD"))
         _set(self, overlap=_overlap(self.overlap, period))
 
     def alpha_for(self, num_groups: int) -> float:
@@ -260,5 +303,6 @@ class DiLoCo(Strategy):
         momentum = number("momentum", self.momentum, 0.0, 1.0, open_low=False)
         if not isinstance(self.nesterov, bool):
             raise ConfigError(f"nesterov must be True or False, got {self.nesterov!r}")
-        _set(self, period=period, outer_lr=outer_lr, momentum=momentum, mode=_mode(self.mode))
+        mode = _mode(self.mode, owner="DiLoCo")
+        _set(self, period=period, outer_lr=outer_lr, momentum=momentum, mode=mode)
         _set(self, overlap=_overlap(self.overlap, period))

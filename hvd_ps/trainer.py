@@ -15,6 +15,7 @@ Step semantics (the contract): a step counter ``t`` starts at 1. Every ``step()`
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional
@@ -82,7 +83,8 @@ class DistributedTrainer(hvd.DistributedTrainer):
         process_set: the allreduce's process set. In hvd_ps it is always this rank's group
             (``hvd_ps.group()``); leave it out, or pass that set (or ``hvd.global_process_set``
             when the only group is the whole world). Anything else is a ConfigError.
-        sync: the strategy across groups (keyword only); default ``ModelAverage(period=1)``.
+        sync: the strategy across groups (keyword only); default ``ModelAverage(period=1)``
+            (an exchange every step; global rank 0 says so on stderr).
 
     Example::
 
@@ -114,7 +116,15 @@ class DistributedTrainer(hvd.DistributedTrainer):
                 "compression: got a strategy; pass it as sync=..., e.g. "
                 "DistributedTrainer(params, 'sgd', {...}, sync=hvd_ps.EASGD(4))"
             )
-        sync = ModelAverage(period=1) if sync is None else sync
+        if sync is None:
+            sync = ModelAverage(period=1)
+            if hvd.rank() == 0:  # say so once per job: it exchanges every step
+                sys.stderr.write(
+                    f"hvd_ps: DistributedTrainer without sync=: using {sync!r}, an exchange "
+                    "with the PS tier every step; pass sync= (e.g. hvd_ps.EASGD(period=4)) "
+                    "to exchange less often\n"
+                )
+                sys.stderr.flush()
         if not isinstance(sync, Strategy):
             raise ConfigError(f"sync must be a strategy such as hvd_ps.EASGD(...), got {sync!r}")
         sync.validate(rt.topo.total_groups)  # e.g. unstable sync EASGD: fail before any step

@@ -18,7 +18,8 @@ HOROVOD_VERSION=0.28.1
 exec 9> "$ROOT/.bootstrap.lock"
 flock -w 1800 9 || { echo "[bootstrap] ERROR: another bootstrap of $ROOT held its lock for 30 min" >&2; exit 1; }
 
-say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*"; }
+# bold only on a terminal: a log file or a pipe gets plain text
+say() { if [ -t 1 ]; then printf '\033[1m[bootstrap]\033[0m %s\n' "$*"; else printf '[bootstrap] %s\n' "$*"; fi; }
 die() { printf '[bootstrap] ERROR: %s\n' "$*" >&2; exit 1; }
 
 as_root() {

@@ -8,7 +8,7 @@ set +e  # bootstrap runs with -e; from here on a failing step must not hide the 
 cd "$ROOT"
 OUT="${HVD_PS_TEST_OUT:-$ROOT/.venv/test-results}"; rm -rf "$OUT"; mkdir -p "$OUT"
 status=0
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+step() { if [ -t 1 ]; then printf '\n\033[1m== %s\033[0m\n' "$*"; else printf '\n== %s\n' "$*"; fi; }
 # HVD_PS_TEST_PHASES picks phases: lint, unit (all unit and job tests) or jobs (only those running
 # whole jobs), mpi. Default "lint unit mpi": everything. scripts/stress.sh repeats some of them.
 phases=" ${HVD_PS_TEST_PHASES:-lint unit mpi} "

@@ -270,18 +270,20 @@ def test_server_killed_mid_job_ends_it(tmp_path: Path) -> None:
     _assert_all_gone(pidfile, str(tmp_path))
 
 
-def test_sigterm_stops_job_and_tier(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_job_and_tier(tmp_path: Path, sig: int) -> None:
+    """SIGTERM, and Ctrl-C's SIGINT (what the README tells a user to send to hvdps-run)."""
     pidfile = tmp_path / "pids"
     proc = _start(["-np", "2", "--num-groups", "2", "--pidfile", str(pidfile), "python", JOB,
                    "1000", "0.1", "0", str(tmp_path)])  # fmt: skip
     try:
         _wait_for(proc, r"round 2 ")
-        os.kill(proc.pid, signal.SIGTERM)  # the timeout wrapper passes it on to hvdps-run
+        os.kill(proc.pid, sig)  # the timeout wrapper passes it on to hvdps-run
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert proc.returncode == 128 + sig, err[-3000:]
     _assert_all_gone(pidfile, str(tmp_path))
 
 

@@ -200,3 +200,35 @@ def test_overlapped_reference_reduces_to_the_blocking_one_at_tau_0(spec):
         np.testing.assert_allclose(b["global"][0], a["global"][0], rtol=1e-12, atol=1e-14)
     # and overlap does change the trajectory (so the MPI comparison can tell them apart)
     assert np.max(np.abs(overlapped[-1]["x"][0][0] - blocking[-1]["x"][0][0])) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (
+            lambda: hvd_ps.EASGD(peroid=4),
+            "EASGD has no argument 'peroid': did you mean 'period'? "
+            "(its arguments: period, alpha, mode, overlap)",
+        ),
+        (
+            lambda: hvd_ps.DiLoCo(8, outerlr=0.5),
+            "DiLoCo has no argument 'outerlr': did you mean 'outer_lr'?",
+        ),
+        (lambda: hvd_ps.GradientPush(period=1), "GradientPush has no argument 'period'"),
+        (lambda: hvd_ps.ModelAverage(4, period=4), "ModelAverage: period given twice"),
+        (lambda: hvd_ps.EASGD(4, 0.1, "sync", 0, 9), "EASGD takes at most 4 arguments"),
+        (
+            lambda: hvd_ps.ModelAverage(period=4, mode="async"),
+            "mode must be one of sync, got 'async': ModelAverage has no async mode; "
+            "GradientPush, EASGD and DiLoCo have one",
+        ),
+        (
+            lambda: hvd_ps.EASGD(mode="asynch"),
+            "mode must be one of sync, async, got 'asynch': did you mean 'async'?",
+        ),
+    ],
+)
+def test_a_wrong_argument_names_the_right_one(make, message) -> None:
+    with pytest.raises(ConfigError) as err:
+        make()
+    assert str(err.value).startswith(message), str(err.value)

@@ -252,3 +252,26 @@ def test_blocking_exchange_reports_its_ps_wait(rt, sync_client):
         assert 0.0 < stats["ps_wait_s"] <= stats["exchange_s"]
     else:
         assert stats["ps_wait_s"] == 0.0
+
+
+@pytest.mark.mpi(min_size=1)
+def test_a_trainer_without_sync_says_its_default_once(rt, sync_client, capfd):
+    import horovod.mxnet as hvd
+    import mxnet as mx
+
+    import hvd_ps
+
+    net = mx.gluon.nn.Dense(2, in_units=2, prefix="default_sync_")
+    net.initialize()
+    trainer = hvd_ps.DistributedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.1})
+    assert trainer.sync == hvd_ps.ModelAverage(period=1)
+    lines = [ln for ln in capfd.readouterr().err.splitlines() if "without sync=" in ln]
+    assert lines == (
+        [
+            "hvd_ps: DistributedTrainer without sync=: using ModelAverage(period=1, overlap=0), "
+            "an exchange with the PS tier every step; pass sync= (e.g. "
+            "hvd_ps.EASGD(period=4)) to exchange less often"
+        ]
+        if hvd.rank() == 0
+        else []
+    )
