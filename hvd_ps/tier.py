@@ -24,6 +24,7 @@ ps-lite's exit barrier, so no group ever waits for one that died.
 from __future__ import annotations
 
 import ctypes
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -92,6 +93,12 @@ class Client:
             self.lease = Lease(roster, self.group_id, self.num_groups, self.cfg.timeout)
             if self.lease.rejoin:
                 # ps-lite answers a node that registers only once it counts the old one dead
+                sys.stderr.write(
+                    f"hvd_ps: group {self.group_id} rejoins the PS tier and starts from the "
+                    f"PS's state; waiting about {self.lease.wait:.0f} s for the tier to count "
+                    "its previous leader gone\n"
+                )
+                sys.stderr.flush()
                 time.sleep(self.lease.wait)
                 what = f"group {self.group_id}'s leader rejoining the {self.where}"
         with deadline(what + " (are all servers and leaders up?)", self.cfg.timeout):

@@ -120,6 +120,9 @@ def test_a_dead_async_group_rejoins_and_nothing_is_lost(tmp_path: Path, strategy
         results.update({n: shared._finish([j], limit=150)[0] for n, j in zip("AB", (a, b))})
         for name, (code, so, se) in results.items():
             assert code == 0, f"{name}: {so}{se[-3000:]}"
+        rejoined = "hvd_ps: group 2 rejoins the PS tier and starts from the PS's state; waiting"
+        assert rejoined in results["C2"][2], results["C2"][2][-3000:]
+        assert "rejoins" not in results["A"][2], results["A"][2][-3000:]
         _, tier_err = tier.proc.communicate(timeout=60)  # it ends by itself
         assert tier.proc.returncode == 0, tier_err
     finally:

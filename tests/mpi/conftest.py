@@ -62,21 +62,21 @@ def _tier_mode() -> str:
     return os.environ.get("HVD_PS_TEST_MODE", "sync")
 
 
+def _client_in(rt, mode: str):
+    if _tier_mode() != mode:
+        pytest.skip(f"this session's PS tier is {_tier_mode()} (HVD_PS_TEST_MODE={mode} runs it)")
+    if rt.client is not None:
+        rt.client.set_mode(mode)
+    return rt.client
+
+
 @pytest.fixture(scope="session")
 def sync_client(rt):
     """This rank's PS client with the tier in sync mode (None on non-leaders)."""
-    if _tier_mode() != "sync":
-        pytest.skip("this session's PS tier is async (HVD_PS_TEST_MODE)")
-    if rt.client is not None:
-        rt.client.set_mode("sync")
-    return rt.client
+    return _client_in(rt, "sync")
 
 
 @pytest.fixture(scope="session")
 def async_client(rt):
     """This rank's PS client with the tier in async mode (None on non-leaders)."""
-    if _tier_mode() != "async":
-        pytest.skip("this session's PS tier is sync (HVD_PS_TEST_MODE=async runs this test)")
-    if rt.client is not None:
-        rt.client.set_mode("async")
-    return rt.client
+    return _client_in(rt, "async")
