@@ -83,7 +83,9 @@ def _overlap(value: Any, period: int) -> int:
     return value
 
 
-def _mode(value: Any, allowed: Tuple[str, ...] = MODES, owner: str = "") -> str:
+def _mode(strategy: Strategy) -> str:
+    """``strategy.mode``, checked against the modes its class has."""
+    value, allowed, owner = strategy.mode, strategy.modes, type(strategy).__name__
     if value not in allowed:
         msg = f"mode must be one of {', '.join(allowed)}, got {value!r}"
         others = [k.__name__ for k in _strategies() if value in k.modes and k.__name__ != owner]
@@ -196,7 +198,7 @@ class GradientPush(Strategy):
     local_update: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        _set(self, mode=_mode(self.mode, owner="GradientPush"))
+        _set(self, mode=_mode(self))
 
     def __repr__(self) -> str:
         return f"GradientPush(mode={self.mode!r})"
@@ -223,7 +225,7 @@ class ModelAverage(Strategy):
 
     def __post_init__(self) -> None:
         period = _int("period", self.period)
-        _set(self, period=period, mode=_mode(self.mode, self.modes, "ModelAverage"))
+        _set(self, period=period, mode=_mode(self))
         _set(self, overlap=_overlap(self.overlap, period))
 
     def __repr__(self) -> str:
@@ -254,7 +256,7 @@ class EASGD(Strategy):
     def __post_init__(self) -> None:
         period = _int("period", self.period)
         alpha = None if self.alpha is None else number("alpha", self.alpha, 0.0, 1.0)
-        _set(self, period=period, alpha=alpha, mode=_mode(self.mode, owner="EASGD"))
+        _set(self, period=period, alpha=alpha, mode=_mode(self))
         _set(self, overlap=_overlap(self.overlap, period))
 
     def alpha_for(self, num_groups: int) -> float:
@@ -303,6 +305,6 @@ class DiLoCo(Strategy):
         momentum = number("momentum", self.momentum, 0.0, 1.0, open_low=False)
         if not isinstance(self.nesterov, bool):
             raise ConfigError(f"nesterov must be True or False, got {self.nesterov!r}")
-        mode = _mode(self.mode, owner="DiLoCo")
+        mode = _mode(self)
         _set(self, period=period, outer_lr=outer_lr, momentum=momentum, mode=mode)
         _set(self, overlap=_overlap(self.overlap, period))

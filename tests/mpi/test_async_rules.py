@@ -25,6 +25,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import reference as ref  # noqa: E402
+from dense_model import reference_net  # noqa: E402
 
 LR = 0.1
 
@@ -84,17 +85,9 @@ def _turn_barrier(tag: str) -> None:
 
 def _trainer(tag, spec, momentum, load=None):
     """A Dense model and its async trainer, set up (collectively); from ``load`` if given."""
-    import mxnet as mx
-
     import hvd_ps
 
-    net = mx.gluon.nn.Dense(ref.OUT, in_units=ref.IN, prefix=f"async_{tag}_")
-    net.initialize()
-    w0, b0 = ref.initial()
-    if load is not None:  # other values: only the checkpoint can make them right
-        w0, b0 = w0 + 1.0, b0 - 2.0
-    net.weight.set_data(mx.nd.array(w0))
-    net.bias.set_data(mx.nd.array(b0))
+    net = reference_net(f"async_{tag}", shifted=load is not None)  # only the file is right
     optim = {"learning_rate": LR}
     if momentum:
         optim["momentum"] = momentum

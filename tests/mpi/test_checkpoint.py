@@ -20,6 +20,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import reference as ref  # noqa: E402
+from dense_model import reference_net  # noqa: E402
 
 OPT = {"learning_rate": 0.1, "momentum": 0.9}
 
@@ -56,13 +57,7 @@ def _run(case, tag, steps, first=1, save=None, load=None, go_on=False):
     import hvd_ps
 
     spec = CASES[case][0]
-    net = mx.gluon.nn.Dense(ref.OUT, in_units=ref.IN, prefix=f"{tag}_")
-    net.initialize()
-    w0, b0 = ref.initial()
-    if load is not None:  # other values: only the checkpoint can make them right
-        w0, b0 = w0 + 1.0, b0 - 2.0
-    net.weight.set_data(mx.nd.array(w0))
-    net.bias.set_data(mx.nd.array(b0))
+    net = reference_net(tag, shifted=load is not None)  # shifted: only the checkpoint is right
     sync = _strategy(spec, hvd_ps.total_groups())
     trainer = hvd_ps.DistributedTrainer(net.collect_params(), "sgd", dict(OPT), sync=sync)
     if load is not None:
