@@ -8,7 +8,7 @@ tier, the grouping hvdps-run was told, the checkpoint file, the scheduler's port
 marker every process inherits: nothing may be left, checked by PID) with HVD_PS_TIMEOUT=20 and
 a hard ``timeout``, and must end non-zero with one ``hvd_ps: <Class>: ...`` line, well before
 a wait could have timed out. The cases that need ranks inside one MPI session are in
-tests/mpi/test_bad_input.py.
+tests/mpi/test_bad_input_ranks.py.
 """
 
 from __future__ import annotations
