@@ -11,7 +11,7 @@ import os
 import re
 import sys
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 
 
 def mxnet_dir() -> str:
@@ -51,7 +51,7 @@ setup(
     name="hvd_ps",
     version=version(),
     description="Horovod groups as clients of an MXNet parameter server (MXNET-MPI, rebuilt)",
-    packages=["hvd_ps"],
+    packages=find_packages(include=["hvd_ps", "hvd_ps.*"]),
     ext_modules=[fusion],
     python_requires=">=3.8",
     install_requires=["numpy", "mxnet"],

@@ -6,7 +6,7 @@ and is scored on the same held-out test split:
 
 * ``horovod``: 4 ranks, ``horovod.mxnet.DistributedTrainer`` allreduces every step (no PS).
 * ``dist_sync``: MXNet's own parameter-server data parallelism: a scheduler and 1 server
-  (``python -m hvd_ps.server``, started with ``hvd_ps.spawn.start``) and 4 worker processes,
+  (``python -m hvd_ps.server``, started with ``hvd_ps.launch.spawn.start``) and 4 worker processes,
   each a Gluon ``Trainer(kvstore='dist_sync', update_on_kvstore=False)``. Each step a worker
   pushes its gradients and pulls their sum (the server's default rule is ``assign``: in sync
   mode it stores the sum of the round's pushes); ``step(4 * batch)`` then applies the mean.
@@ -99,10 +99,12 @@ def run_horovodrun(flags: list, out: Path, args: argparse.Namespace) -> dict:
 
 
 def run_dist_sync(out: Path, args: argparse.Namespace) -> dict:
-    """A scheduler and a server (hvd_ps.spawn) and RANKS dist_sync workers, one shard each."""
+    """A scheduler and a server (hvd_ps.launch.spawn) and RANKS dist_sync workers, one shard
+    each."""
     sys.path.insert(0, str(ROOT))
     os.environ.update({k: v for k, v in job_env().items() if k == "PYTHONPATH"})
-    from hvd_ps import config, spawn
+    from hvd_ps import config
+    from hvd_ps.launch import spawn
 
     t0 = time.perf_counter()
     tier = spawn.start(num_servers=1, num_workers=RANKS, timeout=60.0)

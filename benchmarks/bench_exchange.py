@@ -34,12 +34,13 @@ def worker(rounds: int, scale: float) -> None:
     import mxnet as mx
 
     import hvd_ps
-    from hvd_ps import protocol, runtime
+    from hvd_ps.ps import protocol
+    from hvd_ps.train import runtime
 
     sys.path.insert(0, str(HERE))
     from bench_fusion import resnet50_shapes
 
-    from hvd_ps.exchanges import plan_buckets
+    from hvd_ps.train.core.exchanges import plan_buckets
 
     hvd_ps.init(group_size=1)
     shapes = [

@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hvd_ps.fusion import _LIB, FusedBuffer  # noqa: E402
+from hvd_ps.train.core.fusion import _LIB, FusedBuffer  # noqa: E402
 
 Shape = Tuple[int, ...]
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")

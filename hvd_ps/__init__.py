@@ -2,7 +2,8 @@
 
 Ranks are split into groups that train synchronously with Horovod allreduce; every few steps
 each group's leader exchanges fused buffers with a parameter-server tier (MXNet's dist
-KVStore), synchronously or not. See README.md for the strategies and their update equations.
+KVStore), synchronously or not. See the documentation (docs/) for the strategies and their update
+equations.
 
 ``import hvd_ps`` is light: the public names below load their module (and with it MXNet,
 Horovod or the compiled op) on first use, so ``python -m hvd_ps.server``, ``hvdps-run`` and
@@ -27,25 +28,25 @@ _PUBLIC = {
     "ConfigError": "errors",
     "TopologyError": "errors",
     "TierError": "errors",
-    "FusedBuffer": "fusion",
-    "init": "runtime",
-    "shutdown": "runtime",
-    "group": "runtime",
-    "group_id": "runtime",
-    "group_rank": "runtime",
-    "group_size": "runtime",
-    "global_group_id": "runtime",
-    "groups": "runtime",
-    "is_leader": "runtime",
-    "num_groups": "runtime",
-    "total_groups": "runtime",
-    "Strategy": "strategies",
-    "GradientPush": "strategies",
-    "ModelAverage": "strategies",
-    "EASGD": "strategies",
-    "DiLoCo": "strategies",
-    "DistributedTrainer": "trainer",
-    "broadcast_parameters": "trainer",
+    "FusedBuffer": "train.core.fusion",
+    "init": "train.runtime",
+    "shutdown": "train.runtime",
+    "group": "train.runtime",
+    "group_id": "train.runtime",
+    "group_rank": "train.runtime",
+    "group_size": "train.runtime",
+    "global_group_id": "train.runtime",
+    "groups": "train.runtime",
+    "is_leader": "train.runtime",
+    "num_groups": "train.runtime",
+    "total_groups": "train.runtime",
+    "Strategy": "train.core.strategies",
+    "GradientPush": "train.core.strategies",
+    "ModelAverage": "train.core.strategies",
+    "EASGD": "train.core.strategies",
+    "DiLoCo": "train.core.strategies",
+    "DistributedTrainer": "train.gluon",
+    "broadcast_parameters": "train.gluon",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]
@@ -53,7 +54,7 @@ __all__ = sorted(_PUBLIC) + ["__version__"]
 
 def __getattr__(name: str) -> Any:
     """Load a public name's module on first use (PEP 562) and cache the name here; a
-    submodule's name (``hvd_ps.runtime``) imports that submodule."""
+    submodule's name (``hvd_ps.train.runtime``) imports that submodule."""
     module = _PUBLIC.get(name)
     if module is None:
         if importlib.util.find_spec(f"{__name__}.{name}") is None:

@@ -1,8 +1,8 @@
 """Addresses and ports of this host: which to bind, which to advertise, whether one is in use.
 
-Used by the embedded tier (:mod:`hvd_ps.spawn`, :mod:`hvd_ps.runtime`), by a group leader
-joining the tier (:mod:`hvd_ps.tier`) and by ``hvdps-run`` (:mod:`hvd_ps.launch`). Only
-``port_open`` sends anything: it opens (and closes) a TCP connection.
+Used by the embedded tier (:mod:`hvd_ps.launch.spawn`, :mod:`hvd_ps.train.runtime`), by a group
+leader joining the tier (:mod:`hvd_ps.ps.client`) and by ``hvdps-run`` (:mod:`hvd_ps.launch.cli`).
+Only ``port_open`` sends anything: it opens (and closes) a TCP connection.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ variable                   default      meaning
                                         heartbeat after which the scheduler counts a node dead and
                                         gives its place to a node that rejoins
 ``HVD_PS_OWN_SCHEDULER``   unset        ``1``: a scheduler started with ``DMLC_ROLE=scheduler`` is
-                                        hvd_ps's (:mod:`hvd_ps.scheduler`), not ps-lite's; set
+                                        hvd_ps's (:mod:`hvd_ps.ps.scheduler`), not ps-lite's; set
                                         by ``hvdps-run --servers-only``
 ``HVD_PS_AUDIT_DIR``       unset        servers append every update they apply (key, what
                                         arrived, the value before and after) to a JSON-lines file

@@ -44,6 +44,6 @@ class CheckpointError(HvdPsError):
 
 
 class NonFiniteError(HvdPsError):
-    """A group's leader refused to push NaN or inf to the PS tier (:mod:`hvd_ps.finite`); the
-    message names the step and the parameters. Every rank of that group raises it; the leader
+    """A group's leader refused to push NaN or inf to the PS tier (:mod:`hvd_ps.train.core.finite`);
+    the message names the step and the parameters. Every rank of that group raises it; the leader
     reports it."""

@@ -2,7 +2,7 @@
 
 The world is partitioned into groups (ids ``0 .. num_groups - 1`` inside the job; when several
 jobs share one PS tier, the job's groups are ``group_offset + id`` among ``total_groups`` of
-all jobs, see :mod:`hvd_ps.placement`). Each group trains synchronously with Horovod allreduce
+all jobs, see :mod:`hvd_ps.ps.placement`). Each group trains synchronously with Horovod allreduce
 on its own ``ProcessSet``; the group's leader (its lowest global rank, group rank 0) is the
 group's client of the PS tier. Leaders also share a process set of their own, used only for
 set-up checks.

@@ -166,7 +166,7 @@ def _run_overlapped(strategy: Dict, groups: List[List[int]], steps: int, lr: flo
 
 
 class OuterSGD:
-    """The servers' outer SGD of DiLoCo in numpy (:class:`hvd_ps.protocol.Nesterov`): what
+    """The servers' outer SGD of DiLoCo in numpy (:class:`hvd_ps.ps.protocol.Nesterov`): what
     arrived is scaled by ``scale``; the momentum is applied once every ``delay`` pushes with
     the sum ``A`` of the scaled pushes since (``delay = 1``: every push, sync DiLoCo)."""
 

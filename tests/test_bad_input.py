@@ -29,7 +29,9 @@ import numpy as np
 import pytest
 
 import hvd_ps
-from hvd_ps import checkpoint, config, errors, placement, rendezvous, spawn, topology
+from hvd_ps import checkpoint, config, errors, topology
+from hvd_ps.launch import rendezvous, spawn
+from hvd_ps.ps import placement
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import job_run  # noqa: E402  (tests/job_run.py)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from hvd_ps.errors import ConfigError
-from hvd_ps.fusion import _LIB, FusedBuffer
+from hvd_ps.train.core.fusion import _LIB, FusedBuffer
 
 DTYPES = (np.float32, np.float64, np.float16)
 
@@ -454,11 +454,12 @@ def test_threads_setting(monkeypatch):
 
 
 def test_import_without_library_says_how_to_build(tmp_path):
-    pkg = os.path.dirname(os.path.abspath(sys.modules["hvd_ps.fusion"].__file__))
+    pkg = os.path.dirname(os.path.abspath(sys.modules["hvd_ps"].__file__))
     shutil.copytree(pkg, tmp_path / "hvd_ps", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     code = (
         "import sys; sys.path.insert(0, sys.argv[1])\n"
-        "try:\n    import hvd_ps.fusion\nexcept ImportError as e:\n    print('IMPORTERROR', e)\n"
+        "try:\n    import hvd_ps.train.core.fusion\n"
+        "except ImportError as e:\n    print('IMPORTERROR', e)\n"
     )
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("PYTHONPATH", None)
@@ -480,7 +481,7 @@ def test_library_exports():
 
 
 def test_plan_buckets_groups_by_dtype_and_caps_bytes():
-    from hvd_ps.exchanges import plan_buckets
+    from hvd_ps.train.core.exchanges import plan_buckets
 
     a = [
         mx.nd.zeros((10,)),  # 40 B float32

@@ -8,9 +8,9 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from hvd_ps import fusion
 from hvd_ps.errors import ConfigError, HvdPsError
-from hvd_ps.fusion import FusedBuffer
+from hvd_ps.train.core import fusion
+from hvd_ps.train.core.fusion import FusedBuffer
 
 
 def fail_next_op(message: str) -> None:

@@ -3,7 +3,7 @@
 import mxnet as mx
 import numpy as np
 
-from hvd_ps.fusion import POOL_SIZE, FusedBuffer
+from hvd_ps.train.core.fusion import POOL_SIZE, FusedBuffer
 
 
 def _buffer():

@@ -1,4 +1,4 @@
-"""Tests of ``hvdps-run`` (hvd_ps/launch.py): flags, and real jobs on loopback.
+"""Tests of ``hvdps-run`` (hvd_ps/launch/cli.py): flags, and real jobs on loopback.
 
 The real jobs run ``python -m hvd_ps.launch`` (what the ``hvdps-run`` console script calls)
 under ``timeout -k``, with tests/jobs/launch_job.py as the training script. After each one
@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 import job_run  # tests/job_run.py
 import pytest
 
-from hvd_ps import launch
+from hvd_ps.launch import cli as launch
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = str(ROOT / "tests" / "jobs" / "launch_job.py")

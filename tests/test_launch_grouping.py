@@ -18,8 +18,10 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from hvd_ps import config, launch, rendezvous, topology
+from hvd_ps import config, topology
 from hvd_ps.errors import ConfigError, TierError
+from hvd_ps.launch import cli as launch
+from hvd_ps.launch import rendezvous
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = str(ROOT / "tests" / "jobs" / "train_job.py")

@@ -9,7 +9,13 @@ import sys
 
 import pytest
 
-HEAVY = ("horovod", "hvd_ps.trainer", "hvd_ps._fusion", "hvd_ps.fusion", "hvd_ps.runtime")
+HEAVY = (
+    "horovod",
+    "hvd_ps.train.gluon",
+    "hvd_ps._fusion",
+    "hvd_ps.train.core.fusion",
+    "hvd_ps.train.runtime",
+)
 
 
 def loaded_after(code: str) -> set:
@@ -41,14 +47,17 @@ def test_hvdps_run_help_loads_no_horovod_trainer_or_op():
 
 
 def test_server_module_loads_no_horovod_trainer_or_op():
-    code = "import hvd_ps.server as s\nassert s.main() == 2  # no DMLC_ROLE: usage, exit 2"
+    code = "import hvd_ps.ps.server as s\nassert s.main() == 2  # no DMLC_ROLE: usage, exit 2"
     assert heavy(loaded_after(code)) == []
 
 
 def test_public_names_load_on_first_use():
-    code = "import hvd_ps\nassert 'hvd_ps.strategies' not in sys.modules\nhvd_ps.EASGD(period=2)"
+    code = (
+        "import hvd_ps\nassert 'hvd_ps.train.core.strategies' not in sys.modules\n"
+        "hvd_ps.EASGD(period=2)"
+    )
     mods = loaded_after(code)
-    assert "hvd_ps.strategies" in mods and "hvd_ps.trainer" not in mods
+    assert "hvd_ps.train.core.strategies" in mods and "hvd_ps.train.gluon" not in mods
 
 
 def test_unknown_name_is_an_attribute_error():
@@ -60,5 +69,5 @@ def test_unknown_name_is_an_attribute_error():
 
 
 def test_submodules_load_as_attributes():
-    mods = loaded_after("import hvd_ps\nhvd_ps.strategies.ModelAverage(period=2)")
-    assert "hvd_ps.strategies" in mods and heavy(mods) == []
+    mods = loaded_after("import hvd_ps\nhvd_ps.topology.plan(4, group_size=2)\nhvd_ps.ps.__doc__")
+    assert {"hvd_ps.topology", "hvd_ps.ps"} <= mods and heavy(mods) == []

@@ -1,4 +1,4 @@
-"""hvd_ps.processes: how a child ended, in the words of every error message, and the stop of
+"""hvd_ps.launch.processes: how a child ended, in the words of every error message, and the stop of
 a child's whole process group (SIGTERM, a bounded grace, SIGKILL), on real processes.
 
 Every process a test starts is ended by its PID in a ``finally`` if the test leaves it."""
@@ -17,7 +17,7 @@ from typing import Iterator, List, Tuple
 import job_run  # tests/job_run.py
 import pytest
 
-from hvd_ps import processes
+from hvd_ps.launch import processes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,7 +154,7 @@ def test_stop_groups_of_finished_children_returns_at_once(started: List[int]) ->
 def test_die_with_parent(started: List[int]) -> None:
     parent_code = (
         "import subprocess\n"
-        "from hvd_ps import processes\n"
+        "from hvd_ps.launch import processes\n"
         "child = subprocess.Popen(['sleep', '60'], preexec_fn=processes.die_with_parent)\n"
         "print(child.pid, flush=True)\n"
         "child.wait()\n"

@@ -1,4 +1,4 @@
-"""hvd_ps.protocol: the leader-to-server commands, their encoding and their checks (no MXNet)."""
+"""hvd_ps.ps.protocol: the leader-to-server commands, their encoding and their checks (no MXNet)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from hvd_ps import protocol
 from hvd_ps.errors import ConfigError
+from hvd_ps.ps import protocol
 
 RULES = [
     protocol.Assign(),
@@ -108,12 +108,13 @@ def test_round_scale_is_the_mean_of_a_sync_round():
 
 
 def test_the_protocol_needs_neither_mxnet_nor_horovod():
-    assert "hvd_ps.protocol" in sys.modules
+    assert "hvd_ps.ps.protocol" in sys.modules
     import subprocess
 
     code = (
-        "import sys, hvd_ps.protocol; "
-        "print(sorted(m for m in ('mxnet', 'horovod', 'hvd_ps.fusion') if m in sys.modules))"
+        "import sys, hvd_ps.ps.protocol; "
+        "print(sorted(m for m in ('mxnet', 'horovod', 'hvd_ps.train.core.fusion')"
+        " if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -9,7 +9,7 @@ What a user relies on, checked for EASGD, DiLoCo and GradientPush:
   its place; the survivors never stall (their shutdown takes seconds) and exit 0, and so does
   the tier once every group has left; after C's restarted job leaves, a third job of that
   group (of one rank) rejoins too: a second node recovery, which ps-lite's own scheduler
-  would abort at (the tier runs hvd_ps's, :mod:`hvd_ps.scheduler`);
+  would abort at (the tier runs hvd_ps's, :mod:`hvd_ps.ps.scheduler`);
 * each restarted group's first parameters (on both ranks of the first) are a state of the PS
   (an exact value the servers held), not its initial parameters;
 * the servers' audit (``HVD_PS_AUDIT_DIR``: every applied update with the value before and

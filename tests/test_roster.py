@@ -1,7 +1,7 @@
 """The roster of a shared tier, in process: leases, deaths, rejoins, refusals and the tier's end.
 
-A :class:`hvd_ps.roster.Roster` on loopback is polled by a thread; leaders are
-:class:`hvd_ps.roster.Lease` objects (what a group's leader holds from ``hvd_ps.init`` to its
+A :class:`hvd_ps.ps.roster.Roster` on loopback is polled by a thread; leaders are
+:class:`hvd_ps.ps.roster.Lease` objects (what a group's leader holds from ``hvd_ps.init`` to its
 end). A lease whose socket closes without ``leave`` is a death: the roster reports it naming
 the group, and a later join of that id is a rejoin told to wait until ps-lite counts the dead
 node dead (``dead_after`` + the margin).
@@ -15,8 +15,8 @@ from typing import Iterator, List
 
 import pytest
 
-from hvd_ps import roster
 from hvd_ps.errors import TierError, TopologyError
+from hvd_ps.ps import roster
 
 DEAD_AFTER = 3
 

@@ -20,9 +20,10 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from hvd_ps import addresses, spawn
+from hvd_ps import addresses
 from hvd_ps.deadline import EXIT_CODE
 from hvd_ps.errors import TierError
+from hvd_ps.launch import spawn
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "tests" / "jobs" / "runtime_job.py"

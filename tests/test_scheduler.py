@@ -15,7 +15,7 @@ from typing import List, Tuple
 
 import pytest
 
-from hvd_ps import scheduler as sch
+from hvd_ps.ps import scheduler as sch
 
 
 def test_varints_and_fields_match_protobuf() -> None:

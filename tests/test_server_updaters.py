@@ -16,9 +16,9 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from hvd_ps import protocol
-from hvd_ps.protocol import CONTROLLER_HEAD, OPTIMIZERS
-from hvd_ps.server import _Updaters
+from hvd_ps.ps import protocol
+from hvd_ps.ps.protocol import CONTROLLER_HEAD, OPTIMIZERS
+from hvd_ps.ps.server import _Updaters
 
 
 class DummyKV:
@@ -37,7 +37,7 @@ def cmd(key, updater, params=None, **extra):
 
 
 def rec(key, rule):
-    """A command as a leader sends it: a record of hvd_ps.protocol, encoded by it."""
+    """A command as a leader sends it: a record of hvd_ps.ps.protocol, encoded by it."""
     return protocol.Command(key, rule).encode().encode()
 
 
@@ -414,7 +414,7 @@ def test_pickled_payloads_are_refused_and_never_run(up, tmp_path):
 
 @pytest.mark.parametrize("index", range(18))
 def test_each_payload_refused_by_the_unpickler(tmp_path, index):
-    from hvd_ps.stock_optimizer import RefusedOptimizer, load_optimizer
+    from hvd_ps.ps.stock_optimizer import RefusedOptimizer, load_optimizer
 
     target = tmp_path / "pwned"
     with pytest.raises(RefusedOptimizer):
@@ -423,7 +423,7 @@ def test_each_payload_refused_by_the_unpickler(tmp_path, index):
 
 
 def test_builtin_optimizers_with_schedulers_and_numpy_numbers_unpickle():
-    from hvd_ps.stock_optimizer import OPTIMIZER_CLASSES, load_optimizer
+    from hvd_ps.ps.stock_optimizer import OPTIMIZER_CLASSES, load_optimizer
 
     names = [n for n in mx.optimizer.Optimizer.opt_registry if n != "test"]
     assert len(names) == len(OPTIMIZER_CLASSES)

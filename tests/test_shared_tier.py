@@ -1,6 +1,6 @@
 """Several jobs, one tier: each job's place among the groups, and the strategies' total G.
 
-In process (fast): :func:`hvd_ps.placement.resolve` reads ``group_offset`` / ``total_groups``
+In process (fast): :func:`hvd_ps.ps.placement.resolve` reads ``group_offset`` / ``total_groups``
 from ``hvd_ps.init``'s arguments and the environment and refuses what cannot work.
 
 Real jobs on loopback: two ``horovodrun -np 1`` jobs of one group each
@@ -28,8 +28,9 @@ from typing import Dict, List, Optional
 import numpy as np
 import pytest
 
-from hvd_ps import config, placement
+from hvd_ps import config
 from hvd_ps.errors import ConfigError, TopologyError
+from hvd_ps.ps import placement
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import job_run  # tests/job_run.py

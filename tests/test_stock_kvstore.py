@@ -1,7 +1,7 @@
 """Stock MXNet workers against a tier of hvd_ps servers (MXNet's own dist tools, no hvd_ps).
 
-Each test starts a scheduler and servers with :func:`hvd_ps.spawn.start` on 127.0.0.1 and runs
-plain worker processes (``tests/jobs/stock_worker.py``: ``DMLC_ROLE=worker`` and
+Each test starts a scheduler and servers with :func:`hvd_ps.launch.spawn.start` on 127.0.0.1 and
+runs plain worker processes (``tests/jobs/stock_worker.py``: ``DMLC_ROLE=worker`` and
 ``mx.kv.create``). The values they pull are checked against numpy references written here
 from the update rules (the workers' pushes are regenerated from their seeds). Every process
 is bounded in time and ended by PID; a server that exits non-zero ends the job at once.
@@ -23,7 +23,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import pytest
 
-from hvd_ps import spawn
+from hvd_ps.launch import spawn
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "jobs" / "stock_worker.py"

@@ -56,7 +56,7 @@ def test_easgd_default_alpha_is_0_9_over_groups(groups):
 
 
 def test_the_bound_strategy_names_the_servers_rule_for_the_job():
-    from hvd_ps import protocol
+    from hvd_ps.ps import protocol
 
     sgd = ("sgd", {"learning_rate": 0.1})
     assert hvd_ps.GradientPush("sync").bind(4, None, sgd).rule == protocol.Optimizer(
@@ -133,7 +133,7 @@ def test_positional_arguments_keep_their_order():
 
 
 def test_gradient_push_needs_the_optimizer_by_name_with_numbers():
-    from hvd_ps.trainer import _server_optimizer
+    from hvd_ps.train.gluon import _server_optimizer
 
     assert _server_optimizer("SGD", {"learning_rate": 0.1}) == ("sgd", {"learning_rate": 0.1})
     with pytest.raises(ConfigError, match="optimizer"):

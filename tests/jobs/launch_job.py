@@ -14,7 +14,8 @@ import mxnet as mx
 from say import say  # noqa: E402  (tests/jobs/say.py: one write per line)
 
 import hvd_ps
-from hvd_ps import protocol, runtime
+from hvd_ps.ps import protocol
+from hvd_ps.train import runtime
 
 rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 pause = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0

@@ -34,7 +34,8 @@ import mxnet as mx
 import numpy as np
 
 import hvd_ps
-from hvd_ps import protocol, runtime
+from hvd_ps.ps import protocol
+from hvd_ps.train import runtime
 
 N = 64
 ROUNDS = 8

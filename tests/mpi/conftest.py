@@ -49,9 +49,9 @@ def shape() -> List[List[int]]:
 
 @pytest.fixture(scope="session")
 def rt(shape):
-    """The session's hvd_ps runtime (``hvd_ps.runtime.runtime()``); shut down at the end."""
+    """The session's hvd_ps runtime (``hvd_ps.train.runtime.runtime()``); shut down at the end."""
     import hvd_ps
-    from hvd_ps import runtime
+    from hvd_ps.train import runtime
 
     hvd_ps.init(groups=shape)
     yield runtime.runtime()

@@ -1,8 +1,8 @@
 """The async rules, run for real, match the plain-numpy reference step by step.
 
-Asynchronously each push is ``1/G`` of a sync round (:mod:`hvd_ps.strategies`): GradientPush's
-servers step with the learning rate ``/ G`` (their momentum per push), DiLoCo's apply ``D / G``
-at once and the outer momentum once every ``G`` pushes (delayed Nesterov), EASGD adds each
+Asynchronously each push is ``1/G`` of a sync round (:mod:`hvd_ps.train.core.strategies`):
+GradientPush's servers step with the learning rate ``/ G`` (their momentum per push), DiLoCo's apply
+``D / G`` at once and the outer momentum once every ``G`` pushes (delayed Nesterov), EASGD adds each
 ``d``. Async results depend on the order the pushes reach the servers, so these tests fix it:
 at every step the groups take their turns in group order, each leader's exchange applied on the
 servers (``mx.nd.waitall``) before a barrier of all ranks lets the next group step. Under that

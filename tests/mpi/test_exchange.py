@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import hvd_ps
-from hvd_ps import protocol
+from hvd_ps.ps import protocol
 
 pytestmark = pytest.mark.mpi(min_size=1)
 
@@ -170,7 +170,7 @@ def test_server_rejects_pickled_optimizer_and_keeps_serving(sync_client, tmp_pat
         out = mx.nd.zeros((N,))
         sync_client.exchange(key, mx.nd.array(pushed(hvd_ps.group_id(), 7)), out)
         got = out.asnumpy()
-    hvd_ps.runtime.barrier("pickle test done")
+    hvd_ps.train.runtime.barrier("pickle test done")
     assert not os.path.exists(path)
     if got is not None:  # hvd_ps's own keys (each has a rule) are still served exactly
         np.testing.assert_array_equal(got, sum(pushed(g, 7) for g in range(G)))

@@ -7,8 +7,8 @@ import pytest
 from mpi4py import MPI
 
 import hvd_ps
-from hvd_ps import runtime
 from hvd_ps.errors import TopologyError
+from hvd_ps.train import runtime
 
 pytestmark = pytest.mark.mpi(min_size=1)
 

@@ -22,17 +22,15 @@ grouping differs fails in ``hvd_ps.init`` on every rank, before any training (:f
 from __future__ import annotations
 
 import hmac
-import json
 import select
 import socket
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from . import config, topology
-from .errors import ConfigError, TierError
+from .. import config, messages, topology
+from ..errors import ConfigError, TierError
 
 #: the largest request or reply (one JSON line)
-MAX_MESSAGE = 64 * 1024
 
 
 def grouping(
@@ -64,27 +62,6 @@ def check(cfg: config.Config, topo: topology.Topology) -> None:
         )
 
 
-def _send(sock: socket.socket, message: Dict[str, Any]) -> None:
-    sock.sendall(json.dumps(message).encode() + b"\n")
-
-
-def _receive(sock: socket.socket, timeout: float) -> Dict[str, Any]:
-    """One JSON line from ``sock`` within ``timeout`` seconds (OSError/ValueError if not)."""
-    sock.settimeout(timeout)
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("connection closed before a whole message arrived")
-        data += chunk
-        if len(data) > MAX_MESSAGE:
-            raise ValueError("message too long")
-    message = json.loads(data)
-    if not isinstance(message, dict):
-        raise ValueError("message is not a JSON object")
-    return message
-
-
 def ask(cfg: config.Config, num_groups: int, world_size: int) -> Tuple[str, int, int]:
     """Rank 0: tell hvdps-run the job's number of groups; returns (uri, port, num_servers)."""
     assert cfg.launcher is not None
@@ -92,11 +69,11 @@ def ask(cfg: config.Config, num_groups: int, world_size: int) -> Tuple[str, int,
     where = f"hvdps-run at {host}:{port} (HVD_PS_LAUNCHER)"
     try:
         with socket.create_connection((host, port), timeout=min(30.0, cfg.timeout)) as sock:
-            _send(
+            messages.send(
                 sock,
                 {"token": cfg.launcher_token, "num_groups": num_groups, "world_size": world_size},
             )
-            reply = _receive(sock, cfg.timeout)  # hvdps-run starts the tier meanwhile
+            reply = messages.receive(sock, cfg.timeout)  # hvdps-run starts the tier meanwhile
     except (OSError, ValueError) as err:
         raise TierError(f"asking {where} to start the PS tier failed: {err}") from None
     if "error" in reply:
@@ -117,7 +94,7 @@ class Request:
 
     def answer(self, message: Dict[str, Any]) -> None:
         try:
-            _send(self.conn, message)
+            messages.send(self.conn, message)
         except OSError:
             pass  # rank 0 is gone: the job fails on its own
         finally:
@@ -141,7 +118,7 @@ class Listener:
             return None
         conn, _ = self.sock.accept()
         try:
-            msg = _receive(conn, 10.0)
+            msg = messages.receive(conn, 10.0)
             token = str(msg.get("token", ""))
             groups, world = msg.get("num_groups"), msg.get("world_size")
             if (

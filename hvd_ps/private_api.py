@@ -27,11 +27,11 @@ member                      of                  why hvd_ps needs it
 
 Outside the trainer, three private methods of MXNet's ``KVStore`` are used where they are
 needed, with the same caveat: ``_barrier`` and ``_send_command_to_servers`` by the leaders'
-client (:mod:`hvd_ps.tier`: a barrier of the leaders, the servers' commands) and
+client (:mod:`hvd_ps.ps.client`: a barrier of the leaders, the servers' commands) and
 ``_set_updater`` by the server (:mod:`hvd_ps.server`: its update rules). Two entry points of
 MXNet's C API that its Python ``KVStore`` does not wrap are called through ``mxnet.base._LIB``:
-``MXKVStoreSetBarrierBeforeExit`` (:mod:`hvd_ps.tier`: an async leader of a shared tier leaves
-without ps-lite's exit barrier) and ``MXNDArrayGetData`` (:mod:`hvd_ps.resume`: arrays
+``MXKVStoreSetBarrierBeforeExit`` (:mod:`hvd_ps.ps.client`: an async leader of a shared tier leaves
+without ps-lite's exit barrier) and ``MXNDArrayGetData`` (:mod:`hvd_ps.train.core.resume`: arrays
 written to a shard straight from their memory).
 """
 

@@ -13,7 +13,7 @@ round. :meth:`Client.exchange` pushes, then pulls into a buffer whose write depe
 push's completion, and waits; the push completes only when its round closes, so a leader can
 never push the same key twice in one round, however far ahead it runs.
 
-On a tier with a roster (``hvdps-run --servers-only``, :mod:`hvd_ps.roster`) the leader holds
+On a tier with a roster (``hvdps-run --servers-only``, :mod:`hvd_ps.ps.roster`) the leader holds
 a lease there from :meth:`Client.connect` to :meth:`Client.close`. A leader that rejoins after
 its group died (:attr:`Client.rejoined`) takes the dead node's place in ps-lite and must not
 disturb the others: it passes no barrier, sends no rule and no initial value, and reads every
@@ -27,13 +27,14 @@ import ctypes
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from . import addresses, config, protocol
-from .deadline import deadline
-from .errors import ConfigError, TierError
+from .. import addresses, config
+from ..deadline import deadline
+from ..errors import ConfigError, TierError
+from . import protocol
 from .roster import Lease
 
 
@@ -60,13 +61,16 @@ class Client:
     num_groups: int  # groups of every job meeting at the tier
     group_id: int  # the global group id of this leader's group
     cfg: config.Config
-    #: several jobs share the tier: their leaders' claims check the count (hvd_ps.placement)
+    #: several jobs share the tier: their leaders' claims check the count (hvd_ps.ps.placement)
     shared: bool = False
     kv: Any = None
     mode: Optional[str] = None
     keys: Dict[int, str] = field(default_factory=dict)
     stats: Stats = field(default_factory=Stats)
     lease: Optional[Lease] = None  # the place on the tier's roster, if it has one
+    #: called after every wait: the trainer raises here what failed on MXNet's engine
+    #: meanwhile (its fused ops), so a failed op is an error, never stale numbers
+    after_wait: Optional[Callable[[], None]] = None
 
     @property
     def rejoined(self) -> bool:
@@ -182,7 +186,7 @@ class Client:
         return key
 
     def command(self, key: int, rule: protocol.Rule) -> None:
-        """Tell every server how to apply pushes to ``key`` (a record of hvd_ps.protocol)."""
+        """Tell every server how to apply pushes to ``key`` (a record of hvd_ps.ps.protocol)."""
         body = protocol.Command(key, rule).encode()
         # waits for every server's reply: a dead server would block it for ever
         what = f"sending the {rule.updater!r} updater of PS key {key} to the {self.where}"
@@ -220,9 +224,8 @@ class Client:
         with deadline(what, self.cfg.timeout):
             for a in arrays:
                 a.wait_to_read()
-        from .fusion import check_engine_errors
-
-        check_engine_errors()  # a fused op of the exchange that failed on the engine
+        if self.after_wait is not None:
+            self.after_wait()
         self.stats.seconds += time.perf_counter() - start
 
     def close(self) -> None:

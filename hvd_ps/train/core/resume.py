@@ -37,7 +37,7 @@ it reads against the manifest, and a refusal anywhere is raised on every rank.
 Saving waits for an overlapped exchange in flight without applying it (it is applied at its
 step after a resume, as without the stop) and for every leader's pushes (a barrier of the
 leaders), so the PS state saved is the one every group would next see. The servers' state
-travels through companion keys (:class:`hvd_ps.protocol.CopyState`).
+travels through companion keys (:class:`hvd_ps.ps.protocol.CopyState`).
 """
 
 from __future__ import annotations
@@ -51,9 +51,10 @@ import horovod.mxnet as hvd
 import mxnet as mx
 import numpy as np
 
-from . import checkpoint, gluon_members, protocol
-from .deadline import deadline
-from .errors import CheckpointError
+from ... import checkpoint, private_api
+from ...deadline import deadline
+from ...errors import CheckpointError
+from ...ps import protocol
 from .exchanges import plan_buckets
 
 _calls = itertools.count()
@@ -69,7 +70,7 @@ def _name(tr: Any, what: str) -> str:
 
 
 def _trained(tr: Any) -> List[Any]:
-    return [p for p in gluon_members.trained_params(tr) if p.grad_req != "null"]
+    return [p for p in private_api.trained_params(tr) if p.grad_req != "null"]
 
 
 def _signature(tr: Any) -> Dict[str, Any]:
@@ -204,7 +205,7 @@ def _leader_arrays(
         yield f"group{g}/flight/{b.index}/out", _view(out)
     for p in _trained(tr):
         yield f"group{g}/param/{p.name}", _view(p.data())
-    for index, state in gluon_members.local_updater(tr).states.items():
+    for index, state in private_api.local_updater(tr).states.items():
         for leaf, a in enumerate(protocol.state_leaves(state)):
             yield f"group{g}/opt/{index}/{leaf}", _view(a)
     run = sched.bound()
@@ -222,7 +223,7 @@ def _save_leader(tr: Any, path: str, g: int) -> Tuple[Any, Dict[str, Any], Optio
     client = sched.client()
     if sched.pending is not None:  # kept in flight: applied at its step after a resume
         client.wait([b.pulled for b in sched.all()], "checkpoint: the exchange in flight")
-    counts = gluon_members.update_counts(tr.optimizer)
+    counts = private_api.update_counts(tr.optimizer)
     info = {
         "group": g,
         "exchanges": sched.exchanges,
@@ -345,14 +346,14 @@ def load(tr: Any, path: str) -> None:
 
 
 def _load_local_optimizer(tr: Any, arrays: Dict[str, np.ndarray], meta: Dict[str, Any], g: int):
-    opt, updater = tr.optimizer, gluon_members.local_updater(tr)
+    opt, updater = tr.optimizer, private_api.local_updater(tr)
     prefix = f"group{g}/opt/"
     saved: Dict[int, Dict[int, np.ndarray]] = {}
     for name, a in arrays.items():
         if name.startswith(prefix):
             index_text, leaf_text = name[len(prefix) :].split("/")
             saved.setdefault(int(index_text), {})[int(leaf_text)] = a
-    trained = gluon_members.trained_params(tr)
+    trained = private_api.trained_params(tr)
     for i, leaves in saved.items():
         state = opt.create_state_multi_precision(i, trained[i].data())
         have = protocol.state_leaves(state)
@@ -366,7 +367,7 @@ def _load_local_optimizer(tr: Any, arrays: Dict[str, np.ndarray], meta: Dict[str
         updater.states[i] = state
         updater.states_synced[i] = True
     mine = meta["per_group"][str(g)]
-    gluon_members.set_update_counts(opt, {int(k): v for k, v in mine["opt_counts"].items()})
+    private_api.set_update_counts(opt, {int(k): v for k, v in mine["opt_counts"].items()})
     opt.num_update = int(mine["num_update"])
 
 

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple, Union
 
-log = logging.getLogger("hvd_ps.scheduler")
+log = logging.getLogger("hvd_ps.ps.scheduler")
 
 SERVER, WORKER, SCHEDULER = 0, 1, 2  # Node::Role
 TERMINATE, ADD_NODE, BARRIER, HEARTBEAT = 1, 2, 3, 5  # Control::Command

@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
-from . import addresses, config, processes
-from .errors import TierError
+from .. import addresses, config
+from ..errors import TierError
+from . import processes
 
 
 @dataclass

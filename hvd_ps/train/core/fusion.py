@@ -57,8 +57,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import mxnet as mx
 import numpy as np
 
-from . import config
-from .errors import ConfigError, HvdPsError
+from ... import config
+from ...errors import ConfigError, HvdPsError
 
 __all__ = ["FusedBuffer", "check_engine_errors"]
 
@@ -83,7 +83,8 @@ _BUILD_HINT = (
 
 
 def _library_path() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
+    # setup.py builds the op as hvd_ps._fusion, at the package's root
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = os.path.join(here, "_fusion" + suffix)
         if os.path.isfile(path):

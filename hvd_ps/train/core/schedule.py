@@ -10,16 +10,16 @@ waiting; the whole group trains on. At step ``t + tau`` the leader waits for the
 (bounded by ``HVD_PS_TIMEOUT``), applies it to the current parameters and broadcasts them.
 Every rank knows from the step counter when an exchange is in flight, so members never wait for
 the PS. Before any push the leader checks that what it would push is finite
-(:mod:`hvd_ps.finite`); a NaN or inf is refused, nothing is pushed, and every rank of the group
-raises :class:`~hvd_ps.errors.NonFiniteError` at the group broadcast that follows (for an
+(:mod:`hvd_ps.train.core.finite`); a NaN or inf is refused, nothing is pushed, and every rank of the
+group raises :class:`~hvd_ps.errors.NonFiniteError` at the group broadcast that follows (for an
 overlapped exchange: the one at step ``t + tau``). ``pull_global()``, ``global_model()`` and
 ``hvd_ps.shutdown()`` first complete an exchange still in flight (wait, apply, broadcast) at
 that call, so its result is never lost.
 
-A job whose groups rejoin a shared tier after dying (:mod:`hvd_ps.roster`; async only) does
+A job whose groups rejoin a shared tier after dying (:mod:`hvd_ps.ps.roster`; async only) does
 not start from its own parameters: at set-up each leader pulls every key's current value (the
 centre, the servers' weights), the strategy makes it the group's model
-(:meth:`~hvd_ps.exchanges.Exchange.rejoin`) and the leader broadcasts it to the group.
+(:meth:`~hvd_ps.train.core.exchanges.Exchange.rejoin`) and the leader broadcasts it to the group.
 
 Sync-round safety: the next push of a key happens ``period`` steps after the previous one and
 after the wait for the previous exchange (``tau < period``), and in sync mode that wait returns
@@ -34,9 +34,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import horovod.mxnet as hvd
 import mxnet as mx
 
+from ...deadline import deadline
+from ...errors import ConfigError, HvdPsError, NonFiniteError
 from . import finite
-from .deadline import deadline
-from .errors import ConfigError, HvdPsError, NonFiniteError
 from .exchanges import Bucket, Exchange, plan_buckets
 from .fusion import FusedBuffer
 from .strategies import Strategy

@@ -11,7 +11,7 @@ Job mode runs ``horovodrun`` with every flag hvdps-run does not know itself, and
 scheduler on this host and ``--num-servers`` servers (round robin over ``--server-hosts``,
 default the ``-H`` hosts; this host for local ones, over ``--ssh-cmd`` for the others). The
 tier must know its number of PS workers (= groups) when it starts. The grouping is said once
-(:mod:`hvd_ps.rendezvous`): with ``--group-size N`` (which the script's ``hvd_ps.init()``
+(:mod:`hvd_ps.launch.rendezvous`): with ``--group-size N`` (which the script's ``hvd_ps.init()``
 picks up) or ``--num-groups G`` the tier starts before the job and ``DMLC_PS_ROOT_URI``,
 ``DMLC_PS_ROOT_PORT``, ``DMLC_NUM_SERVER`` go in the job's environment; without them the
 script's own grouping applies: global rank 0's ``hvd_ps.init`` reports its number of groups
@@ -26,7 +26,7 @@ SIGINT/SIGTERM or until all ``--num-workers`` groups, possibly from several inde
 ``horovodrun`` jobs, have left (or no group is alive and a dead one has not rejoined within
 ``HVD_PS_TIMEOUT``: exit 1). The exports include ``HVD_PS_TOTAL_GROUPS`` (= ``--num-workers``,
 the groups of all jobs) and ``HVD_PS_ROSTER``, where each leader holds a lease so that the tier
-reports a group's death and lets a restarted async job rejoin (:mod:`hvd_ps.roster`); each job
+reports a group's death and lets a restarted async job rejoin (:mod:`hvd_ps.ps.roster`); each job
 adds its own ``HVD_PS_GROUP_OFFSET``, the global id of its first group.
 
 Exit codes: the job's own; 2 for bad flags; 1 when the tier cannot start; 75 when a PS
@@ -48,10 +48,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from . import addresses, config, processes, rendezvous, spawn
-from .deadline import EXIT_CODE as TIER_DIED
-from .errors import ConfigError, HvdPsError, TierError
-from .launch_args import (  # noqa: F401 - re-exported for tests and users
+from .. import addresses, config
+from ..deadline import EXIT_CODE as TIER_DIED
+from ..errors import ConfigError, HvdPsError, TierError
+from ..ps.roster import Roster
+from . import processes, rendezvous, spawn
+from .args import (  # noqa: F401 - re-exported for tests and users
     PROG,
     Plan,
     UsageError,
@@ -62,7 +64,6 @@ from .launch_args import (  # noqa: F401 - re-exported for tests and users
     parse_hosts,
     split_argv,
 )
-from .roster import Roster
 
 # -- the tier --------------------------------------------------------------------------------
 
@@ -154,7 +155,8 @@ def _start_remote(tier: Tier, plan: Plan, opts: argparse.Namespace, num_workers:
 
 def _heartbeats(opts: argparse.Namespace) -> Dict[str, str]:
     """A tier that jobs may leave and rejoin (``--servers-only``) runs ps-lite's heartbeats and
-    hvd_ps's scheduler (:mod:`hvd_ps.scheduler`: ps-lite's takes one node recovery in its life)."""
+    hvd_ps's scheduler (:mod:`hvd_ps.ps.scheduler`: ps-lite's takes one node recovery in its
+    life)."""
     if not opts.servers_only:
         return {}
     return {**config.heartbeat_environment(config.load().heartbeat), "HVD_PS_OWN_SCHEDULER": "1"}
@@ -302,11 +304,11 @@ def run_job(launch: Launch, forward: List[str], command: List[str], sigs: Signal
 def serve(tier: Tier, plan: Plan, sigs: Signals) -> int:
     """``--servers-only``: print the exports, serve until a signal, until the servers finish
     (sync jobs stop them when all leaders have left) or until the roster says every group has
-    left (async groups leave alone) or died for good (:mod:`hvd_ps.roster`).
+    left (async groups leave alone) or died for good (:mod:`hvd_ps.ps.roster`).
 
     Besides the tier's address every job gets ``HVD_PS_TOTAL_GROUPS`` (the groups of all
     jobs) and ``HVD_PS_ROSTER``; a comment line says that each job also sets
-    ``HVD_PS_GROUP_OFFSET``, the global id of its first group (see :mod:`hvd_ps.placement`)."""
+    ``HVD_PS_GROUP_OFFSET``, the global id of its first group (see :mod:`hvd_ps.ps.placement`)."""
     total = tier.local.num_workers
     cfg = config.load()
     try:

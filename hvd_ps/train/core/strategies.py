@@ -6,8 +6,8 @@ step ``t`` with ``t % period == 0``, after the group's local update; ``c`` / ``w
 PS. A strategy here holds its arguments only (checked when it is made, compared across groups
 by equality, shown by its ``repr``). At the trainer's first step it is bound to the job
 (:meth:`Strategy.bind`: the number of groups ``G`` and the wire dtype) as an
-:class:`hvd_ps.exchanges.Exchange`, which runs the leader's side of the table below on flat
-buffers with the fused op and names the servers' side, a record of :mod:`hvd_ps.protocol`.
+:class:`hvd_ps.train.core.exchanges.Exchange`, which runs the leader's side of the table below on
+flat buffers with the fused op and names the servers' side, a record of :mod:`hvd_ps.ps.protocol`.
 
 ================  ==========================  ==========================  ======================
 strategy          leader pushes               server does                 leader then sets
@@ -40,8 +40,8 @@ needs its hyperparameters divided by ``G``:
 
 Overlap (``overlap=tau``, ModelAverage, EASGD and DiLoCo; ``0 <= tau < period``): with
 ``tau >= 1`` the leader starts the exchange at step ``t`` from a snapshot ``x_t``
-(:meth:`hvd_ps.exchanges.Exchange.launch`) and applies it at the end of step ``t + tau``
-(:meth:`hvd_ps.exchanges.Exchange.apply`), the group training on meanwhile:
+(:meth:`hvd_ps.train.core.exchanges.Exchange.launch`) and applies it at the end of step ``t + tau``
+(:meth:`hvd_ps.train.core.exchanges.Exchange.apply`), the group training on meanwhile:
 
 * ModelAverage: ``x = mean_g(x_{g,t}) + (x_{t+tau} - x_t)``
 * EASGD: ``d = alpha (x_t - c)`` with ``c`` pulled at ``t``; servers ``c += d``;
@@ -60,8 +60,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Tuple, Type
 
-from .errors import ConfigError
-from .protocol import number
+from ...errors import ConfigError
+from ...ps.protocol import number
 
 if TYPE_CHECKING:  # the exchanges need MXNet; a strategy value does not
     from .exchanges import Exchange

@@ -20,7 +20,7 @@ import io
 import pickle
 from typing import Any, Callable, Dict, Tuple
 
-from .errors import HvdPsError
+from ..errors import HvdPsError
 
 #: MXNet 1.9.1's registered optimizers (all but the test-only ``Test``), by module and name.
 OPTIMIZER_CLASSES: Tuple[Tuple[str, str], ...] = tuple(

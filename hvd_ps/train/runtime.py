@@ -14,9 +14,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from . import addresses, config, deadline, exits, placement, rendezvous, spawn, topology
-from .errors import HvdPsError, TierError, TopologyError
-from .tier import Client
+from .. import addresses, config, deadline, exits, topology
+from ..errors import HvdPsError, TierError, TopologyError
+from ..launch import rendezvous, spawn
+from ..ps import placement
+from ..ps.client import Client
 
 
 @dataclass
@@ -31,7 +33,7 @@ class Runtime:
     #: it (the same on every rank): shutdown() completes them first. Held strongly, so that
     #: no rank's garbage collector can drop one that another rank still completes.
     in_flight: Dict[int, Any] = field(default_factory=dict)
-    #: this job's groups took the places of dead ones on the tier (:mod:`hvd_ps.roster`):
+    #: this job's groups took the places of dead ones on the tier (:mod:`hvd_ps.ps.roster`):
     #: their trainers start from the PS's state
     rejoined: bool = False
 
@@ -96,6 +98,9 @@ def init(
             _rt.client = Client(
                 uri, port, servers, topo.total_groups, topo.global_group_id, cfg, place.shared
             )
+            from .core import fusion  # the compiled op: only leaders need it here
+
+            _rt.client.after_wait = fusion.check_engine_errors  # a failed fused op of a bucket
             _rt.client.connect()
         if cfg.roster is not None:
             _rt.rejoined = _rejoined(_rt)

@@ -17,15 +17,15 @@ no node is dead yet is never answered. The roster fills both gaps:
 * a ``join`` for a group that died (or left) is a rejoin: the answer says so, and how long to
   wait before registering with ps-lite (until the scheduler counts the dead node as dead).
   (ps-lite's own scheduler aborts at its second recovery, so the tier runs hvd_ps's,
-  :mod:`hvd_ps.scheduler`, which takes any number.) A
+  :mod:`hvd_ps.ps.scheduler`, which takes any number.) A
   rejoining leader skips everything that would disturb the others (the barriers, the keys'
-  initial values and rules) and starts from the PS's state (:mod:`hvd_ps.schedule`).
+  initial values and rules) and starts from the PS's state (:mod:`hvd_ps.train.core.schedule`).
 * every leader reports the PS keys it registers (name, size, dtype), so a rejoining job that
   builds another model is refused before it pulls a key the servers do not have.
 * the tier ends when every group has left (0), or when no group is alive and a dead one has
   not rejoined within ``HVD_PS_TIMEOUT`` (non-zero, naming it).
 
-Messages are JSON lines (:mod:`hvd_ps.rendezvous`'s framing).
+Messages are JSON lines (:mod:`hvd_ps.launch.rendezvous`'s framing).
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .errors import TierError, TopologyError
-from .rendezvous import MAX_MESSAGE, _receive, _send
+from .. import messages
+from ..errors import TierError, TopologyError
+from ..messages import MAX_MESSAGE
 
 SYNC = (
     "The groups of this tier train in sync mode, whose rounds need every group: the others' "
@@ -165,7 +166,7 @@ class Roster:
         if not self.started:
             # Before ps-lite's start is over every job waits in it for all leaders: refusing
             # one here would leave the others waiting until HVD_PS_TIMEOUT. The leaders'
-            # claims on the PS (hvd_ps.placement) check ids and totals, every job alike.
+            # claims on the PS (hvd_ps.ps.placement) check ids and totals, every job alike.
             group.joins += 1
             group.live += 1
             group.who = f"pid {msg.get('pid')} on {msg.get('host')}"
@@ -200,7 +201,7 @@ class Roster:
 
     def _send(self, conn: socket.socket, message: Dict[str, Any]) -> None:
         try:
-            _send(conn, message)
+            messages.send(conn, message)
         except OSError:
             self._gone(conn)
 
@@ -267,8 +268,8 @@ class Lease:
             self.sock = socket.create_connection(address, timeout=min(30.0, timeout))
             keepalive(self.sock)
             me = {"join": gid, "total": total, "pid": os.getpid(), "host": socket.gethostname()}
-            _send(self.sock, me)
-            reply = _receive(self.sock, timeout)
+            messages.send(self.sock, me)
+            reply = messages.receive(self.sock, timeout)
         except (OSError, ValueError) as err:
             raise TierError(f"group {gid}'s leader could not join {self.where}: {err}") from None
         if "error" in reply:
@@ -301,6 +302,6 @@ class Lease:
 
     def _tell(self, message: Dict[str, Any]) -> None:
         try:
-            _send(self.sock, message)
+            messages.send(self.sock, message)
         except OSError:
             pass  # the tier is gone: the PS calls themselves report it

@@ -1,5 +1,5 @@
 """``hvdps-run``'s command line: its flags, what it forwards to ``horovodrun``, and the plan
-of which PS process runs where. No process is started here (see :mod:`hvd_ps.launch`)."""
+of which PS process runs where. No process is started here (see :mod:`hvd_ps.launch.cli`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import socket
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from . import __version__, config
+from .. import __version__, config
 
 PROG = "hvdps-run"
 #: horovodrun 0.28 flags that take a value (the rest are switches): forwarded with it.
@@ -175,7 +175,7 @@ class Plan:
     """What to start where: ``servers`` holds one host per server (None: this host).
 
     ``num_workers`` is None when only the job's script knows its grouping: the tier then
-    starts when rank 0 reports the number of groups (see :mod:`hvd_ps.rendezvous`).
+    starts when rank 0 reports the number of groups (see :mod:`hvd_ps.launch.rendezvous`).
     """
 
     ps_host: str

@@ -9,7 +9,7 @@ Step semantics (the contract): a step counter ``t`` starts at 1. Every ``step()`
 3. if ``t % period == 0``, the group's leader runs the strategy's PS exchange (fused buffers
    per dtype of at most ``HVD_PS_BUCKET_MB``) and broadcasts the resulting parameters to its
    group; with ``overlap=tau`` it only starts the exchange then, and applies and broadcasts it
-   after the local update of step ``t + tau`` (:mod:`hvd_ps.schedule`).
+   after the local update of step ``t + tau`` (:mod:`hvd_ps.train.core.schedule`).
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ import horovod.mxnet as hvd
 import mxnet as mx
 import numpy as np
 
-from . import gluon_members, runtime
-from .errors import ConfigError, HvdPsError
-from .exchanges import Bucket
-from .schedule import Schedule, wait_arrays
-from .strategies import GradientPush, ModelAverage, Strategy
+from .. import private_api
+from ..errors import ConfigError, HvdPsError
+from . import runtime
+from .core.exchanges import Bucket
+from .core.schedule import Schedule, wait_arrays
+from .core.strategies import GradientPush, ModelAverage, Strategy
 
 _trainers = 0
 
@@ -148,11 +149,11 @@ class DistributedTrainer(hvd.DistributedTrainer):
             num_groups=num_groups,
             process_set=rt.topo.group,
         )
-        if gluon_members.averages_in_framework(self) and rt.topo.group_size == 1:
+        if private_api.averages_in_framework(self) and rt.topo.group_size == 1:
             # Horovod skips the allreduce (and its 1/f prescale) for a set of one rank but
             # still scales by f / 1: undo that, so f never changes the mean
-            scale = gluon_members.grad_scale(self) / float(gradient_predivide_factor)
-            gluon_members.set_grad_scale(self, scale)
+            scale = private_api.grad_scale(self) / float(gradient_predivide_factor)
+            private_api.set_grad_scale(self, scale)
         self._rt = rt
         self._sync = sync
         self._t = 0
@@ -189,7 +190,7 @@ class DistributedTrainer(hvd.DistributedTrainer):
         if self._sync.local_update:
             self.update(batch_size, ignore_stale_grad)  # Gluon's: rescale, local optimizer
         elif topo.is_leader:
-            rescale = gluon_members.grad_scale(self) / batch_size
+            rescale = private_api.grad_scale(self) / batch_size
             for b in self._sched.all():
                 b.grads.pack_axpby(b.out, rescale, 0.0, out=b.out)
         t2 = time.perf_counter()
@@ -205,7 +206,7 @@ class DistributedTrainer(hvd.DistributedTrainer):
         An overlapped exchange still in flight is completed first (waited for, applied to the
         local parameters and broadcast), so the global model includes it."""
         if params is not None:
-            mine = {id(p) for p in gluon_members.trained_params(self)}
+            mine = {id(p) for p in private_api.trained_params(self)}
             given = params.values() if hasattr(params, "values") else params
             if any(id(p) not in mine for p in given):
                 raise ConfigError("pull_global(params): params must be this trainer's parameters")
@@ -238,7 +239,7 @@ class DistributedTrainer(hvd.DistributedTrainer):
         """Save everything this job needs to continue exactly: every group's parameters and
         local optimizer state, the PS side (every key's value and the servers' state: DiLoCo's
         outer momentum, GradientPush's optimizer state), DiLoCo's ``x_start``, an overlapped
-        exchange in flight, the step counter and the strategy (:mod:`hvd_ps.resume`).
+        exchange in flight, the step counter and the strategy (:mod:`hvd_ps.train.core.resume`).
 
         Collective: call it on every rank at the same step. Each group's leader writes its
         group's shard next to ``path`` (so ``path``'s directory must be one every leader and
@@ -246,7 +247,7 @@ class DistributedTrainer(hvd.DistributedTrainer):
         writing the manifest ``path`` atomically. Raises
         :class:`~hvd_ps.errors.CheckpointError` on every rank if it cannot.
         """
-        from . import resume
+        from .core import resume
 
         resume.save(self, path)
 
@@ -264,7 +265,7 @@ class DistributedTrainer(hvd.DistributedTrainer):
             else:
                 hvd_ps.broadcast_parameters(params)
         """
-        from . import resume
+        from .core import resume
 
         resume.load(self, path)
 
@@ -298,7 +299,7 @@ class DistributedTrainer(hvd.DistributedTrainer):
         if self._sched.buckets is not None:
             return
         topo, sync = self._rt.topo, self._sync
-        params = gluon_members.trained_params(self)
+        params = private_api.trained_params(self)
         trained = [p for p in params if p.grad_req != "null"]
         signature = (
             repr(sync),

@@ -24,9 +24,10 @@ from typing import Any, List, Optional
 
 import numpy as np
 
-from . import config, protocol
-from .deadline import deadline
-from .errors import ConfigError, HvdPsError, TopologyError
+from .. import config
+from ..deadline import deadline
+from ..errors import ConfigError, HvdPsError, TopologyError
+from . import protocol
 
 #: PS keys of the claims (trainers' keys count from 0; ``key * 9973`` must fit an int32,
 #: MXNet's hash of a key to its server)
@@ -183,7 +184,7 @@ def check_claims(rt: Any, place: Placement) -> None:
             message = f"group {topo.global_group_id}'s leader could not claim its id: {err}"
     if hvd.size() > 1:
         with deadline("waiting for the leaders' group id claims on the PS tier", rt.cfg.timeout):
-            found = hvd.allgather_object(message, name="hvd_ps.placement")
+            found = hvd.allgather_object(message, name="hvd_ps.ps.placement")
         message = next((m for m in found if m is not None), None)
     if message is not None:
         raise _everywhere(TopologyError(message))

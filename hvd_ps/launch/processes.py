@@ -1,5 +1,5 @@
-"""Child processes of :mod:`hvd_ps.spawn` and :mod:`hvd_ps.launch`: tied to their parent, how
-one ended, and how one is stopped with its whole process group.
+"""Child processes of :mod:`hvd_ps.launch.spawn` and :mod:`hvd_ps.launch.cli`: tied to their parent,
+how one ended, and how one is stopped with its whole process group.
 
 Each child is started with ``start_new_session=True`` (so it leads a process group whose id
 is its PID) and ``preexec_fn=die_with_parent``.

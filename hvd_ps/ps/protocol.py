@@ -8,8 +8,8 @@ JSON::
 
 The updater is one of the records below; its fields are its parameters, checked when the record
 is made, so a leader cannot build a command a server would refuse and a server refuses (and
-logs) anything else it receives. A strategy returns a record (:mod:`hvd_ps.exchanges`),
-:class:`hvd_ps.tier.Client` sends it, :mod:`hvd_ps.server` decodes it and runs the update rule
+logs) anything else it receives. A strategy returns a record (:mod:`hvd_ps.train.core.exchanges`),
+:class:`hvd_ps.ps.client.Client` sends it, :mod:`hvd_ps.server` decodes it and runs the update rule
 of its type. Adding an updater means a record here and its rule in the server.
 
 Each rule gets the server's stored slice ``w`` of the key and what arrived ``g``: in sync mode
@@ -44,7 +44,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Dict, Optional, Tuple, Type, Union
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 #: MXNet's ``kController`` command id: carries hvd_ps's commands (and a stock worker's
 #: ``kv.set_optimizer`` pickle, which the server tells apart because it is not JSON)

@@ -1,16 +1,17 @@
 """The leader's side of each strategy, bound to one job: the math of an exchange on flat buffers.
 
-:meth:`hvd_ps.strategies.Strategy.bind` makes one :class:`Exchange` per trainer at its first
-step, with the number of groups ``G`` (every job on the tier) and the wire dtype fixed from then
-on. An exchange names the servers' rule for its keys (:attr:`Exchange.rule`, a record of
-:mod:`hvd_ps.protocol`) and runs the leader's part of the table in :mod:`hvd_ps.strategies` on
-one :class:`Bucket` at a time (:func:`plan_buckets` splits the parameters into buckets), with
-the fused op (one pass per buffer). State a strategy keeps per bucket between exchanges
-(DiLoCo's ``x_start``) lives here, in the trainer's exchange, never on the strategy value the
-user made.
+:meth:`hvd_ps.train.core.strategies.Strategy.bind` makes one :class:`Exchange` per trainer at its
+first step, with the number of groups ``G`` (every job on the tier) and the wire dtype fixed from
+then on. An exchange names the servers' rule for its keys (:attr:`Exchange.rule`, a record of
+:mod:`hvd_ps.ps.protocol`) and runs the leader's part of the table in
+:mod:`hvd_ps.train.core.strategies` on one :class:`Bucket` at a time (:func:`plan_buckets` splits
+the parameters into buckets), with the fused op (one pass per buffer). State a strategy keeps per
+bucket between exchanges (DiLoCo's ``x_start``) lives here, in the trainer's exchange, never on the
+strategy value the user made.
 
-Every method only queues work on MXNet's engine; the trainer's schedule (:mod:`hvd_ps.schedule`)
-waits once for all buckets, so what follows a pull reads it through engine operations.
+Every method only queues work on MXNet's engine; the trainer's schedule
+(:mod:`hvd_ps.train.core.schedule`) waits once for all buckets, so what follows a pull reads it
+through engine operations.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import mxnet as mx
 import numpy as np
 
-from . import protocol
-from .errors import ConfigError
+from ...errors import ConfigError
+from ...ps import protocol
 from .strategies import EASGD, DiLoCo, GradientPush, ModelAverage, Strategy
 
 

@@ -1,0 +1,7 @@
+"""``python -m hvd_ps.launch``: ``hvdps-run``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
