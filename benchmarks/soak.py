@@ -1,6 +1,6 @@
 """Soak: thousands of async exchanges on one shared tier while one group keeps dying and
 rejoining; the servers' memory over time and every update accounted for. A short run is in
-the test suite (tests/test_soak.py).
+the test suite (tests/jobs/test_soak.py).
 
 Three jobs share one ``hvdps-run --servers-only --num-workers 3`` tier (loopback, servers
 auditing every update: ``HVD_PS_AUDIT_DIR``). Every job sleeps a random ``0..--jitter`` s each
@@ -9,7 +9,7 @@ rejoining the tier (hvd_ps's scheduler takes any number of node recoveries) and 
 ``--restart-every`` exchanges: every other job leaves cleanly at the end, the others are killed
 with SIGKILL at a random exchange. Meanwhile the PS processes' resident memory is sampled every
 second. At the end the servers' audit is checked (the job is
-tests/jobs/rejoin_job.py):
+tests/jobs/programs/rejoin_job.py):
 
 * ``lost``: updates whose "before" is not the previous update's "after" (an update applied
   outside the audit, or one lost between two), must be 0;
@@ -50,7 +50,7 @@ import numpy as np
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-JOB = str(ROOT / "tests" / "jobs" / "rejoin_job.py")
+JOB = str(ROOT / "tests" / "jobs" / "programs" / "rejoin_job.py")
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -77,9 +77,9 @@ def _start(cmd: List[str], env: Dict[str, str], log: Path) -> subprocess.Popen:
 
 
 def kill_job(job: subprocess.Popen, out: Path, tag: str) -> None:
-    """SIGKILL a whole job of tests/jobs/rejoin_job.py: its session and its ranks (mpirun
+    """SIGKILL a whole job of tests/jobs/programs/rejoin_job.py: its session and its ranks (mpirun
     gives them process groups of their own), found by their command line (the job's out dir
-    and tag), killed by PID. Used by tests/test_rejoin.py too."""
+    and tag), killed by PID. Used by tests/jobs/test_rejoin.py too."""
     ranks = [
         p.pid
         for p in psutil.process_iter(["cmdline"])

@@ -28,7 +28,7 @@ if phase unit; then
   rc=$?; [ $rc -eq 0 ] || status=1
 elif phase jobs; then  # only the tests that run whole jobs with tiers of their own
   step "job tests (pytest)"
-  python -m pytest -q -p no:cacheprovider --junitxml="$OUT/unit.xml" tests/test_runtime_jobs.py \
+  python -m pytest -q -p no:cacheprovider --junitxml="$OUT/unit.xml" tests/jobs/test_runtime_jobs.py \
     "$@"
   rc=$?; [ $rc -eq 0 ] || status=1
 fi

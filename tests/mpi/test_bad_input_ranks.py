@@ -6,7 +6,7 @@ case leaves a collective half done, so the session goes on with the next case: a
 injected on every rank (so that every group's leader refuses it at the same step and no sync
 round is left open), a model that differs differs at the trainer's first step (every rank
 compares the same signatures). The case of one group's NaN in a job of several is in
-tests/test_bad_input.py (the job ends through mpirun).
+tests/jobs/test_bad_input.py (the job ends through mpirun).
 """
 
 from __future__ import annotations

@@ -1,0 +1,55 @@
+"""A job that is given bad input, for tests/jobs/test_bad_input.py: ``bad_input_job.py CASE``.
+
+Each case lets its hvd_ps error end the job uncaught (one line per job, hvd_ps/exits.py):
+
+* ``hvd-init-first``: ``hvd.init()`` before ``hvd_ps.init(groups=[[0], [1]])``;
+* ``bad-layout``: ``hvd_ps.init(group_size=3)`` on 2 ranks;
+* ``unreachable-tier``: ``hvd_ps.init()`` with ``DMLC_PS_ROOT_URI``/``PORT`` (set by the test)
+  naming a port nobody listens on;
+* ``nan-one-group``: groups of 2, ModelAverage(period=1); group 1 alone gets a NaN in its
+  weight before step 2, so its leader refuses the push while group 0's waits in the round.
+"""
+
+import sys
+
+import hvd_ps
+
+case = sys.argv[1]
+if case == "hvd-init-first":
+    import horovod.mxnet as hvd
+
+    hvd.init()
+    hvd_ps.init(groups=[[0], [1]])
+elif case == "bad-layout":
+    hvd_ps.init(group_size=3)
+elif case == "unreachable-tier":
+    hvd_ps.init()
+elif case == "nan-one-group":
+    import horovod.mxnet as hvd
+    import mxnet as mx
+
+    sys.path.insert(0, __file__.rsplit("/jobs/", 1)[0])
+    import reference as ref  # noqa: E402
+
+    hvd_ps.init(group_size=2)
+    net = mx.gluon.nn.Dense(ref.OUT, in_units=ref.IN, prefix="job_")
+    net.initialize()
+    w0, b0 = ref.initial()
+    net.weight.set_data(mx.nd.array(w0))
+    net.bias.set_data(mx.nd.array(b0))
+    hvd_ps.broadcast_parameters(net.collect_params())
+    trainer = hvd_ps.DistributedTrainer(
+        net.collect_params(), "sgd", {"learning_rate": 0.1}, sync=hvd_ps.ModelAverage(period=1)
+    )
+    for t in range(1, 6):
+        if t == 2 and hvd_ps.group_id() == 1:
+            net.weight.data()[0, 0] = float("nan")
+        x, y = ref.batch(hvd.rank(), t)
+        with mx.autograd.record():
+            loss = 0.5 * ((net(mx.nd.array(x)) - mx.nd.array(y)) ** 2).sum(axis=1)
+        loss.backward()
+        trainer.step(ref.BATCH)
+else:
+    raise SystemExit(f"unknown case {case}")
+print("NOT REFUSED", flush=True)
+hvd_ps.shutdown()

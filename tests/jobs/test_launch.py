@@ -1,0 +1,395 @@
+"""Tests of ``hvdps-run`` (hvd_ps/launch/cli.py): flags, and real jobs on loopback.
+
+The real jobs run ``python -m hvd_ps.launch`` (what the ``hvdps-run`` console script calls)
+under ``timeout -k``, with tests/jobs/programs/launch_job.py as the training script. After each one
+the test checks that no PS process (from ``--pidfile``) and no rank of the job is left.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import job_run  # tests/job_run.py
+import pytest
+
+from hvd_ps.launch import cli as launch
+
+ROOT = Path(__file__).resolve().parents[2]
+JOB = str(ROOT / "tests" / "jobs" / "programs" / "launch_job.py")
+BIN = os.path.dirname(sys.executable)
+
+
+def _env(**extra: str) -> Dict[str, str]:
+    env = dict(os.environ)
+    for k in [k for k in env if k.startswith(("DMLC_", "HVD_PS_", "OMPI_COMM", "PMIX_"))]:
+        env.pop(k)
+    env.update(
+        PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}",
+        PYTHONPATH=str(ROOT),
+        OMP_NUM_THREADS="1",
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        HVD_PS_TIMEOUT="60",
+    )
+    env.update(extra)
+    return env
+
+
+def _cmd(args: List[str], limit: int) -> List[str]:
+    return ["timeout", "-k", "5", str(limit), sys.executable, "-m", "hvd_ps.launch", *args]
+
+
+def _run(args: List[str], limit: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        _cmd(args, limit), env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=limit + 10
+    )
+
+
+def _start(args: List[str], limit: int = 120, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        _cmd(args, limit),
+        env=_env(**env),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _tier_pids(pidfile: Path) -> List[int]:
+    return [int(line.split()[0]) for line in pidfile.read_text().splitlines()]
+
+
+def _with_token(token: str) -> List[int]:
+    """PIDs whose command line contains ``token`` (the job's ranks carry one)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if token in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return [p for p in found if p != os.getpid() and job_run.alive(p)]
+
+
+def _assert_all_gone(pidfile: Path, token: Optional[str] = None, within: float = 10.0) -> None:
+    pids = _tier_pids(pidfile)
+    assert pids, "hvdps-run wrote no PIDs"
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        left = [p for p in pids if job_run.alive(p)] + (_with_token(token) if token else [])
+        if not left:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"processes left behind: {left}")
+
+
+def _wait_for(proc: subprocess.Popen, pattern: str, limit: float = 90.0) -> str:
+    """Read ``proc``'s stdout until a line matches ``pattern``; returns what was read."""
+    seen = []
+    end = time.monotonic() + limit
+    assert proc.stdout is not None
+    while time.monotonic() < end:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if re.search(pattern, line):
+            return "".join(seen)
+    pytest.fail(f"no line matching {pattern!r} within {limit} s:\n{''.join(seen)}")
+
+
+def _values(output: str) -> Dict[int, List[float]]:
+    got: Dict[int, List[float]] = {}
+    for rank, value in re.findall(r"rank (\d+) round \d+ value ([\d.]+)", output):
+        got.setdefault(int(rank), []).append(float(value))
+    return got
+
+
+# -- command line (in process, fast) ---------------------------------------------------------
+
+
+def test_help_and_version(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        launch.main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--num-servers", "--num-groups", "--servers-only", "--ps-host", "--ssh-cmd"):
+        assert flag in text
+    with pytest.raises(SystemExit) as info:
+        launch.main(["--version"])
+    assert info.value.code == 0
+    assert "hvdps-run" in capsys.readouterr().out
+
+
+def test_help_as_a_program() -> None:
+    out = _run(["--help"], limit=60)
+    assert out.returncode == 0 and "--num-groups" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["-np", "2", "--num-servers", "0", "python", "x.py"], "--num-servers"),
+        (["-np", "2", "--num-servers", "two", "python", "x.py"], "--num-servers"),
+        (["-np", "2", "--num-server", "2", "python", "x.py"], "--num-servers"),
+        (["-np", "2", "--num-groups", "0", "python", "x.py"], "--num-groups"),
+        (["-np", "2", "--ps-port", "70000", "python", "x.py"], "--ps-port"),
+        (["-np", "2", "--timeout", "-1", "python", "x.py"], "--timeout"),
+        (["python", "x.py"], "-np"),
+        (["-np", "2"], "command"),
+        (["--servers-only", "--num-servers", "2"], "--num-workers"),
+        (["--servers-only", "--num-workers", "2", "python", "x.py"], "--servers-only"),
+        (["-np", "2", "-H", "192.0.2.1:2", "python", "x.py"], "--ps-host"),
+        (["-np", "2", "-H", "a:1", "--hostfile", "f", "python", "x.py"], "--hostfile"),
+        (["-np", "2", "--hostfile", "/nonexistent/hosts", "python", "x.py"], "--hostfile"),
+    ],
+)
+def test_bad_flags_exit_2_naming_the_flag(
+    args: List[str], flag: str, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        launch.main(args)
+    assert info.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_missing_horovodrun(capsys: pytest.CaptureFixture) -> None:
+    code = launch.main(["-np", "1", "--horovodrun", "/nonexistent/horovodrun", "python", "x"])
+    assert code == 127
+    assert "horovodrun not found" in capsys.readouterr().err
+
+
+def test_split_argv_forwards_what_it_does_not_know() -> None:
+    ours = launch._arity(launch._parser())
+    argv = ["-np", "4", "--num-servers", "2", "--fusion-threshold-mb", "32", "--tcp",
+            "--blacklist-cooldown-range", "1", "2", "--log-level=DEBUG", "-H", "a:2,b:2",
+            "python", "train.py", "--num-servers", "9", "-np", "1"]  # fmt: skip
+    mine, forward, command = launch.split_argv(argv, ours)
+    assert mine == ["-np", "4", "--num-servers", "2", "-H", "a:2,b:2"]
+    assert forward == ["-np", "4", "--fusion-threshold-mb", "32", "--tcp",
+                       "--blacklist-cooldown-range", "1", "2", "--log-level=DEBUG",
+                       "-H", "a:2,b:2"]  # fmt: skip
+    assert command == ["python", "train.py", "--num-servers", "9", "-np", "1"]
+    assert launch.split_argv(["-np", "1", "--", "-weird"], ours)[2] == ["-weird"]
+
+
+def test_hosts_and_plan(tmp_path: Path) -> None:
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("localhost slots=2\n# comment\n127.0.0.1 slots=2\n")
+    assert launch.parse_hosts(None, str(hostfile)) == ["localhost", "127.0.0.1"]
+    assert launch.parse_hosts("a:2,b:2,a:1", None) == ["a", "b"]
+    assert launch.is_local("localhost") and not launch.is_local("192.0.2.1")
+    opts = launch._parser().parse_args(["-np", "4", "-H", "localhost:2,127.0.0.1:2"])
+    plan = launch.make_plan(opts, launch.config.load({}))
+    # no grouping flag: the tier waits for rank 0 to report the script's number of groups
+    assert (plan.num_workers, plan.servers, plan.remote) == (None, [None], False)
+    opts = launch._parser().parse_args(
+        [
+            "-np",
+            "4",
+            "-H",
+            "localhost:2,192.0.2.1:2",
+            "--ps-host",
+            "192.0.2.9",
+            "--num-servers",
+            "3",
+        ]  # fmt: skip
+    )
+    plan = launch.make_plan(opts, launch.config.load({}))
+    assert plan.servers == [None, "192.0.2.1", None] and plan.remote
+
+
+def test_remote_server_command_quotes_everything() -> None:
+    cmd = launch.remote_server_command(
+        ["ssh", "-o", "BatchMode=yes", "-p", "2222"], "b", {"A": "x y", "B": "1"}, "/p y/python",
+        "/w d",
+    )  # fmt: skip
+    assert cmd[:5] == ["ssh", "-o", "BatchMode=yes", "-p", "2222"] and cmd[5] == "b"
+    assert cmd[6] == "cd '/w d' 2>/dev/null; exec env A='x y' B=1 '/p y/python' -m hvd_ps.server"
+
+
+# -- real jobs -------------------------------------------------------------------------------
+
+
+def test_job_exchanges_through_the_tier_and_cleans_up(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    out = _run(["-np", "2", "--num-servers", "2", "--num-groups", "2", "--pidfile", str(pidfile),
+                "--verbose", "python", JOB, "3", "0", "0", str(tmp_path)])  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    # two leaders push 1*(r+1) and 2*(r+1): every sync round pulls 3*(r+1)
+    assert _values(out.stdout) == {0: [3, 6, 9], 1: [3, 6, 9]}
+    assert "DMLC_PS_ROOT_URI" in out.stdout  # horovodrun --verbose shows it forwarded
+    assert "server 1 pid" in out.stderr
+    _assert_all_gone(pidfile, str(tmp_path))
+
+
+def test_exit_code_of_the_job_is_returned(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    out = _run(["-np", "2", "--num-groups", "2", "--pidfile", str(pidfile), "python", JOB,
+                "1", "0", "3", str(tmp_path)])  # fmt: skip
+    assert out.returncode == 3, out.stderr[-3000:]
+    _assert_all_gone(pidfile, str(tmp_path))
+
+
+def test_groups_mismatch_fails(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    out = _run(["-np", "2", "--num-groups", "1", "--timeout", "8", "--pidfile", str(pidfile),
+                "python", JOB, "2", "0", "0", str(tmp_path)])  # fmt: skip
+    assert out.returncode != 0
+    # hvd_ps.init checks the script's grouping against --num-groups before any PS traffic
+    assert re.search(r"HvdPsError|TierError", out.stdout + out.stderr)
+    assert "expects 1 leaders (--num-groups 1), this job's hvd_ps.init makes 2 groups" in out.stderr
+    _assert_all_gone(pidfile, str(tmp_path))
+
+
+def test_server_killed_mid_job_ends_it(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    proc = _start(["-np", "2", "--num-servers", "2", "--num-groups", "2", "--pidfile",
+                   str(pidfile), "python", JOB, "1000", "0.1", "0", str(tmp_path)])  # fmt: skip
+    try:
+        _wait_for(proc, r"round 3 ")
+        server = [ln.split()[0] for ln in pidfile.read_text().splitlines() if "server 1" in ln]
+        os.kill(int(server[0]), signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == launch.TIER_DIED
+    assert f"PS server 1 (pid {server[0]}) was killed by signal 9" in err
+    _assert_all_gone(pidfile, str(tmp_path))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_job_and_tier(tmp_path: Path, sig: int) -> None:
+    """SIGTERM, and Ctrl-C's SIGINT (what the README tells a user to send to hvdps-run)."""
+    pidfile = tmp_path / "pids"
+    proc = _start(["-np", "2", "--num-groups", "2", "--pidfile", str(pidfile), "python", JOB,
+                   "1000", "0.1", "0", str(tmp_path)])  # fmt: skip
+    try:
+        _wait_for(proc, r"round 2 ")
+        os.kill(proc.pid, sig)  # the timeout wrapper passes it on to hvdps-run
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + sig, err[-3000:]
+    _assert_all_gone(pidfile, str(tmp_path))
+
+
+def _exports(text: str) -> Dict[str, str]:
+    return dict(re.findall(r"^export (\w+)=(\S+)$", text, re.M))
+
+
+def test_servers_only_serves_two_independent_jobs(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    jobs: List[subprocess.Popen] = []
+    tier = _start(["--servers-only", "--num-servers", "2", "--num-workers", "2", "--pidfile",
+                   str(pidfile)])  # fmt: skip
+    try:
+        exports = _exports(_wait_for(tier, r"^export DMLC_NUM_WORKER=", limit=60))
+        assert exports["DMLC_NUM_SERVER"] == "2" and exports["DMLC_NUM_WORKER"] == "2"
+        assert exports["DMLC_PS_ROOT_URI"] == "127.0.0.1"
+        assert exports["HVD_PS_TOTAL_GROUPS"] == "2"
+        jobs = [
+            subprocess.Popen(
+                [
+                    "timeout",
+                    "-k",
+                    "5",
+                    "120",
+                    "horovodrun",
+                    "-np",
+                    "1",
+                    sys.executable,
+                    JOB,
+                    "3",
+                    "0",
+                    "0",
+                    str(tmp_path),
+                ],  # fmt: skip
+                env=_env(HVD_PS_TIMEOUT="20", HVD_PS_GROUP_OFFSET=str(i), **exports),
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )  # fmt: skip
+            for i in range(2)
+        ]
+        outs = [job.communicate(timeout=150) for job in jobs]
+        for job, (out, err) in zip(jobs, outs):
+            assert job.returncode == 0, out + err[-3000:]
+            # each job is one group (global ids 0 and 1) pushing (id+1)*(r+1): a round sums
+            # both jobs
+            assert _values(out) == {0: [3, 6, 9]}
+        tier.communicate(timeout=30)  # the servers finish once both workers have left
+        assert tier.returncode == 0
+    finally:
+        for p in [tier, *jobs]:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    _assert_all_gone(pidfile, str(tmp_path))
+
+
+def test_servers_only_port_in_use_and_sigint(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pidfile = tmp_path / "pids"
+    args = ["--servers-only", "--num-workers", "1", "--ps-port", str(port)]
+    tier = _start([*args, "--pidfile", str(pidfile)])
+    try:
+        _wait_for(tier, r"^export DMLC_NUM_WORKER=", limit=60)
+        second = _run(args, limit=60)
+        assert second.returncode not in (0, 2)
+        assert f"port {port} on 127.0.0.1 is in use" in second.stderr
+        assert "HvdPsError" in second.stderr
+        os.kill(tier.pid, signal.SIGINT)  # the timeout wrapper passes it on to hvdps-run
+        tier.communicate(timeout=30)
+        assert tier.returncode == 0
+    finally:
+        if tier.poll() is None:
+            os.killpg(tier.pid, signal.SIGKILL)
+    _assert_all_gone(pidfile)
+
+
+def test_rank_wrapper_advertises_the_address_routing_to_the_scheduler() -> None:
+    # used for jobs with remote hosts: each rank finds its own DMLC_NODE_HOST on its host
+    out = subprocess.run(
+        ["timeout", "-k", "5", "60", sys.executable, "-m", "hvd_ps.launch", "--exec-rank", "--",
+         "sh", "-c", "echo node=$DMLC_NODE_HOST"],
+        env=_env(DMLC_PS_ROOT_URI="127.0.0.1", DMLC_PS_ROOT_PORT="9000"),
+        capture_output=True, text=True, timeout=70,
+    )  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip() == "node=127.0.0.1", out.stderr
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({}, "ConfigError: --exec-rank needs DMLC_PS_ROOT_URI or HVD_PS_LAUNCHER"),
+        (
+            {"DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": "ninety"},
+            "ConfigError: DMLC_PS_ROOT_PORT='ninety' is not a valid int",
+        ),
+    ],
+)
+def test_rank_wrapper_without_a_valid_scheduler_address_fails_naming_it(env, message) -> None:
+    out = subprocess.run(
+        ["timeout", "-k", "5", "60", sys.executable, "-m", "hvd_ps.launch", "--exec-rank", "--",
+         "sh", "-c", "echo ran"],
+        env=_env(**env), capture_output=True, text=True, timeout=70,
+    )  # fmt: skip
+    assert out.returncode == 1 and out.stdout == "", out.stderr
+    assert out.stderr.startswith(f"hvdps-run: {message}"), out.stderr

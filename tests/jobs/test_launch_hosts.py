@@ -1,0 +1,198 @@
+"""``hvdps-run`` across two hosts, as the README's "Two or more machines" section says to run it.
+
+The hosts are emulated (benchmarks/cluster.py): two network namespaces ``hostA`` and ``hostB``
+joined by a veth pair (``hvps0`` on both sides), each process running under a hostname of its
+own, the names resolving inside the namespaces only, and an ``ssh`` stand-in on ``PATH`` that
+runs a command on the named host in a session of its own (as sshd would). ``hvdps-run`` runs on
+hostA. Every PID seen inside the namespaces during a job is recorded; afterwards none may be
+alive, and the namespaces must be gone. Needs root (skipped otherwise, with the reason).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List, Set, Tuple
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from cluster import Cluster, can_create  # noqa: E402
+
+JOB = str(ROOT / "tests" / "jobs" / "programs" / "train_job.py")
+BIN = os.path.dirname(sys.executable)
+LIMIT = 100  # seconds for one hvdps-run (the timeout -k wrapper inside hostA)
+
+NO_NAMESPACES = can_create()
+pytestmark = pytest.mark.skipif(NO_NAMESPACES is not None, reason=str(NO_NAMESPACES))
+
+
+class Recorder:
+    """Samples the PIDs inside the cluster's namespaces until stopped."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.seen: Set[int] = set()
+        self.inodes = {os.stat(f"/run/netns/{h['ns']}").st_ino for h in cluster.hosts.values()}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for pids in self.cluster.pids().values():
+                self.seen.update(pids)
+            self._stop.wait(0.3)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def alive(self) -> List[int]:
+        """Recorded PIDs still running in one of our namespaces (not zombies, not reused)."""
+        left = []
+        for pid in sorted(self.seen):
+            try:
+                in_ours = os.stat(f"/proc/{pid}/ns/net").st_ino in self.inodes
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if in_ours and state != "Z":
+                left.append(pid)
+        return left
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    c = Cluster(rate=None, hostnames=("hostA", "hostB"), tag=f"t{os.getpid()}")
+    with c:
+        yield c
+    assert c.exists() == [], "namespaces left behind"
+    assert not os.path.exists(f"/etc/netns/{c.hosts['a']['ns']}")
+
+
+def _env(cluster: Cluster) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DMLC_", "HVD_PS_"))}
+    env.update(
+        PATH=f"{cluster.ssh_dir}:{BIN}:{env.get('PATH', '/usr/bin:/bin')}",
+        PYTHONPATH=str(ROOT),
+        OMP_NUM_THREADS="1",
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        OMPI_MCA_mpi_yield_when_idle="1",
+        OMPI_MCA_oob_tcp_if_include="hvps0",
+        HVD_PS_TIMEOUT="60",
+    )
+    return env
+
+
+def _start(cluster: Cluster, flags: List[str], job: List[str], tmp: Path) -> subprocess.Popen:
+    """On hostA, the README's command: hvdps-run -np 4 -H hostA:2,hostB:2 --ps-host ... ."""
+    argv = ["hvdps-run", "-np", "4", "-H", "hostA:2,hostB:2",
+            "--ps-host", cluster.hosts["a"]["addr"], "--network-interfaces", "hvps0",
+            *flags, "--pidfile", str(tmp / "pids"),
+            "python", JOB, *job, "--token", str(tmp)]  # fmt: skip
+    return subprocess.Popen(
+        cluster.on("a", ["timeout", "-k", "5", str(LIMIT), *argv]),
+        env=_env(cluster),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _finish(proc: subprocess.Popen, rec: Recorder, cluster: Cluster) -> None:
+    """Nothing the job started may be left: wait a little, then fail naming what is."""
+    end = time.monotonic() + 20
+    while time.monotonic() < end and (rec.alive() or any(cluster.pids().values())):
+        time.sleep(0.3)
+    rec.stop()
+    left, inside = rec.alive(), cluster.pids()
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert not left and not any(inside.values()), f"left behind: {left}, in namespaces: {inside}"
+    assert len(rec.seen) >= 6, f"only {len(rec.seen)} processes seen: the recorder missed the job"
+
+
+def _results(out: str) -> List[Tuple[int, int, int, float, float, float]]:
+    pattern = r"rank (\d+) group (\d+) of (\d+) loss0 ([\d.]+) loss ([\d.]+) w (-?[\d.]+)"
+    return sorted(
+        (int(r), int(g), int(n), float(a), float(b), float(w))
+        for r, g, n, a, b, w in re.findall(pattern, out)
+    )
+
+
+def _assert_trained(out: str) -> None:
+    res = _results(out)
+    assert [r[0] for r in res] == [0, 1, 2, 3], out[-3000:]
+    assert [(r[1], r[2]) for r in res] == [(0, 2), (0, 2), (1, 2), (1, 2)]  # two groups
+    assert len({r[5] for r in res}) == 1  # every rank holds the same global model
+    for _, _, _, loss0, loss, _ in res:
+        assert loss < 0.01 * loss0  # least squares: 20 steps take the loss down 100x
+
+
+def _run(cluster: Cluster, flags: List[str], job: List[str], tmp: Path) -> Tuple[int, str, str]:
+    rec = Recorder(cluster)
+    proc = _start(cluster, flags, job, tmp)
+    try:
+        out, err = proc.communicate(timeout=LIMIT + 15)
+    finally:
+        _finish(proc, rec, cluster)
+    return proc.returncode, out, err
+
+
+def test_servers_on_one_host_grouping_given_to_hvdps_run(cluster: Cluster, tmp_path: Path) -> None:
+    # the script's hvd_ps.init() names no grouping: it picks up hvdps-run's --group-size
+    code, out, err = _run(
+        cluster, ["--group-size", "2", "--num-servers", "2", "--server-hosts", "hostB"], [],
+        tmp_path,
+    )  # fmt: skip
+    assert code == 0, err[-3000:]
+    _assert_trained(out)
+    names = [ln.split(" ", 1)[1] for ln in (tmp_path / "pids").read_text().splitlines()]
+    assert names == ["scheduler", "server on hostB #0", "server on hostB #1"]
+
+
+def test_servers_on_both_hosts_grouping_in_the_script(cluster: Cluster, tmp_path: Path) -> None:
+    # no grouping flag: rank 0 reports the script's 2 groups, then the tier starts;
+    # the job fails after training with its own exit code, which hvdps-run returns
+    code, out, err = _run(
+        cluster, ["--num-servers", "2"], ["--group-size", "2", "--exit-code", "3"], tmp_path
+    )
+    assert code == 3, err[-3000:]
+    _assert_trained(out)
+    names = [ln.split(" ", 1)[1] for ln in (tmp_path / "pids").read_text().splitlines()]
+    assert names == ["scheduler", "server 0", "server on hostB #1"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_mid_job_leaves_nothing(cluster: Cluster, tmp_path: Path, sig: int) -> None:
+    rec = Recorder(cluster)
+    # the tier starts with the job here (--group-size): the rendezvous is tested above
+    job = ["--steps", "100000", "--pause", "0.05"]
+    proc = _start(cluster, ["--group-size", "2", "--num-servers", "2"], job, tmp_path)
+    try:
+        assert proc.stdout is not None
+        seen = []
+        end = time.monotonic() + LIMIT
+        while time.monotonic() < end:
+            line = proc.stdout.readline()
+            seen.append(line)
+            if not line or re.search(r"step 5 loss", line):
+                break
+        assert re.search(r"step 5 loss", "".join(seen)), "".join(seen)[-3000:]
+        os.kill(proc.pid, sig)  # the timeout wrapper passes it on to hvdps-run
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + sig, err[-3000:]
+        assert f"got signal {int(sig)}; stopping the job and the PS tier" in err
+    finally:
+        _finish(proc, rec, cluster)

@@ -1,0 +1,374 @@
+"""Several jobs, one tier: each job's place among the groups, and the strategies' total G.
+
+In process (fast): :func:`hvd_ps.ps.placement.resolve` reads ``group_offset`` / ``total_groups``
+from ``hvd_ps.init``'s arguments and the environment and refuses what cannot work.
+
+Real jobs on loopback: two ``horovodrun -np 1`` jobs of one group each
+(``HVD_PS_GROUP_OFFSET`` 0 and 1) against one ``hvdps-run --servers-only --num-workers 2``
+tier train every sync strategy (tests/jobs/programs/shared_tier_job.py); step by step they must
+equal, to 1e-5, the one-job run of two groups (``horovodrun -np 2``, groups ``[[0], [1]]``, its own
+tier) on the same data, and both must equal the numpy reference of two groups
+(tests/reference.py). Then the refusals: two jobs claiming the same group id, and two jobs
+counting different totals, each fail in ``hvd_ps.init`` with a TopologyError naming the
+problem on both jobs; a job that gives no offset on a shared tier fails before connecting.
+Every process is bounded by ``timeout`` and checked gone by PID afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import job_run  # tests/job_run.py
+import numpy as np
+import pytest
+import reference as ref  # noqa: E402
+
+from hvd_ps import config
+from hvd_ps.errors import ConfigError, TopologyError
+from hvd_ps.ps import placement
+
+ROOT = Path(__file__).resolve().parents[2]
+JOB = str(ROOT / "tests" / "jobs" / "programs" / "shared_tier_job.py")
+BIN = os.path.dirname(sys.executable)
+TOL = 1e-5
+LR = 0.1
+#: as in the job: (reference spec, steps)
+SPECS = {
+    "GradientPush": ({"name": "GradientPush"}, 4),
+    "ModelAverage": ({"name": "ModelAverage", "period": 2}, 8),
+    "EASGD": ({"name": "EASGD", "period": 2, "alpha": 0.9 / 2}, 8),  # the default 0.9 / G
+    "DiLoCo": (
+        {"name": "DiLoCo", "period": 3, "outer_lr": 0.7, "momentum": 0.9, "nesterov": True},
+        9,
+    ),
+}
+
+# -- resolve(): in process --------------------------------------------------------------------
+
+EXTERNAL = {"DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": "9000", "DMLC_NUM_SERVER": "1"}
+
+
+def _resolve(env: Dict[str, str], num_groups: int, **kw) -> placement.Placement:
+    return placement.resolve(config.load(env), num_groups, **kw)
+
+
+@pytest.mark.parametrize(
+    "env, groups, kw, want",
+    [
+        ({}, 2, {}, (0, 2, False)),  # a job alone with its embedded tier
+        ({**EXTERNAL, "DMLC_NUM_WORKER": "2"}, 2, {}, (0, 2, False)),  # hvdps-run job mode
+        ({**EXTERNAL, "DMLC_NUM_WORKER": "2", "HVD_PS_GROUP_OFFSET": "1"}, 1, {}, (1, 2, True)),
+        ({**EXTERNAL, "DMLC_NUM_WORKER": "3"}, 1, {"group_offset": 2}, (2, 3, True)),
+        (
+            {**EXTERNAL, "DMLC_NUM_WORKER": "4", "HVD_PS_TOTAL_GROUPS": "4"},
+            2,
+            {"group_offset": 2},
+            (2, 4, True),
+        ),
+        # a total that disagrees with the tier's: shared, so the leaders' claims refuse it
+        ({**EXTERNAL, "DMLC_NUM_WORKER": "2"}, 1, {"total_groups": 1}, (0, 1, True)),
+        ({**EXTERNAL}, 1, {"group_offset": 1, "total_groups": 2}, (1, 2, True)),
+    ],
+)
+def test_resolve(env, groups, kw, want):
+    got = _resolve(env, groups, **kw)
+    assert (got.offset, got.total, got.shared) == want
+
+
+@pytest.mark.parametrize(
+    "env, groups, kw, error, words",
+    [
+        # the issue's case: a job of 1 group on a tier of 2 that says nothing
+        ({**EXTERNAL, "DMLC_NUM_WORKER": "2"}, 1, {}, ConfigError, "HVD_PS_GROUP_OFFSET=1"),
+        ({**EXTERNAL, "HVD_PS_TOTAL_GROUPS": "3"}, 2, {}, ConfigError, "HVD_PS_GROUP_OFFSET"),
+        ({**EXTERNAL, "DMLC_NUM_WORKER": "2"}, 1, {"group_offset": 2}, TopologyError, "ids 0..1"),
+        ({**EXTERNAL, "DMLC_NUM_WORKER": "3"}, 2, {"group_offset": 2}, TopologyError, "2..3"),
+        ({}, 1, {"total_groups": 2}, ConfigError, "hvdps-run --servers-only"),
+        ({}, 1, {"group_offset": 1}, ConfigError, "a PS tier of its own"),
+        ({"HVD_PS_GROUP_OFFSET": "1"}, 2, {}, ConfigError, "a PS tier of its own"),
+        (EXTERNAL, 1, {"group_offset": -1}, ConfigError, "group_offset must be an integer >= 0"),
+        (EXTERNAL, 1, {"group_offset": True}, ConfigError, "group_offset must be an integer"),
+        (EXTERNAL, 1, {"total_groups": 0}, ConfigError, "total_groups must be an integer >= 1"),
+        (EXTERNAL, 1, {"total_groups": 2.0}, ConfigError, "total_groups must be an integer"),
+        (
+            {**EXTERNAL, "HVD_PS_GROUP_OFFSET": "1"},
+            1,
+            {"group_offset": 0},
+            ConfigError,
+            "contradicts HVD_PS_GROUP_OFFSET=1: give it once",
+        ),
+        (
+            {**EXTERNAL, "HVD_PS_TOTAL_GROUPS": "2"},
+            1,
+            {"group_offset": 0, "total_groups": 3},
+            ConfigError,
+            "contradicts HVD_PS_TOTAL_GROUPS=2",
+        ),
+    ],
+)
+def test_resolve_refuses(env, groups, kw, error, words):
+    with pytest.raises(error) as info:
+        _resolve(env, groups, **kw)
+    assert words in str(info.value)
+    assert info.value.every_rank  # every rank computes it alike: one line per job
+
+
+@pytest.mark.parametrize(
+    "env, name",
+    [({"HVD_PS_GROUP_OFFSET": "-1"}, "HVD_PS_GROUP_OFFSET"),
+     ({"HVD_PS_GROUP_OFFSET": "one"}, "HVD_PS_GROUP_OFFSET"),
+     ({"HVD_PS_TOTAL_GROUPS": "0"}, "HVD_PS_TOTAL_GROUPS"),
+     ({"HVD_PS_TOTAL_GROUPS": "2.5"}, "HVD_PS_TOTAL_GROUPS")],
+)  # fmt: skip
+def test_bad_environment_names_itself(env, name):
+    with pytest.raises(ConfigError, match=name):
+        config.load(env)
+
+
+def test_environment_is_read():
+    cfg = config.load({"HVD_PS_GROUP_OFFSET": "0", "HVD_PS_TOTAL_GROUPS": "3"})
+    assert (cfg.group_offset, cfg.total_groups) == (0, 3)
+    assert (config.load({}).group_offset, config.load({}).total_groups) == (None, None)
+
+
+# -- real jobs ----------------------------------------------------------------------------------
+
+
+def _env(**extra: str) -> Dict[str, str]:
+    env = dict(os.environ)
+    for k in [k for k in env if k.startswith(("DMLC_", "HVD_PS_", "OMPI_COMM", "PMIX_"))]:
+        env.pop(k)
+    env.update(
+        PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}",
+        PYTHONPATH=str(ROOT),
+        OMP_NUM_THREADS="1",
+        MXNET_CPU_WORKER_NTHREADS="1",
+        OMPI_MCA_mpi_yield_when_idle="1",
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        HVD_PS_TIMEOUT="30",
+    )
+    env.update(extra)
+    return env
+
+
+def _popen(cmd: List[str], limit: int, env: Dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        ["timeout", "-k", "5", str(limit), *cmd],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _with_token(token: str) -> List[int]:
+    """PIDs whose command line holds ``token`` (every job here has its out dir in it)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if token in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return [p for p in found if p != os.getpid() and job_run.alive(p)]
+
+
+def _assert_gone(pids: List[int], token: Optional[str] = None, within: float = 15.0) -> None:
+    end = time.monotonic() + within
+    left: List[int] = []
+    while time.monotonic() < end:
+        left = [p for p in pids if job_run.alive(p)] + (_with_token(token) if token else [])
+        if not left:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"processes left behind: {left}")
+
+
+def _kill(procs: List[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+
+
+class Tier:
+    """``hvdps-run --servers-only`` for ``workers`` groups; its exports and PS PIDs."""
+
+    def __init__(self, tmp: Path, workers: int, **env: str) -> None:
+        self.pidfile = tmp / "tier.pids"
+        cmd = [sys.executable, "-m", "hvd_ps.launch", "--servers-only", "--num-workers",
+               str(workers), "--pidfile", str(self.pidfile)]  # fmt: skip
+        self.proc = _popen(cmd, 240, _env(**env))
+        self.exports = self._read_exports(limit=60)
+
+    def _read_exports(self, limit: float) -> Dict[str, str]:
+        lines: List[str] = []
+        end = time.monotonic() + limit
+        assert self.proc.stdout is not None
+        while time.monotonic() < end:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("# and in each job"):
+                return dict(re.findall(r"^export (\w+)=(\S+)$", "".join(lines), re.M))
+        _kill([self.proc])
+        pytest.fail(f"hvdps-run --servers-only printed no exports:\n{''.join(lines)}")
+
+    def pids(self) -> List[int]:
+        return [int(line.split()[0]) for line in self.pidfile.read_text().splitlines()]
+
+    def stop(self) -> int:
+        """SIGINT (what a user types), then the exit code; everything it started is gone."""
+        pids = self.pids()
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGINT)  # the timeout wrapper passes it on
+        try:
+            self.proc.communicate(timeout=30)
+        finally:
+            _kill([self.proc])
+        _assert_gone(pids)
+        return self.proc.returncode
+
+
+def _job(out: Path, np_: int, limit: int = 150, groups: Optional[str] = None, **env: str):
+    cmd = ["horovodrun", "-np", str(np_), sys.executable, JOB, str(out)]
+    cmd += ["--groups", groups] if groups else []
+    return _popen(cmd, limit, _env(**env))
+
+
+def _finish(jobs: List[subprocess.Popen], limit: float = 170) -> List[tuple]:
+    try:
+        return [(j.wait(timeout=limit), *j.communicate(timeout=10)) for j in jobs]
+    finally:
+        _kill(jobs)
+
+
+def _load(out: Path, total: int) -> List[Dict[str, np.ndarray]]:
+    return [dict(np.load(out / f"group{g}.npz")) for g in range(total)]
+
+
+def _close(got: np.ndarray, want: np.ndarray, what: str) -> None:
+    scale = max(float(np.max(np.abs(want))), 1e-3)
+    err = float(np.max(np.abs(got - want))) / scale
+    assert err < TOL, f"{what}: relative error {err:.2e} (tolerance {TOL:g})"
+
+
+@pytest.fixture(scope="module")
+def one_job(tmp_path_factory) -> List[Dict[str, np.ndarray]]:
+    """The one-job run of two groups ([[0], [1]], its own embedded tier)."""
+    out = tmp_path_factory.mktemp("one_job")
+    ((code, so, se),) = _finish([_job(out, 2, groups="[[0],[1]]")])
+    assert code == 0, so + se[-3000:]
+    assert "group 0 of 2 (job: 0 of 2)" in so and "group 1 of 2 (job: 1 of 2)" in so, so
+    _assert_gone([], token=str(out))
+    return _load(out, 2)
+
+
+def test_two_jobs_on_one_tier_equal_the_one_job_run(tmp_path: Path, one_job) -> None:
+    tier = Tier(tmp_path, 2)
+    assert tier.exports["HVD_PS_TOTAL_GROUPS"] == "2"
+    assert tier.exports["DMLC_NUM_WORKER"] == "2"
+    try:
+        jobs = [_job(tmp_path, 1, HVD_PS_GROUP_OFFSET=str(i), **tier.exports) for i in (0, 1)]
+        results = _finish(jobs)
+        for i, (code, so, se) in enumerate(results):
+            assert code == 0, so + se[-3000:]
+            assert f"group {i} of 2 (job: 0 of 1)" in so, so
+        tier.proc.communicate(timeout=30)  # the servers finish once both leaders have left
+        assert tier.proc.returncode == 0
+    finally:
+        code = tier.stop()
+    assert code == 0
+    _assert_gone([], token=str(tmp_path))
+    two_jobs = _load(tmp_path, 2)
+    groups = [[0], [1]]
+    for name, (spec, steps) in SPECS.items():
+        want = ref.run(spec, groups, steps, LR)
+        for g in range(2):
+            for what, got in (("two jobs", two_jobs[g]), ("one job", one_job[g])):
+                assert got[f"{name}.w"].shape[0] == steps
+                for t in range(steps):
+                    where = f"{name} group {g} step {t + 1} ({what})"
+                    _close(got[f"{name}.w"][t], want[t]["x"][g][0], f"{where} weight vs numpy")
+                    _close(got[f"{name}.b"][t], want[t]["x"][g][1], f"{where} bias vs numpy")
+                _close(got[f"{name}.gw"], want[-1]["global"][0], f"{name} global ({what})")
+                _close(got[f"{name}.gb"], want[-1]["global"][1], f"{name} global ({what})")
+            for key in ("w", "b", "gw", "gb"):
+                _close(two_jobs[g][f"{name}.{key}"], one_job[g][f"{name}.{key}"],
+                       f"{name} {key} group {g}: two jobs vs one job")  # fmt: skip
+        assert float(two_jobs[0]["EASGD.alpha"]) == pytest.approx(0.45)  # 0.9 / G, G = 2
+
+
+def _refused(tmp_path: Path, envs: List[Dict[str, str]]) -> List[str]:
+    """Run one 1-rank job per entry of ``envs`` on a 2-group tier; each must fail in init."""
+    tier = Tier(tmp_path, 2)
+    start = time.monotonic()
+    try:
+        jobs = [_job(tmp_path, 1, limit=90, **{**tier.exports, **env}) for env in envs]
+        results = _finish(jobs, limit=100)
+    finally:
+        tier.stop()
+    took = time.monotonic() - start
+    assert took < 60, f"the refusals took {took:.0f} s (HVD_PS_TIMEOUT is 30 s)"
+    _assert_gone([], token=str(tmp_path))
+    assert not list(tmp_path.glob("group*.npz")), "a refused job trained"
+    for code, so, se in results:
+        assert code != 0, so + se[-3000:]
+        assert "Traceback" not in se, se[-3000:]  # one clean line
+    return [se for _, _, se in results]
+
+
+def test_the_same_group_id_twice_is_refused_on_both_jobs(tmp_path: Path) -> None:
+    errs = _refused(tmp_path, [{"HVD_PS_GROUP_OFFSET": "0"}, {"HVD_PS_GROUP_OFFSET": "0"}])
+    for se in errs:
+        assert (
+            "hvd_ps: TopologyError: global group id(s) [0] are claimed by more than one "
+            "leader of the PS tier at 127.0.0.1:"
+        ) in se, se[-3000:]
+        assert "(and [1] by none); this job's groups are 0..0: give each job its own " in se
+        assert "HVD_PS_GROUP_OFFSET" in se
+
+
+def test_totals_that_disagree_are_refused_on_both_jobs(tmp_path: Path) -> None:
+    errs = _refused(
+        tmp_path,
+        [{"HVD_PS_GROUP_OFFSET": "0"}, {"HVD_PS_GROUP_OFFSET": "1", "HVD_PS_TOTAL_GROUPS": "3"}],
+    )
+    assert (
+        "hvd_ps: TopologyError: 1 leader(s) of other jobs on the PS tier at 127.0.0.1:"
+    ) in errs[0], errs[0][-3000:]
+    assert "count another total than its 2 groups (HVD_PS_TOTAL_GROUPS)" in errs[0]
+    assert (
+        "hvd_ps: TopologyError: this job says there are 3 groups in all (HVD_PS_TOTAL_GROUPS"
+    ) in errs[1], errs[1][-3000:]
+    assert "but 2 leaders joined the PS tier" in errs[1]
+    assert "give every job the tier's count (its --num-workers, 2)" in errs[1]
+
+
+def test_a_job_without_its_offset_on_a_shared_tier_fails_before_connecting(
+    tmp_path: Path,
+) -> None:
+    (se,) = _refused(tmp_path, [{}])
+    assert "hvd_ps: ConfigError: the PS tier serves 2 groups in all" in se, se[-3000:]
+    assert "HVD_PS_GROUP_OFFSET=0 for the first job and HVD_PS_GROUP_OFFSET=1" in se
+
+
+def test_servers_only_prints_the_total_and_asks_for_the_offset(tmp_path: Path) -> None:
+    tier = Tier(tmp_path, 3)
+    try:
+        assert tier.exports["HVD_PS_TOTAL_GROUPS"] == "3"
+        assert tier.exports["DMLC_NUM_WORKER"] == "3"
+    finally:
+        assert tier.stop() == 0

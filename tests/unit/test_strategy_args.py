@@ -1,0 +1,231 @@
+"""Strategy arguments: every bad value raises ConfigError (a ValueError) naming the argument."""
+
+import numpy as np
+import pytest
+
+import hvd_ps
+from hvd_ps.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    "make, arg",
+    [
+        (lambda: hvd_ps.GradientPush(mode="sometimes"), "mode"),
+        (lambda: hvd_ps.ModelAverage(period=0), "period"),
+        (lambda: hvd_ps.ModelAverage(period=2.5), "period"),
+        (lambda: hvd_ps.ModelAverage(period=True), "period"),
+        (lambda: hvd_ps.ModelAverage(period=4, mode="async"), "mode"),
+        (lambda: hvd_ps.EASGD(period=-1), "period"),
+        (lambda: hvd_ps.EASGD(period=4, alpha=0.0), "alpha"),
+        (lambda: hvd_ps.EASGD(period=4, alpha=1.0), "alpha"),
+        (lambda: hvd_ps.EASGD(period=4, alpha="0.1"), "alpha"),
+        (lambda: hvd_ps.EASGD(period=4, mode="lazy"), "mode"),
+        (lambda: hvd_ps.DiLoCo(period=0), "period"),
+        (lambda: hvd_ps.DiLoCo(period=8, outer_lr=0.0), "outer_lr"),
+        (lambda: hvd_ps.DiLoCo(period=8, outer_lr=-1.0), "outer_lr"),
+        (lambda: hvd_ps.DiLoCo(period=8, momentum=1.0), "momentum"),
+        (lambda: hvd_ps.DiLoCo(period=8, momentum=-0.1), "momentum"),
+        (lambda: hvd_ps.DiLoCo(period=8, nesterov="yes"), "nesterov"),
+        (lambda: hvd_ps.DiLoCo(period=8, mode="eventually"), "mode"),
+    ],
+)
+def test_bad_argument_names_itself(make, arg):
+    with pytest.raises(ConfigError, match=arg):
+        make()
+    with pytest.raises(ValueError):  # ConfigError is a ValueError too
+        make()
+
+
+@pytest.mark.parametrize("groups, alpha", [(2, 0.5), (4, 0.25), (4, 0.3), (10, 0.1)])
+def test_sync_easgd_rejects_unstable_beta(groups, alpha):
+    with pytest.raises(ConfigError, match="unstable"):
+        hvd_ps.EASGD(period=4, alpha=alpha, mode="sync").validate(groups)
+
+
+@pytest.mark.parametrize("groups, alpha", [(2, 0.49), (4, 0.2), (10, 0.09)])
+def test_sync_easgd_accepts_stable_beta_and_async_anything(groups, alpha):
+    hvd_ps.EASGD(period=4, alpha=alpha, mode="sync").validate(groups)
+    hvd_ps.EASGD(period=4, alpha=0.9, mode="async").validate(groups)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3, 8])
+def test_easgd_default_alpha_is_0_9_over_groups(groups):
+    s = hvd_ps.EASGD(period=4)
+    assert s.alpha_for(groups) == pytest.approx(0.9 / groups)
+    s.validate(groups)  # beta = 0.9 < 1
+
+
+def test_the_bound_strategy_names_the_servers_rule_for_the_job():
+    from hvd_ps.ps import protocol
+
+    sgd = ("sgd", {"learning_rate": 0.1})
+    assert hvd_ps.GradientPush("sync").bind(4, None, sgd).rule == protocol.Optimizer(
+        "sgd", {"learning_rate": 0.1}, scale=0.25
+    )
+    # async: each push is 1/G of a round (delayed Nesterov for sgd and nag; lr / G otherwise)
+    assert hvd_ps.GradientPush("async").bind(4, None, sgd).rule == protocol.Nesterov(
+        lr=0.1, momentum=0.0, nesterov=True, scale=0.25, delay=4
+    )
+    nag = ("nag", {"learning_rate": 0.2, "momentum": 0.9, "wd": 1e-4, "rescale_grad": 2.0})
+    assert hvd_ps.GradientPush("async").bind(2, None, nag).rule == protocol.Nesterov(
+        lr=0.2, momentum=0.9, nesterov=True, scale=1.0, delay=2, wd=1e-4
+    )
+    adam = ("adam", {"learning_rate": 0.01})
+    assert hvd_ps.GradientPush("async").bind(4, None, adam).rule == protocol.Optimizer(
+        "adam", {"learning_rate": 0.01}, lr_scale=0.25
+    )
+    with pytest.raises(ConfigError, match="optimizer_params lr_mult: async GradientPush"):
+        hvd_ps.GradientPush("async").bind(2, None, ("sgd", {"lr_mult": 2.0}))
+    diloco = hvd_ps.DiLoCo(8, outer_lr=0.5, momentum=0.8, nesterov=False).bind(2, None).rule
+    assert diloco == protocol.Nesterov(lr=0.5, momentum=0.8, nesterov=False, scale=0.5)
+    assert hvd_ps.DiLoCo(8, mode="async").bind(4, None).rule == protocol.Nesterov(
+        lr=0.7, momentum=0.9, nesterov=True, scale=0.25, delay=4
+    )
+    assert hvd_ps.ModelAverage(4).bind(3, None).rule == protocol.Assign()
+    assert hvd_ps.EASGD(4).bind(3, None).rule == protocol.Add()
+    assert hvd_ps.ModelAverage(4).bind(4, None).global_scale == 0.25
+    assert hvd_ps.EASGD(4).bind(4, None).global_scale == 1.0
+    assert hvd_ps.EASGD(4).bind(3, "float16").alpha == pytest.approx(0.3)
+    with pytest.raises(ConfigError, match="unstable"):  # binding checks the job's G
+        hvd_ps.EASGD(4, alpha=0.5).bind(2, None)
+    with pytest.raises(ConfigError, match="optimizer"):
+        hvd_ps.GradientPush().bind(2, None)
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        hvd_ps.GradientPush("async"),
+        hvd_ps.ModelAverage(8, overlap=2),
+        hvd_ps.EASGD(4, 0.2, "async", 1),
+        hvd_ps.DiLoCo(16, 0.5, 0.8, False, "async", 3),
+    ],
+    ids=repr,
+)
+def test_a_strategy_is_an_immutable_value(strategy):
+    import dataclasses
+
+    again = eval(repr(strategy), {k: getattr(hvd_ps, k) for k in hvd_ps.__all__})
+    assert again == strategy and hash(again) == hash(strategy)  # the cross-group check
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        strategy.period = 2
+    first, second = strategy.bind(2, None, ("sgd", {})), strategy.bind(4, None, ("sgd", {}))
+    assert (first.groups, second.groups) == (2, 4) and first is not second
+    assert again == strategy  # binding never changes the value
+
+
+def test_positional_arguments_keep_their_order():
+    assert hvd_ps.GradientPush("async").mode == "async"
+    e = hvd_ps.EASGD(8, 0.1, "async", 2)
+    assert (e.period, e.alpha, e.mode, e.overlap) == (8, 0.1, "async", 2)
+    d = hvd_ps.DiLoCo(32, 0.5, 0.8, False, "async", 4)
+    assert (d.period, d.outer_lr, d.momentum, d.nesterov, d.mode, d.overlap) == (
+        32,
+        0.5,
+        0.8,
+        False,
+        "async",
+        4,
+    )
+    m = hvd_ps.ModelAverage(6, "sync", 5)
+    assert (m.period, m.mode, m.overlap) == (6, "sync", 5)
+    assert isinstance(hvd_ps.DiLoCo(8, outer_lr=1).outer_lr, float)
+
+
+def test_gradient_push_needs_the_optimizer_by_name_with_numbers():
+    from hvd_ps.train.gluon import _server_optimizer
+
+    assert _server_optimizer("SGD", {"learning_rate": 0.1}) == ("sgd", {"learning_rate": 0.1})
+    with pytest.raises(ConfigError, match="optimizer"):
+        _server_optimizer(object(), None)
+    with pytest.raises(ConfigError, match="lr_scheduler"):
+        _server_optimizer("sgd", {"lr_scheduler": object()})
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: hvd_ps.ModelAverage(period=4, overlap=4),
+        lambda: hvd_ps.ModelAverage(period=4, overlap=-1),
+        lambda: hvd_ps.EASGD(period=2, overlap=2),
+        lambda: hvd_ps.EASGD(period=4, overlap=1.0),
+        lambda: hvd_ps.EASGD(period=4, overlap=True),
+        lambda: hvd_ps.DiLoCo(period=8, overlap=9),
+        lambda: hvd_ps.DiLoCo(period=8, overlap="1"),
+    ],
+)
+def test_bad_overlap_names_itself(make):
+    with pytest.raises(ConfigError, match="overlap"):
+        make()
+
+
+def test_overlap_is_in_the_repr_that_groups_compare():
+    assert repr(hvd_ps.ModelAverage(4)) == "ModelAverage(period=4, overlap=0)"
+    assert repr(hvd_ps.ModelAverage(4, overlap=3)) == "ModelAverage(period=4, overlap=3)"
+    assert repr(hvd_ps.EASGD(4, 0.2, overlap=1)).endswith("mode='sync', overlap=1)")
+    assert repr(hvd_ps.DiLoCo(8, overlap=7)).endswith("mode='sync', overlap=7)")
+    assert repr(hvd_ps.DiLoCo(8)) != repr(hvd_ps.DiLoCo(8, overlap=1))
+    assert hvd_ps.EASGD(4, overlap=3).overlap == 3 and hvd_ps.GradientPush().overlap == 0
+
+
+def _reference():
+
+    import reference
+
+    return reference
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"name": "ModelAverage", "period": 3},
+        {"name": "EASGD", "period": 2, "alpha": 0.2},
+        {"name": "DiLoCo", "period": 3, "outer_lr": 0.7, "momentum": 0.9, "nesterov": True},
+    ],
+)
+def test_overlapped_reference_reduces_to_the_blocking_one_at_tau_0(spec):
+    """The reference's overlapped equations with tau = 0 are the blocking equations."""
+    ref = _reference()
+    groups = [[0, 1], [2], [3, 4, 5]]
+    blocking = ref.run(spec, groups, 9, 0.1)
+    forced = ref._run_overlapped(dict(spec, overlap=0), groups, 9, 0.1)
+    overlapped = ref.run(dict(spec, overlap=1), groups, 9, 0.1)
+    for a, b in zip(blocking, forced):
+        for g in range(len(groups)):
+            for i in range(2):
+                np.testing.assert_allclose(b["x"][g][i], a["x"][g][i], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(b["global"][0], a["global"][0], rtol=1e-12, atol=1e-14)
+    # and overlap does change the trajectory (so the MPI comparison can tell them apart)
+    assert np.max(np.abs(overlapped[-1]["x"][0][0] - blocking[-1]["x"][0][0])) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (
+            lambda: hvd_ps.EASGD(peroid=4),
+            "EASGD has no argument 'peroid': did you mean 'period'? "
+            "(its arguments: period, alpha, mode, overlap)",
+        ),
+        (
+            lambda: hvd_ps.DiLoCo(8, outerlr=0.5),
+            "DiLoCo has no argument 'outerlr': did you mean 'outer_lr'?",
+        ),
+        (lambda: hvd_ps.GradientPush(period=1), "GradientPush has no argument 'period'"),
+        (lambda: hvd_ps.ModelAverage(4, period=4), "ModelAverage: period given twice"),
+        (lambda: hvd_ps.EASGD(4, 0.1, "sync", 0, 9), "EASGD takes at most 4 arguments"),
+        (
+            lambda: hvd_ps.ModelAverage(period=4, mode="async"),
+            "mode must be one of sync, got 'async': ModelAverage has no async mode; "
+            "GradientPush, EASGD and DiLoCo have one",
+        ),
+        (
+            lambda: hvd_ps.EASGD(mode="asynch"),
+            "mode must be one of sync, async, got 'asynch': did you mean 'async'?",
+        ),
+    ],
+)
+def test_a_wrong_argument_names_the_right_one(make, message) -> None:
+    with pytest.raises(ConfigError) as err:
+        make()
+    assert str(err.value).startswith(message), str(err.value)
