@@ -1,6 +1,6 @@
-"""README.md's "Migrating from horovod.mxnet", followed verbatim.
+"""The migration guide (docs/migrating.md, "Migrating from horovod.mxnet"), followed verbatim.
 
-The section shows a plain Horovod script, the diff that makes it an hvd_ps script, and the
+The guide shows a plain Horovod script, the diff that makes it an hvd_ps script, and the
 commands that run both. Checked: the script shown is examples/train_digits_horovod.py byte for
 byte; the diff shown is the unified diff of that file against examples/train_digits_hvd_ps.py,
 so applying it gives the hvd_ps script; and each command shown, run as written under
@@ -22,13 +22,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PLAIN = "examples/train_digits_horovod.py"
 PORTED = "examples/train_digits_hvd_ps.py"
-HEADING = "## Migrating from horovod.mxnet"
+GUIDE = "docs/migrating.md"
+HEADING = "# Migrating from horovod.mxnet"
 TIMEOUT = 240
 
 
 def section() -> str:
-    text = (ROOT / "README.md").read_text()
-    assert HEADING in text, f"README.md has no {HEADING!r} section"
+    text = (ROOT / GUIDE).read_text()
+    assert text.startswith(HEADING + "\n"), f"{GUIDE} does not start with {HEADING!r}"
     body = text.split(HEADING, 1)[1]
     return body.split("\n## ", 1)[0]  # up to the next section
 
@@ -37,13 +38,13 @@ def blocks(lang: str) -> list:
     return re.findall(rf"^```{lang}\n(.*?)^```$", section(), flags=re.S | re.M)
 
 
-def test_readme_shows_the_plain_script() -> None:
+def test_guide_shows_the_plain_script() -> None:
     shown = blocks("python")
     assert len(shown) == 1, "one python block: the plain Horovod script"
     assert shown[0] == (ROOT / PLAIN).read_text()
 
 
-def test_readme_diff_is_the_diff() -> None:
+def test_guide_diff_is_the_diff() -> None:
     shown = blocks("diff")
     assert len(shown) == 1, "one diff block"
     plain = (ROOT / PLAIN).read_text().splitlines(keepends=True)
@@ -52,7 +53,7 @@ def test_readme_diff_is_the_diff() -> None:
     assert shown[0] == diff
 
 
-def test_readme_diff_applies_to_the_plain_script() -> None:
+def test_guide_diff_applies_to_the_plain_script() -> None:
     """Applying the shown hunks to the plain script gives the hvd_ps script (a second check,
     independent of difflib producing the same text)."""
     result = (ROOT / PLAIN).read_text().splitlines()
@@ -82,7 +83,7 @@ def commands() -> list:
     return [ln for ln in shown[0].splitlines() if ln.strip() and not ln.startswith("#")]
 
 
-def test_readme_commands_run_the_two_scripts() -> None:
+def test_guide_commands_run_the_two_scripts() -> None:
     scripts = [next(w for w in shlex.split(c) if w.endswith(".py")) for c in commands()]
     assert scripts == [PLAIN, PORTED]
 
@@ -93,7 +94,7 @@ def test_readme_commands_run_the_two_scripts() -> None:
     reason="horovodrun not found next to this Python (run scripts/bootstrap.sh)",
 )
 @pytest.mark.parametrize("index", [0, 1], ids=["horovod", "hvd_ps"])
-def test_readme_command_trains(index: int, tmp_path: Path) -> None:
+def test_guide_command_trains(index: int, tmp_path: Path) -> None:
     command = commands()[index]
     assert command.split()[1] == "horovodrun"
     # run as shown (its VAR=value prefix included); PYTHONUNBUFFERED off, as in a plain shell,
