@@ -20,6 +20,8 @@ if phase lint; then
   ruff format --check hvd_ps tests examples benchmarks setup.py || status=1
   step "mypy hvd_ps"
   mypy hvd_ps || status=1
+  step "docs (mkdocs build --strict)"
+  python -m mkdocs build --strict --site-dir "$OUT/site" || status=1
 fi
 
 if phase unit; then
