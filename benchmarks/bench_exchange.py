@@ -40,7 +40,7 @@ def worker(rounds: int, scale: float) -> None:
     sys.path.insert(0, str(HERE))
     from bench_fusion import resnet50_shapes
 
-    from hvd_ps.train.core.exchanges import plan_buckets
+    from hvd_ps.train.core.buckets import plan_buckets
 
     hvd_ps.init(group_size=1)
     shapes = [

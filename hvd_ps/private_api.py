@@ -1,43 +1,47 @@
-"""The private members of Gluon's ``Trainer`` and Horovod's ``DistributedTrainer`` that
-:class:`hvd_ps.DistributedTrainer` still reads or writes, in one place, each with its reason.
+"""The private names of MXNet, Gluon, Horovod and argparse that hvd_ps uses, in one place, each
+with its reason: the checklist for an upgrade of the pinned MXNet (1.9.1) or Horovod (0.28.1).
 
-The trainer otherwise keeps to their public methods (``allreduce_grads()``, ``update()``).
-When MXNet (pinned: 1.9.1) or Horovod (0.28.1) changes, these are what to check:
+No other module of hvd_ps touches a private name of another project; each goes through a function
+here. Everything else keeps to public methods (``allreduce_grads()``, ``update()``, ``kv.push``).
 
-==========================  ==================  ===============================================
-member                      of                  why hvd_ps needs it
-==========================  ==================  ===============================================
-``_params``                 ``gluon.Trainer``   the Parameters the trainer updates, in its
-                                                order (no public accessor): the fused buffers
-                                                and the cross-group check are built from them
-``_scale``                  ``gluon.Trainer``   the gradient scale Horovod folds its group
-                                                average into; GradientPush pushes gradients
-                                                with it (the servers, not ``update()``, apply
-                                                them), and a group of one rank undoes
-                                                Horovod's ``gradient_predivide_factor`` there
-``_average_in_framework``   Horovod             whether that average sits in ``_scale``
-                                                (Horovod's choice, made in its constructor)
-``_updaters``               ``gluon.Trainer``   the Updater holding the local optimizer's
-                                                state per parameter (``.states``), which a
-                                                checkpoint saves and restores
-``_index_update_count``     ``mx.optimizer``    the per-parameter update counts (Adam's bias
-                                                correction, learning-rate schedules), saved
-                                                with that state
-==========================  ==================  ===============================================
-
-Outside the trainer, three private methods of MXNet's ``KVStore`` are used where they are
-needed, with the same caveat: ``_barrier`` and ``_send_command_to_servers`` by the leaders'
-client (:mod:`hvd_ps.ps.client`: a barrier of the leaders, the servers' commands) and
-``_set_updater`` by the server (:mod:`hvd_ps.server`: its update rules). Two entry points of
-MXNet's C API that its Python ``KVStore`` does not wrap are called through ``mxnet.base._LIB``:
-``MXKVStoreSetBarrierBeforeExit`` (:mod:`hvd_ps.ps.client`: an async leader of a shared tier leaves
-without ps-lite's exit barrier) and ``MXNDArrayGetData`` (:mod:`hvd_ps.train.core.resume`: arrays
-written to a shard straight from their memory).
+=================================  ======================  =========================================
+private name                       of                      why hvd_ps needs it
+=================================  ======================  =========================================
+``Trainer._params``                ``gluon.Trainer``       the Parameters the trainer updates, in
+                                                           its order (no public accessor): the
+                                                           fused buffers, the cross-group check
+``Trainer._scale``                 ``gluon.Trainer``       the gradient scale Horovod folds its
+                                                           group average into; GradientPush pushes
+                                                           gradients with it, and a group of one
+                                                           rank undoes Horovod's
+                                                           ``gradient_predivide_factor`` there
+``_average_in_framework``          Horovod's trainer       whether that average sits in ``_scale``
+``Trainer._updaters``              ``gluon.Trainer``       the local optimizer's state per parameter
+                                                           (``.states``), saved in checkpoints
+``Optimizer._index_update_count``  ``mx.optimizer``        per-parameter update counts (Adam's bias
+                                                           correction, schedules): saved with the
+                                                           local state; the servers set it when a
+                                                           checkpoint's optimizer state is loaded
+``KVStore._barrier``               ``mx.kv``               a barrier of the leaders (the PS client,
+                                                           a shared tier's placement)
+``KVStore._send_command_to_``      ``mx.kv``               hvd_ps's commands to the servers (their
+``servers``                                                update rules, sync mode)
+``KVStore._set_updater``           ``mx.kv``               the server's own update rules
+``MXKVStoreSetBarrierBefore``      MXNet's C API           an async leader of a shared tier leaves
+``Exit`` (``mxnet.base._LIB``)                             without ps-lite's exit barrier
+``MXKVStoreRunServer``             MXNet's C API           a server with hvd_ps's command handler
+(``mxnet.base._LIB``)                                      (Python's ``KVStore`` wraps no handler)
+``MXNDArrayGetData``               MXNet's C API           a checkpoint writes arrays straight from
+(``mxnet.base._LIB``)                                      their memory, without a copy
+``ArgumentParser._actions``        argparse                ``hvdps-run``'s flags, to tell its own
+                                                           from ``horovodrun``'s
+=================================  ======================  =========================================
 """
 
 from __future__ import annotations
 
-from typing import Any, List
+import ctypes
+from typing import Any, Callable, List
 
 
 def trained_params(trainer: Any) -> List[Any]:
@@ -74,3 +78,52 @@ def update_counts(optimizer: Any) -> dict:
 
 def set_update_counts(optimizer: Any, counts: dict) -> None:
     optimizer._index_update_count = dict(counts)
+
+
+def set_update_count(optimizer: Any, index: int, count: int) -> None:
+    """Set one index's update count (a server loading a checkpoint's optimizer state)."""
+    optimizer._index_update_count[index] = count
+
+
+def kv_barrier(kv: Any) -> None:
+    """A barrier of every worker of the dist KVStore (the leaders)."""
+    kv._barrier()
+
+
+def kv_command(kv: Any, head: int, body: str) -> None:
+    """Send a command (``head``, ``body``) to every server of the dist KVStore."""
+    kv._send_command_to_servers(head, body)
+
+
+def kv_set_updater(kv: Any, updater: Callable[[int, Any, Any], None]) -> None:
+    """The server's update function for every push."""
+    kv._set_updater(updater)
+
+
+def kv_leave_without_barrier(kv: Any) -> None:
+    """Let this worker leave the tier without ps-lite's exit barrier over all workers."""
+    from mxnet.base import _LIB, check_call
+
+    check_call(_LIB.MXKVStoreSetBarrierBeforeExit(kv.handle, ctypes.c_int(0)))
+
+
+def kv_run_server(kv: Any, controller: Any) -> None:
+    """Serve (a server) or wait for every node to finish (the scheduler): MXNet's ``RunServer``
+    with hvd_ps's command handler (a ctypes callback, or None)."""
+    from mxnet.base import _LIB, check_call
+
+    check_call(_LIB.MXKVStoreRunServer(kv.handle, controller, None))
+
+
+def ndarray_address(a: Any) -> int:
+    """The address of a CPU NDArray's memory (the caller has waited for it to be written)."""
+    from mxnet.base import _LIB, check_call
+
+    ptr = ctypes.c_void_p()
+    check_call(_LIB.MXNDArrayGetData(a.handle, ctypes.byref(ptr)))
+    return int(ptr.value or 0)
+
+
+def parser_actions(parser: Any) -> List[Any]:
+    """The actions (flags) an ``argparse.ArgumentParser`` was given."""
+    return list(parser._actions)

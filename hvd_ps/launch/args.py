@@ -9,7 +9,7 @@ import socket
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .. import __version__, config
+from .. import __version__, config, private_api
 
 PROG = "hvdps-run"
 #: horovodrun 0.28 flags that take a value (the rest are switches): forwarded with it.
@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
 def _arity(parser: argparse.ArgumentParser) -> Dict[str, int]:
     """How many values each of our flags takes."""
     out = {}
-    for action in parser._actions:
+    for action in private_api.parser_actions(parser):
         n = 0 if action.nargs == 0 else 1
         out.update({flag: n for flag in action.option_strings})
     return out

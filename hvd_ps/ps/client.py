@@ -23,7 +23,6 @@ ps-lite's exit barrier, so no group ever waits for one that died.
 
 from __future__ import annotations
 
-import ctypes
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from .. import addresses, config
+from .. import addresses, config, private_api
 from ..deadline import deadline
 from ..errors import ConfigError, TierError
 from . import protocol
@@ -122,7 +121,7 @@ class Client:
 
     def barrier(self, what: str) -> None:
         with deadline(f"PS barrier of the leaders ({what})", self.cfg.timeout):
-            self.kv._barrier()
+            private_api.kv_barrier(self.kv)
 
     def set_mode(self, mode: str) -> None:
         """Make the servers sync (rounds of one push per group) or async. Once per job."""
@@ -148,7 +147,7 @@ class Client:
             self.lease.report_mode(mode)  # a sync group's death is fatal to the others
         if mode == "sync" and self.ps_rank == 0:
             with deadline(f"switching the {self.where} to sync mode", self.cfg.timeout):
-                self.kv._send_command_to_servers(protocol.SYNC_MODE_HEAD, "")
+                private_api.kv_command(self.kv, protocol.SYNC_MODE_HEAD, "")
         self.mode = mode
         self.barrier(f"switching to {mode} mode")
 
@@ -191,7 +190,7 @@ class Client:
         # waits for every server's reply: a dead server would block it for ever
         what = f"sending the {rule.updater!r} updater of PS key {key} to the {self.where}"
         with deadline(what, self.cfg.timeout):
-            self.kv._send_command_to_servers(protocol.CONTROLLER_HEAD, body)
+            private_api.kv_command(self.kv, protocol.CONTROLLER_HEAD, body)
 
     def push(self, key: int, value: Any) -> None:
         """Push ``value`` to ``key`` without waiting. A later pull of the key is ordered after
@@ -235,9 +234,7 @@ class Client:
             return
         alone = self.lease is not None and self.mode != "sync"
         if alone:
-            from mxnet.base import _LIB, check_call
-
-            check_call(_LIB.MXKVStoreSetBarrierBeforeExit(self.kv.handle, ctypes.c_int(0)))
+            private_api.kv_leave_without_barrier(self.kv)
         what = "leaving the " + self.where + ("" if alone else " (waiting for the other leaders)")
         with deadline(what, self.cfg.timeout):
             kv, self.kv = self.kv, None

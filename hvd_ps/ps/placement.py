@@ -24,7 +24,7 @@ from typing import Any, List, Optional
 
 import numpy as np
 
-from .. import config
+from .. import config, private_api
 from ..deadline import deadline
 from ..errors import ConfigError, HvdPsError, TopologyError
 from . import protocol
@@ -126,7 +126,7 @@ def _add_and_read(client: Any, key: int, value: np.ndarray, what: str) -> np.nda
         kv.push(key, mx.nd.array(value, dtype="float32"))
         kv.pull(key, out=out)  # ordered after our push: it has been applied
         out.wait_to_read()
-        kv._barrier()  # every leader's push has been applied
+        private_api.kv_barrier(kv)  # every leader's push has been applied
         kv.pull(key, out=out)
         return out.asnumpy()
 

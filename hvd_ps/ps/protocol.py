@@ -83,12 +83,19 @@ class Assign:
 
     updater: ClassVar[str] = "assign"
 
+    def state_layout(self) -> Tuple[str, ...]:
+        """The arrays a server keeps per key under this rule, by name: none."""
+        return ()
+
 
 @dataclass(frozen=True)
 class Add:
     """``w += g``: EASGD's centre."""
 
     updater: ClassVar[str] = "add"
+
+    def state_layout(self) -> Tuple[str, ...]:
+        return ()
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,15 @@ class Optimizer:
             )
         object.__setattr__(self, "scale", number("scale", self.scale, 0.0, math.inf))
         object.__setattr__(self, "lr_scale", number("lr_scale", self.lr_scale, 0.0, math.inf))
+
+    def state_layout(self) -> Tuple[str, ...]:
+        """The optimizer's state arrays (MXNet's ``create_state``, flattened by
+        :func:`state_leaves`), by position. Imports MXNet (leaders only call it)."""
+        import mxnet as mx
+
+        opt = mx.optimizer.create(self.name, **self.args)
+        leaves = state_leaves(opt.create_state(0, mx.nd.zeros((1,))))
+        return tuple(str(i) for i in range(len(leaves)))
 
 
 @dataclass(frozen=True)
@@ -145,11 +161,10 @@ class Nesterov:
         if self.clip is not None:
             object.__setattr__(self, "clip", number("clip", self.clip, 0.0, math.inf))
 
-    @property
-    def leaves(self) -> int:
+    def state_layout(self) -> Tuple[str, ...]:
         """The state arrays a server keeps per key: the momentum ``v``, and with a delay the
-        sum ``A`` of the pushes since the momentum was last applied."""
-        return 1 if self.delay == 1 else 2
+        sum ``a`` of the pushes since the momentum was last applied."""
+        return ("v",) if self.delay == 1 else ("v", "a")
 
 
 @dataclass(frozen=True)
@@ -173,6 +188,9 @@ class CopyState:
                 raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
         if not isinstance(self.load, bool):
             raise ConfigError(f"load must be True or False, got {self.load!r}")
+
+    def state_layout(self) -> Tuple[str, ...]:
+        return ()
 
 
 Rule = Union[Assign, Add, Optimizer, Nesterov, CopyState]

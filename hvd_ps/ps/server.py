@@ -37,7 +37,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, Optional
 
-from .. import config
+from .. import config, private_api
 from . import protocol, stock_optimizer
 from .protocol import CONTROLLER_HEAD
 from .stock_optimizer import describe as opt_line
@@ -79,7 +79,7 @@ class _Updaters:
         """Install :meth:`update` as the server's updater (once; raises until it exists)."""
         with self._lock:
             if not self.installed:
-                self.kv._set_updater(self.update)
+                private_api.kv_set_updater(self.kv, self.update)
                 self.installed = True
 
     def install_when_ready(self, timeout: float, period: float = 0.002) -> None:
@@ -181,7 +181,7 @@ class _Updaters:
         ``slot``: ``v`` the momentum, ``a`` the sum of the scaled pushes since ``v`` was last
         updated (only with a delay), ``k`` how many pushes that sum holds."""
         lr, m, scale, delay = rule.lr, rule.momentum, rule.scale, rule.delay
-        slot: Dict[str, Any] = {"k": 0, "delay": delay}
+        slot: Dict[str, Any] = {"k": 0, "delay": delay, "rule": rule}
         self.state[key] = slot
 
         def update(g: Any, w: Any) -> None:
@@ -220,8 +220,8 @@ class _Updaters:
         if slot is None:
             raise ValueError(f"key {key} has no server state (its rule keeps none)")
         opt = slot.get("opt")
-        if opt is None:  # nesterov: the momentum v and, with a delay, the sum A since it
-            names = ("v",) if slot["delay"] == 1 else ("v", "a")
+        if opt is None:  # nesterov: the momentum v and, with a delay, the sum a since it
+            names = slot["rule"].state_layout()
             for name in names:  # zeros act as no momentum yet / nothing summed yet
                 if slot.get(name) is None:
                     slot[name] = self.mx.nd.zeros(like.shape, dtype=like.dtype)
@@ -242,7 +242,7 @@ class _Updaters:
                 slot = self.state[rule.source]
                 opt = slot.get("opt")
                 if opt is not None:  # MXNet's private count: Adam's bias correction uses it
-                    opt._index_update_count[rule.source] = rule.count
+                    private_api.set_update_count(opt, rule.source, rule.count)
                     opt.num_update = max(opt.num_update, rule.count)
                 else:  # a delayed Nesterov: where the key stands in its cycle of pushes
                     slot["k"] = rule.count % slot["delay"]
@@ -353,13 +353,12 @@ def _watch_parent(parent: int, period: float = 0.5) -> None:
 def run(role: str) -> int:
     """Run a scheduler or a server until the job's workers finish. Returns an exit code."""
     import mxnet as mx
-    from mxnet.base import _LIB, check_call
 
     config.restore_role(role)
     kv = mx.kv.create("dist")  # joins ps-lite as this node's role; waits for every node
     if role == "scheduler":
         # the scheduler serves no keys; RunServer only waits for every node to finalize
-        check_call(_LIB.MXKVStoreRunServer(kv.handle, None, None))
+        private_api.kv_run_server(kv, None)
         return 0
     updaters = _Updaters(kv)
     threading.Thread(
@@ -370,7 +369,7 @@ def run(role: str) -> int:
     ).start()
     proto = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
     controller = proto(lambda head, body, _: updaters.command(head, body or b""))
-    check_call(_LIB.MXKVStoreRunServer(kv.handle, controller, None))
+    private_api.kv_run_server(kv, controller)
     if updaters.rejected:
         log.warning("rejected %d command(s) during the job", updaters.rejected)
     return 0

@@ -18,18 +18,20 @@ import hashlib
 import sys
 import time
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import horovod.mxnet as hvd
 import mxnet as mx
 import numpy as np
 
 from .. import private_api
-from ..errors import ConfigError, HvdPsError
+from ..errors import CheckpointError, ConfigError, HvdPsError
+from ..ps import protocol
 from . import runtime
-from .core.exchanges import Bucket
-from .core.schedule import Schedule, wait_arrays
-from .core.strategies import GradientPush, ModelAverage, Strategy
+from .core import resume
+from .core.buckets import Bucket
+from .core.schedule import Param, Schedule, wait_arrays
+from .core.strategies import ModelAverage, Strategy
 
 _trainers = 0
 
@@ -133,9 +135,7 @@ class DistributedTrainer(hvd.DistributedTrainer):
         _check_process_set(rt.topo, process_set)
         # GradientPush runs the optimizer on the servers; the strategy value stays the user's
         server_opt = (
-            _server_optimizer(optimizer, optimizer_params)
-            if isinstance(sync, GradientPush)
-            else None
+            _server_optimizer(optimizer, optimizer_params) if sync.server_optimizer else None
         )
         _trainers += 1
         self._hvdps_prefix = prefix if prefix is not None else f"hvd_ps{_trainers}."
@@ -247,9 +247,7 @@ class DistributedTrainer(hvd.DistributedTrainer):
         writing the manifest ``path`` atomically. Raises
         :class:`~hvd_ps.errors.CheckpointError` on every rank if it cannot.
         """
-        from .core import resume
-
-        resume.save(self, path)
+        resume.save(_Checkpointed(self), path)
 
     def load_checkpoint(self, path: str) -> None:
         """Continue from ``path`` (written by :meth:`save_checkpoint`): collective, before the
@@ -265,9 +263,7 @@ class DistributedTrainer(hvd.DistributedTrainer):
             else:
                 hvd_ps.broadcast_parameters(params)
         """
-        from .core import resume
-
-        resume.load(self, path)
+        resume.load(_Checkpointed(self), path)
 
     def stats(self) -> Dict[str, float]:
         """Counters: steps, exchanges, PS bytes, and seconds per phase of ``step()``.
@@ -299,8 +295,7 @@ class DistributedTrainer(hvd.DistributedTrainer):
         if self._sched.buckets is not None:
             return
         topo, sync = self._rt.topo, self._sync
-        params = private_api.trained_params(self)
-        trained = [p for p in params if p.grad_req != "null"]
+        trained = self._trained()
         signature = (
             repr(sync),
             [(p.name, tuple(p.shape), np.dtype(p.dtype).name) for p in trained],
@@ -312,7 +307,85 @@ class DistributedTrainer(hvd.DistributedTrainer):
             topo.groups,
         )
         sync.validate(topo.total_groups)  # G counts the groups of every job on the tier
-        self._sched.setup(trained, ps_initial)
+        self._sched.setup([Param(p.name, p.data(), p.grad()) for p in trained], ps_initial)
+
+    def _trained(self) -> List[Any]:
+        """The Parameters this trainer trains (not those with ``grad_req='null'``)."""
+        return [p for p in private_api.trained_params(self) if p.grad_req != "null"]
+
+
+class _Checkpointed:
+    """A Gluon trainer as checkpoints see it (:class:`hvd_ps.train.core.resume.FrontEnd`)."""
+
+    def __init__(self, trainer: DistributedTrainer) -> None:
+        self.trainer = trainer
+
+    @property
+    def job(self) -> runtime.Runtime:
+        return self.trainer._rt
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.trainer._sched
+
+    @property
+    def step(self) -> int:
+        return self.trainer._t
+
+    def set_step(self, step: int) -> None:
+        self.trainer._t = step
+
+    def setup(self, ps_initial: Optional[List[Any]] = None) -> None:
+        self.trainer._setup(ps_initial)
+
+    def parameters(self) -> List[Param]:
+        return [Param(p.name, p.data(), p.grad()) for p in self.trainer._trained()]
+
+    def set_parameters(self, values: Dict[str, np.ndarray]) -> None:
+        for p in self.trainer._trained():
+            p.set_data(mx.nd.array(values[p.name], dtype=p.dtype))
+
+    def optimizer_arrays(self) -> Iterator[Tuple[str, np.ndarray]]:
+        for index, state in private_api.local_updater(self.trainer).states.items():
+            for leaf, a in enumerate(protocol.state_leaves(state)):
+                yield f"{index}/{leaf}", resume.view(a)
+
+    def optimizer_counts(self) -> Dict[str, Any]:
+        counts = private_api.update_counts(self.trainer.optimizer)
+        return {
+            "opt_counts": {str(k): int(v) for k, v in counts.items()},
+            "num_update": int(self.trainer.optimizer.num_update),
+        }
+
+    def load_optimizer(
+        self, saved: Dict[int, Dict[int, np.ndarray]], counts: Dict[str, Any]
+    ) -> None:
+        opt, updater = self.trainer.optimizer, private_api.local_updater(self.trainer)
+        trained = private_api.trained_params(self.trainer)
+        for i, leaves in saved.items():
+            state = opt.create_state_multi_precision(i, trained[i].data())
+            have = protocol.state_leaves(state)
+            if len(have) != len(leaves):
+                raise CheckpointError(
+                    f"the local optimizer keeps {len(have)} state arrays for parameter {i}, "
+                    f"the checkpoint {len(leaves)}: resume with the optimizer it was saved with"
+                )
+            for n, a in enumerate(have):
+                a[:] = mx.nd.array(leaves[n], dtype=a.dtype)
+            updater.states[i] = state
+            updater.states_synced[i] = True
+        opt_counts = {int(k): v for k, v in counts["opt_counts"].items()}
+        private_api.set_update_counts(opt, opt_counts)
+        opt.num_update = int(counts["num_update"])
+
+    def rank(self) -> int:
+        return int(hvd.rank())
+
+    def allgather_object(self, obj: Any, name: str) -> List[Any]:
+        return list(hvd.allgather_object(obj, name=name))
+
+    def broadcast_object(self, obj: Any, name: str) -> Any:
+        return hvd.broadcast_object(obj, root_rank=0, name=name)
 
 
 def _check_horovod_args(topo: Any, compression: Any, factor: Any, num_groups: Any) -> None:

@@ -12,13 +12,14 @@ import os
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 from .. import addresses, config, deadline, exits, topology
 from ..errors import HvdPsError, TierError, TopologyError
 from ..launch import rendezvous, spawn
 from ..ps import placement
 from ..ps.client import Client
+from .core.interfaces import InFlight
 
 
 @dataclass
@@ -29,10 +30,8 @@ class Runtime:
     local: Optional[spawn.LocalTier] = None
     client: Optional[Client] = None
     collectives: int = 0
-    #: trainers' schedules with an overlapped exchange in flight, in the order they started
-    #: it (the same on every rank): shutdown() completes them first. Held strongly, so that
-    #: no rank's garbage collector can drop one that another rank still completes.
-    in_flight: Dict[int, Any] = field(default_factory=dict)
+    #: trainers' schedules with an overlapped exchange in flight: shutdown() completes them
+    in_flight: InFlight = field(default_factory=InFlight)
     #: this job's groups took the places of dead ones on the tier (:mod:`hvd_ps.ps.roster`):
     #: their trainers start from the PS's state
     rejoined: bool = False
@@ -215,8 +214,7 @@ def shutdown() -> None:
         rt = _rt
         if rt is None:
             return
-        for schedule in list(rt.in_flight.values()):
-            schedule.complete("hvd_ps.shutdown (completing the exchange in flight)")
+        rt.in_flight.complete_all("hvd_ps.shutdown (completing the exchange in flight)")
         barrier("hvd_ps.shutdown on every rank")
         if rt.local is not None:
             # the servers exit when the leaders leave: from here that is no failure to report

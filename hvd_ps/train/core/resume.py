@@ -1,6 +1,12 @@
 """Checkpoints of a whole job: what ``trainer.save_checkpoint`` writes and ``load_checkpoint``
 restores, so that a resumed run continues as if it had never stopped.
 
+A front end hands its trainer over as a :class:`FrontEnd` (its parameters, its local optimizer's
+state, its step counter, the object collectives of its Horovod); the schedule is seen only
+through :meth:`~hvd_ps.train.core.schedule.Schedule.state`, ``restore``, ``flight_arrays``,
+``state_arrays`` and ``companion_key``, and the servers' state through the rule's
+``state_layout``.
+
 A checkpoint in the format of :mod:`hvd_ps.checkpoint` (a manifest and shards of numpy arrays,
 atomic, checksummed, no pickle): every group's leader writes one shard, ``group<g>``, with its
 group's arrays and the PS keys it reads; global rank 0 then writes the manifest, which commits
@@ -44,10 +50,8 @@ from __future__ import annotations
 
 import ctypes
 import itertools
-import weakref
-from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Protocol, Set, Tuple
 
-import horovod.mxnet as hvd
 import mxnet as mx
 import numpy as np
 
@@ -55,70 +59,112 @@ from ... import checkpoint, private_api
 from ...deadline import deadline
 from ...errors import CheckpointError
 from ...ps import protocol
-from .exchanges import plan_buckets
+from .buckets import Bucket, plan_buckets
+from .interfaces import Job, PSClient
+from .schedule import Param, Schedule, State
+
+
+class FrontEnd(Protocol):
+    """What checkpoints need of a front end's trainer (the Gluon one: ``hvd_ps.train.gluon``)."""
+
+    @property
+    def job(self) -> Job: ...
+
+    @property
+    def schedule(self) -> Schedule: ...
+
+    @property
+    def step(self) -> int:
+        """Steps taken so far."""
+        ...
+
+    def set_step(self, step: int) -> None: ...
+
+    def setup(self, ps_initial: Optional[List[Any]] = None) -> None:
+        """The trainer's first-step set-up (buckets, PS keys), with a checkpoint's PS values."""
+        ...
+
+    def parameters(self) -> List[Param]:
+        """The trained parameters, in the trainer's order."""
+        ...
+
+    def set_parameters(self, values: Dict[str, np.ndarray]) -> None:
+        """Set each trained parameter to its value by name."""
+        ...
+
+    def optimizer_arrays(self) -> Iterator[Tuple[str, np.ndarray]]:
+        """The local optimizer's state as ``<index>/<leaf>`` and the array's memory."""
+        ...
+
+    def optimizer_counts(self) -> Dict[str, Any]:
+        """The local optimizer's update counts (``opt_counts``, ``num_update``)."""
+        ...
+
+    def load_optimizer(self, saved: Dict[int, Dict[int, np.ndarray]], counts: Dict[str, Any]):
+        """Set the local optimizer's state (index -> leaf -> array) and update counts."""
+        ...
+
+    def rank(self) -> int:
+        """This process's global rank."""
+        ...
+
+    def allgather_object(self, obj: Any, name: str) -> List[Any]: ...
+
+    def broadcast_object(self, obj: Any, name: str) -> Any:
+        """Global rank 0's ``obj`` on every rank."""
+        ...
+
 
 _calls = itertools.count()
-#: the rule each companion key was last given, per schedule (a save resends only a change)
-_rules: weakref.WeakKeyDictionary[Any, Dict[int, protocol.CopyState]]
-_rules = weakref.WeakKeyDictionary()
 
 
-def _name(tr: Any, what: str) -> str:
+def _name(fe: FrontEnd, what: str) -> str:
     """A Horovod name of its own for each collective call (a name reused with another size
     confuses Horovod's response cache)."""
-    return f"{tr._sched.prefix}checkpoint.{what}.{next(_calls)}"
+    return f"{fe.schedule.prefix}checkpoint.{what}.{next(_calls)}"
 
 
-def _trained(tr: Any) -> List[Any]:
-    return [p for p in private_api.trained_params(tr) if p.grad_req != "null"]
-
-
-def _signature(tr: Any) -> Dict[str, Any]:
+def _signature(fe: FrontEnd) -> Dict[str, Any]:
     """What a checkpoint must agree on with the job that loads it."""
-    rt, sched = tr._rt, tr._sched
-    topo = rt.topo
-    trained = _trained(tr)
-    index = {id(p): i for i, p in enumerate(trained)}
+    job, sched = fe.job, fe.schedule
+    topo = job.topo
+    trained = fe.parameters()
+    index = {id(p.data): i for i, p in enumerate(trained)}
     out = {
-        "strategy": repr(tr.sync),
+        "strategy": repr(sched.sync),
         "groups": [len(g) for g in topo.groups],
         "total_groups": topo.total_groups,
         "group_offset": topo.global_group_id - topo.group_id,
-        "params": [[p.name, list(p.shape), np.dtype(p.dtype).name] for p in trained],
-        "wire": rt.cfg.wire_dtype,
+        "params": [[p.name, list(p.data.shape), np.dtype(p.data.dtype).name] for p in trained],
+        "wire": job.cfg.wire_dtype,
     }
     if sched.buckets is not None:
-        out["buckets"] = [[index[id(a)] for a in _bucket_params(tr, b)] for b in sched.all()]
+        out["buckets"] = [[index[id(a)] for a in b.params.arrays] for b in sched.all()]
     else:  # the plan the schedule will make (checked again once it has)
-        max_bytes = int(rt.cfg.bucket_mb * 2**20)
-        out["buckets"] = plan_buckets([p.data() for p in trained], max_bytes)
+        max_bytes = int(job.cfg.bucket_mb * 2**20)
+        out["buckets"] = plan_buckets([p.data for p in trained], max_bytes)
     return out
 
 
-def _bucket_params(tr: Any, b: Any) -> List[Any]:
-    by_array = {id(p.data()): p for p in _trained(tr)}
-    return [by_array[id(a)] for a in b.params.arrays]
-
-
-def _view(a: Any) -> np.ndarray:
+def view(a: Any) -> np.ndarray:
     """The memory of a CPU NDArray as a numpy array, without a copy, once MXNet has written
-    it (``MXNDArrayGetData``). The caller keeps ``a`` alive, and unchanged, while it reads."""
+    it. The caller keeps ``a`` alive, and unchanged, while it reads."""
     a.wait_to_read()
     if a.stype != "default" or a.context.device_type != "cpu" or a.size == 0:
         return a.asnumpy()
-    ptr = ctypes.c_void_p()
-    mx.base.check_call(mx.base._LIB.MXNDArrayGetData(a.handle, ctypes.byref(ptr)))
     dtype = np.dtype(a.dtype)
-    memory = (ctypes.c_byte * (a.size * dtype.itemsize)).from_address(ptr.value)
+    address = private_api.ndarray_address(a)
+    memory = (ctypes.c_byte * (a.size * dtype.itemsize)).from_address(address)
     return np.frombuffer(memory, dtype=dtype).reshape(a.shape)
 
 
-def _owned(tr: Any) -> Set[int]:
+def _owned(fe: FrontEnd) -> Set[int]:
     """The buckets whose PS key this leader reads and writes: the largest first, each to the
     group with the fewest bytes so far (every leader computes the same split)."""
-    topo, load, mine = tr._rt.topo, [0] * tr._rt.topo.num_groups, set()
+    topo = fe.job.topo
+    load, mine = [0] * topo.num_groups, set()
     for size, i in sorted(
-        (-b.params.size * b.params.dtype.itemsize, b.index) for b in tr._sched.all()
+        (-b.params.size * b.params.dtype.itemsize, b.index) for b in fe.schedule.all()
     ):
         least = min(range(topo.num_groups), key=lambda n: (load[n], n))
         load[least] -= size
@@ -127,35 +173,12 @@ def _owned(tr: Any) -> Set[int]:
     return mine
 
 
-def _server_leaves(rule: protocol.Rule) -> int:
-    """How many state arrays the servers keep per key under ``rule``."""
-    if isinstance(rule, protocol.Nesterov):
-        return rule.leaves
-    if isinstance(rule, protocol.Optimizer):
-        opt = mx.optimizer.create(rule.name, **rule.args)
-        return len(protocol.state_leaves(opt.create_state(0, mx.nd.zeros((1,)))))
-    return 0
-
-
-def _state_key(tr: Any, b: Any, leaf: int, rule: protocol.CopyState, initial: Any) -> int:
-    """The companion key of bucket ``b``'s server state ``leaf``, set to ``rule``."""
-    sched, client = tr._sched, tr._sched.client()
-    keys, sent = sched.state_keys, _rules.setdefault(sched, {})
-    if (b.index, leaf) not in keys:
-        name = f"{sched.prefix}state.{b.index}.{leaf}"
-        keys[(b.index, leaf)] = client.register(name, initial, rule)
-    elif sent.get(keys[(b.index, leaf)]) != rule:
-        client.command(keys[(b.index, leaf)], rule)
-    sent[keys[(b.index, leaf)]] = rule
-    return keys[(b.index, leaf)]
-
-
-def _copy_states(tr: Any, rules: List[Tuple[Any, int, protocol.CopyState, Any]]) -> None:
+def _copy_states(sched: Schedule, rules: List[Tuple[Bucket, int, protocol.CopyState, Any]]):
     """Push once to each companion key (the servers copy the state in) and wait for it."""
-    client = tr._sched.client()
+    client = sched.client()
     pulled = []
     for b, leaf, rule, initial in rules:
-        key = _state_key(tr, b, leaf, rule, initial)
+        key = sched.companion_key(b, leaf, rule, initial)
         client.push(key, mx.nd.zeros(initial.shape, dtype=initial.dtype))
         out = mx.nd.zeros(initial.shape, dtype=initial.dtype)
         client.exchange(key, None, out, wait=False)
@@ -163,11 +186,11 @@ def _copy_states(tr: Any, rules: List[Tuple[Any, int, protocol.CopyState, Any]])
     client.wait(pulled, "checkpoint: copying the state into the servers")
 
 
-def _pull_ps(tr: Any) -> List[Tuple[str, Any]]:
+def _pull_ps(fe: FrontEnd) -> List[Tuple[str, Any]]:
     """Leaders (collective): queue the pulls of this leader's keys (:func:`_owned`), their
     values and their servers' state, once every leader's pushes are applied."""
-    sched = tr._sched
-    client, buckets, mine = sched.client(), sched.all(), _owned(tr)
+    sched = fe.schedule
+    client, buckets, mine = sched.client(), sched.all(), _owned(fe)
     what = f"checkpoint: this leader's pushes to the {client.where}"
     with deadline(what, client.cfg.timeout):
         mx.nd.waitall()  # a push is done once the servers answer (in sync mode: its round)
@@ -179,10 +202,10 @@ def _pull_ps(tr: Any) -> List[Tuple[str, Any]]:
             client.exchange(b.key, None, value, wait=False)
             out.append((f"ps/{b.index}", value))
     for b in buckets:
-        for leaf in range(_server_leaves(sched.bound().rule)):
+        for leaf in range(len(sched.bound().rule.state_layout())):
             # one array per push: a later pull of the key writes into what was pushed last
             zeros = mx.nd.zeros(b.pulled.shape, dtype=b.pulled.dtype)
-            key = _state_key(tr, b, leaf, protocol.CopyState(b.key, leaf), zeros)
+            key = sched.companion_key(b, leaf, protocol.CopyState(b.key, leaf), zeros)
             if b.index in mine or client.mode == "sync":  # a round waits for every leader
                 client.push(key, zeros)
             if b.index in mine:
@@ -193,103 +216,99 @@ def _pull_ps(tr: Any) -> List[Tuple[str, Any]]:
 
 
 def _leader_arrays(
-    tr: Any, g: int, outs: List[Any], ps: List[Tuple[str, Any]]
+    fe: FrontEnd, g: int, outs: Dict[str, Any], ps: List[Tuple[str, Any]]
 ) -> Iterator[Tuple[str, Any]]:
-    """What the leader of group ``g`` writes, as views of the NDArrays (:func:`_view`): its
+    """What the leader of group ``g`` writes, as views of the arrays (:func:`view`): its
     group's arrays (``outs``: what the exchange in flight pushed), then each PS array it
     pulls, once it has arrived."""
-    sched = tr._sched
-    for b, out in zip(sched.all(), outs):
-        for part in ("snap", "pulled"):
-            yield f"group{g}/flight/{b.index}/{part}", _view(getattr(b, part))
-        yield f"group{g}/flight/{b.index}/out", _view(out)
-    for p in _trained(tr):
-        yield f"group{g}/param/{p.name}", _view(p.data())
-    for index, state in private_api.local_updater(tr).states.items():
-        for leaf, a in enumerate(protocol.state_leaves(state)):
-            yield f"group{g}/opt/{index}/{leaf}", _view(a)
-    run = sched.bound()
-    if hasattr(run, "starts"):
-        for i, start in enumerate(run.starts()):
-            yield f"group{g}/start/{i}", _view(start)
-    for name, a in ps:  # in the order queued: written while the later ones still arrive
-        sched.client().wait([a], f"checkpoint: reading {name} from the PS")
-        yield name, _view(a)
-
-
-def _save_leader(tr: Any, path: str, g: int) -> Tuple[Any, Dict[str, Any], Optional[str]]:
-    """A leader's part of a save: its shard's entry, its group's counters, or what failed."""
-    sched = tr._sched
+    sched = fe.schedule
+    for name, a in sched.flight_arrays().items():
+        yield f"group{g}/{name}", view(outs.get(name, a))
+    for p in fe.parameters():
+        yield f"group{g}/param/{p.name}", view(p.data)
+    for name, a in fe.optimizer_arrays():
+        yield f"group{g}/opt/{name}", a
+    for name, a in sched.state_arrays().items():
+        yield f"group{g}/{name}", view(a)
     client = sched.client()
-    if sched.pending is not None:  # kept in flight: applied at its step after a resume
+    for name, a in ps:  # in the order queued: written while the later ones still arrive
+        client.wait([a], f"checkpoint: reading {name} from the PS")
+        yield name, view(a)
+
+
+def _save_leader(fe: FrontEnd, path: str, g: int) -> Tuple[Any, Dict[str, Any], Optional[str]]:
+    """A leader's part of a save: its shard's entry, its group's counters, or what failed."""
+    sched = fe.schedule
+    client = sched.client()
+    flight = sched.flight_arrays()
+    if flight:  # kept in flight: applied at its step after a resume
         client.wait([b.pulled for b in sched.all()], "checkpoint: the exchange in flight")
-    counts = private_api.update_counts(tr.optimizer)
-    info = {
-        "group": g,
-        "exchanges": sched.exchanges,
-        "opt_counts": {str(k): int(v) for k, v in counts.items()},
-        "num_update": int(tr.optimizer.num_update),
-    }
+    info = {"group": g, "exchanges": sched.state().exchanges, **fe.optimizer_counts()}
     # MXNet's dist KVStore pulls a key into the CPU array pushed to it last (its comm_buf_,
     # to save a copy), here what the exchange in flight pushed, which EASGD applies later
-    outs = [b.out.copy() for b in sched.all()] if sched.pending is not None else []
-    ps = _pull_ps(tr)
-    for b, out in zip(sched.all(), outs):
-        out.copyto(b.out)  # on MXNet's engine: after those pulls
+    pushed = {name: a for name, a in flight.items() if name.endswith("/out")}
+    outs = {name: a.copy() for name, a in pushed.items()}
+    ps = _pull_ps(fe)
+    for name, a in pushed.items():
+        outs[name].copyto(a)  # on MXNet's engine: after those pulls
     try:
-        arrays = _leader_arrays(tr, g, outs, ps)
+        arrays = _leader_arrays(fe, g, outs, ps)
         return checkpoint.write_shard(path, f"group{g}", arrays), info, None
     except (OSError, CheckpointError) as err:
         client.wait([a for _, a in ps], "checkpoint: reading the PS keys")  # the others' rounds
-        return None, info, f"group {g}'s leader (rank {hvd.rank()}) could not write {path}: {err}"
+        why = f"group {g}'s leader (rank {fe.rank()}) could not write {path}: {err}"
+        return None, info, why
 
 
-def save(tr: Any, path: str) -> None:
+def save(fe: FrontEnd, path: str) -> None:
     """``trainer.save_checkpoint(path)``: collective; every leader writes its group's shard,
     then global rank 0 commits the manifest."""
-    rt, sched = tr._rt, tr._sched
-    topo = rt.topo
-    tr._setup()
+    job, sched = fe.job, fe.schedule
+    topo = job.topo
+    fe.setup()
     entry, error, info = None, None, {}  # type: Tuple[Any, Optional[str], Dict[str, Any]]
     if topo.is_leader:
-        entry, info, error = _save_leader(tr, path, topo.global_group_id)
-    parts = hvd.allgather_object((entry, info, error), name=_name(tr, "save"))
+        entry, info, error = _save_leader(fe, path, topo.global_group_id)
+    parts = fe.allgather_object((entry, info, error), _name(fe, "save"))
     error = next((e for _, _, e in parts if e), None)
     stale: List[str] = []
-    if hvd.rank() == 0 and error is None:
+    if fe.rank() == 0 and error is None:
         groups = {str(i.pop("group")): i for _, i, _ in parts if i}
-        meta = dict(_signature(tr), step=tr.t, pending=sched.pending, launched=sched.launched)
-        meta["mode"], meta["per_group"] = tr.sync.mode, groups
+        state = sched.state()
+        meta = dict(_signature(fe), step=fe.step, pending=state.pending, launched=state.launched)
+        meta["mode"], meta["per_group"] = sched.sync.mode, groups
         try:
             stale = checkpoint.commit(path, [e for e, _, _ in parts if e], meta)
         except (OSError, CheckpointError) as err:
             error = f"writing the checkpoint {path} failed: {err}"
         checkpoint.retire(path, stale)  # the next save's spares (before any leader looks)
-    error = hvd.broadcast_object(error, root_rank=0, name=_name(tr, "saved"))
+    error = fe.broadcast_object(error, _name(fe, "saved"))
     if error:
         if entry is not None:
             checkpoint.abandon(path, [entry["name"]])
         raise CheckpointError(error)
 
 
-def _read_manifest(tr: Any, path: str) -> Dict[str, Any]:
+def _read_manifest(fe: FrontEnd, path: str) -> Dict[str, Any]:
     """Global rank 0 reads and checks the manifest; every rank gets it."""
     found: Any = None
-    if hvd.rank() == 0:
+    if fe.rank() == 0:
         try:
             found = checkpoint.read_manifest(path)
         except CheckpointError as err:
             found = str(err)
-    found = hvd.broadcast_object(found, root_rank=0, name=_name(tr, "load"))
+    found = fe.broadcast_object(found, _name(fe, "load"))
     if isinstance(found, str):
         raise CheckpointError(found)
     return found
 
 
-def _read_arrays(tr: Any, path: str, manifest: Dict[str, Any], g: int) -> Dict[str, np.ndarray]:
+def _read_arrays(
+    fe: FrontEnd, path: str, manifest: Dict[str, Any], g: int
+) -> Dict[str, np.ndarray]:
     """This rank's arrays: its group's, and the PS side if this rank initialises the PS keys
     (others get zeros of their shapes). A refusal on any rank is raised on every rank."""
-    client = tr._rt.client
+    client: Optional[PSClient] = fe.job.client
     ps_reader = client is not None and client.ps_rank == 0
     arrays: Dict[str, np.ndarray] = {}
     error = None
@@ -305,94 +324,69 @@ def _read_arrays(tr: Any, path: str, manifest: Dict[str, Any], g: int) -> Dict[s
             if shard["name"] in wanted:
                 arrays.update(checkpoint.read_shard(path, shard, wanted[shard["name"]]))
         needed = [f"ps/{i}" for i in range(len(manifest["meta"]["buckets"]))]  # load() checked
-        for name in [f"group{g}/param/{p.name}" for p in _trained(tr)] + needed:
+        for name in [f"group{g}/param/{p.name}" for p in fe.parameters()] + needed:
             if name not in arrays:
                 raise CheckpointError(f"{path} has no array {name!r}: it was altered")
     except CheckpointError as err:
         error = str(err)
-    errors = hvd.allgather_object(error, name=_name(tr, "read"))
+    errors = fe.allgather_object(error, _name(fe, "read"))
     refused = next((e for e in errors if e), None)
     if refused:
         raise CheckpointError(refused)
     return arrays
 
 
-def load(tr: Any, path: str) -> None:
+def load(fe: FrontEnd, path: str) -> None:
     """``trainer.load_checkpoint(path)``: collective, before the trainer's first step."""
-    rt, sched = tr._rt, tr._sched
-    topo = rt.topo
+    job, sched = fe.job, fe.schedule
+    topo = job.topo
     if sched.buckets is not None:
         raise CheckpointError(
             "load_checkpoint: call it before the trainer's first step (it sets the PS keys up)"
         )
-    manifest = _read_manifest(tr, path)
+    manifest = _read_manifest(fe, path)
     meta = manifest.get("meta") or {}
-    for key, value in _signature(tr).items():
+    for key, value in _signature(fe).items():
         checkpoint.expect(path, meta, key, value)
     g = topo.global_group_id
-    arrays = _read_arrays(tr, path, manifest, g)
-    for p in _trained(tr):
-        p.set_data(mx.nd.array(arrays[f"group{g}/param/{p.name}"], dtype=p.dtype))
-    _load_local_optimizer(tr, arrays, meta, g)
-    tr._setup([arrays[f"ps/{i}"] for i in range(len(meta["buckets"]))])
-    checkpoint.expect(path, meta, "buckets", _signature(tr)["buckets"])
+    arrays = _read_arrays(fe, path, manifest, g)
+    fe.set_parameters({p.name: arrays[f"group{g}/param/{p.name}"] for p in fe.parameters()})
     mine = meta["per_group"][str(g)]
-    tr._t, sched.exchanges = int(meta["step"]), int(mine["exchanges"])
-    sched.pending, sched.launched = meta["pending"], int(meta["launched"])
-    if sched.pending is not None:
-        rt.in_flight[id(sched)] = sched
+    fe.load_optimizer(_optimizer_arrays(arrays, g), mine)
+    fe.setup([arrays[f"ps/{i}"] for i in range(len(meta["buckets"]))])
+    checkpoint.expect(path, meta, "buckets", _signature(fe)["buckets"])
+    fe.set_step(int(meta["step"]))
+    sched.restore(State(int(mine["exchanges"]), meta["pending"], int(meta["launched"])))
     if topo.is_leader:
-        _load_leader(tr, arrays, meta, g)
+        _load_leader(fe, arrays, meta, g)
 
 
-def _load_local_optimizer(tr: Any, arrays: Dict[str, np.ndarray], meta: Dict[str, Any], g: int):
-    opt, updater = tr.optimizer, private_api.local_updater(tr)
+def _optimizer_arrays(arrays: Dict[str, np.ndarray], g: int) -> Dict[int, Dict[int, np.ndarray]]:
+    """The local optimizer's saved state of group ``g``: parameter index -> leaf -> array."""
     prefix = f"group{g}/opt/"
     saved: Dict[int, Dict[int, np.ndarray]] = {}
     for name, a in arrays.items():
         if name.startswith(prefix):
             index_text, leaf_text = name[len(prefix) :].split("/")
             saved.setdefault(int(index_text), {})[int(leaf_text)] = a
-    trained = private_api.trained_params(tr)
-    for i, leaves in saved.items():
-        state = opt.create_state_multi_precision(i, trained[i].data())
-        have = protocol.state_leaves(state)
-        if len(have) != len(leaves):
-            raise CheckpointError(
-                f"the local optimizer keeps {len(have)} state arrays for parameter {i}, "
-                f"the checkpoint {len(leaves)}: resume with the optimizer it was saved with"
-            )
-        for n, a in enumerate(have):
-            a[:] = mx.nd.array(leaves[n], dtype=a.dtype)
-        updater.states[i] = state
-        updater.states_synced[i] = True
-    mine = meta["per_group"][str(g)]
-    private_api.set_update_counts(opt, {int(k): v for k, v in mine["opt_counts"].items()})
-    opt.num_update = int(mine["num_update"])
+    return saved
 
 
-def _load_leader(tr: Any, arrays: Dict[str, np.ndarray], meta: Dict[str, Any], g: int) -> None:
-    sched = tr._sched
-    buckets, run = sched.all(), sched.bound()
-    if hasattr(run, "starts"):
-        for i, start in enumerate(run.starts()):
-            start[:] = mx.nd.array(arrays[f"group{g}/start/{i}"], dtype=start.dtype)
-    if sched.pending is not None:
-        for b in buckets:
-            for part in ("snap", "pulled", "out"):
-                target = getattr(b, part)
-                saved = arrays[f"group{g}/flight/{b.index}/{part}"]
-                target[:] = mx.nd.array(saved, dtype=target.dtype)
-    leaves = _server_leaves(run.rule)
+def _load_leader(fe: FrontEnd, arrays: Dict[str, np.ndarray], meta: Dict[str, Any], g: int):
+    sched = fe.schedule
+    own = {**sched.state_arrays(), **sched.flight_arrays()}
+    for name, target in own.items():
+        target[:] = mx.nd.array(arrays[f"group{g}/{name}"], dtype=target.dtype)
+    leaves = len(sched.bound().rule.state_layout())
     if not leaves:
         return
     per_group = meta["per_group"].values()
     rounds = [int(v["exchanges"]) for v in per_group]
     count = max(rounds) if meta["mode"] == "sync" else sum(rounds)
     rules = []
-    for b in buckets:
+    for b in sched.all():
         for leaf in range(leaves):
             value = arrays[f"ps/{b.index}/state/{leaf}"]
             rule = protocol.CopyState(b.key, leaf, load=True, count=count)
             rules.append((b, leaf, rule, mx.nd.array(value, dtype=value.dtype)))
-    _copy_states(tr, rules)
+    _copy_states(sched, rules)

@@ -29,6 +29,7 @@ only once the previous round closed, so a leader never pushes a key twice in one
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import horovod.mxnet as hvd
@@ -36,10 +37,12 @@ import mxnet as mx
 
 from ...deadline import deadline
 from ...errors import ConfigError, HvdPsError, NonFiniteError
+from ...ps import protocol
 from . import finite
-from .exchanges import Bucket, Exchange, plan_buckets
+from .buckets import Bucket, plan_buckets
 from .fusion import FusedBuffer
-from .strategies import Strategy
+from .interfaces import Job, PSClient
+from .strategies import Exchange, ServerOptimizer, Strategy
 
 
 def wait_arrays(arrays: List[Any], what: str, timeout: float) -> None:
@@ -55,17 +58,46 @@ def wait_arrays(arrays: List[Any], what: str, timeout: float) -> None:
             raise HvdPsError(f"{what} failed: {cause}") from None
 
 
+@dataclass(frozen=True)
+class Param:
+    """A trained parameter as a front end hands it to the core: its name and its data and
+    gradient arrays (MXNet NDArrays on the CPU, which the fused op and the PS client take)."""
+
+    name: str
+    data: Any
+    grad: Any
+
+
+@dataclass(frozen=True)
+class State:
+    """A schedule's counters, as a checkpoint keeps them (:meth:`Schedule.state`)."""
+
+    #: exchanges this group has started
+    exchanges: int
+    #: the step at which the exchange in flight is applied (None: none in flight)
+    pending: Optional[int]
+    #: the step the exchange in flight started at
+    launched: int
+
+
 class Schedule:
     """The fused buckets of one trainer and the exchanges of its group with the PS tier."""
 
-    def __init__(self, rt: Any, sync: Strategy, prefix: str, optimizer: Any = None) -> None:
+    def __init__(
+        self,
+        rt: Job,
+        sync: Strategy,
+        prefix: str,
+        optimizer: Optional[ServerOptimizer] = None,
+    ) -> None:
         self.rt = rt
         self.sync = sync
         self.prefix = prefix
         self.optimizer = optimizer  # GradientPush: the servers' optimizer (name, numbers)
         self.run: Optional[Exchange] = None  # the strategy bound to this job, at setup
-        #: checkpoints: the companion key of each (bucket, server-state array)
-        self.state_keys: Dict[Tuple[int, int], int] = {}
+        #: checkpoints: the companion key of each (bucket, server-state array), and the rule
+        #: it was last given (a save resends only a change)
+        self._companions: Dict[Tuple[int, int], Tuple[int, protocol.CopyState]] = {}
         self.buckets: Optional[List[Bucket]] = None
         self.bcast: List[Any] = []  # one broadcast buffer per bucket
         self.saved: List[Any] = []  # global_model(): the local parameters, allocated once
@@ -90,18 +122,62 @@ class Schedule:
             raise HvdPsError("the trainer's strategy is not bound yet (it has not taken a step)")
         return self.run
 
-    def client(self) -> Any:
+    def client(self) -> PSClient:
         client = self.rt.client
         if client is None:
             raise HvdPsError("this rank is not its group's leader and has no PS client")
         return client
 
+    # -- checkpoints ----------------------------------------------------------------------------
+    def state(self) -> State:
+        """The counters a checkpoint keeps."""
+        return State(self.exchanges, self.pending, self.launched)
+
+    def restore(self, state: State) -> None:
+        """Continue from a checkpoint's counters (after :meth:`setup`); an exchange that was in
+        flight is applied at its step, as without the stop."""
+        self.exchanges, self.pending, self.launched = state.exchanges, state.pending, state.launched
+        if self.pending is not None:
+            self.rt.in_flight.add(self)
+
+    def flight_arrays(self) -> Dict[str, Any]:
+        """A leader's arrays of the exchange in flight, by name (``flight/<i>/<part>``): the
+        snapshot ``x_t``, what the PS returned, what was pushed. Empty if none is in flight."""
+        if self.pending is None:
+            return {}
+        out = {}
+        for b in self.all():
+            for part, a in (("snap", b.snap), ("pulled", b.pulled), ("out", b.out)):
+                out[f"flight/{b.index}/{part}"] = a
+        return out
+
+    def state_arrays(self) -> Dict[str, Any]:
+        """The arrays the strategy's exchange keeps between exchanges (DiLoCo's ``x_start``),
+        by name (``start/<i>``)."""
+        return self.bound().state_arrays()
+
+    def companion_key(self, b: Bucket, leaf: int, rule: protocol.CopyState, initial: Any) -> int:
+        """The PS key that carries bucket ``b``'s server-state array ``leaf`` to or from the
+        servers (checkpoints), set to ``rule``: registered on first use, commanded again only
+        when the rule changes."""
+        client = self.client()
+        known = self._companions.get((b.index, leaf))
+        if known is None:
+            key = client.register(f"{self.prefix}state.{b.index}.{leaf}", initial, rule)
+        else:
+            key = known[0]
+            if known[1] != rule:
+                client.command(key, rule)
+        self._companions[(b.index, leaf)] = (key, rule)
+        return key
+
     # -- set-up ---------------------------------------------------------------------------------
-    def setup(self, trained: List[Any], ps_initial: Optional[List[Any]] = None) -> None:
+    def setup(self, trained: List[Param], ps_initial: Optional[List[Any]] = None) -> None:
         """Fused buffers, per-bucket scratch (allocated once), PS keys and updaters.
 
-        ``ps_initial`` (a checkpoint's, one flat array per bucket) replaces the keys' initial
-        values the strategy would compute from the parameters."""
+        ``trained``: the trained parameters as a front end hands them over (name, data array,
+        gradient array). ``ps_initial`` (a checkpoint's, one flat array per bucket) replaces
+        the keys' initial values the strategy would compute from the parameters."""
         topo, sync, wire = self.rt.topo, self.sync, self.wire
         if self.rt.rejoined and sync.mode == "sync":
             err = ConfigError(
@@ -112,11 +188,11 @@ class Schedule:
             err.every_rank = True
             raise err
         run = self.run = sync.bind(topo.total_groups, wire, self.optimizer)
-        plan = plan_buckets([p.data() for p in trained], int(self.rt.cfg.bucket_mb * 2**20))
+        plan = plan_buckets([p.data for p in trained], int(self.rt.cfg.bucket_mb * 2**20))
         buckets = []
         for i, idx in enumerate(plan):
             ps = [trained[j] for j in idx]
-            params, grads = FusedBuffer([p.data() for p in ps]), FusedBuffer([p.grad() for p in ps])
+            params, grads = FusedBuffer([p.data for p in ps]), FusedBuffer([p.grad for p in ps])
             b = Bucket(i, params, grads, names=[p.name for p in ps])
             self.bcast.append(mx.nd.zeros((b.params.size,), dtype=b.params.dtype))
             buckets.append(b)
@@ -179,7 +255,7 @@ class Schedule:
                 self.bound().launch(b, client)
         self.pending = t + self.sync.overlap
         self.launched = t
-        self.rt.in_flight[id(self)] = self
+        self.rt.in_flight.add(self)
         self.exchanges += 1
 
     def complete(self, why: str) -> None:
@@ -187,7 +263,7 @@ class Schedule:
         if self.pending is None:
             return
         self.pending = None
-        self.rt.in_flight.pop(id(self), None)
+        self.rt.in_flight.discard(self)
         topo = self.rt.topo
         refused, self.refused = self.refused, None
         if topo.is_leader and refused is None:
@@ -216,7 +292,7 @@ class Schedule:
             return None
         return f"group {topo.global_group_id} (leader rank {topo.leader}), {why}"
 
-    def _wait_ps(self, client: Any, what: str) -> None:
+    def _wait_ps(self, client: PSClient, what: str) -> None:
         start = time.perf_counter()
         client.wait([b.pulled for b in self.all()], what)
         self.ps_wait_s += time.perf_counter() - start

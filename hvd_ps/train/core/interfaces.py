@@ -1,0 +1,110 @@
+"""The seams of the core, as types: what it needs of the PS client, of the job it runs in, of
+a strategy's leader exchange, and the registry of exchanges in flight.
+
+The core never names a concrete class across these seams: :class:`hvd_ps.ps.client.Client` is a
+:class:`PSClient`, :class:`hvd_ps.train.runtime.Runtime` a :class:`Job`, and each strategy's
+exchange (:mod:`hvd_ps.train.core.strategies`) an :class:`~.strategies.base.Exchange`. mypy checks
+each of them against these protocols where they are handed over.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Protocol
+
+from ... import config, topology
+from ...ps import protocol
+
+
+class PSClient(Protocol):
+    """A group leader's connection to the PS tier (:class:`hvd_ps.ps.client.Client`).
+
+    Every transfer only queues work on MXNet's engine; :meth:`wait` is the one bounded wait."""
+
+    @property
+    def cfg(self) -> config.Config: ...
+
+    @property
+    def mode(self) -> Optional[str]: ...
+
+    @property
+    def where(self) -> str:
+        """The tier, for messages (``PS tier at host:port (n server(s))``)."""
+        ...
+
+    @property
+    def ps_rank(self) -> int:
+        """This leader's rank among the tier's workers (0 initialises the keys)."""
+        ...
+
+    @property
+    def rejoined(self) -> bool:
+        """This leader took the place of its group's dead predecessor (async, shared tier)."""
+        ...
+
+    def set_mode(self, mode: str) -> None: ...
+
+    def register(self, name: str, initial: Any, rule: protocol.Rule, out: Any = None) -> int:
+        """A PS key named ``name`` set to ``initial`` with the servers' ``rule``; its id."""
+        ...
+
+    def command(self, key: int, rule: protocol.Rule) -> None: ...
+
+    def push(self, key: int, value: Any) -> None: ...
+
+    def exchange(self, key: int, push: Optional[Any], pull: Any, wait: bool = True) -> None: ...
+
+    def wait(self, arrays: List[Any], what: str) -> None: ...
+
+    def barrier(self, what: str) -> None: ...
+
+
+class Completable(Protocol):
+    """Something with an exchange in flight that :func:`hvd_ps.shutdown` must complete."""
+
+    def complete(self, why: str) -> None: ...
+
+
+class InFlight:
+    """The schedules with an overlapped exchange in flight, in the order they started it (the
+    same on every rank). Held strongly, so that no rank's garbage collector can drop one that
+    another rank still completes; ``hvd_ps.shutdown`` completes them first."""
+
+    def __init__(self) -> None:
+        self._items: Dict[int, Completable] = {}
+
+    def add(self, item: Completable) -> None:
+        self._items[id(item)] = item
+
+    def discard(self, item: Completable) -> None:
+        self._items.pop(id(item), None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def complete_all(self, why: str) -> None:
+        """Complete every exchange in flight, in the order they started."""
+        for item in list(self._items.values()):
+            item.complete(why)
+
+
+class Job(Protocol):
+    """What the core needs of the job it runs in (:class:`hvd_ps.train.runtime.Runtime`)."""
+
+    @property
+    def cfg(self) -> config.Config: ...
+
+    @property
+    def topo(self) -> topology.Topology: ...
+
+    @property
+    def client(self) -> Optional[PSClient]:
+        """The PS client on a group's leader, None on the other ranks."""
+        ...
+
+    @property
+    def in_flight(self) -> InFlight: ...
+
+    @property
+    def rejoined(self) -> bool:
+        """This job's groups took the places of dead ones on a shared tier."""
+        ...

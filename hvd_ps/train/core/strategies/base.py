@@ -1,0 +1,201 @@
+"""What every strategy has: its value's base class, its leader exchange's base class, and the
+registry that ties a strategy's value type to its exchange.
+
+A strategy lives in one file of this package: its value (a frozen dataclass of its arguments),
+its :class:`Exchange` (the leader's math and the servers' rule, a record of
+:mod:`hvd_ps.ps.protocol`, whose state layout checkpoints read from the record), and one
+:func:`register` call. Nothing else in hvd_ps names a strategy's class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type
+
+from .... import arguments
+from ....errors import ConfigError, HvdPsError
+from ....ps import protocol
+from ..buckets import Bucket, fresh
+from ..interfaces import PSClient
+
+MODES = ("sync", "async")
+#: GradientPush's server optimizer: its name and numeric arguments
+ServerOptimizer = Tuple[str, Dict[str, Any]]
+
+
+class _CheckedArguments(type):
+    """A strategy's arguments are checked by name before its constructor sees them: an unknown
+    keyword is a :class:`ConfigError` naming the closest valid one, not a ``TypeError``."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if dataclasses.is_dataclass(cls):
+            names = [f.name for f in dataclasses.fields(cls)]
+            listed = f"(its arguments: {', '.join(names)})"
+            if len(args) > len(names):
+                raise ConfigError(
+                    f"{cls.__name__} takes at most {len(names)} arguments {listed}, "
+                    f"got {len(args)} positional"
+                )
+            for key in kwargs:
+                if key in names[: len(args)]:
+                    raise ConfigError(f"{cls.__name__}: {key} given twice, by position and name")
+                if key not in names:
+                    close = difflib.get_close_matches(key, names, n=1)
+                    hint = f": did you mean {close[0]!r}?" if close else ""
+                    raise ConfigError(f"{cls.__name__} has no argument {key!r}{hint} {listed}")
+        return super().__call__(*args, **kwargs)
+
+
+class Strategy(metaclass=_CheckedArguments):
+    """Base of the strategies: a period, a mode, an overlap, and how to bind to a job.
+
+    Not a dataclass itself, so that each strategy (a frozen dataclass) declares its own
+    arguments as fields in the order its constructor takes them; these class defaults stand
+    for the ones a strategy does not take.
+    """
+
+    period = 1
+    mode = "sync"
+    overlap = 0
+    #: the modes the strategy has
+    modes: ClassVar[Tuple[str, ...]] = MODES
+    #: whether the trainer's own optimizer updates the parameters every step
+    local_update: ClassVar[bool] = True
+    #: whether the servers run the trainer's optimizer (it must then travel by name)
+    server_optimizer: ClassVar[bool] = False
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def validate(self, num_groups: int) -> None:
+        """Check arguments that depend on the number of groups (all jobs on the tier)."""
+
+    def bind(
+        self,
+        num_groups: int,
+        wire: Optional[str],
+        optimizer: Optional[ServerOptimizer] = None,
+    ) -> Exchange:
+        """This strategy's exchange for a job of ``num_groups`` groups whose PS traffic is in
+        ``wire`` (``None``: the parameters' dtype). ``optimizer`` is the servers' optimizer of a
+        strategy with :attr:`server_optimizer`. Checks :meth:`validate` first."""
+        entry = _REGISTRY.get(type(self))
+        if entry is None:
+            raise ConfigError(f"sync: {self!r} is not one of hvd_ps's strategies")
+        self.validate(num_groups)
+        return entry.exchange(self, num_groups, wire, optimizer)
+
+    def describe(self) -> str:
+        return repr(self)
+
+    def _check_common(self) -> None:
+        """Check and normalise ``period``, ``mode`` and ``overlap`` (in ``__post_init__``)."""
+        period = arguments.integer("period", self.period, low=1)
+        store(self, period=period, mode=_mode(self))
+        overlap = arguments.integer(
+            "overlap", self.overlap, low=0, high=period, hint="it must be below period"
+        )
+        store(self, overlap=overlap)
+
+
+def store(obj: Any, **values: Any) -> None:
+    """Store checked (normalised) values on a frozen dataclass, in ``__post_init__``."""
+    for name, value in values.items():
+        object.__setattr__(obj, name, value)
+
+
+def _mode(strategy: Strategy) -> str:
+    """``strategy.mode``, checked against the modes its class has."""
+    value, allowed, owner = strategy.mode, strategy.modes, type(strategy).__name__
+    if value not in allowed:
+        msg = f"mode must be one of {', '.join(allowed)}, got {value!r}"
+        others = [k.__name__ for k in _REGISTRY if value in k.modes and k.__name__ != owner]
+        close = difflib.get_close_matches(str(value), allowed, n=1)
+        if others:
+            names = ", ".join(others[:-1]) + f" and {others[-1]}" if len(others) > 1 else others[0]
+            msg += (
+                f": {owner} has no {value} mode; {names} {'have' if len(others) > 1 else 'has'} one"
+            )
+        elif close:
+            msg += f": did you mean {close[0]!r}?"
+        raise ConfigError(msg)
+    return str(value)
+
+
+class Exchange:
+    """A strategy bound to a job: ``G`` groups, PS traffic in ``wire`` (None: as the params).
+
+    The leader's side of one strategy on one :class:`~..buckets.Bucket` at a time. Every
+    method only queues work on MXNet's engine; the schedule waits once for all buckets, so
+    what follows a pull reads it through engine operations. State an exchange keeps between
+    exchanges (DiLoCo's ``x_start``) lives here, never on the strategy value the user made,
+    and checkpoints see it only through :meth:`state_arrays`."""
+
+    #: whether the strategy can start an exchange and apply it later (:meth:`launch`)
+    overlaps: ClassVar[bool] = True
+
+    def __init__(self, strategy: Strategy, num_groups: int, wire: Optional[str]) -> None:
+        self.strategy = strategy
+        self.groups = num_groups
+        self.wire = wire
+        #: the servers' rule for every key of the trainer
+        self.rule: protocol.Rule = protocol.Assign()
+        #: ``pull_global`` sets ``x = global_scale * (value on the PS)``
+        self.global_scale = 1.0
+
+    def initial(self, b: Bucket) -> Any:
+        """The key's initial value on the PS (default: the parameters)."""
+        return b.params.pack(dtype=self.wire, out=fresh(b, self.wire))
+
+    def rejoin(self, b: Bucket) -> None:
+        """A group that rejoins the tier: ``x = global_scale * (the key's value)``, which the
+        leader pulled into ``b.pulled`` (the centre, the servers' weights)."""
+        b.params.unpack(b.pulled, alpha=self.global_scale)
+
+    def exchange(self, b: Bucket, client: PSClient) -> None:
+        """The blocking exchange of one bucket; leaves the new ``x`` in the parameters."""
+        raise HvdPsError(f"{type(self).__name__} defines no exchange")
+
+    def launch(self, b: Bucket, client: PSClient) -> None:
+        """Overlap: start the exchange from the snapshot ``b.snap`` (packed by the schedule)
+        without waiting; the parameters are not touched."""
+        raise HvdPsError(f"{self.strategy.name} has no overlapped exchange")
+
+    def apply(self, b: Bucket) -> None:
+        """Overlap: apply the exchange :meth:`launch` started to the current parameters (the
+        schedule has waited for ``b.pulled``)."""
+        raise HvdPsError(f"{self.strategy.name} has no overlapped exchange")
+
+    def state_arrays(self) -> Dict[str, Any]:
+        """The arrays this exchange keeps between exchanges, by a name unique within the
+        trainer (checkpoints write them and load into them in place). Default: none."""
+        return {}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One strategy: its value type and how to make its exchange for a job."""
+
+    strategy: Type[Strategy]
+    make: Any  # (strategy, num_groups, wire, optimizer) -> Exchange
+
+    def exchange(
+        self, s: Strategy, num_groups: int, wire: Optional[str], opt: Optional[ServerOptimizer]
+    ) -> Exchange:
+        return self.make(s, num_groups, wire, opt)
+
+
+_REGISTRY: Dict[Type[Strategy], Entry] = {}
+
+
+def register(strategy: Type[Strategy], make: Any) -> None:
+    """Add a strategy: ``make(strategy, num_groups, wire, optimizer)`` returns its exchange."""
+    _REGISTRY[strategy] = Entry(strategy, make)
+
+
+def registered() -> List[Type[Strategy]]:
+    """Every strategy's value type, in the order they were registered."""
+    return list(_REGISTRY)

@@ -1,0 +1,67 @@
+"""ModelAverage: hierarchical local SGD, the groups' parameters averaged every ``period`` steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional, Tuple
+
+from ....ps import protocol
+from ..buckets import Bucket
+from ..interfaces import PSClient
+from .base import Exchange, ServerOptimizer, Strategy, register
+
+
+@dataclass(frozen=True)
+class ModelAverage(Strategy):
+    """Hierarchical local SGD: every ``period`` steps the groups' parameters are averaged,
+    ``x = (1/G) sum_g x_g`` (sync only).
+
+    ``overlap=tau`` (``0 <= tau < period``) starts the exchange from a snapshot ``x_t`` and
+    applies it ``tau`` steps later: ``x = mean_g(x_{g,t}) + (x_{t+tau} - x_t)``.
+
+    Example::
+
+        sync = hvd_ps.ModelAverage(period=8)
+        sync = hvd_ps.ModelAverage(period=16, overlap=4)  # the exchange hides behind 4 steps
+    """
+
+    period: int = 1
+    mode: str = "sync"
+    overlap: int = 0
+    modes: ClassVar[Tuple[str, ...]] = ("sync",)
+
+    def __post_init__(self) -> None:
+        self._check_common()
+
+    def __repr__(self) -> str:
+        return f"ModelAverage(period={self.period}, overlap={self.overlap})"
+
+
+class ModelAverageExchange(Exchange):
+    def __init__(
+        self, s: ModelAverage, groups: int, wire: Optional[str], _: Optional[ServerOptimizer]
+    ) -> None:
+        super().__init__(s, groups, wire)
+        self.rule = protocol.Assign()  # the servers keep the sum of a round
+        self.global_scale = 1.0 / groups
+
+    def initial(self, b: Bucket) -> Any:
+        # The PS holds the sum of a round; start as if every group had pushed x0.
+        flat = super().initial(b)
+        return b.params.pack_axpby(flat, float(self.groups), 0.0, dtype=self.wire, out=flat)
+
+    def exchange(self, b: Bucket, client: PSClient) -> None:
+        b.params.pack(dtype=self.wire, out=b.out)
+        client.exchange(b.key, b.out, b.pulled, wait=False)
+        b.params.unpack(b.pulled, alpha=1.0 / self.groups)
+
+    def launch(self, b: Bucket, client: PSClient) -> None:
+        b.snapshot().pack(dtype=self.wire, out=b.out)  # push x_t
+        client.exchange(b.key, b.out, b.pulled, wait=False)
+
+    def apply(self, b: Bucket) -> None:
+        b.snapshot().unpack(b.pulled, alpha=1.0 / self.groups, beta=-1.0)  # mean - x_t
+        b.params.unpack(b.snap, alpha=1.0, beta=1.0)  # x += mean - x_t
+
+
+register(ModelAverage, ModelAverageExchange)
