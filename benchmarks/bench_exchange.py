@@ -57,7 +57,7 @@ def worker(rounds: int, scale: float) -> None:
     keys = [client.register(f"a{i}", a, protocol.Assign()) for i, a in enumerate(arrays)]
     outs = [mx.nd.zeros(s) for s in shapes]
     # hvd_ps's default: fused buffers of at most HVD_PS_BUCKET_MB, one key each, overlapped
-    plan = plan_buckets(arrays, int(runtime.runtime().cfg.bucket_mb * 2**20))
+    plan = plan_buckets(arrays, int(runtime.runtime().cfg.settings.bucket_mb * 2**20))
     bufs = [hvd_ps.FusedBuffer([arrays[i] for i in idx]) for idx in plan]
     bflats = [b.pack() for b in bufs]
     bpulled = [mx.nd.zeros((b.size,)) for b in bufs]

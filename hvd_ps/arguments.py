@@ -15,21 +15,29 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Type
 
-from .errors import ConfigError
+from .errors import ConfigError, HvdPsError
 
 
-def integer(name: str, value: Any, low: int = 0, high: Optional[int] = None, hint: str = "") -> int:
+def integer(
+    name: str,
+    value: Any,
+    low: int = 0,
+    high: Optional[int] = None,
+    hint: str = "",
+    error: Type[HvdPsError] = ConfigError,
+) -> int:
     """``value`` as an ``int`` with ``low <= value`` (and ``value < high`` if given).
 
-    ``hint`` follows the message after a colon (what to do, or what the argument means)."""
+    ``hint`` follows the message after a colon (what to do, or what the argument means);
+    ``error`` is the class raised (a :class:`~hvd_ps.errors.TopologyError` for a grouping)."""
     inside = not isinstance(value, bool) and isinstance(value, int) and value >= low
     if inside and high is not None:
         inside = value < high
     if not inside:
         span = f">= {low}" if high is None else f"with {low} <= {name} < {high}"
-        raise ConfigError(f"{name} must be an integer {span}, got {value!r}" + _tail(hint))
+        raise error(f"{name} must be an integer {span}, got {value!r}" + _tail(hint))
     return int(value)
 
 
@@ -46,8 +54,11 @@ def number(
         raise ConfigError(f"{name} must be a number, got {value!r}" + _tail(hint))
     inside = (low < value if open_low else low <= value) and value < high
     if not inside:  # also nan
-        lo = "(" if open_low else "["
-        raise ConfigError(f"{name} must be in {lo}{low}, {high}), got {value!r}" + _tail(hint))
+        if high == math.inf:
+            span = f"{'>' if open_low else '>='} {low:g}"
+        else:
+            span = f"in {'(' if open_low else '['}{low:g}, {high:g})"
+        raise ConfigError(f"{name} must be a number {span}, got {value!r}" + _tail(hint))
     return float(value)
 
 

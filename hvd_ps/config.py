@@ -67,7 +67,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional, Tuple
 
 from .errors import ConfigError
@@ -76,8 +76,8 @@ WIRE_DTYPES = ("float32", "float16")
 
 
 @dataclass(frozen=True)
-class Config:
-    """Validated settings of one process."""
+class Settings:
+    """What a user sets: the knobs of the table above that change how a job runs."""
 
     timeout: float = 300.0
     num_servers: int = 1
@@ -85,6 +85,16 @@ class Config:
     wire_dtype: str = "float32"
     bucket_mb: float = 4.0
     log_level: str = "WARNING"
+    heartbeat: int = 6
+    audit_dir: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What launchers set (``hvdps-run``, MXNet's launch tools): where the tier is, the job's
+    place on it, and the secrets and addresses of the rendezvous. A user sets these only to
+    join a tier by hand."""
+
     ps_root_uri: Optional[str] = None
     ps_root_port: Optional[int] = None
     ps_num_servers: Optional[int] = None
@@ -97,14 +107,21 @@ class Config:
     launcher: Optional[Tuple[str, int]] = None
     launcher_token: str = ""
     roster: Optional[Tuple[str, int]] = None
-    heartbeat: int = 6
-    audit_dir: Optional[str] = None
     own_scheduler: bool = False
 
     @property
     def external_tier(self) -> bool:
         """True when a PS tier address was given, i.e. ranks join it instead of starting one."""
         return self.ps_root_uri is not None
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated configuration of one process: the user's settings and the launcher's wiring.
+    ``hvd_ps.init`` (or a process's ``main``) loads it once and passes it down."""
+
+    settings: Settings = field(default_factory=Settings)
+    wiring: Wiring = field(default_factory=Wiring)
 
 
 def _number(env: Mapping[str, str], name: str, default: float, kind: type, minimum: float) -> float:
@@ -178,13 +195,17 @@ def load(environ: Optional[Mapping[str, str]] = None) -> Config:
     level = env.get("HVD_PS_LOG_LEVEL", "WARNING").strip().upper() or "WARNING"
     if not isinstance(logging.getLevelName(level), int):
         raise ConfigError(f"HVD_PS_LOG_LEVEL={level!r} is not a logging level (e.g. INFO)")
-    return Config(
+    settings = Settings(
         timeout=float(_number(env, "HVD_PS_TIMEOUT", 300.0, float, 0.1)),
         num_servers=int(_number(env, "HVD_PS_NUM_SERVERS", 1, int, 1)),
         fusion_threads=int(_number(env, "HVD_PS_FUSION_THREADS", 0, int, 0)),
         wire_dtype=wire,
         bucket_mb=float(_number(env, "HVD_PS_BUCKET_MB", 4.0, float, 0.0)),
         log_level=level,
+        heartbeat=int(_number(env, "HVD_PS_HEARTBEAT", 6, int, 2)),
+        audit_dir=env.get("HVD_PS_AUDIT_DIR") or None,
+    )
+    wiring = Wiring(
         ps_root_uri=uri,
         ps_root_port=port,
         ps_num_servers=int(_number(env, "DMLC_NUM_SERVER", 1, int, 1)) if ps_servers else None,
@@ -199,10 +220,9 @@ def load(environ: Optional[Mapping[str, str]] = None) -> Config:
         launcher=_launcher(env),
         launcher_token=env.get("HVD_PS_LAUNCHER_TOKEN", ""),
         roster=_address(env, "HVD_PS_ROSTER"),
-        heartbeat=int(_number(env, "HVD_PS_HEARTBEAT", 6, int, 2)),
-        audit_dir=env.get("HVD_PS_AUDIT_DIR") or None,
         own_scheduler=_flag(env, "HVD_PS_OWN_SCHEDULER"),
     )
+    return Config(settings, wiring)
 
 
 def ps_environment(

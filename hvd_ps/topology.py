@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence
 
+from . import arguments
 from .errors import ConfigError, TopologyError
 
 
@@ -37,8 +38,7 @@ def plan(
     if groups is not None:
         return _check_partition(world_size, groups)
     if group_size is not None:
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-            raise TopologyError(f"group_size must be a positive integer, got {group_size!r}")
+        arguments.integer("group_size", group_size, low=1, error=TopologyError)
         if world_size % group_size:
             raise TopologyError(
                 f"group_size={group_size} does not divide the world size {world_size}: pass a "

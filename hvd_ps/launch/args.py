@@ -200,7 +200,7 @@ def make_plan(opts: argparse.Namespace, cfg: config.Config) -> Plan:
     remote = [h for h in dict.fromkeys(hosts + server_hosts) if not is_local(h)]
     if remote and not opts.ps_host:
         raise UsageError(f"--ps-host is required with remote hosts ({', '.join(remote)})")
-    num_servers = cfg.num_servers if opts.num_servers is None else opts.num_servers
+    num_servers = cfg.settings.num_servers if opts.num_servers is None else opts.num_servers
     if num_servers < 1:
         raise UsageError(f"--num-servers must be >= 1, got {num_servers}")
     workers = opts.num_workers
@@ -234,7 +234,7 @@ def make_plan(opts: argparse.Namespace, cfg: config.Config) -> Plan:
         port=opts.ps_port,
         num_workers=workers,
         servers=[h if h in remote else None for h in servers],
-        timeout=opts.timeout if opts.timeout is not None else min(cfg.timeout, 120.0),
+        timeout=opts.timeout if opts.timeout is not None else min(cfg.settings.timeout, 120.0),
         remote=bool(remote),
         group_size=opts.group_size,
     )

@@ -159,7 +159,10 @@ def _heartbeats(opts: argparse.Namespace) -> Dict[str, str]:
     life)."""
     if not opts.servers_only:
         return {}
-    return {**config.heartbeat_environment(config.load().heartbeat), "HVD_PS_OWN_SCHEDULER": "1"}
+    return {
+        **config.heartbeat_environment(config.load().settings.heartbeat),
+        "HVD_PS_OWN_SCHEDULER": "1",
+    }
 
 
 def node_host(plan: Plan) -> Dict[str, str]:
@@ -312,7 +315,7 @@ def serve(tier: Tier, plan: Plan, sigs: Signals) -> int:
     total = tier.local.num_workers
     cfg = config.load()
     try:
-        roster = Roster(plan.ps_host, total, cfg.heartbeat, cfg.timeout, say)
+        roster = Roster(plan.ps_host, total, cfg.settings.heartbeat, cfg.settings.timeout, say)
     except OSError as err:
         raise HvdPsError(f"cannot listen on --ps-host {plan.ps_host}: {err.strerror}") from None
     print(f"export HVD_PS_TOTAL_GROUPS={total}")
@@ -351,7 +354,7 @@ def _exec_rank(command: List[str]) -> int:
     Returns only on failure: 1 for a bad environment, 127 when ``command`` cannot run."""
     try:
         cfg = config.load()
-        root = cfg.ps_root_uri or (cfg.launcher[0] if cfg.launcher else None)
+        root = cfg.wiring.ps_root_uri or (cfg.wiring.launcher[0] if cfg.wiring.launcher else None)
         if root is None:
             raise ConfigError(
                 "--exec-rank needs DMLC_PS_ROOT_URI or HVD_PS_LAUNCHER in the environment "

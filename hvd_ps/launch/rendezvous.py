@@ -37,14 +37,14 @@ def grouping(
     cfg: config.Config, group_size: Optional[int], groups: Optional[Sequence[Sequence[int]]]
 ) -> Tuple[Optional[int], Optional[Sequence[Sequence[int]]]]:
     """The grouping ``hvd_ps.init`` uses: the script's, else ``hvdps-run --group-size``'s."""
-    if group_size is None and groups is None and cfg.launch_group_size is not None:
-        return cfg.launch_group_size, None
+    if group_size is None and groups is None and cfg.wiring.launch_group_size is not None:
+        return cfg.wiring.launch_group_size, None
     return group_size, groups
 
 
 def check(cfg: config.Config, topo: topology.Topology) -> None:
     """Raise on every rank if the script's grouping contradicts what hvdps-run was told."""
-    size = cfg.launch_group_size
+    size = cfg.wiring.launch_group_size
     if size is not None:
         expected = topology.plan(len(topo.hosts), group_size=size)
         if topo.groups != expected:
@@ -53,7 +53,7 @@ def check(cfg: config.Config, topo: topology.Topology) -> None:
                 f"(HVD_PS_GROUP_SIZE) makes {expected}: give the grouping once, either in the "
                 "script or to hvdps-run"
             )
-    count = cfg.launch_num_groups
+    count = cfg.wiring.launch_num_groups
     if count is not None and count != topo.num_groups:
         raise TierError(
             f"the PS tier hvdps-run started expects {count} leaders (--num-groups {count}), "
@@ -64,16 +64,24 @@ def check(cfg: config.Config, topo: topology.Topology) -> None:
 
 def ask(cfg: config.Config, num_groups: int, world_size: int) -> Tuple[str, int, int]:
     """Rank 0: tell hvdps-run the job's number of groups; returns (uri, port, num_servers)."""
-    assert cfg.launcher is not None
-    host, port = cfg.launcher
+    assert cfg.wiring.launcher is not None
+    host, port = cfg.wiring.launcher
     where = f"hvdps-run at {host}:{port} (HVD_PS_LAUNCHER)"
     try:
-        with socket.create_connection((host, port), timeout=min(30.0, cfg.timeout)) as sock:
+        with socket.create_connection(
+            (host, port), timeout=min(30.0, cfg.settings.timeout)
+        ) as sock:
             messages.send(
                 sock,
-                {"token": cfg.launcher_token, "num_groups": num_groups, "world_size": world_size},
+                {
+                    "token": cfg.wiring.launcher_token,
+                    "num_groups": num_groups,
+                    "world_size": world_size,
+                },
             )
-            reply = messages.receive(sock, cfg.timeout)  # hvdps-run starts the tier meanwhile
+            reply = messages.receive(
+                sock, cfg.settings.timeout
+            )  # hvdps-run starts the tier meanwhile
     except (OSError, ValueError) as err:
         raise TierError(f"asking {where} to start the PS tier failed: {err}") from None
     if "error" in reply:

@@ -85,15 +85,15 @@ class Client:
         import mxnet as mx
 
         # several jobs may share one tier: it then has more workers than this job has groups
-        workers = self.cfg.ps_num_workers or self.num_groups
-        host = self.cfg.node_host or addresses.route_address(self.uri)
-        roster = self.cfg.roster
+        workers = self.cfg.wiring.ps_num_workers or self.num_groups
+        host = self.cfg.wiring.node_host or addresses.route_address(self.uri)
+        roster = self.cfg.wiring.roster
         config.set_worker_environment(
             self.uri, self.port, self.num_servers, workers, host, heartbeats=roster is not None
         )
         what = f"group {self.group_id}'s leader connecting to the {self.where}"
         if roster is not None:
-            self.lease = Lease(roster, self.group_id, self.num_groups, self.cfg.timeout)
+            self.lease = Lease(roster, self.group_id, self.num_groups, self.cfg.settings.timeout)
             if self.lease.rejoin:
                 # ps-lite answers a node that registers only once it counts the old one dead
                 sys.stderr.write(
@@ -104,7 +104,7 @@ class Client:
                 sys.stderr.flush()
                 time.sleep(self.lease.wait)
                 what = f"group {self.group_id}'s leader rejoining the {self.where}"
-        with deadline(what + " (are all servers and leaders up?)", self.cfg.timeout):
+        with deadline(what + " (are all servers and leaders up?)", self.cfg.settings.timeout):
             try:
                 self.kv = mx.kv.create("dist_async")
             except mx.base.MXNetError as err:
@@ -120,7 +120,7 @@ class Client:
         return int(self.kv.rank)
 
     def barrier(self, what: str) -> None:
-        with deadline(f"PS barrier of the leaders ({what})", self.cfg.timeout):
+        with deadline(f"PS barrier of the leaders ({what})", self.cfg.settings.timeout):
             private_api.kv_barrier(self.kv)
 
     def set_mode(self, mode: str) -> None:
@@ -146,7 +146,7 @@ class Client:
         if self.lease is not None:
             self.lease.report_mode(mode)  # a sync group's death is fatal to the others
         if mode == "sync" and self.ps_rank == 0:
-            with deadline(f"switching the {self.where} to sync mode", self.cfg.timeout):
+            with deadline(f"switching the {self.where} to sync mode", self.cfg.settings.timeout):
                 private_api.kv_command(self.kv, protocol.SYNC_MODE_HEAD, "")
         self.mode = mode
         self.barrier(f"switching to {mode} mode")
@@ -167,7 +167,9 @@ class Client:
             self.command(key, rule)
             if self.lease is not None:
                 self.lease.report_key(key, name, size, dtype)
-        with deadline(f"initialising PS key {key} ({name}) on the {self.where}", self.cfg.timeout):
+        with deadline(
+            f"initialising PS key {key} ({name}) on the {self.where}", self.cfg.settings.timeout
+        ):
             if not self.rejoined:
                 self.kv.init(key, initial)
             # MXNet 1.9.1's KVStoreDist caches how a key maps onto the servers the first time
@@ -189,7 +191,7 @@ class Client:
         body = protocol.Command(key, rule).encode()
         # waits for every server's reply: a dead server would block it for ever
         what = f"sending the {rule.updater!r} updater of PS key {key} to the {self.where}"
-        with deadline(what, self.cfg.timeout):
+        with deadline(what, self.cfg.settings.timeout):
             private_api.kv_command(self.kv, protocol.CONTROLLER_HEAD, body)
 
     def push(self, key: int, value: Any) -> None:
@@ -220,7 +222,7 @@ class Client:
         what = f"{what} with the {self.where}"
         if self.mode == "sync":
             what += "; a sync round waits for every group's leader"
-        with deadline(what, self.cfg.timeout):
+        with deadline(what, self.cfg.settings.timeout):
             for a in arrays:
                 a.wait_to_read()
         if self.after_wait is not None:
@@ -236,7 +238,7 @@ class Client:
         if alone:
             private_api.kv_leave_without_barrier(self.kv)
         what = "leaving the " + self.where + ("" if alone else " (waiting for the other leaders)")
-        with deadline(what, self.cfg.timeout):
+        with deadline(what, self.cfg.settings.timeout):
             kv, self.kv = self.kv, None
             del kv
         if self.lease is not None:

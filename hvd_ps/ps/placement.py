@@ -24,7 +24,7 @@ from typing import Any, List, Optional
 
 import numpy as np
 
-from .. import config, private_api
+from .. import arguments, config, private_api
 from ..deadline import deadline
 from ..errors import ConfigError, HvdPsError, TopologyError
 from . import protocol
@@ -51,8 +51,10 @@ def _everywhere(err: HvdPsError) -> HvdPsError:
 
 def _pick(name: str, arg: Any, env_name: str, env_value: Optional[int], low: int) -> Any:
     if arg is not None:
-        if isinstance(arg, bool) or not isinstance(arg, int) or arg < low:
-            raise _everywhere(ConfigError(f"{name} must be an integer >= {low}, got {arg!r}"))
+        try:
+            arguments.integer(name, arg, low=low)
+        except ConfigError as err:
+            raise _everywhere(err) from None
         if env_value is not None and env_value != arg:
             raise _everywhere(
                 ConfigError(
@@ -71,10 +73,10 @@ def resolve(
 ) -> Placement:
     """The job's place from ``hvd_ps.init``'s arguments and the environment; raises a
     :class:`ConfigError` / :class:`TopologyError` (on every rank alike) when it cannot be."""
-    offset = _pick("group_offset", group_offset, "HVD_PS_GROUP_OFFSET", cfg.group_offset, 0)
-    total = _pick("total_groups", total_groups, "HVD_PS_TOTAL_GROUPS", cfg.total_groups, 1)
-    tier_workers = cfg.ps_num_workers if cfg.external_tier else None
-    if not cfg.external_tier and ((total or num_groups) != num_groups or offset):
+    offset = _pick("group_offset", group_offset, "HVD_PS_GROUP_OFFSET", cfg.wiring.group_offset, 0)
+    total = _pick("total_groups", total_groups, "HVD_PS_TOTAL_GROUPS", cfg.wiring.total_groups, 1)
+    tier_workers = cfg.wiring.ps_num_workers if cfg.wiring.external_tier else None
+    if not cfg.wiring.external_tier and ((total or num_groups) != num_groups or offset):
         raise _everywhere(
             ConfigError(
                 f"group_offset={offset or 0}, total_groups={total or num_groups}: this job "
@@ -105,7 +107,7 @@ def resolve(
                 f"(ids 0..{total - 1}): lower HVD_PS_GROUP_OFFSET or raise the total"
             )
         )
-    shared = cfg.external_tier and max(total, tier_workers or total) > num_groups
+    shared = cfg.wiring.external_tier and max(total, tier_workers or total) > num_groups
     return Placement(offset, total, bool(shared))
 
 
@@ -117,7 +119,7 @@ def _add_and_read(client: Any, key: int, value: np.ndarray, what: str) -> np.nda
     import mxnet as mx
 
     client.command(key, protocol.Add())
-    kv, timeout = client.kv, client.cfg.timeout
+    kv, timeout = client.kv, client.cfg.settings.timeout
     with deadline(f"{what}: waiting for every leader of the {client.where}", timeout):
         kv.init(key, mx.nd.zeros(value.shape, dtype="float32"))  # a barrier of all leaders
         out = mx.nd.zeros(value.shape, dtype="float32")
@@ -183,7 +185,9 @@ def check_claims(rt: Any, place: Placement) -> None:
         except HvdPsError as err:
             message = f"group {topo.global_group_id}'s leader could not claim its id: {err}"
     if hvd.size() > 1:
-        with deadline("waiting for the leaders' group id claims on the PS tier", rt.cfg.timeout):
+        with deadline(
+            "waiting for the leaders' group id claims on the PS tier", rt.cfg.settings.timeout
+        ):
             found = hvd.allgather_object(message, name="hvd_ps.ps.placement")
         message = next((m for m in found if m is not None), None)
     if message is not None:

@@ -44,6 +44,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Dict, Optional, Tuple, Type, Union
 
+from .. import arguments
+from ..arguments import number
 from ..errors import ConfigError
 
 #: MXNet's ``kController`` command id: carries hvd_ps's commands (and a stock worker's
@@ -55,20 +57,6 @@ SYNC_MODE_HEAD = 3
 VERSION = 1
 #: MXNet optimizers a server runs for :class:`Optimizer`, by name; their arguments are numbers
 OPTIMIZERS = ("sgd", "nag", "adam", "rmsprop", "adagrad", "signum", "ftrl")
-
-
-def number(name: str, value: Any, low: float, high: float, open_low: bool = True) -> float:
-    """``value`` as a float in ``(low, high)`` (``[low, high)`` if not ``open_low``).
-
-    Rejects bools, strings and nan with a :class:`ConfigError` naming ``name``.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    inside = (low < value if open_low else low <= value) and value < high
-    if not inside:  # also nan, for which every comparison is false
-        lo = "(" if open_low else "["
-        raise ConfigError(f"{name} must be in {lo}{low}, {high}), got {value!r}")
-    return float(value)
 
 
 def round_scale(mode: str, num_groups: int) -> float:
@@ -152,11 +140,9 @@ class Nesterov:
         object.__setattr__(self, "lr", number("lr", self.lr, 0.0, math.inf))
         m = number("momentum", self.momentum, 0.0, 1.0, open_low=False)
         object.__setattr__(self, "momentum", m)
-        if not isinstance(self.nesterov, bool):
-            raise ConfigError(f"nesterov must be True or False, got {self.nesterov!r}")
+        arguments.flag("nesterov", self.nesterov)
         object.__setattr__(self, "scale", number("scale", self.scale, 0.0, math.inf))
-        if isinstance(self.delay, bool) or not isinstance(self.delay, int) or self.delay < 1:
-            raise ConfigError(f"delay must be an integer >= 1, got {self.delay!r}")
+        arguments.integer("delay", self.delay, low=1)
         object.__setattr__(self, "wd", number("wd", self.wd, 0.0, math.inf, open_low=False))
         if self.clip is not None:
             object.__setattr__(self, "clip", number("clip", self.clip, 0.0, math.inf))
@@ -183,11 +169,8 @@ class CopyState:
 
     def __post_init__(self) -> None:
         for name in ("source", "leaf", "count"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
-        if not isinstance(self.load, bool):
-            raise ConfigError(f"load must be True or False, got {self.load!r}")
+            arguments.integer(name, getattr(self, name), low=0)
+        arguments.flag("load", self.load)
 
     def state_layout(self) -> Tuple[str, ...]:
         return ()
@@ -208,8 +191,7 @@ class Command:
     rule: Rule
 
     def __post_init__(self) -> None:
-        if isinstance(self.key, bool) or not isinstance(self.key, int) or self.key < 0:
-            raise ConfigError(f"key must be an integer >= 0, got {self.key!r}")
+        arguments.integer("key", self.key, low=0)
 
     def encode(self) -> str:
         params = asdict(self.rule)

@@ -38,7 +38,7 @@ import time
 from typing import Any, Callable, Dict, Optional
 
 from .. import config, private_api
-from . import protocol, stock_optimizer
+from . import protocol, rules, stock_optimizer
 from .protocol import CONTROLLER_HEAD
 from .stock_optimizer import describe as opt_line
 
@@ -48,7 +48,7 @@ log = logging.getLogger("hvd_ps.server")
 FATAL_EXIT = 4
 
 
-class _Updaters:
+class Updaters:
     """Per-key update rules of one server, set by commands from the workers.
 
     ``on_fatal(message)`` is called (from the server's main thread) when a push cannot be
@@ -56,7 +56,12 @@ class _Updaters:
     :data:`FATAL_EXIT`, so a job never goes on with wrong numbers.
     """
 
-    def __init__(self, kv: Any, on_fatal: Optional[Callable[[str], None]] = None) -> None:
+    def __init__(
+        self,
+        kv: Any,
+        on_fatal: Optional[Callable[[str], None]] = None,
+        audit_dir: Optional[str] = None,
+    ) -> None:
         import mxnet as mx
 
         self.mx = mx
@@ -64,8 +69,8 @@ class _Updaters:
         self.on_fatal = on_fatal or _exit_fatal
         self.installed = False
         self._lock = threading.Lock()
-        self.rules: Dict[int, Callable[[Any, Any], None]] = {}
-        self.state: Dict[int, Dict[str, Any]] = {}
+        #: each key's rule (:mod:`hvd_ps.ps.rules`), set by a leader's command
+        self.rules: Dict[int, rules.Rule] = {}
         self.rejected = 0
         self.seen: set = set()
         #: the MXNet updater of a stock worker's ``kv.set_optimizer`` (keys without a rule)
@@ -73,7 +78,7 @@ class _Updaters:
         self.stock_body: Optional[bytes] = None
         #: why a stock optimizer was refused (sticky: pushes to stock keys then stop the job)
         self.refused: Optional[str] = None
-        self.audit = _Audit(config.load().audit_dir)
+        self.audit = _Audit(audit_dir)
 
     def install(self) -> None:
         """Install :meth:`update` as the server's updater (once; raises until it exists)."""
@@ -116,7 +121,7 @@ class _Updaters:
                 self._stock_command(body)  # not JSON: what kv.set_optimizer sends (a pickle)
                 return
             self.install()
-            self.rules[cmd.key] = self._make(cmd.key, cmd.rule)
+            self.rules[cmd.key] = rules.make(cmd.rule, cmd.key, self.rules.get)
             log.info("key %d: updater %s %s", cmd.key, *protocol.describe(cmd.rule))
         except Exception as err:  # a bad command must never take the server down
             self.rejected += 1
@@ -145,112 +150,6 @@ class _Updaters:
         self.stock_body = body
         log.info("kv.set_optimizer: %s for every key without an hvd_ps rule", opt_line(opt))
 
-    def _make(self, key: int, rule: protocol.Rule) -> Callable[[Any, Any], None]:
-        self.state.pop(key, None)
-        if isinstance(rule, protocol.Assign):
-            return lambda g, w: w.__setitem__(slice(None), g)
-        if isinstance(rule, protocol.Add):
-            return lambda g, w: w.__iadd__(g)
-        if isinstance(rule, protocol.Optimizer):
-            return self._optimizer(key, rule)
-        if isinstance(rule, protocol.Nesterov):
-            return self._nesterov(key, rule)
-        if isinstance(rule, protocol.CopyState):
-            return self._copy_state(rule)
-        raise ValueError(f"no update rule for {rule!r}")
-
-    def _optimizer(self, key: int, rule: protocol.Optimizer) -> Callable[[Any, Any], None]:
-        args = dict(rule.args)
-        args["rescale_grad"] = rule.scale * float(args.get("rescale_grad", 1.0))
-        opt = self.mx.optimizer.create(rule.name, **args)
-        if rule.lr_scale != 1.0:  # async GradientPush: each push is 1/G of a sync round
-            opt.set_learning_rate(opt.learning_rate * rule.lr_scale)
-        slot: Dict[str, Any] = {"opt": opt}
-        self.state[key] = slot
-
-        def update(g: Any, w: Any) -> None:
-            if "s" not in slot:
-                slot["s"] = opt.create_state(key, w)
-            opt.update(key, w, g, slot["s"])
-
-        return update
-
-    def _nesterov(self, key: int, rule: protocol.Nesterov) -> Callable[[Any, Any], None]:
-        """Outer SGD with (delayed) momentum, as :class:`hvd_ps.ps.protocol.Nesterov` states it.
-
-        ``slot``: ``v`` the momentum, ``a`` the sum of the scaled pushes since ``v`` was last
-        updated (only with a delay), ``k`` how many pushes that sum holds."""
-        lr, m, scale, delay = rule.lr, rule.momentum, rule.scale, rule.delay
-        slot: Dict[str, Any] = {"k": 0, "delay": delay, "rule": rule}
-        self.state[key] = slot
-
-        def update(g: Any, w: Any) -> None:
-            d = g * scale
-            if rule.clip is not None:
-                d = self.mx.nd.clip(d, -rule.clip, rule.clip)
-            if rule.wd:
-                d = d + rule.wd * w
-            if delay > 1:
-                a = slot.get("a")
-                slot["a"] = a = d.copy() if a is None else a + d
-            else:
-                a = d
-            slot["k"] += 1
-            if slot["k"] < delay:
-                w -= lr * d  # this push's share of the gradient term; momentum waits
-                return
-            v_old = slot.get("v")
-            v = a.copy() if v_old is None else v_old * m + a
-            slot["v"], slot["k"] = v, 0
-            if delay > 1:
-                slot["a"] = None
-            if rule.nesterov:
-                w -= lr * (d + m * v)
-            elif v_old is None:
-                w -= lr * d
-            else:
-                w -= lr * (d + m * v_old)
-
-        return update
-
-    def leaves(self, key: int, like: Any) -> list:
-        """The arrays of key ``key``'s server state, in a fixed order (created, as a first
-        update would, if the key has none yet; ``like`` gives their shape and dtype)."""
-        slot = self.state.get(key)
-        if slot is None:
-            raise ValueError(f"key {key} has no server state (its rule keeps none)")
-        opt = slot.get("opt")
-        if opt is None:  # nesterov: the momentum v and, with a delay, the sum a since it
-            names = slot["rule"].state_layout()
-            for name in names:  # zeros act as no momentum yet / nothing summed yet
-                if slot.get(name) is None:
-                    slot[name] = self.mx.nd.zeros(like.shape, dtype=like.dtype)
-            return [slot[name] for name in names]
-        if "s" not in slot:
-            slot["s"] = opt.create_state(key, like)
-        return protocol.state_leaves(slot["s"])
-
-    def _copy_state(self, rule: protocol.CopyState) -> Callable[[Any, Any], None]:
-        def update(g: Any, w: Any) -> None:
-            leaves = self.leaves(rule.source, w)
-            if rule.leaf >= len(leaves):
-                raise ValueError(
-                    f"key {rule.source} has {len(leaves)} state arrays, not {rule.leaf + 1}"
-                )
-            if rule.load:
-                leaves[rule.leaf][:] = w
-                slot = self.state[rule.source]
-                opt = slot.get("opt")
-                if opt is not None:  # MXNet's private count: Adam's bias correction uses it
-                    private_api.set_update_count(opt, rule.source, rule.count)
-                    opt.num_update = max(opt.num_update, rule.count)
-                else:  # a delayed Nesterov: where the key stands in its cycle of pushes
-                    slot["k"] = rule.count % slot["delay"]
-            else:
-                w[:] = leaves[rule.leaf]
-
-        return update
-
     # -- data -------------------------------------------------------------------------------
     def update(self, key: int, received: Any, stored: Any) -> None:
         """Apply what arrived for ``key`` to its stored slice (called by ps-lite's server)."""
@@ -275,7 +174,7 @@ class _Updaters:
             before = self.audit.before(stored)
             rule = self.rules.get(key)
             if rule is not None:
-                rule(received, stored)
+                rule.update(received, stored)
             elif self.refused is not None:
                 self.on_fatal(
                     f"push to key {key}, which needs the optimizer this server refused "
@@ -284,7 +183,7 @@ class _Updaters:
             elif self.stock is not None:
                 self.stock(key, received, stored)
             else:  # default: assign (sync: the round's sum)
-                _assign(received, stored)
+                rules.assign(received, stored)
             self.audit.record(key, received, before, stored)
         except Exception as err:  # an exception here would be swallowed by ctypes
             self.on_fatal(f"could not apply a push to key {key}: {type(err).__name__}: {err}")
@@ -316,24 +215,6 @@ class _Audit:
         self.file.flush()
 
 
-def _assign(received: Any, stored: Any) -> None:
-    """``stored = received``; a row-sparse push replaces only the rows it holds.
-
-    The server keeps a row-sparse key with every row present (its pulls read rows by index),
-    so the result is written back with all rows.
-    """
-    if getattr(received, "stype", "default") != "row_sparse":
-        stored[:] = received
-        return
-    import mxnet as mx
-
-    dense = stored.tostype("default")
-    if received.indices.shape[0]:
-        dense[received.indices] = received.data
-    rows = mx.nd.arange(stored.shape[0], dtype="int64")
-    mx.nd.sparse.row_sparse_array((dense, rows), shape=stored.shape).copyto(stored)
-
-
 def _exit_fatal(message: str) -> None:
     log.error("%s (exit code %d)", message, FATAL_EXIT)
     logging.shutdown()
@@ -350,7 +231,7 @@ def _watch_parent(parent: int, period: float = 0.5) -> None:
             os._exit(3)
 
 
-def run(role: str) -> int:
+def run(role: str, cfg: config.Config) -> int:
     """Run a scheduler or a server until the job's workers finish. Returns an exit code."""
     import mxnet as mx
 
@@ -360,10 +241,10 @@ def run(role: str) -> int:
         # the scheduler serves no keys; RunServer only waits for every node to finalize
         private_api.kv_run_server(kv, None)
         return 0
-    updaters = _Updaters(kv)
+    updaters = Updaters(kv, audit_dir=cfg.settings.audit_dir)
     threading.Thread(
         target=updaters.install_when_ready,
-        args=(config.load().timeout,),
+        args=(cfg.settings.timeout,),
         name="hvd_ps-install-updater",
         daemon=True,
     ).start()
@@ -385,24 +266,24 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
+    cfg = config.load()
     logging.basicConfig(
-        level=config.load().log_level,
+        level=cfg.settings.log_level,
         format=f"%(asctime)s [hvd_ps {role} pid {os.getpid()}] %(levelname)s %(message)s",
     )
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
-    cfg = config.load()
-    if role == "scheduler" and cfg.own_scheduler:  # a tier groups may leave and rejoin
+    if role == "scheduler" and cfg.wiring.own_scheduler:  # a tier groups may leave and rejoin
         from . import scheduler
 
-        assert cfg.ps_root_uri is not None and cfg.ps_root_port is not None
+        assert cfg.wiring.ps_root_uri is not None and cfg.wiring.ps_root_port is not None
         return scheduler.main(
-            cfg.ps_root_uri,
-            cfg.ps_root_port,
-            cfg.ps_num_servers or 1,
-            cfg.ps_num_workers or 1,
-            cfg.heartbeat,
+            cfg.wiring.ps_root_uri,
+            cfg.wiring.ps_root_port,
+            cfg.wiring.ps_num_servers or 1,
+            cfg.wiring.ps_num_workers or 1,
+            cfg.settings.heartbeat,
         )
-    return run(role)
+    return run(role, cfg)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import horovod.mxnet as hvd
 import mxnet as mx
 import numpy as np
 
-from .. import private_api
+from .. import arguments, config, private_api
 from ..errors import CheckpointError, ConfigError, HvdPsError
 from ..ps import protocol
 from . import runtime
@@ -50,7 +50,11 @@ def broadcast_parameters(params: Any, root_rank: int = 0) -> None:
             arrays.append(p.data() if isinstance(p, mx.gluon.Parameter) else p)
         except mx.gluon.parameter.DeferredInitializationError:
             continue  # horovod broadcasts it when it is initialised
-    _wait(arrays, f"broadcast of the initial parameters from rank {root_rank}", rt.cfg.timeout)
+    _wait(
+        arrays,
+        f"broadcast of the initial parameters from rank {root_rank}",
+        rt.cfg.settings.timeout,
+    )
 
 
 _wait = wait_arrays
@@ -88,6 +92,12 @@ class DistributedTrainer(hvd.DistributedTrainer):
             when the only group is the whole world). Anything else is a ConfigError.
         sync: the strategy across groups (keyword only); default ``ModelAverage(period=1)``
             (an exchange every step; global rank 0 says so on stderr).
+        wire_dtype: the dtype of this trainer's PS traffic, ``'float32'`` or ``'float16'``
+            (keyword only; default: ``HVD_PS_WIRE_DTYPE``, else float32). The servers keep
+            the parameters' dtype.
+        bucket_mb: the largest fused buffer (one PS key) in MB (keyword only; default:
+            ``HVD_PS_BUCKET_MB``, else 4; 0: one key per dtype). Several keys let their
+            transfers overlap.
 
     Example::
 
@@ -111,6 +121,8 @@ class DistributedTrainer(hvd.DistributedTrainer):
         process_set: Any = None,
         *,
         sync: Optional[Strategy] = None,
+        wire_dtype: Optional[str] = None,
+        bucket_mb: Optional[float] = None,
     ) -> None:
         global _trainers
         rt = runtime.runtime()
@@ -157,7 +169,13 @@ class DistributedTrainer(hvd.DistributedTrainer):
         self._rt = rt
         self._sync = sync
         self._t = 0
-        self._sched = Schedule(rt, sync, self._hvdps_prefix, server_opt)
+        if wire_dtype is not None and wire_dtype not in config.WIRE_DTYPES:
+            raise ConfigError(
+                f"wire_dtype must be one of {', '.join(config.WIRE_DTYPES)}, got {wire_dtype!r}"
+            )
+        if bucket_mb is not None:
+            bucket_mb = arguments.number("bucket_mb", bucket_mb, 0.0, open_low=False)
+        self._sched = Schedule(rt, sync, self._hvdps_prefix, server_opt, wire_dtype, bucket_mb)
         self._stats: Dict[str, float] = dict.fromkeys(
             ("allreduce_s", "update_s", "exchange_s", "compute_s"), 0.0
         )
@@ -180,7 +198,7 @@ class DistributedTrainer(hvd.DistributedTrainer):
             self._stats["compute_s"] += enter - self._last
         self._setup()
         self._t += 1
-        topo, timeout = self._rt.topo, self._rt.cfg.timeout
+        topo, timeout = self._rt.topo, self._rt.cfg.settings.timeout
 
         self.allreduce_grads()  # Gluon's, calling Horovod's allreduce on the group's set
         grads = [g for b in self._sched.all() for g in b.grads.arrays]
@@ -301,6 +319,7 @@ class DistributedTrainer(hvd.DistributedTrainer):
             [(p.name, tuple(p.shape), np.dtype(p.dtype).name) for p in trained],
             # the starting values, unless a checkpoint sets them (once: one copy to the host)
             None if ps_initial is not None else [_digest(p.data()) for p in trained],
+            f"wire_dtype={self._sched.wire_dtype!r}, bucket_mb={self._sched.bucket_mb:g}",
         )
         _check_same(
             hvd.allgather_object(signature, name=f"{self._hvdps_prefix}signature"),
@@ -395,13 +414,10 @@ def _check_horovod_args(topo: Any, compression: Any, factor: Any, num_groups: An
             f"compression must be a Horovod compressor such as hvd.Compression.fp16, "
             f"got {compression!r}"
         )
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
-        raise ConfigError(f"gradient_predivide_factor must be a number > 0, got {factor!r}")
-    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 0:
-        raise ConfigError(
-            f"num_groups (Horovod's grouped allreduces inside the group) must be an integer "
-            f">= 0, got {num_groups!r}"
-        )
+    arguments.number("gradient_predivide_factor", factor, 0.0)
+    arguments.integer(
+        "num_groups", num_groups, low=0, hint="Horovod's grouped allreduces inside the group"
+    )
 
 
 def _check_process_set(topo: Any, process_set: Any) -> None:
@@ -440,15 +456,18 @@ def _check_same(signatures: List[Any], groups: List[List[int]]) -> None:
     """Every rank must train the same parameters (names, shapes, dtypes, starting values) with
     the same strategy. Every rank compares the same signatures, so all raise alike."""
     model = "build the same model, in the same order, on every rank"
-    ref_strategy, ref_params, ref_digests = signatures[0]
+    ref_strategy, ref_params, ref_digests, ref_wire = signatures[0]
     there = "on rank 0 (group 0)"
-    for rank, (strategy, params, digests) in enumerate(signatures):
+    for rank, (strategy, params, digests, wire) in enumerate(signatures):
         gid = next(i for i, g in enumerate(groups) if rank in g)
         here = f"on rank {rank} (group {gid})"
         why = None
         if strategy != ref_strategy:
             why = f"sync strategy differs: {strategy} {here}, {ref_strategy} {there}: pass "
             why += "every rank the same sync="
+        elif wire != ref_wire:
+            why = f"PS traffic differs: {wire} {here}, {ref_wire} {there}: pass every rank the "
+            why += "same wire_dtype and bucket_mb (or none: HVD_PS_WIRE_DTYPE, HVD_PS_BUCKET_MB)"
         elif len(params) != len(ref_params):
             why = f"number of trained parameters differs: {len(params)} {here}, "
             why += f"{len(ref_params)} {there}: {model}"

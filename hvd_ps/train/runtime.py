@@ -83,7 +83,9 @@ def init(
                 "with 'python -m hvd_ps.server', not with the training script"
             )
         cfg = config.load()
-        config.limit_horovod_stalls(cfg.timeout)  # Horovod gives up on a stalled collective
+        config.limit_horovod_stalls(
+            cfg.settings.timeout
+        )  # Horovod gives up on a stalled collective
         group_size, groups = rendezvous.grouping(cfg, group_size, groups)  # or hvdps-run's
         topo = topology.setup(group_size=group_size, groups=groups)
         rendezvous.check(cfg, topo)  # the grouping hvdps-run was told, if any, must agree
@@ -101,7 +103,7 @@ def init(
 
             _rt.client.after_wait = fusion.check_engine_errors  # a failed fused op of a bucket
             _rt.client.connect()
-        if cfg.roster is not None:
+        if cfg.wiring.roster is not None:
             _rt.rejoined = _rejoined(_rt)
         if place.shared and not _rt.rejoined:  # other jobs' groups meet here: ids taken once?
             placement.check_claims(_rt, place)  # (a rejoining job's ids the roster checked)
@@ -114,7 +116,9 @@ def _rejoined(rt: Runtime) -> bool:
     mine = rt.client.rejoined if rt.client is not None else None
     if hvd.size() == 1:
         return bool(mine)
-    with deadline.deadline("telling every rank whether the job rejoins the tier", rt.cfg.timeout):
+    with deadline.deadline(
+        "telling every rank whether the job rejoins the tier", rt.cfg.settings.timeout
+    ):
         flags = {f for f in hvd.allgather_object(mine, name="hvd_ps.rejoined") if f is not None}
     if len(flags) > 1:
         err = TopologyError(
@@ -131,13 +135,17 @@ def _start_tier(cfg: config.Config, topo: topology.Topology) -> tuple:
     """Rank 0 starts the embedded tier (unless one is configured) and tells every rank."""
     import horovod.mxnet as hvd
 
-    if cfg.external_tier:
-        assert cfg.ps_root_uri is not None and cfg.ps_root_port is not None
-        _check_reachable(cfg.ps_root_uri, cfg.ps_root_port, cfg.timeout)
-        return None, (cfg.ps_root_uri, cfg.ps_root_port, cfg.ps_num_servers or 1)
+    if cfg.wiring.external_tier:
+        assert cfg.wiring.ps_root_uri is not None and cfg.wiring.ps_root_port is not None
+        _check_reachable(cfg.wiring.ps_root_uri, cfg.wiring.ps_root_port, cfg.settings.timeout)
+        return None, (
+            cfg.wiring.ps_root_uri,
+            cfg.wiring.ps_root_port,
+            cfg.wiring.ps_num_servers or 1,
+        )
     local = None
     message: Any = None
-    if topo.rank == 0 and cfg.launcher is not None:  # hvdps-run starts it for our groups
+    if topo.rank == 0 and cfg.wiring.launcher is not None:  # hvdps-run starts it for our groups
         try:
             message = rendezvous.ask(cfg, topo.num_groups, len(topo.hosts))
         except HvdPsError as err:
@@ -145,15 +153,18 @@ def _start_tier(cfg: config.Config, topo: topology.Topology) -> tuple:
     elif topo.rank == 0:
         try:
             local = spawn.start(
-                cfg.num_servers,
+                cfg.settings.num_servers,
                 topo.num_groups,
-                host=cfg.node_host or ("127.0.0.1" if topo.one_host else addresses.host_address()),
-                timeout=cfg.timeout,
+                host=cfg.wiring.node_host
+                or ("127.0.0.1" if topo.one_host else addresses.host_address()),
+                timeout=cfg.settings.timeout,
             )
             message = (local.host, local.port, local.num_servers)
         except HvdPsError as err:
             message = f"rank 0 could not start the embedded PS tier: {err}"
-    with deadline.deadline("waiting for rank 0 to start the embedded PS tier", cfg.timeout):
+    with deadline.deadline(
+        "waiting for rank 0 to start the embedded PS tier", cfg.settings.timeout
+    ):
         message = hvd.broadcast_object(message, root_rank=0, name="hvd_ps.tier_address")
     if isinstance(message, str):
         raise TierError(message)
@@ -199,7 +210,7 @@ def barrier(what: str, process_set: Any = None) -> None:
     ps = hvd.global_process_set if process_set is None else process_set
     if ps.size() == 1:
         return
-    with deadline.deadline(f"barrier: {what}", rt.cfg.timeout):
+    with deadline.deadline(f"barrier: {what}", rt.cfg.settings.timeout):
         hvd.allreduce(
             mx.nd.zeros((1,)), name=rt.next_name("barrier"), process_set=ps
         ).wait_to_read()
@@ -222,7 +233,7 @@ def shutdown() -> None:
         if rt.client is not None:
             rt.client.close()
         if rt.local is not None:
-            rt.local.stop(grace=min(10.0, rt.cfg.timeout))
+            rt.local.stop(grace=min(10.0, rt.cfg.settings.timeout))
         _rt = None
         hvd.shutdown()
 

@@ -133,7 +133,7 @@ def test_async_rule_matches_numpy_reference_in_a_fixed_push_order(rt, async_clie
     spec, steps, momentum = CASES[case]
     want = ref.run_async(spec, groups, steps, LR, momentum)
     rank, gid = hvd.rank(), hvd_ps.group_id()
-    tol = 1e-5 if rt.cfg.wire_dtype == "float32" else 4e-3
+    tol = 1e-5 if rt.cfg.settings.wire_dtype == "float32" else 4e-3
     if len(groups) > 1 and spec["name"] != "EASGD":
         # the test can fail: the earlier rule (a whole step per push) ends measurably apart
         old = ref.run_async(spec, groups, steps, LR, momentum, share=1.0)[-1]["x"][gid][0]
@@ -180,7 +180,7 @@ def test_async_run_resumed_from_a_checkpoint_matches_numpy_reference(rt, async_c
     spec, steps, k, momentum = RESUME[case]
     want = ref.run_async(spec, rt.topo.groups, steps, LR, momentum)
     rank, gid = hvd.rank(), hvd_ps.group_id()
-    tol = 1e-5 if rt.cfg.wire_dtype == "float32" else 4e-3
+    tol = 1e-5 if rt.cfg.settings.wire_dtype == "float32" else 4e-3
     tag = f"resume_{case.lower()}"
     net, trainer = _trainer(tag, spec, momentum)
     _train_in_turns(rt, tag + ".a", net, trainer, 1, k)

@@ -74,7 +74,7 @@ def _close(got, want, what, tol):
 
 def _tolerance(rt) -> float:
     # float32 on the wire: exact up to float32 rounding; float16: its 11-bit mantissa
-    return 1e-5 if rt.cfg.wire_dtype == "float32" else 4e-3
+    return 1e-5 if rt.cfg.settings.wire_dtype == "float32" else 4e-3
 
 
 def _train(rt, name: str, spec, steps: int, on_step=None, broadcast=None, **trainer_args):
@@ -275,3 +275,32 @@ def test_a_trainer_without_sync_says_its_default_once(rt, sync_client, capfd):
         if hvd.rank() == 0
         else []
     )
+
+
+@pytest.mark.mpi(min_size=1)
+def test_trainer_wire_and_bucket_arguments_override_the_environment(rt, sync_client):
+    """``wire_dtype='float16'`` and a tiny ``bucket_mb`` (one PS key per parameter) on the
+    trainer: DiLoCo still matches the reference within float16's rounding, and the leader
+    pushes exactly two bytes per element per exchange, whatever HVD_PS_WIRE_DTYPE says."""
+    import horovod.mxnet as hvd
+
+    import hvd_ps
+
+    groups = rt.topo.groups
+    spec, steps = _cases(len(groups))["DiLoCo"]
+    want = ref.run(spec, groups, steps, LR)
+    gid, rank = hvd_ps.group_id(), hvd.rank()
+
+    def check(t, net):
+        ew, eb = want[t - 1]["x"][gid]
+        _close(net.weight.data().asnumpy(), ew, f"float16 args step {t} weight, rank {rank}", 4e-3)
+        _close(net.bias.data().asnumpy(), eb, f"float16 args step {t} bias, rank {rank}", 4e-3)
+
+    before = rt.client.stats.bytes_pushed if rt.client else 0  # the session's client
+    _, trainer = _train(
+        rt, "wire_args", spec, steps, on_step=check, wire_dtype="float16", bucket_mb=1e-6
+    )
+    if hvd_ps.is_leader():
+        pushed = rt.client.stats.bytes_pushed - before
+        elements = ref.OUT * ref.IN + ref.OUT
+        assert pushed == 2 * elements * trainer.stats()["exchanges"], pushed

@@ -94,7 +94,7 @@ def bad_layouts(size):
         (dict(groups=[everyone + [size]]), f"holds rank {size}, outside the world"),
         (dict(groups=[[float(r) for r in everyone]]), "which is not a rank"),
         (dict(group_size=size + 1), f"does not divide the world size {size}"),
-        (dict(group_size=0), "group_size must be a positive integer"),
+        (dict(group_size=0), "group_size must be an integer >= 1"),
         (dict(groups=[everyone], group_size=size), "either group_size or groups"),
         (dict(groups=[]), "groups must be a non-empty list"),
     ]

@@ -11,15 +11,19 @@ from hvd_ps.errors import ConfigError, HvdPsError
 def test_defaults():
     cfg = config.load({})
     assert cfg == config.Config()
-    assert cfg.timeout == 300.0
-    assert cfg.num_servers == 1
-    assert cfg.fusion_threads == 0
-    assert cfg.wire_dtype == "float32"
-    assert cfg.log_level == "WARNING"
-    assert cfg.node_host is None  # 127.0.0.1 on one host, else the route to the scheduler
-    assert cfg.ps_root_uri is None and cfg.ps_root_port is None and cfg.ps_num_servers is None
-    assert cfg.ps_num_workers is None
-    assert cfg.external_tier is False
+    assert cfg.settings.timeout == 300.0
+    assert cfg.settings.num_servers == 1
+    assert cfg.settings.fusion_threads == 0
+    assert cfg.settings.wire_dtype == "float32"
+    assert cfg.settings.log_level == "WARNING"
+    assert cfg.wiring.node_host is None  # 127.0.0.1 on one host, else the route to the scheduler
+    assert (
+        cfg.wiring.ps_root_uri is None
+        and cfg.wiring.ps_root_port is None
+        and cfg.wiring.ps_num_servers is None
+    )
+    assert cfg.wiring.ps_num_workers is None
+    assert cfg.wiring.external_tier is False
 
 
 def test_blank_values_mean_default():
@@ -44,33 +48,33 @@ def test_overrides():
         }
     )
     assert cfg == config.Config(
-        timeout=2.5,
-        num_servers=3,
-        fusion_threads=2,
-        wire_dtype="float16",
-        log_level="INFO",
-        ps_root_uri="10.0.0.7",
-        ps_root_port=9091,
-        ps_num_servers=2,
-        ps_num_workers=5,
-        node_host="10.0.0.8",
+        config.Settings(
+            timeout=2.5, num_servers=3, fusion_threads=2, wire_dtype="float16", log_level="INFO"
+        ),
+        config.Wiring(
+            ps_root_uri="10.0.0.7",
+            ps_root_port=9091,
+            ps_num_servers=2,
+            ps_num_workers=5,
+            node_host="10.0.0.8",
+        ),
     )
-    assert cfg.external_tier is True
+    assert cfg.wiring.external_tier is True
 
 
 def test_num_worker_only_counts_for_an_external_tier():
-    assert config.load({"DMLC_NUM_WORKER": "4"}).ps_num_workers is None
-    assert config.load({"DMLC_NUM_WORKER": "junk"}).ps_num_workers is None
+    assert config.load({"DMLC_NUM_WORKER": "4"}).wiring.ps_num_workers is None
+    assert config.load({"DMLC_NUM_WORKER": "junk"}).wiring.ps_num_workers is None
     ext = {"DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": "9000"}
-    assert config.load(ext).ps_num_workers is None
-    assert config.load(dict(ext, DMLC_NUM_WORKER="4")).ps_num_workers == 4
+    assert config.load(ext).wiring.ps_num_workers is None
+    assert config.load(dict(ext, DMLC_NUM_WORKER="4")).wiring.ps_num_workers == 4
 
 
 def test_reads_os_environ(monkeypatch):
     monkeypatch.setenv("HVD_PS_TIMEOUT", "7")
     monkeypatch.setenv("HVD_PS_NUM_SERVERS", "2")
     cfg = config.load()
-    assert (cfg.timeout, cfg.num_servers) == (7.0, 2)
+    assert (cfg.settings.timeout, cfg.settings.num_servers) == (7.0, 2)
 
 
 EXT = {"DMLC_PS_ROOT_URI": "h", "DMLC_PS_ROOT_PORT": "1"}
@@ -109,7 +113,7 @@ def test_bad_variable_names_itself(env, name):
 
 @pytest.mark.parametrize("level", ["debug", "INFO", "Warning", "ERROR", "critical"])
 def test_log_levels(level):
-    assert config.load({"HVD_PS_LOG_LEVEL": level}).log_level == level.upper()
+    assert config.load({"HVD_PS_LOG_LEVEL": level}).settings.log_level == level.upper()
 
 
 def test_ps_environment():
@@ -156,9 +160,9 @@ def test_worker_role_untouched(monkeypatch):
 
 
 def test_bucket_mb():
-    assert config.load({}).bucket_mb == 4.0
-    assert config.load({"HVD_PS_BUCKET_MB": "0"}).bucket_mb == 0.0
-    assert config.load({"HVD_PS_BUCKET_MB": "2.5"}).bucket_mb == 2.5
+    assert config.load({}).settings.bucket_mb == 4.0
+    assert config.load({"HVD_PS_BUCKET_MB": "0"}).settings.bucket_mb == 0.0
+    assert config.load({"HVD_PS_BUCKET_MB": "2.5"}).settings.bucket_mb == 2.5
     with pytest.raises(ConfigError, match="HVD_PS_BUCKET_MB"):
         config.load({"HVD_PS_BUCKET_MB": "-1"})
     with pytest.raises(ConfigError, match="HVD_PS_BUCKET_MB"):

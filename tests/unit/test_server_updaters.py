@@ -1,4 +1,4 @@
-"""hvd_ps.server._Updaters: the server-side update rules and the command filter (no ps-lite).
+"""hvd_ps.server.Updaters: the server-side update rules and the command filter (no ps-lite).
 
 A dummy KVStore records the updater the server would install; pushes are simulated by calling
 ``update(key, received, stored)`` exactly as ps-lite's server does. ``on_fatal`` (which stops
@@ -17,7 +17,7 @@ import pytest
 
 from hvd_ps.ps import protocol
 from hvd_ps.ps.protocol import CONTROLLER_HEAD, OPTIMIZERS
-from hvd_ps.ps.server import _Updaters
+from hvd_ps.ps.server import Updaters
 
 
 class DummyKV:
@@ -50,7 +50,7 @@ def _fatal(message):
 
 @pytest.fixture
 def up():
-    return _Updaters(DummyKV(), on_fatal=_fatal)
+    return Updaters(DummyKV(), on_fatal=_fatal)
 
 
 def nd(a):
@@ -155,7 +155,7 @@ def test_delayed_nesterov_state_resumes_mid_cycle(up):
     pushes = [nd(rng.standard_normal(3)) for _ in range(9)]
     for g in pushes[:5]:  # 5 pushes: the momentum applied once, 2 pushes summed in A
         push(up, 0, g, w)
-    fresh = _Updaters(DummyKV(), on_fatal=_fatal)
+    fresh = Updaters(DummyKV(), on_fatal=_fatal)
     fresh.command(CONTROLLER_HEAD, rec(0, rule))
     for leaf in range(len(rule.state_layout())):  # v, then a
         up.command(CONTROLLER_HEAD, rec(5, protocol.CopyState(source=0, leaf=leaf)))
@@ -306,7 +306,7 @@ def test_bad_json_commands_alone_install_nothing(up):
     for head, body in BAD_COMMANDS[NOT_JSON:]:
         up.command(head, body)
     assert up.rejected == len(BAD_COMMANDS) - NOT_JSON
-    assert up.rules == {} and up.state == {} and up.refused is None
+    assert up.rules == {} and up.refused is None
     w = nd([5.0])
     up.update(0, nd([2.0]), w)  # no rule for any key: the default, assign
     assert w.asnumpy()[0] == 2.0
@@ -543,7 +543,7 @@ def test_copy_state_saves_and_restores_the_outer_momentum(up):
     saved = nd([9.0, 9.0])
     np.testing.assert_allclose(push(up, 1, nd([0.0, 0.0]), saved), [1.5, 1.0])
     # a fresh server: the same rule, then the state loaded from the companion key
-    fresh = _Updaters(DummyKV(), on_fatal=_fatal)
+    fresh = Updaters(DummyKV(), on_fatal=_fatal)
     fresh.command(CONTROLLER_HEAD, rec(0, protocol.Nesterov(lr=1.0, momentum=0.5)))
     fresh.command(CONTROLLER_HEAD, rec(1, protocol.CopyState(source=0, leaf=0, load=True)))
     push(fresh, 1, nd([0.0, 0.0]), nd([1.5, 1.0]))
@@ -559,7 +559,7 @@ def test_copy_state_of_adam_carries_both_moments_and_the_update_count(up):
     w = nd([1.0, -1.0, 0.5])
     for g in ([0.1, 0.2, -0.3], [0.4, -0.1, 0.2], [0.0, 0.3, 0.1]):
         push(up, 0, nd(g), w)
-    fresh = _Updaters(DummyKV(), on_fatal=_fatal)
+    fresh = Updaters(DummyKV(), on_fatal=_fatal)
     fresh.command(CONTROLLER_HEAD, rec(0, protocol.Optimizer("adam", args)))
     for leaf in range(2):  # mean and variance
         up.command(CONTROLLER_HEAD, rec(5, protocol.CopyState(source=0, leaf=leaf)))

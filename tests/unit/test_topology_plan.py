@@ -82,11 +82,11 @@ def test_bad_partition(world, groups, message):
     [
         (4, 3, "group_size=3 does not divide the world size 4"),
         (2, 4, "group_size=4 does not divide the world size 2"),
-        (4, 0, "group_size must be a positive integer, got 0"),
-        (4, -2, "group_size must be a positive integer, got -2"),
-        (4, 2.0, "group_size must be a positive integer, got 2.0"),
-        (4, "2", "group_size must be a positive integer, got '2'"),
-        (4, True, "group_size must be a positive integer, got True"),
+        (4, 0, "group_size must be an integer >= 1, got 0"),
+        (4, -2, "group_size must be an integer >= 1, got -2"),
+        (4, 2.0, "group_size must be an integer >= 1, got 2.0"),
+        (4, "2", "group_size must be an integer >= 1, got '2'"),
+        (4, True, "group_size must be an integer >= 1, got True"),
     ],
 )
 def test_bad_group_size(world, size, message):

@@ -57,7 +57,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import mxnet as mx
 import numpy as np
 
-from ... import config
+from ... import arguments, config
 from ...errors import ConfigError, HvdPsError
 
 __all__ = ["FusedBuffer", "check_engine_errors"]
@@ -197,9 +197,8 @@ class FusedBuffer:
                 raise ConfigError(f"arrays[{seen[key]}] and arrays[{i}] are the same NDArray")
             seen[key] = i
         if threads is None:
-            threads = config.load().fusion_threads
-        if not isinstance(threads, int) or threads < 0:
-            raise ConfigError(f"threads={threads!r} must be an int >= 0 (0: automatic)")
+            threads = config.load().settings.fusion_threads
+        arguments.integer("threads", threads, low=0, hint="0: automatic")
 
         self._arrays: List[mx.nd.NDArray] = checked
         self._dtype = np.dtype(checked[0].dtype) if checked else np.dtype(np.float32)

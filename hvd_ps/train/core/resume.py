@@ -136,13 +136,12 @@ def _signature(fe: FrontEnd) -> Dict[str, Any]:
         "total_groups": topo.total_groups,
         "group_offset": topo.global_group_id - topo.group_id,
         "params": [[p.name, list(p.data.shape), np.dtype(p.data.dtype).name] for p in trained],
-        "wire": job.cfg.wire_dtype,
+        "wire": sched.wire_dtype,
     }
     if sched.buckets is not None:
         out["buckets"] = [[index[id(a)] for a in b.params.arrays] for b in sched.all()]
     else:  # the plan the schedule will make (checked again once it has)
-        max_bytes = int(job.cfg.bucket_mb * 2**20)
-        out["buckets"] = plan_buckets([p.data for p in trained], max_bytes)
+        out["buckets"] = plan_buckets([p.data for p in trained], sched.bucket_bytes)
     return out
 
 
@@ -192,7 +191,7 @@ def _pull_ps(fe: FrontEnd) -> List[Tuple[str, Any]]:
     sched = fe.schedule
     client, buckets, mine = sched.client(), sched.all(), _owned(fe)
     what = f"checkpoint: this leader's pushes to the {client.where}"
-    with deadline(what, client.cfg.timeout):
+    with deadline(what, client.cfg.settings.timeout):
         mx.nd.waitall()  # a push is done once the servers answer (in sync mode: its round)
     client.barrier("checkpoint: every leader's pushes applied")
     out = []

@@ -89,8 +89,15 @@ class Schedule:
         sync: Strategy,
         prefix: str,
         optimizer: Optional[ServerOptimizer] = None,
+        wire_dtype: Optional[str] = None,
+        bucket_mb: Optional[float] = None,
     ) -> None:
         self.rt = rt
+        settings = rt.cfg.settings
+        #: the dtype of PS traffic and the largest bucket (MB): the trainer's, else the
+        #: environment's (``HVD_PS_WIRE_DTYPE``, ``HVD_PS_BUCKET_MB``)
+        self.wire_dtype = settings.wire_dtype if wire_dtype is None else wire_dtype
+        self.bucket_mb = settings.bucket_mb if bucket_mb is None else bucket_mb
         self.sync = sync
         self.prefix = prefix
         self.optimizer = optimizer  # GradientPush: the servers' optimizer (name, numbers)
@@ -110,7 +117,11 @@ class Schedule:
 
     @property
     def wire(self) -> Optional[str]:
-        return None if self.rt.cfg.wire_dtype == "float32" else self.rt.cfg.wire_dtype
+        return None if self.wire_dtype == "float32" else self.wire_dtype
+
+    @property
+    def bucket_bytes(self) -> int:
+        return int(self.bucket_mb * 2**20)
 
     def all(self) -> List[Bucket]:
         if self.buckets is None:
@@ -188,11 +199,13 @@ class Schedule:
             err.every_rank = True
             raise err
         run = self.run = sync.bind(topo.total_groups, wire, self.optimizer)
-        plan = plan_buckets([p.data for p in trained], int(self.rt.cfg.bucket_mb * 2**20))
+        plan = plan_buckets([p.data for p in trained], self.bucket_bytes)
+        threads = self.rt.cfg.settings.fusion_threads
         buckets = []
         for i, idx in enumerate(plan):
             ps = [trained[j] for j in idx]
-            params, grads = FusedBuffer([p.data for p in ps]), FusedBuffer([p.grad for p in ps])
+            params = FusedBuffer([p.data for p in ps], threads=threads)
+            grads = FusedBuffer([p.grad for p in ps], threads=threads)
             b = Bucket(i, params, grads, names=[p.name for p in ps])
             self.bcast.append(mx.nd.zeros((b.params.size,), dtype=b.params.dtype))
             buckets.append(b)
@@ -211,7 +224,7 @@ class Schedule:
                     run.rejoin(b)
                 if sync.overlap:
                     b.snap = mx.nd.zeros((b.params.size,), dtype=b.params.dtype)
-                    b.snap_buf = FusedBuffer([b.snap])
+                    b.snap_buf = FusedBuffer([b.snap], threads=threads)
         self.status = mx.nd.zeros((1,))
         self.buckets = buckets
         if self.rt.rejoined:
@@ -347,7 +360,7 @@ class Schedule:
                 process_set=topo.group,
             )
         what = f"group {topo.group_id}: broadcast from leader rank {topo.leader} after {why}"
-        wait_arrays(self.bcast + [self.status], what, self.rt.cfg.timeout)
+        wait_arrays(self.bcast + [self.status], what, self.rt.cfg.settings.timeout)
         if refused is not None:
             raise NonFiniteError(refused)
         if not topo.is_leader and float(self.status.asnumpy()[0]) != 0.0:

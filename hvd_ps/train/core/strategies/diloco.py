@@ -71,7 +71,7 @@ class DiLoCoExchange(Exchange):
         from ..fusion import FusedBuffer
 
         start = b.params.pack(out=fresh(b, None))  # x_start = x0
-        self.start[b.index] = (start, FusedBuffer([start]))
+        self.start[b.index] = (start, FusedBuffer([start], threads=b.params.threads))
         return super().initial(b)
 
     def starts(self) -> List[Any]:

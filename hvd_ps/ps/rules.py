@@ -1,0 +1,199 @@
+"""The servers' update rules: what a push to a key does to the server's slice ``w`` of it.
+
+One class per record of :mod:`hvd_ps.ps.protocol`, in :data:`RULES`; a server makes one
+:class:`Rule` per key when a leader's command sets it (:func:`make`). A rule's state (an
+optimizer's, the delayed Nesterov's momentum) lives in the rule; checkpoints read and write it
+through :meth:`Rule.leaves`, in the order of the record's ``state_layout()``. Adding a rule
+means a record in the protocol and a class here.
+
+``g`` is what arrived (in sync mode the sum of a round, in async mode one push); every rule
+writes ``w`` in place. MXNet is imported by the server before any rule is made.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Type
+
+from .. import private_api
+from . import protocol
+
+#: finds the rule of another key on this server (None: it has none)
+RuleOf = Callable[[int], Optional["Rule"]]
+
+
+class Rule:
+    """The update rule of one key on one server, made from its protocol ``record`` for ``key``;
+    ``rule_of`` finds the rules of the server's other keys."""
+
+    def __init__(self, record: Any, key: int, rule_of: RuleOf) -> None:
+        self.record = record
+        self.key = key
+        self.rule_of = rule_of
+
+    def update(self, g: Any, w: Any) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has no update")
+
+    def leaves(self, like: Any) -> List[Any]:
+        """The rule's state arrays (created as a first update would, of ``like``'s shape and
+        dtype, if there are none yet), in the order of the record's ``state_layout()``."""
+        raise ValueError("its rule keeps no server state")
+
+    def loaded(self, count: int) -> None:
+        """A checkpoint's state was copied in: the key has had ``count`` pushes so far."""
+
+
+class Assign(Rule):
+    """``w = g`` (a row-sparse push replaces only its rows)."""
+
+    def update(self, g: Any, w: Any) -> None:
+        assign(g, w)
+
+
+class Add(Rule):
+    """``w += g``."""
+
+    def update(self, g: Any, w: Any) -> None:
+        w += g
+
+
+class Optimizer(Rule):
+    """One of MXNet's optimizers on ``scale * g``, its learning rate times ``lr_scale``."""
+
+    def __init__(self, record: protocol.Optimizer, key: int, rule_of: RuleOf) -> None:
+        super().__init__(record, key, rule_of)
+        import mxnet as mx
+
+        args = dict(record.args)
+        args["rescale_grad"] = record.scale * float(args.get("rescale_grad", 1.0))
+        self.opt = mx.optimizer.create(record.name, **args)
+        if record.lr_scale != 1.0:  # async GradientPush: each push is 1/G of a sync round
+            self.opt.set_learning_rate(self.opt.learning_rate * record.lr_scale)
+        self.state: Any = None
+        self.made = False
+
+    def _state(self, like: Any) -> Any:
+        if not self.made:
+            self.state, self.made = self.opt.create_state(self.key, like), True
+        return self.state
+
+    def update(self, g: Any, w: Any) -> None:
+        self.opt.update(self.key, w, g, self._state(w))
+
+    def leaves(self, like: Any) -> List[Any]:
+        return protocol.state_leaves(self._state(like))
+
+    def loaded(self, count: int) -> None:
+        # the update count drives Adam's bias correction and learning-rate schedules
+        private_api.set_update_count(self.opt, self.key, count)
+        self.opt.num_update = max(self.opt.num_update, count)
+
+
+class Nesterov(Rule):
+    """Outer SGD with (delayed) momentum, as :class:`hvd_ps.ps.protocol.Nesterov` states it.
+
+    ``v`` the momentum, ``a`` the sum of the scaled pushes since ``v`` was last updated (only
+    with a delay), ``k`` how many pushes that sum holds."""
+
+    def __init__(self, record: protocol.Nesterov, key: int, rule_of: RuleOf) -> None:
+        super().__init__(record, key, rule_of)
+        import mxnet as mx
+
+        self.mx = mx
+        self.arrays: Dict[str, Any] = {"v": None, "a": None}
+        self.k = 0
+
+    def update(self, g: Any, w: Any) -> None:
+        r = self.record
+        d = g * r.scale
+        if r.clip is not None:
+            d = self.mx.nd.clip(d, -r.clip, r.clip)
+        if r.wd:
+            d = d + r.wd * w
+        if r.delay > 1:
+            a = self.arrays["a"]
+            self.arrays["a"] = a = d.copy() if a is None else a + d
+        else:
+            a = d
+        self.k += 1
+        if self.k < r.delay:
+            w -= r.lr * d  # this push's share of the gradient term; momentum waits
+            return
+        v_old = self.arrays["v"]
+        v = a.copy() if v_old is None else v_old * r.momentum + a
+        self.arrays["v"], self.k = v, 0
+        if r.delay > 1:
+            self.arrays["a"] = None
+        if r.nesterov:
+            w -= r.lr * (d + r.momentum * v)
+        elif v_old is None:
+            w -= r.lr * d
+        else:
+            w -= r.lr * (d + r.momentum * v_old)
+
+    def leaves(self, like: Any) -> List[Any]:
+        names = self.record.state_layout()
+        for name in names:  # zeros act as no momentum yet / nothing summed yet
+            if self.arrays.get(name) is None:
+                self.arrays[name] = self.mx.nd.zeros(like.shape, dtype=like.dtype)
+        return [self.arrays[name] for name in names]
+
+    def loaded(self, count: int) -> None:
+        self.k = count % self.record.delay  # where the key stands in its cycle of pushes
+
+
+class CopyState(Rule):
+    """Checkpoints: a push copies key ``source``'s state array ``leaf`` into ``w``, or (with
+    ``load``) ``w`` into that state; ``rule_of`` finds another key's rule on this server."""
+
+    def update(self, g: Any, w: Any) -> None:
+        r = self.record
+        source = self.rule_of(r.source)
+        if source is None:
+            raise ValueError(f"key {r.source} has no server state (it has no rule)")
+        try:
+            leaves = source.leaves(w)
+        except ValueError as err:
+            raise ValueError(f"key {r.source}: {err}") from None
+        if r.leaf >= len(leaves):
+            raise ValueError(f"key {r.source} has {len(leaves)} state arrays, not {r.leaf + 1}")
+        if r.load:
+            leaves[r.leaf][:] = w
+            source.loaded(r.count)
+        else:
+            w[:] = leaves[r.leaf]
+
+
+#: the rule class of each protocol record
+RULES: Dict[Type[Any], Type[Rule]] = {
+    protocol.Assign: Assign,
+    protocol.Add: Add,
+    protocol.Optimizer: Optimizer,
+    protocol.Nesterov: Nesterov,
+    protocol.CopyState: CopyState,
+}
+
+
+def make(record: protocol.Rule, key: int, rule_of: RuleOf) -> Rule:
+    """The rule ``record`` sets for ``key``; ``rule_of`` finds the rules of other keys."""
+    kind = RULES.get(type(record))
+    if kind is None:
+        raise ValueError(f"no update rule for {record!r}")
+    return kind(record, key, rule_of)
+
+
+def assign(received: Any, stored: Any) -> None:
+    """``stored = received``; a row-sparse push replaces only the rows it holds.
+
+    The server keeps a row-sparse key with every row present (its pulls read rows by index),
+    so the result is written back with all rows.
+    """
+    if getattr(received, "stype", "default") != "row_sparse":
+        stored[:] = received
+        return
+    import mxnet as mx
+
+    dense = stored.tostype("default")
+    if received.indices.shape[0]:
+        dense[received.indices] = received.data
+    rows = mx.nd.arange(stored.shape[0], dtype="int64")
+    mx.nd.sparse.row_sparse_array((dense, rows), shape=stored.shape).copyto(stored)
