@@ -133,13 +133,13 @@ def test_positional_arguments_keep_their_order():
 
 
 def test_gradient_push_needs_the_optimizer_by_name_with_numbers():
-    from hvd_ps.train.gluon import _server_optimizer
+    from hvd_ps.train.gluon_checks import server_optimizer
 
-    assert _server_optimizer("SGD", {"learning_rate": 0.1}) == ("sgd", {"learning_rate": 0.1})
+    assert server_optimizer("SGD", {"learning_rate": 0.1}) == ("sgd", {"learning_rate": 0.1})
     with pytest.raises(ConfigError, match="optimizer"):
-        _server_optimizer(object(), None)
+        server_optimizer(object(), None)
     with pytest.raises(ConfigError, match="lr_scheduler"):
-        _server_optimizer("sgd", {"lr_scheduler": object()})
+        server_optimizer("sgd", {"lr_scheduler": object()})
 
 
 @pytest.mark.parametrize(

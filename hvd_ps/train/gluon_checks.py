@@ -1,0 +1,107 @@
+"""What the Gluon trainer checks of its arguments and across its ranks, with messages that name
+the argument or the rank that differs (:class:`hvd_ps.train.gluon.DistributedTrainer`)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Dict, List, Optional, Tuple
+
+import horovod.mxnet as hvd
+import numpy as np
+
+from .. import arguments, config
+from ..errors import ConfigError, HvdPsError
+
+
+def check_horovod_args(topo: Any, compression: Any, factor: Any, num_groups: Any) -> None:
+    """Horovod's own arguments, checked with messages that name them."""
+    if not (hasattr(compression, "compress") and hasattr(compression, "decompress")):
+        raise ConfigError(
+            f"compression must be a Horovod compressor such as hvd.Compression.fp16, "
+            f"got {compression!r}"
+        )
+    arguments.number("gradient_predivide_factor", factor, 0.0)
+    arguments.integer(
+        "num_groups", num_groups, low=0, hint="Horovod's grouped allreduces inside the group"
+    )
+
+
+def check_process_set(topo: Any, process_set: Any) -> None:
+    if process_set is None or process_set is topo.group:
+        return
+    ranks = getattr(process_set, "ranks", None)
+    if process_set is hvd.global_process_set:
+        ranks = list(range(hvd.size()))
+    if ranks is not None and sorted(ranks) == topo.members:
+        return
+    raise ConfigError(
+        f"process_set: hvd_ps allreduces inside this rank's group (ranks {topo.members}); "
+        f"leave process_set out or pass hvd_ps.group(), not a set of ranks {ranks}"
+    )
+
+
+def server_optimizer(optimizer: Any, params: Optional[Dict[str, Any]]) -> tuple:
+    """GradientPush runs the optimizer on the servers: it must travel as a name and numbers."""
+    if not isinstance(optimizer, str):
+        raise ConfigError(
+            "optimizer: GradientPush runs the optimizer on the PS servers, so give it by name "
+            f"(e.g. 'sgd'), not as {type(optimizer).__name__}"
+        )
+    args = dict(params or {})
+    bad = [k for k, v in args.items() if not isinstance(v, (int, float, bool, type(None)))]
+    if bad:
+        raise ConfigError(f"optimizer_params {bad} must be numbers for GradientPush")
+    return optimizer.lower(), args
+
+
+def digest(a: Any) -> str:
+    return hashlib.sha1(np.ascontiguousarray(a.asnumpy()).tobytes()).hexdigest()
+
+
+def check_same(signatures: List[Any], groups: List[List[int]]) -> None:
+    """Every rank must train the same parameters (names, shapes, dtypes, starting values) with
+    the same strategy. Every rank compares the same signatures, so all raise alike."""
+    model = "build the same model, in the same order, on every rank"
+    ref_strategy, ref_params, ref_digests, ref_wire = signatures[0]
+    there = "on rank 0 (group 0)"
+    for rank, (strategy, params, digests, wire) in enumerate(signatures):
+        gid = next(i for i, g in enumerate(groups) if rank in g)
+        here = f"on rank {rank} (group {gid})"
+        why = None
+        if strategy != ref_strategy:
+            why = f"sync strategy differs: {strategy} {here}, {ref_strategy} {there}: pass "
+            why += "every rank the same sync="
+        elif wire != ref_wire:
+            why = f"PS traffic differs: {wire} {here}, {ref_wire} {there}: pass every rank the "
+            why += "same wire_dtype and bucket_mb (or none: HVD_PS_WIRE_DTYPE, HVD_PS_BUCKET_MB)"
+        elif len(params) != len(ref_params):
+            why = f"number of trained parameters differs: {len(params)} {here}, "
+            why += f"{len(ref_params)} {there}: {model}"
+        for (n, s, d), (rn, rs, rd) in zip(params, ref_params):
+            if why is None and (n, s, d) != (rn, rs, rd):
+                why = f"parameter {n!r} differs across groups: {s} {d} {here} but {rn!r} {rs} "
+                why += f"{rd} {there}: {model}"
+        for (n, *_), mine, ref_digest in zip(params, digests or [], ref_digests or []):
+            if why is None and mine != ref_digest:
+                why = (
+                    f"parameter {n!r} starts with other values {here} than {there}: call "
+                    "hvd_ps.broadcast_parameters(params) (or trainer.load_checkpoint) before "
+                    "the first trainer.step, so that every group starts from the same model"
+                )
+        if why is not None:
+            err = HvdPsError(why)
+            err.every_rank = True  # every rank compares the same signatures
+            raise err
+
+
+def wire_args(
+    wire_dtype: Optional[str], bucket_mb: Optional[float]
+) -> Tuple[Optional[str], Optional[float]]:
+    """The trainer's ``wire_dtype`` and ``bucket_mb``, checked (None: the environment's)."""
+    if wire_dtype is not None and wire_dtype not in config.WIRE_DTYPES:
+        raise ConfigError(
+            f"wire_dtype must be one of {', '.join(config.WIRE_DTYPES)}, got {wire_dtype!r}"
+        )
+    if bucket_mb is not None:
+        bucket_mb = arguments.number("bucket_mb", bucket_mb, 0.0, open_low=False)
+    return wire_dtype, bucket_mb
