@@ -16,6 +16,7 @@ from ...errors import HvdPsError
 
 if TYPE_CHECKING:
     from .fusion import FusedBuffer
+    from .interfaces import Flat
 
 
 @dataclass
@@ -26,8 +27,8 @@ class Bucket:
     exist only on a group's leader once the schedule has set the bucket up."""
 
     index: int  #: position among the trainer's buckets
-    params: FusedBuffer  #: the parameters
-    grads: FusedBuffer  #: their gradients
+    params: Flat  #: the parameters (the front end's arrays as one flat buffer)
+    grads: Flat  #: their gradients
     names: List[str] = field(default_factory=list)  #: the parameters' names, in layout order
     key: int = -1  #: the PS key (leader)
     out: Any = None  #: what is pushed (wire dtype)

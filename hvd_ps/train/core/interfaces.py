@@ -9,7 +9,7 @@ each of them against these protocols where they are handed over.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Protocol
+from typing import Any, Callable, Dict, List, Optional, Protocol
 
 from ... import config, topology
 from ...ps import protocol
@@ -56,6 +56,52 @@ class PSClient(Protocol):
     def wait(self, arrays: List[Any], what: str) -> None: ...
 
     def barrier(self, what: str) -> None: ...
+
+
+class Flat(Protocol):
+    """A front end's parameters (or gradients) of one bucket seen as one flat buffer: what the
+    strategies' exchanges read and write. :class:`hvd_ps.train.core.fusion.FusedBuffer` is the
+    one for MXNet arrays (the fused op, one pass each); a front end for another framework
+    hands the schedule its own (``Schedule(fuse=...)``). The flat buffers (``out``, ``flat``,
+    ``ref``, ``center``) are the PS wire's, 1-D MXNet arrays of :attr:`size` elements."""
+
+    @property
+    def arrays(self) -> List[Any]:
+        """The front end's arrays, in layout order."""
+        ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def dtype(self) -> Any:
+        """The arrays' numpy dtype."""
+        ...
+
+    @property
+    def threads(self) -> int: ...
+
+    def pack(self, dtype: Any = None, out: Any = None) -> Any:
+        """``out = arrays`` (cast to ``dtype``)."""
+        ...
+
+    def unpack(self, flat: Any, alpha: float = 1.0, beta: float = 0.0) -> None:
+        """``arrays = alpha * flat + beta * arrays``."""
+        ...
+
+    def pack_axpby(
+        self, ref: Any, alpha: float, beta: float, dtype: Any = None, out: Any = None
+    ) -> Any:
+        """``out = alpha * arrays + beta * ref``."""
+        ...
+
+    def elastic(self, center: Any, alpha: float, out: Any = None, dtype: Any = None) -> Any:
+        """``d = alpha * (arrays - center)``, ``arrays -= d``; returns ``d`` in ``out``."""
+        ...
+
+
+#: how a front end fuses arrays into a :class:`Flat` (arrays, threads of the fused op)
+Fuse = Callable[[List[Any], int], Flat]
 
 
 class Completable(Protocol):

@@ -41,7 +41,7 @@ from ...ps import protocol
 from . import finite
 from .buckets import Bucket, plan_buckets
 from .fusion import FusedBuffer
-from .interfaces import Job, PSClient
+from .interfaces import Flat, Fuse, Job, PSClient
 from .strategies import Exchange, ServerOptimizer, Strategy
 
 
@@ -56,6 +56,11 @@ def wait_arrays(arrays: List[Any], what: str, timeout: float) -> None:
             lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
             cause = lines[-1] if lines else type(err).__name__
             raise HvdPsError(f"{what} failed: {cause}") from None
+
+
+def _fused(arrays: List[Any], threads: int) -> Flat:
+    """MXNet arrays as one flat buffer: the fused op (the Gluon front end's)."""
+    return FusedBuffer(arrays, threads=threads)
 
 
 @dataclass(frozen=True)
@@ -91,8 +96,11 @@ class Schedule:
         optimizer: Optional[ServerOptimizer] = None,
         wire_dtype: Optional[str] = None,
         bucket_mb: Optional[float] = None,
+        fuse: Optional[Fuse] = None,
     ) -> None:
         self.rt = rt
+        #: how the front end's parameter and gradient arrays become flat buffers
+        self.fuse: Fuse = fuse or _fused
         settings = rt.cfg.settings
         #: the dtype of PS traffic and the largest bucket (MB): the trainer's, else the
         #: environment's (``HVD_PS_WIRE_DTYPE``, ``HVD_PS_BUCKET_MB``)
@@ -204,8 +212,8 @@ class Schedule:
         buckets = []
         for i, idx in enumerate(plan):
             ps = [trained[j] for j in idx]
-            params = FusedBuffer([p.data for p in ps], threads=threads)
-            grads = FusedBuffer([p.grad for p in ps], threads=threads)
+            params = self.fuse([p.data for p in ps], threads)
+            grads = self.fuse([p.grad for p in ps], threads)
             b = Bucket(i, params, grads, names=[p.name for p in ps])
             self.bcast.append(mx.nd.zeros((b.params.size,), dtype=b.params.dtype))
             buckets.append(b)
