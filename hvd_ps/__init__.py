@@ -28,6 +28,8 @@ _PUBLIC = {
     "ConfigError": "errors",
     "TopologyError": "errors",
     "TierError": "errors",
+    "CheckpointError": "errors",
+    "NonFiniteError": "errors",
     "FusedBuffer": "train.core.fusion",
     "init": "train.runtime",
     "shutdown": "train.runtime",

@@ -30,3 +30,7 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     api = (site / "api" / "index.html").read_text()
     for name in ("DistributedTrainer", "broadcast_parameters", "EASGD", "FusedBuffer", "init"):
         assert f"{name}</" in api or f">{name}<" in api, f"the API reference lacks {name}"
+    # docstrings' Sphinx roles and `Example::` blocks render as code, never as raw markup
+    for raw in (":class:", ":func:", ":mod:", ":meth:", "Example::"):
+        assert raw not in api, f"the API reference shows {raw!r} as text"
+    assert "CheckpointError" in api and "NonFiniteError" in api

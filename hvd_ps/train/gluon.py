@@ -179,6 +179,7 @@ class DistributedTrainer(hvd.DistributedTrainer):
     # -- public -----------------------------------------------------------------------------
     @property
     def sync(self) -> Strategy:
+        """The strategy across groups (``sync=``)."""
         return self._sync
 
     @property

@@ -289,14 +289,17 @@ def total_groups() -> int:
 
 
 def group_rank() -> int:
+    """This rank's position inside its group (0 is the group's leader)."""
     return runtime().topo.group_rank
 
 
 def group_size() -> int:
+    """The number of ranks in this rank's group."""
     return runtime().topo.group_size
 
 
 def is_leader() -> bool:
+    """Whether this rank is its group's leader, the one that talks to the PS tier."""
     return runtime().topo.is_leader
 
 

@@ -68,6 +68,7 @@ class Strategy(metaclass=_CheckedArguments):
 
     @property
     def name(self) -> str:
+        """The strategy's class name (``'EASGD'``)."""
         return type(self).__name__
 
     def validate(self, num_groups: int) -> None:
@@ -89,6 +90,7 @@ class Strategy(metaclass=_CheckedArguments):
         return entry.exchange(self, num_groups, wire, optimizer)
 
     def describe(self) -> str:
+        """One line for logs: the strategy with its arguments."""
         return repr(self)
 
     def _check_common(self) -> None:

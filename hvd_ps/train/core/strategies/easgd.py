@@ -40,6 +40,7 @@ class EASGD(Strategy):
             store(self, alpha=arguments.number("alpha", self.alpha, 0.0, 1.0))
 
     def alpha_for(self, num_groups: int) -> float:
+        """``alpha`` for a tier of ``num_groups`` groups (default ``0.9 / G``)."""
         return 0.9 / num_groups if self.alpha is None else self.alpha
 
     def validate(self, num_groups: int) -> None:
