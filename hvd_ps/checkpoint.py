@@ -116,15 +116,16 @@ def _storable(name: str) -> bool:
     return bool(name) and not name.startswith("/") and ".." not in parts and name != MANIFEST
 
 
-def _npy_header(a: np.ndarray) -> bytes:
+def _npy_header(a: np.ndarray[Any, Any]) -> bytes:
     import io
 
     buf = io.BytesIO()
-    header = np.lib.format.header_data_from_array_1_0(a)
+    fmt: Any = np.lib.format  # numpy ships these functions without annotations
+    header = fmt.header_data_from_array_1_0(a)
     try:
-        np.lib.format.write_array_header_1_0(buf, header)
+        fmt.write_array_header_1_0(buf, header)
     except ValueError:  # a header of more than 64 KiB
-        np.lib.format.write_array_header_2_0(buf, header)
+        fmt.write_array_header_2_0(buf, header)
     return buf.getvalue()
 
 
@@ -262,7 +263,7 @@ def write(path: str, arrays: Mapping[str, Any], meta: Mapping[str, Any]) -> int:
         abandon(path, [shard["name"]])
         raise
     retire(path, stale)
-    return shard["bytes"] + os.path.getsize(path)
+    return int(shard["bytes"]) + os.path.getsize(path)
 
 
 def _torn(what: str, err: BaseException) -> CheckpointError:
@@ -316,13 +317,14 @@ def shard_of(manifest: Mapping[str, Any], array: str) -> Mapping[str, Any]:
     """The manifest's entry of the shard that holds ``array``."""
     for s in manifest["shards"]:
         if array in s["arrays"]:
-            return s
+            entry: Mapping[str, Any] = s
+            return entry
     raise CheckpointError(f"the checkpoint has no array {array!r}; it was saved by another job")
 
 
 def read_shard(
     path: str, shard: Mapping[str, Any], names: Optional[Iterable[str]] = None
-) -> Dict[str, np.ndarray]:
+) -> Dict[str, np.ndarray[Any, Any]]:
     """The arrays ``names`` (default: all) of ``shard`` (an entry of the manifest of ``path``),
     after checking the shard against the manifest: its size, its arrays and their CRC-32s."""
     full = os.path.join(_folder(path), shard["name"])
@@ -358,7 +360,8 @@ def read_shard(
             for name in described if names is None else names:
                 spec = described[name]
                 with zf.open(name + ".npy") as member:
-                    a = np.lib.format.read_array(member, allow_pickle=False)
+                    fmt: Any = np.lib.format  # no annotations in numpy
+                    a = fmt.read_array(member, allow_pickle=False)
                     member.read()  # to the end: the zip layer checks the CRC-32 there
                 if list(a.shape) != spec["shape"] or a.dtype.str != spec["dtype"]:
                     raise CheckpointError(
@@ -373,10 +376,10 @@ def read_shard(
     return out
 
 
-def read(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+def read(path: str) -> Tuple[Dict[str, np.ndarray[Any, Any]], Dict[str, Any]]:
     """Every array and the ``meta`` of a checkpoint, after checking every part of it."""
     manifest = read_manifest(path)
-    arrays: Dict[str, np.ndarray] = {}
+    arrays: Dict[str, np.ndarray[Any, Any]] = {}
     for shard in manifest["shards"]:
         arrays.update(read_shard(path, shard))
     return arrays, dict(manifest.get("meta") or {})

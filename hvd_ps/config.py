@@ -68,7 +68,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .errors import ConfigError
 
@@ -138,7 +138,7 @@ def _number(env: Mapping[str, str], name: str, default: float, kind: type, minim
         raise ConfigError(f"{name}={raw!r} must be a finite number: {fix}")
     if value < minimum:
         raise ConfigError(f"{name}={raw!r} must be >= {minimum}: {fix}")
-    return value
+    return float(value)
 
 
 def _address(env: Mapping[str, str], name: str) -> Optional[Tuple[str, int]]:
@@ -227,7 +227,7 @@ def load(environ: Optional[Mapping[str, str]] = None) -> Config:
 
 def ps_environment(
     role: str, root_uri: str, root_port: int, num_servers: int, num_workers: int, node_host: str
-) -> dict:
+) -> Dict[str, Any]:
     """The ``DMLC_*`` variables a ps-lite node of ``role`` needs (MXNet's standard launch set)."""
     if role not in ("scheduler", "server", "worker"):
         raise ConfigError(f"role={role!r} must be scheduler, server or worker")

@@ -41,7 +41,7 @@ private name                       of                      why hvd_ps needs it
 from __future__ import annotations
 
 import ctypes
-from typing import Any, Callable, List
+from typing import Any, Callable, Dict, List
 
 
 def trained_params(trainer: Any) -> List[Any]:
@@ -71,12 +71,12 @@ def local_updater(trainer: Any) -> Any:
     return updaters[0]
 
 
-def update_counts(optimizer: Any) -> dict:
+def update_counts(optimizer: Any) -> Dict[int, int]:
     """How often the optimizer has updated each parameter index."""
     return dict(optimizer._index_update_count)
 
 
-def set_update_counts(optimizer: Any, counts: dict) -> None:
+def set_update_counts(optimizer: Any, counts: Dict[int, int]) -> None:
     optimizer._index_update_count = dict(counts)
 
 

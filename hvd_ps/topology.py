@@ -15,7 +15,7 @@ rank and nothing blocks.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import arguments
 from .errors import ConfigError, TopologyError
@@ -47,7 +47,7 @@ def plan(
         return [list(range(s, s + group_size)) for s in range(0, world_size, group_size)]
     if hosts is None or len(hosts) != world_size:
         raise TopologyError("grouping by host needs one host name per rank")
-    by_host: dict = {}
+    by_host: Dict[str, List[int]] = {}
     for rank, host in enumerate(hosts):
         by_host.setdefault(host, []).append(rank)
     return sorted(by_host.values())
@@ -56,7 +56,7 @@ def plan(
 def _check_partition(world_size: int, groups: Sequence[Sequence[int]]) -> List[List[int]]:
     if isinstance(groups, (str, bytes)) or not isinstance(groups, Sequence) or not groups:
         raise TopologyError(f"groups must be a non-empty list of lists of ranks, got {groups!r}")
-    seen: dict = {}
+    seen: Dict[int, int] = {}
     out = []
     for gid, grp in enumerate(groups):
         if isinstance(grp, (str, bytes)) or not isinstance(grp, Sequence):
@@ -143,7 +143,7 @@ class Topology:
         return [g[0] for g in self.groups]
 
 
-def world() -> tuple:
+def world() -> Tuple[Any, ...]:
     """(rank, size, host names of every rank) of the MPI world, before Horovod starts."""
     from mpi4py import MPI
 
@@ -151,7 +151,9 @@ def world() -> tuple:
     return comm.Get_rank(), comm.Get_size(), comm.allgather(MPI.Get_processor_name())
 
 
-def setup(group_size: Optional[int] = None, groups: Optional[Sequence[Sequence[int]]] = None):
+def setup(
+    group_size: Optional[int] = None, groups: Optional[Sequence[Sequence[int]]] = None
+) -> Topology:
     """Plan the groups, then ``hvd.init`` with their process sets. Returns a :class:`Topology`."""
     import horovod.mxnet as hvd
 
@@ -179,7 +181,7 @@ def setup(group_size: Optional[int] = None, groups: Optional[Sequence[Sequence[i
     return Topology(layout, rank, gid, as_set(layout[gid]), as_set(leader_ranks), list(hosts))
 
 
-def _add_process_sets(hvd: Any, sets: dict) -> None:
+def _add_process_sets(hvd: Any, sets: Dict[Tuple[int, ...], Any]) -> None:
     """Register the groups' process sets with a Horovod the script already started."""
     for key, process_set in sets.items():
         try:

@@ -18,7 +18,7 @@ if phase lint; then
   step "ruff (lint + format check)"
   ruff check hvd_ps tests examples benchmarks docs/hooks setup.py || status=1
   ruff format --check hvd_ps tests examples benchmarks docs/hooks setup.py || status=1
-  step "mypy hvd_ps"
+  step "mypy --strict hvd_ps (pyproject.toml)"
   mypy hvd_ps || status=1
   step "docs (mkdocs build --strict)"
   python -m mkdocs build --strict --site-dir "$OUT/site" || status=1

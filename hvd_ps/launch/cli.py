@@ -85,9 +85,9 @@ class Tier:
     """The scheduler and local servers (:class:`spawn.LocalTier`) plus remote servers."""
 
     local: spawn.LocalTier
-    remote: Dict[str, subprocess.Popen] = field(default_factory=dict)
+    remote: Dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def procs(self) -> Dict[str, subprocess.Popen]:
+    def procs(self) -> Dict[str, subprocess.Popen[bytes]]:
         return {**self.local.procs, **self.remote}
 
     def failed(self) -> Optional[str]:

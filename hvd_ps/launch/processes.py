@@ -32,7 +32,7 @@ def how_ended(returncode: int) -> str:
     return f"exited with code {returncode}"
 
 
-def ended(name: str, proc: subprocess.Popen) -> Optional[str]:
+def ended(name: str, proc: subprocess.Popen[bytes]) -> Optional[str]:
     """``"<name> (pid P) <how it ended>"`` once ``proc`` has ended, None while it runs (it is
     reaped here if it has just ended)."""
     code = proc.poll()
@@ -59,7 +59,7 @@ def _members(pgid: int) -> List[int]:
     return found
 
 
-def _gone(proc: subprocess.Popen) -> bool:
+def _gone(proc: subprocess.Popen[bytes]) -> bool:
     """True when ``proc`` has ended (it is reaped) and its group holds no live process."""
     if proc.poll() is None:
         return False
@@ -77,7 +77,9 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def stop_groups(procs: Sequence[subprocess.Popen], grace: float, kill_wait: float = 5.0) -> bool:
+def stop_groups(
+    procs: Sequence[subprocess.Popen[bytes]], grace: float, kill_wait: float = 5.0
+) -> bool:
     """Stop each child in ``procs`` and every other process of its group (group id = its PID).
 
     SIGTERM goes to every group that still holds a live process; after up to ``grace`` seconds

@@ -28,7 +28,7 @@ class LocalTier:
     port: int
     num_servers: int
     num_workers: int
-    procs: Dict[str, subprocess.Popen] = field(default_factory=dict)
+    procs: Dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     stopping: bool = False
 
     @property

@@ -114,7 +114,9 @@ def resolve(
 # -- the leaders' check on the tier ------------------------------------------------------------
 
 
-def _add_and_read(client: Any, key: int, value: np.ndarray, what: str) -> np.ndarray:
+def _add_and_read(
+    client: Any, key: int, value: np.ndarray[Any, Any], what: str
+) -> np.ndarray[Any, Any]:
     """Every leader of the tier adds ``value`` to ``key``; returns the sum over all of them."""
     import mxnet as mx
 
@@ -130,7 +132,8 @@ def _add_and_read(client: Any, key: int, value: np.ndarray, what: str) -> np.nda
         out.wait_to_read()
         private_api.kv_barrier(kv)  # every leader's push has been applied
         kv.pull(key, out=out)
-        return out.asnumpy()
+        total: np.ndarray[Any, Any] = out.asnumpy()
+        return total
 
 
 def claim(client: Any, place: Placement, num_groups: int, group_id: int) -> Optional[str]:

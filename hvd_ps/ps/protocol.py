@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar, Dict, Optional, Tuple, Type, Union
+from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type, Union
 
 from .. import arguments
 from ..arguments import number
@@ -226,7 +226,7 @@ class Command:
         return Command(msg.get("key"), rule)  # type: ignore[arg-type]
 
 
-def state_leaves(state: Any) -> list:
+def state_leaves(state: Any) -> List[Any]:
     """The arrays of an MXNet optimizer state (None, an array, or nested tuples of them), in
     the order a checkpoint stores them: the order both sides of :class:`CopyState` count."""
     if state is None:

@@ -36,7 +36,7 @@ import select
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .. import messages
 from ..errors import TierError, TopologyError
@@ -86,7 +86,7 @@ class Roster:
     report: Callable[[str], None]
     groups: Dict[int, Group] = field(default_factory=dict)
     keys: Dict[str, List[Any]] = field(default_factory=dict)
-    modes: set = field(default_factory=set)  # the trainers' modes the leaders reported
+    modes: Set[Any] = field(default_factory=set)  # the trainers' modes the leaders reported
     recoveries: int = 0  # rejoins granted
     conns: Dict[socket.socket, Optional[int]] = field(default_factory=dict)
     buffers: Dict[socket.socket, bytes] = field(default_factory=dict)

@@ -35,7 +35,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Set
 
 from .. import config, private_api
 from . import protocol, rules, stock_optimizer
@@ -72,7 +72,7 @@ class Updaters:
         #: each key's rule (:mod:`hvd_ps.ps.rules`), set by a leader's command
         self.rules: Dict[int, rules.Rule] = {}
         self.rejected = 0
-        self.seen: set = set()
+        self.seen: Set[Any] = set()
         #: the MXNet updater of a stock worker's ``kv.set_optimizer`` (keys without a rule)
         self.stock: Optional[Callable[[int, Any, Any], None]] = None
         self.stock_body: Optional[bytes] = None

@@ -60,7 +60,7 @@ def broadcast_parameters(params: Any, root_rank: int = 0) -> None:
 _wait = wait_arrays
 
 
-class DistributedTrainer(hvd.DistributedTrainer):
+class DistributedTrainer(hvd.DistributedTrainer):  # type: ignore[misc]  # no stubs
     """A ``mx.gluon.Trainer`` for hvd_ps: group allreduce every step, PS exchange every
     ``sync.period`` steps (see the module docstring for the exact order).
 
@@ -356,11 +356,11 @@ class _Checkpointed:
     def parameters(self) -> List[Param]:
         return [Param(p.name, p.data(), p.grad()) for p in self.trainer._trained()]
 
-    def set_parameters(self, values: Dict[str, np.ndarray]) -> None:
+    def set_parameters(self, values: Dict[str, np.ndarray[Any, Any]]) -> None:
         for p in self.trainer._trained():
             p.set_data(mx.nd.array(values[p.name], dtype=p.dtype))
 
-    def optimizer_arrays(self) -> Iterator[Tuple[str, np.ndarray]]:
+    def optimizer_arrays(self) -> Iterator[Tuple[str, np.ndarray[Any, Any]]]:
         for index, state in private_api.local_updater(self.trainer).states.items():
             for leaf, a in enumerate(protocol.state_leaves(state)):
                 yield f"{index}/{leaf}", resume.view(a)
@@ -373,7 +373,7 @@ class _Checkpointed:
         }
 
     def load_optimizer(
-        self, saved: Dict[int, Dict[int, np.ndarray]], counts: Dict[str, Any]
+        self, saved: Dict[int, Dict[int, np.ndarray[Any, Any]]], counts: Dict[str, Any]
     ) -> None:
         opt, updater = self.trainer.optimizer, private_api.local_updater(self.trainer)
         trained = private_api.trained_params(self.trainer)

@@ -40,7 +40,7 @@ def check_process_set(topo: Any, process_set: Any) -> None:
     )
 
 
-def server_optimizer(optimizer: Any, params: Optional[Dict[str, Any]]) -> tuple:
+def server_optimizer(optimizer: Any, params: Optional[Dict[str, Any]]) -> Tuple[Any, ...]:
     """GradientPush runs the optimizer on the servers: it must travel as a name and numbers."""
     if not isinstance(optimizer, str):
         raise ConfigError(

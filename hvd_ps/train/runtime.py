@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 from .. import addresses, config, deadline, exits, topology
 from ..errors import HvdPsError, TierError, TopologyError
@@ -26,7 +26,7 @@ from .core.interfaces import InFlight
 class Runtime:
     cfg: config.Config
     topo: topology.Topology
-    address: tuple  # (uri, port, num_servers)
+    address: Tuple[Any, ...]  # (uri, port, num_servers)
     local: Optional[spawn.LocalTier] = None
     client: Optional[Client] = None
     collectives: int = 0
@@ -131,7 +131,7 @@ def _rejoined(rt: Runtime) -> bool:
     return flags == {True}
 
 
-def _start_tier(cfg: config.Config, topo: topology.Topology) -> tuple:
+def _start_tier(cfg: config.Config, topo: topology.Topology) -> Tuple[Any, ...]:
     """Rank 0 starts the embedded tier (unless one is configured) and tells every rank."""
     import horovod.mxnet as hvd
 

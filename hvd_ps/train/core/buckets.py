@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -54,7 +54,7 @@ def plan_buckets(arrays: Sequence[Any], max_bytes: int) -> List[List[int]]:
 
         plan_buckets([a32_10MB, a32_10MB, a16_1MB], 16 << 20)  # -> [[0], [1], [2]]
     """
-    by_dtype: dict = {}
+    by_dtype: Dict[str, Any] = {}
     for i, a in enumerate(arrays):
         by_dtype.setdefault(np.dtype(a.dtype).name, []).append(i)
     out: List[List[int]] = []

@@ -32,7 +32,7 @@ ADVICE = (
 )
 
 
-def _sums(flats: Sequence[Any]) -> np.ndarray:
+def _sums(flats: Sequence[Any]) -> np.ndarray[Any, Any]:
     """One sum per flat buffer (float32 at least, so float16 does not overflow), one wait."""
     sums = [mx.nd.sum(f if np.dtype(f.dtype).itemsize >= 4 else f.astype("float32")) for f in flats]
     return mx.nd.concat(*sums, dim=0).asnumpy() if sums else np.zeros(0)

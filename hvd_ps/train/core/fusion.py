@@ -52,7 +52,7 @@ import ctypes
 import importlib.machinery
 import os
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import mxnet as mx
 import numpy as np
@@ -62,7 +62,7 @@ from ...errors import ConfigError, HvdPsError
 
 __all__ = ["FusedBuffer", "check_engine_errors"]
 
-DTypeLike = Union[None, str, type, np.dtype]
+DTypeLike = Union[None, str, type, np.dtype[Any]]
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
 
@@ -123,7 +123,7 @@ def _load_library() -> ctypes.CDLL:
 _LIB = _load_library()
 
 
-def _dtype(dtype: DTypeLike, what: str) -> np.dtype:
+def _dtype(dtype: DTypeLike, what: str) -> np.dtype[Any]:
     try:
         dt = np.dtype(dtype)
     except TypeError:
@@ -178,7 +178,7 @@ class FusedBuffer:
                 f"arrays must be a list or tuple of NDArrays, got {type(arrays).__name__}"
             )
         checked = [_check_array(a, f"arrays[{i}]") for i, a in enumerate(arrays)]
-        by_dtype: dict = {}
+        by_dtype: Dict[str, Any] = {}
         for i, a in enumerate(checked):
             by_dtype.setdefault(np.dtype(a.dtype).name, []).append(i)
         if len(by_dtype) > 1:
@@ -190,7 +190,7 @@ class FusedBuffer:
                 f"FusedBuffer arrays must share one dtype, found {found}: group your arrays per "
                 "dtype and make one FusedBuffer per group"
             )
-        seen: dict = {}
+        seen: Dict[int, int] = {}
         for i, a in enumerate(checked):
             key = a.handle.value
             if key in seen:
@@ -224,7 +224,7 @@ class FusedBuffer:
         return self._offsets[-1]
 
     @property
-    def dtype(self) -> np.dtype:
+    def dtype(self) -> np.dtype[Any]:
         """The arrays' common dtype (float32 for an empty buffer)."""
         return self._dtype
 

@@ -63,6 +63,9 @@ from .buckets import Bucket, plan_buckets
 from .interfaces import Job, PSClient
 from .schedule import Param, Schedule, State
 
+#: an array in host memory, as a checkpoint reads and writes it
+Host = np.ndarray[Any, Any]
+
 
 class FrontEnd(Protocol):
     """What checkpoints need of a front end's trainer (the Gluon one: ``hvd_ps.train.gluon``)."""
@@ -88,11 +91,11 @@ class FrontEnd(Protocol):
         """The trained parameters, in the trainer's order."""
         ...
 
-    def set_parameters(self, values: Dict[str, np.ndarray]) -> None:
+    def set_parameters(self, values: Dict[str, Host]) -> None:
         """Set each trained parameter to its value by name."""
         ...
 
-    def optimizer_arrays(self) -> Iterator[Tuple[str, np.ndarray]]:
+    def optimizer_arrays(self) -> Iterator[Tuple[str, Host]]:
         """The local optimizer's state as ``<index>/<leaf>`` and the array's memory."""
         ...
 
@@ -100,7 +103,7 @@ class FrontEnd(Protocol):
         """The local optimizer's update counts (``opt_counts``, ``num_update``)."""
         ...
 
-    def load_optimizer(self, saved: Dict[int, Dict[int, np.ndarray]], counts: Dict[str, Any]):
+    def load_optimizer(self, saved: Dict[int, Dict[int, Host]], counts: Dict[str, Any]) -> None:
         """Set the local optimizer's state (index -> leaf -> array) and update counts."""
         ...
 
@@ -145,16 +148,18 @@ def _signature(fe: FrontEnd) -> Dict[str, Any]:
     return out
 
 
-def view(a: Any) -> np.ndarray:
+def view(a: Any) -> Host:
     """The memory of a CPU NDArray as a numpy array, without a copy, once MXNet has written
     it. The caller keeps ``a`` alive, and unchanged, while it reads."""
     a.wait_to_read()
     if a.stype != "default" or a.context.device_type != "cpu" or a.size == 0:
-        return a.asnumpy()
+        copy: Host = a.asnumpy()
+        return copy
     dtype = np.dtype(a.dtype)
     address = private_api.ndarray_address(a)
     memory = (ctypes.c_byte * (a.size * dtype.itemsize)).from_address(address)
-    return np.frombuffer(memory, dtype=dtype).reshape(a.shape)
+    out: Host = np.frombuffer(memory, dtype=dtype).reshape(a.shape)
+    return out
 
 
 def _owned(fe: FrontEnd) -> Set[int]:
@@ -172,7 +177,7 @@ def _owned(fe: FrontEnd) -> Set[int]:
     return mine
 
 
-def _copy_states(sched: Schedule, rules: List[Tuple[Bucket, int, protocol.CopyState, Any]]):
+def _copy_states(sched: Schedule, rules: List[Tuple[Bucket, int, protocol.CopyState, Any]]) -> None:
     """Push once to each companion key (the servers copy the state in) and wait for it."""
     client = sched.client()
     pulled = []
@@ -299,17 +304,16 @@ def _read_manifest(fe: FrontEnd, path: str) -> Dict[str, Any]:
     found = fe.broadcast_object(found, _name(fe, "load"))
     if isinstance(found, str):
         raise CheckpointError(found)
-    return found
+    manifest: Dict[str, Any] = found
+    return manifest
 
 
-def _read_arrays(
-    fe: FrontEnd, path: str, manifest: Dict[str, Any], g: int
-) -> Dict[str, np.ndarray]:
+def _read_arrays(fe: FrontEnd, path: str, manifest: Dict[str, Any], g: int) -> Dict[str, Host]:
     """This rank's arrays: its group's, and the PS side if this rank initialises the PS keys
     (others get zeros of their shapes). A refusal on any rank is raised on every rank."""
     client: Optional[PSClient] = fe.job.client
     ps_reader = client is not None and client.ps_rank == 0
-    arrays: Dict[str, np.ndarray] = {}
+    arrays: Dict[str, Host] = {}
     error = None
     try:
         wanted: Dict[str, List[str]] = {}
@@ -360,10 +364,10 @@ def load(fe: FrontEnd, path: str) -> None:
         _load_leader(fe, arrays, meta, g)
 
 
-def _optimizer_arrays(arrays: Dict[str, np.ndarray], g: int) -> Dict[int, Dict[int, np.ndarray]]:
+def _optimizer_arrays(arrays: Dict[str, Host], g: int) -> Dict[int, Dict[int, Host]]:
     """The local optimizer's saved state of group ``g``: parameter index -> leaf -> array."""
     prefix = f"group{g}/opt/"
-    saved: Dict[int, Dict[int, np.ndarray]] = {}
+    saved: Dict[int, Dict[int, Host]] = {}
     for name, a in arrays.items():
         if name.startswith(prefix):
             index_text, leaf_text = name[len(prefix) :].split("/")
@@ -371,7 +375,7 @@ def _optimizer_arrays(arrays: Dict[str, np.ndarray], g: int) -> Dict[int, Dict[i
     return saved
 
 
-def _load_leader(fe: FrontEnd, arrays: Dict[str, np.ndarray], meta: Dict[str, Any], g: int):
+def _load_leader(fe: FrontEnd, arrays: Dict[str, Host], meta: Dict[str, Any], g: int) -> None:
     sched = fe.schedule
     own = {**sched.state_arrays(), **sched.flight_arrays()}
     for name, target in own.items():

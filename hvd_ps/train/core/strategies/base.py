@@ -187,7 +187,8 @@ class Entry:
     def exchange(
         self, s: Strategy, num_groups: int, wire: Optional[str], opt: Optional[ServerOptimizer]
     ) -> Exchange:
-        return self.make(s, num_groups, wire, opt)
+        made: Exchange = self.make(s, num_groups, wire, opt)
+        return made
 
 
 _REGISTRY: Dict[Type[Strategy], Entry] = {}
