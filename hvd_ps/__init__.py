@@ -20,6 +20,10 @@ from .config import defuse_stock_server as _defuse
 
 _defuse()  # before anything imports mxnet: see hvd_ps/server.py
 
+from .exits import install as _one_line_errors  # noqa: E402
+
+_one_line_errors()  # an hvd_ps error that ends the program: one line per job, even before init
+
 __version__ = "0.1.0"  # setup.py reads it from here
 
 #: public name -> the module that defines it

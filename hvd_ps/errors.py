@@ -7,7 +7,8 @@ dead parameter-server tier, a stalled peer) surfaces as an :class:`HvdPsError`, 
 
 from __future__ import annotations
 
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 
 class HvdPsError(RuntimeError):
@@ -21,6 +22,18 @@ class HvdPsError(RuntimeError):
     #: the global rank that reports the error when the ranks of one group raise it alike
     #: (None: rank 0 for an ``every_rank`` error, else each rank that has it)
     reporter: Optional[int] = None
+
+
+@contextmanager
+def same_on_every_rank() -> Iterator[None]:
+    """An :class:`HvdPsError` raised inside comes from the script's own arguments (a strategy's,
+    the trainer's), which every rank of a job passes alike: it is reported once per job, by
+    rank 0 (``every_rank``). A rank that alone raises one ends silently, and the job with it."""
+    try:
+        yield
+    except HvdPsError as err:
+        err.every_rank = True
+        raise
 
 
 class ConfigError(HvdPsError, ValueError):

@@ -24,7 +24,7 @@ import mxnet as mx
 import numpy as np
 
 from .. import private_api
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, same_on_every_rank
 from ..ps import protocol
 from . import gluon_checks as checks
 from . import runtime
@@ -126,29 +126,34 @@ class DistributedTrainer(hvd.DistributedTrainer):  # type: ignore[misc]  # no st
     ) -> None:
         global _trainers
         rt = runtime.runtime()
-        if isinstance(compression, Strategy):
-            raise ConfigError(
-                "compression: got a strategy; pass it as sync=..., e.g. "
-                "DistributedTrainer(params, 'sgd', {...}, sync=hvd_ps.EASGD(4))"
-            )
-        if sync is None:
-            sync = ModelAverage(period=1)
-            if hvd.rank() == 0:  # say so once per job: it exchanges every step
-                sys.stderr.write(
-                    f"hvd_ps: DistributedTrainer without sync=: using {sync!r}, an exchange "
-                    "with the PS tier every step; pass sync= (e.g. hvd_ps.EASGD(period=4)) "
-                    "to exchange less often\n"
+        with same_on_every_rank():  # the script's arguments: one line per job
+            if isinstance(compression, Strategy):
+                raise ConfigError(
+                    "compression: got a strategy; pass it as sync=..., e.g. "
+                    "DistributedTrainer(params, 'sgd', {...}, sync=hvd_ps.EASGD(4))"
                 )
-                sys.stderr.flush()
-        if not isinstance(sync, Strategy):
-            raise ConfigError(f"sync must be a strategy such as hvd_ps.EASGD(...), got {sync!r}")
-        sync.validate(rt.topo.total_groups)  # e.g. unstable sync EASGD: fail before any step
-        checks.check_horovod_args(rt.topo, compression, gradient_predivide_factor, num_groups)
-        checks.check_process_set(rt.topo, process_set)
-        # GradientPush runs the optimizer on the servers; the strategy value stays the user's
-        server_opt = (
-            checks.server_optimizer(optimizer, optimizer_params) if sync.server_optimizer else None
-        )
+            if sync is None:
+                sync = ModelAverage(period=1)
+                if hvd.rank() == 0:  # say so once per job: it exchanges every step
+                    sys.stderr.write(
+                        f"hvd_ps: DistributedTrainer without sync=: using {sync!r}, an exchange "
+                        "with the PS tier every step; pass sync= (e.g. hvd_ps.EASGD(period=4)) "
+                        "to exchange less often\n"
+                    )
+                    sys.stderr.flush()
+            if not isinstance(sync, Strategy):
+                raise ConfigError(
+                    f"sync must be a strategy such as hvd_ps.EASGD(...), got {sync!r}"
+                )
+            sync.validate(rt.topo.total_groups)  # e.g. unstable sync EASGD: fail before any step
+            checks.check_horovod_args(rt.topo, compression, gradient_predivide_factor, num_groups)
+            checks.check_process_set(rt.topo, process_set)
+            # GradientPush runs the optimizer on the servers; the strategy value stays the user's
+            server_opt = (
+                checks.server_optimizer(optimizer, optimizer_params)
+                if sync.server_optimizer
+                else None
+            )
         _trainers += 1
         self._hvdps_prefix = prefix if prefix is not None else f"hvd_ps{_trainers}."
         super().__init__(
@@ -169,7 +174,8 @@ class DistributedTrainer(hvd.DistributedTrainer):  # type: ignore[misc]  # no st
         self._rt = rt
         self._sync = sync
         self._t = 0
-        wire_dtype, bucket_mb = checks.wire_args(wire_dtype, bucket_mb)
+        with same_on_every_rank():
+            wire_dtype, bucket_mb = checks.wire_args(wire_dtype, bucket_mb)
         self._sched = Schedule(rt, sync, self._hvdps_prefix, server_opt, wire_dtype, bucket_mb)
         self._stats: Dict[str, float] = dict.fromkeys(
             ("allreduce_s", "update_s", "exchange_s", "compute_s"), 0.0

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type
 
 from .... import arguments
-from ....errors import ConfigError, HvdPsError
+from ....errors import ConfigError, HvdPsError, same_on_every_rank
 from ....ps import protocol
 from ..buckets import Bucket, fresh
 from ..interfaces import PSClient
@@ -30,6 +30,10 @@ class _CheckedArguments(type):
     keyword is a :class:`ConfigError` naming the closest valid one, not a ``TypeError``."""
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        with same_on_every_rank():  # the script's arguments: one line per job
+            return cls._checked(*args, **kwargs)
+
+    def _checked(cls, *args: Any, **kwargs: Any) -> Any:
         if dataclasses.is_dataclass(cls):
             names = [f.name for f in dataclasses.fields(cls)]
             listed = f"(its arguments: {', '.join(names)})"
