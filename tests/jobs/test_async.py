@@ -1,32 +1,13 @@
 """Async EASGD: a slow group does not slow a fast one, and the centre adds up every push."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+import job_run
 
 
 def test_async_easgd_fast_group_does_not_wait_and_centre_is_sum_of_pushes():
-    env = dict(os.environ, OMP_NUM_THREADS="1", HVD_PS_TIMEOUT="60")
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parents[1]), env.get("PYTHONPATH", "")])
-    cmd = [
-        "timeout",
-        "-k",
-        "5",
-        "150",
-        "mpirun",
-        "-np",
-        "4",
-        "--oversubscribe",
-        "--bind-to",
-        "none",
-        sys.executable,
-        str(HERE / "programs" / "async_easgd.py"),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    cmd = job_run.bounded(job_run.mpirun(4, *job_run.program("async_easgd.py")), 150)
+    proc = job_run.run(cmd, job_run.env(), timeout=160)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     line = next(ln for ln in proc.stdout.splitlines() if "RESULT " in ln)
     res = json.loads(line.split("RESULT ", 1)[1])

@@ -2,20 +2,13 @@
 pushed ``d``, each leader applies every exchange it started, and a group stays identical."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+import job_run
 
 
 def test_async_overlapped_easgd_keeps_its_invariants():
-    env = dict(os.environ, OMP_NUM_THREADS="1", HVD_PS_TIMEOUT="60")
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parents[1]), env.get("PYTHONPATH", "")])
-    cmd = ["timeout", "-k", "5", "150", "mpirun", "-np", "4", "--oversubscribe"]
-    cmd += ["--bind-to", "none", sys.executable, str(HERE / "programs" / "async_overlap.py")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    cmd = job_run.bounded(job_run.mpirun(4, *job_run.program("async_easgd.py", "overlap")), 150)
+    proc = job_run.run(cmd, job_run.env(), timeout=160)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     line = next(ln for ln in proc.stdout.splitlines() if "RESULT " in ln)
     res = json.loads(line.split("RESULT ", 1)[1])

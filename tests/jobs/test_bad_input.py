@@ -18,14 +18,12 @@ import os
 import re
 import shutil
 import socket
-import sys
 import time
-import uuid
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict
 
-import job_run  # noqa: E402  (tests/job_run.py)
+import job_run  # tests/job_run.py
 import numpy as np
 import pytest
 
@@ -34,7 +32,6 @@ from hvd_ps import checkpoint, config, errors, topology
 from hvd_ps.launch import rendezvous, spawn
 from hvd_ps.ps import placement
 
-JOB = job_run.ROOT / "tests" / "jobs" / "programs" / "bad_input_job.py"
 # HVD_PS_TIMEOUT of the jobs: a 4-rank job ends in 15-18 s on 2 quiet cores and took 21.5 s in a
 # loaded CI run, so a wait that ran into it (>= 45 s) stands apart from a slow start
 TIMEOUT = 45
@@ -311,10 +308,8 @@ def test_bad_input_ends_the_job_with_one_line(case, ranks, extra, error, match):
     extra = dict(extra)
     if "DMLC_PS_ROOT_PORT" in extra:
         extra["DMLC_PS_ROOT_PORT"] = _closed_port()
-    env = job_run.env(f"bad-input-{uuid.uuid4().hex}", HVD_PS_TIMEOUT=str(TIMEOUT), **extra)
-    env["PYTHONPATH"] = str(job_run.ROOT)
-    cmd = ["timeout", "-k", "5", "90", "mpirun", "-np", str(ranks), "--oversubscribe"]
-    cmd += ["--bind-to", "none", sys.executable, str(JOB), case]
+    env = job_run.env(HVD_PS_TIMEOUT=str(TIMEOUT), **extra)
+    cmd = job_run.bounded(job_run.mpirun(ranks, *job_run.program("bad_input_job.py", case)), 90)
     started = time.monotonic()
     job = job_run.run(cmd, env, timeout=100)  # fails the test if any process is left
     took = time.monotonic() - started

@@ -12,12 +12,11 @@ and MPI).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
+import job_run
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,36 +50,17 @@ CONFIGS = {
 _results: dict = {}
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.update(
-        OMP_NUM_THREADS="1",
-        MXNET_CPU_WORKER_NTHREADS="1",
-        # horovodrun declares a slot per rank, so Open MPI would busy-poll on 2 cores
-        OMPI_MCA_mpi_yield_when_idle="1",
-        HVD_PS_TIMEOUT="60",
-    )
-    for k in ("DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT", "DMLC_NUM_SERVER", "DMLC_ROLE"):
-        env.pop(k, None)  # the embedded tier, not one configured elsewhere
-    if os.geteuid() == 0:
-        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    return env
-
-
 def run(name: str, tmp_dir: Path) -> dict:
     """Run one configuration once per session; return its --json output."""
     if name not in _results:
         out = tmp_dir / f"{name}.json"
         cmd = [
-            "timeout", "-k", "5", str(TIMEOUT),
             HOROVODRUN, "-np", str(RANKS),
             sys.executable, str(SCRIPT), "--group-size", str(GROUP_SIZE),
             "--epochs", str(EPOCHS), "--quiet", "--json", str(out),
             *CONFIGS[name],  # a later --group-size wins
         ]  # fmt: skip
-        proc = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True)
+        proc = job_run.run(job_run.bounded(cmd, TIMEOUT), job_run.env(), TIMEOUT + 15)
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
         assert proc.returncode == 0, f"{name}: exit code {proc.returncode}\n{tail}"
         assert out.exists(), f"{name}: no JSON written\n{tail}"

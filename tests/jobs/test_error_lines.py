@@ -3,56 +3,23 @@ the full traceback only with HVD_PS_LOG_LEVEL=DEBUG; user errors keep their trac
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
-from pathlib import Path
 
+import job_run
 import pytest
 
 from hvd_ps import exits
 from hvd_ps.errors import ConfigError, TopologyError
 
-ROOT = Path(__file__).resolve().parents[2]
-JOB = ROOT / "tests" / "jobs" / "programs" / "error_job.py"
-
 needs_mpirun = pytest.mark.skipif(shutil.which("mpirun") is None, reason="needs mpirun")
 
 
 def run(scenario: str, **env: str) -> subprocess.CompletedProcess:
-    environ = {
-        k: v for k, v in os.environ.items() if not k.startswith(("DMLC_", "HVD_PS_", "OMPI_COMM"))
-    }
-    environ.update(
-        OMP_NUM_THREADS="1",
-        MXNET_CPU_WORKER_NTHREADS="1",
-        OMPI_ALLOW_RUN_AS_ROOT="1",
-        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-        OMPI_MCA_mpi_yield_when_idle="1",
-        HVD_PS_TIMEOUT="20",
-        **env,
-    )
-    cmd = ["mpirun", "-np", "4", "--oversubscribe", "--bind-to", "none"]
-    cmd += [sys.executable, str(JOB), scenario]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=environ,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, _ = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"error job {scenario} did not end within 120 s:\n{out[-3000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+    """error_job.py SCENARIO on 4 ranks; its stderr is in its stdout."""
+    cmd = job_run.mpirun(4, *job_run.program("error_job.py", scenario))
+    return job_run.run(cmd, job_run.env(**{"HVD_PS_TIMEOUT": "20", **env}), timeout=120, merge=True)
 
 
 def hvd_ps_lines(out: str) -> list:

@@ -1,22 +1,14 @@
 """A Horovod script that keeps its own ``hvd.init()`` before ``hvd_ps.init()`` (2 ranks)."""
 
-import os
 import subprocess
-import sys
-from pathlib import Path
 
+import job_run
 import pytest
-
-HERE = Path(__file__).resolve().parent
 
 
 def _job(mode: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", HVD_PS_TIMEOUT="30")
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parents[1]), env.get("PYTHONPATH", "")])
-    cmd = ["timeout", "-k", "5", "120", "mpirun", "-np", "2", "--oversubscribe"]
-    job = str(HERE / "programs" / "horovod_init_job.py")
-    cmd += ["--bind-to", "none", sys.executable, job, mode]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True)
+    cmd = job_run.mpirun(2, *job_run.program("horovod_init_job.py", mode))
+    return job_run.run(job_run.bounded(cmd, 120), job_run.env(HVD_PS_TIMEOUT="30"), timeout=130)
 
 
 def test_plain_hvd_init_first_is_refused_at_once_naming_the_line():

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -22,91 +21,25 @@ import pytest
 
 from hvd_ps.launch import cli as launch
 
-ROOT = Path(__file__).resolve().parents[2]
-JOB = str(ROOT / "tests" / "jobs" / "programs" / "launch_job.py")
-BIN = os.path.dirname(sys.executable)
-
-
-def _env(**extra: str) -> Dict[str, str]:
-    env = dict(os.environ)
-    for k in [k for k in env if k.startswith(("DMLC_", "HVD_PS_", "OMPI_COMM", "PMIX_"))]:
-        env.pop(k)
-    env.update(
-        PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}",
-        PYTHONPATH=str(ROOT),
-        OMP_NUM_THREADS="1",
-        OMPI_ALLOW_RUN_AS_ROOT="1",
-        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-        HVD_PS_TIMEOUT="60",
-    )
-    env.update(extra)
-    return env
+JOB = str(job_run.PROGRAMS / "launch_job.py")
 
 
 def _cmd(args: List[str], limit: int) -> List[str]:
-    return ["timeout", "-k", "5", str(limit), sys.executable, "-m", "hvd_ps.launch", *args]
+    return job_run.bounded(job_run.launcher(*args), limit)
 
 
 def _run(args: List[str], limit: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        _cmd(args, limit), env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=limit + 10
-    )
+    return job_run.complete(_cmd(args, limit), job_run.env(), timeout=limit + 10)
 
 
 def _start(args: List[str], limit: int = 120, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        _cmd(args, limit),
-        env=_env(**env),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def _tier_pids(pidfile: Path) -> List[int]:
-    return [int(line.split()[0]) for line in pidfile.read_text().splitlines()]
-
-
-def _with_token(token: str) -> List[int]:
-    """PIDs whose command line contains ``token`` (the job's ranks carry one)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if token in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                    found.append(int(proc.name))
-            except OSError:
-                continue
-    return [p for p in found if p != os.getpid() and job_run.alive(p)]
+    return job_run.start(_cmd(args, limit), job_run.env(**env))
 
 
 def _assert_all_gone(pidfile: Path, token: Optional[str] = None, within: float = 10.0) -> None:
-    pids = _tier_pids(pidfile)
+    pids = job_run.pidfile_pids(pidfile)
     assert pids, "hvdps-run wrote no PIDs"
-    end = time.monotonic() + within
-    while time.monotonic() < end:
-        left = [p for p in pids if job_run.alive(p)] + (_with_token(token) if token else [])
-        if not left:
-            return
-        time.sleep(0.2)
-    pytest.fail(f"processes left behind: {left}")
-
-
-def _wait_for(proc: subprocess.Popen, pattern: str, limit: float = 90.0) -> str:
-    """Read ``proc``'s stdout until a line matches ``pattern``; returns what was read."""
-    seen = []
-    end = time.monotonic() + limit
-    assert proc.stdout is not None
-    while time.monotonic() < end:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if re.search(pattern, line):
-            return "".join(seen)
-    pytest.fail(f"no line matching {pattern!r} within {limit} s:\n{''.join(seen)}")
+    job_run.assert_gone(pids, token, within)
 
 
 def _values(output: str) -> Dict[int, List[float]]:
@@ -258,13 +191,12 @@ def test_server_killed_mid_job_ends_it(tmp_path: Path) -> None:
     proc = _start(["-np", "2", "--num-servers", "2", "--num-groups", "2", "--pidfile",
                    str(pidfile), "python", JOB, "1000", "0.1", "0", str(tmp_path)])  # fmt: skip
     try:
-        _wait_for(proc, r"round 3 ")
+        job_run.read_until(proc, r"round 3 ")
         server = [ln.split()[0] for ln in pidfile.read_text().splitlines() if "server 1" in ln]
         os.kill(int(server[0]), signal.SIGKILL)
         _, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        job_run.kill([proc])
     assert proc.returncode == launch.TIER_DIED
     assert f"PS server 1 (pid {server[0]}) was killed by signal 9" in err
     _assert_all_gone(pidfile, str(tmp_path))
@@ -277,18 +209,13 @@ def test_a_signal_stops_job_and_tier(tmp_path: Path, sig: int) -> None:
     proc = _start(["-np", "2", "--num-groups", "2", "--pidfile", str(pidfile), "python", JOB,
                    "1000", "0.1", "0", str(tmp_path)])  # fmt: skip
     try:
-        _wait_for(proc, r"round 2 ")
+        job_run.read_until(proc, r"round 2 ")
         os.kill(proc.pid, sig)  # the timeout wrapper passes it on to hvdps-run
         _, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        job_run.kill([proc])
     assert proc.returncode == 128 + sig, err[-3000:]
     _assert_all_gone(pidfile, str(tmp_path))
-
-
-def _exports(text: str) -> Dict[str, str]:
-    return dict(re.findall(r"^export (\w+)=(\S+)$", text, re.M))
 
 
 def test_servers_only_serves_two_independent_jobs(tmp_path: Path) -> None:
@@ -297,48 +224,27 @@ def test_servers_only_serves_two_independent_jobs(tmp_path: Path) -> None:
     tier = _start(["--servers-only", "--num-servers", "2", "--num-workers", "2", "--pidfile",
                    str(pidfile)])  # fmt: skip
     try:
-        exports = _exports(_wait_for(tier, r"^export DMLC_NUM_WORKER=", limit=60))
+        exports = job_run.exports(job_run.read_until(tier, r"^export DMLC_NUM_WORKER=", limit=60))
         assert exports["DMLC_NUM_SERVER"] == "2" and exports["DMLC_NUM_WORKER"] == "2"
         assert exports["DMLC_PS_ROOT_URI"] == "127.0.0.1"
         assert exports["HVD_PS_TOTAL_GROUPS"] == "2"
+        job = ["horovodrun", "-np", "1", sys.executable, JOB, "3", "0", "0", str(tmp_path)]
         jobs = [
-            subprocess.Popen(
-                [
-                    "timeout",
-                    "-k",
-                    "5",
-                    "120",
-                    "horovodrun",
-                    "-np",
-                    "1",
-                    sys.executable,
-                    JOB,
-                    "3",
-                    "0",
-                    "0",
-                    str(tmp_path),
-                ],  # fmt: skip
-                env=_env(HVD_PS_TIMEOUT="20", HVD_PS_GROUP_OFFSET=str(i), **exports),
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                start_new_session=True,
-            )  # fmt: skip
+            job_run.start(
+                job_run.bounded(job, 120),
+                job_run.env(HVD_PS_TIMEOUT="20", HVD_PS_GROUP_OFFSET=str(i), **exports),
+            )
             for i in range(2)
         ]
-        outs = [job.communicate(timeout=150) for job in jobs]
-        for job, (out, err) in zip(jobs, outs):
-            assert job.returncode == 0, out + err[-3000:]
+        for code, out, err in job_run.finish_all(jobs, 150):
+            assert code == 0, out + err[-3000:]
             # each job is one group (global ids 0 and 1) pushing (id+1)*(r+1): a round sums
             # both jobs
             assert _values(out) == {0: [3, 6, 9]}
         tier.communicate(timeout=30)  # the servers finish once both workers have left
         assert tier.returncode == 0
     finally:
-        for p in [tier, *jobs]:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
+        job_run.kill([tier, *jobs])
     _assert_all_gone(pidfile, str(tmp_path))
 
 
@@ -350,7 +256,7 @@ def test_servers_only_port_in_use_and_sigint(tmp_path: Path) -> None:
     args = ["--servers-only", "--num-workers", "1", "--ps-port", str(port)]
     tier = _start([*args, "--pidfile", str(pidfile)])
     try:
-        _wait_for(tier, r"^export DMLC_NUM_WORKER=", limit=60)
+        job_run.read_until(tier, r"^export DMLC_NUM_WORKER=", limit=60)
         second = _run(args, limit=60)
         assert second.returncode not in (0, 2)
         assert f"port {port} on 127.0.0.1 is in use" in second.stderr
@@ -359,19 +265,17 @@ def test_servers_only_port_in_use_and_sigint(tmp_path: Path) -> None:
         tier.communicate(timeout=30)
         assert tier.returncode == 0
     finally:
-        if tier.poll() is None:
-            os.killpg(tier.pid, signal.SIGKILL)
+        job_run.kill([tier])
     _assert_all_gone(pidfile)
 
 
 def test_rank_wrapper_advertises_the_address_routing_to_the_scheduler() -> None:
     # used for jobs with remote hosts: each rank finds its own DMLC_NODE_HOST on its host
-    out = subprocess.run(
-        ["timeout", "-k", "5", "60", sys.executable, "-m", "hvd_ps.launch", "--exec-rank", "--",
-         "sh", "-c", "echo node=$DMLC_NODE_HOST"],
-        env=_env(DMLC_PS_ROOT_URI="127.0.0.1", DMLC_PS_ROOT_PORT="9000"),
-        capture_output=True, text=True, timeout=70,
-    )  # fmt: skip
+    out = job_run.complete(
+        _cmd(["--exec-rank", "--", "sh", "-c", "echo node=$DMLC_NODE_HOST"], 60),
+        job_run.env(DMLC_PS_ROOT_URI="127.0.0.1", DMLC_PS_ROOT_PORT="9000"),
+        timeout=70,
+    )
     assert out.returncode == 0 and out.stdout.strip() == "node=127.0.0.1", out.stderr
 
 
@@ -386,10 +290,8 @@ def test_rank_wrapper_advertises_the_address_routing_to_the_scheduler() -> None:
     ],
 )
 def test_rank_wrapper_without_a_valid_scheduler_address_fails_naming_it(env, message) -> None:
-    out = subprocess.run(
-        ["timeout", "-k", "5", "60", sys.executable, "-m", "hvd_ps.launch", "--exec-rank", "--",
-         "sh", "-c", "echo ran"],
-        env=_env(**env), capture_output=True, text=True, timeout=70,
-    )  # fmt: skip
+    out = job_run.complete(
+        _cmd(["--exec-rank", "--", "sh", "-c", "echo ran"], 60), job_run.env(**env), timeout=70
+    )
     assert out.returncode == 1 and out.stdout == "", out.stderr
     assert out.stderr.startswith(f"hvdps-run: {message}"), out.stderr

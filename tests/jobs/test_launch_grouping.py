@@ -7,15 +7,14 @@ the conflict checks, the rank-0 rendezvous with hvdps-run), then real one-host j
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import job_run
 import pytest
 
 from hvd_ps import config, topology
@@ -23,9 +22,7 @@ from hvd_ps.errors import ConfigError, TierError
 from hvd_ps.launch import cli as launch
 from hvd_ps.launch import rendezvous
 
-ROOT = Path(__file__).resolve().parents[2]
-JOB = str(ROOT / "tests" / "jobs" / "programs" / "train_job.py")
-BIN = os.path.dirname(sys.executable)
+JOB = str(job_run.PROGRAMS / "train_job.py")
 
 
 def _plan(*args: str) -> launch.Plan:
@@ -212,39 +209,14 @@ def test_rank0_rendezvous_round_trip_and_refusals() -> None:
 # -- real jobs on one host -------------------------------------------------------------------
 
 
-def _env() -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DMLC_", "HVD_PS_"))}
-    env.update(
-        PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}",
-        PYTHONPATH=str(ROOT),
-        OMP_NUM_THREADS="1",
-        OMPI_ALLOW_RUN_AS_ROOT="1",
-        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-        OMPI_MCA_mpi_yield_when_idle="1",
-        HVD_PS_TIMEOUT="60",
-    )
-    return env
-
-
 def _hvdps_run(args: List[str], limit: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["timeout", "-k", "5", str(limit), "hvdps-run", *args],
-        env=_env(),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=limit + 10,
-    )
+    cmd = job_run.bounded(["hvdps-run", *args], limit)
+    return job_run.complete(cmd, job_run.env(), timeout=limit + 10)
 
 
 def _gone(pidfile: Path) -> None:
-    for line in pidfile.read_text().splitlines():
-        pid = int(line.split()[0])
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        assert state == "Z", f"PS process {line} left behind"
+    """hvdps-run has returned: none of the PS processes it started may be running now."""
+    job_run.assert_gone(job_run.pidfile_pids(pidfile), within=0)
 
 
 def test_issue_command_grouping_in_the_script(tmp_path: Path) -> None:

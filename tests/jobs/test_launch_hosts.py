@@ -20,14 +20,14 @@ import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Set, Tuple
 
+import job_run
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from cluster import Cluster, can_create  # noqa: E402
 
-JOB = str(ROOT / "tests" / "jobs" / "programs" / "train_job.py")
-BIN = os.path.dirname(sys.executable)
+JOB = str(job_run.PROGRAMS / "train_job.py")
 LIMIT = 100  # seconds for one hvdps-run (the timeout -k wrapper inside hostA)
 
 NO_NAMESPACES = can_create()
@@ -79,17 +79,8 @@ def cluster() -> Iterator[Cluster]:
 
 
 def _env(cluster: Cluster) -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DMLC_", "HVD_PS_"))}
-    env.update(
-        PATH=f"{cluster.ssh_dir}:{BIN}:{env.get('PATH', '/usr/bin:/bin')}",
-        PYTHONPATH=str(ROOT),
-        OMP_NUM_THREADS="1",
-        OMPI_ALLOW_RUN_AS_ROOT="1",
-        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-        OMPI_MCA_mpi_yield_when_idle="1",
-        OMPI_MCA_oob_tcp_if_include="hvps0",
-        HVD_PS_TIMEOUT="60",
-    )
+    env = job_run.env(OMPI_MCA_oob_tcp_if_include="hvps0")
+    env["PATH"] = os.pathsep.join([str(cluster.ssh_dir), env["PATH"]])  # its ssh stand-in
     return env
 
 
@@ -99,15 +90,7 @@ def _start(cluster: Cluster, flags: List[str], job: List[str], tmp: Path) -> sub
             "--ps-host", cluster.hosts["a"]["addr"], "--network-interfaces", "hvps0",
             *flags, "--pidfile", str(tmp / "pids"),
             "python", JOB, *job, "--token", str(tmp)]  # fmt: skip
-    return subprocess.Popen(
-        cluster.on("a", ["timeout", "-k", "5", str(LIMIT), *argv]),
-        env=_env(cluster),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    return job_run.start(cluster.on("a", job_run.bounded(argv, LIMIT)), _env(cluster))
 
 
 def _finish(proc: subprocess.Popen, rec: Recorder, cluster: Cluster) -> None:
@@ -117,8 +100,7 @@ def _finish(proc: subprocess.Popen, rec: Recorder, cluster: Cluster) -> None:
         time.sleep(0.3)
     rec.stop()
     left, inside = rec.alive(), cluster.pids()
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
+    job_run.kill([proc])
     assert not left and not any(inside.values()), f"left behind: {left}, in namespaces: {inside}"
     assert len(rec.seen) >= 6, f"only {len(rec.seen)} processes seen: the recorder missed the job"
 
@@ -181,15 +163,7 @@ def test_signal_mid_job_leaves_nothing(cluster: Cluster, tmp_path: Path, sig: in
     job = ["--steps", "100000", "--pause", "0.05"]
     proc = _start(cluster, ["--group-size", "2", "--num-servers", "2"], job, tmp_path)
     try:
-        assert proc.stdout is not None
-        seen = []
-        end = time.monotonic() + LIMIT
-        while time.monotonic() < end:
-            line = proc.stdout.readline()
-            seen.append(line)
-            if not line or re.search(r"step 5 loss", line):
-                break
-        assert re.search(r"step 5 loss", "".join(seen)), "".join(seen)[-3000:]
+        job_run.read_until(proc, r"step 5 loss", LIMIT)
         os.kill(proc.pid, sig)  # the timeout wrapper passes it on to hvdps-run
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 128 + sig, err[-3000:]

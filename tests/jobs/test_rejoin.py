@@ -23,28 +23,27 @@ again. What a user relies on, checked for EASGD, DiLoCo and GradientPush:
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Dict, List
 
+import job_run
 import numpy as np
 import pytest
-import reference as ref  # noqa: E402
-import test_shared_tier as shared  # noqa: E402  (its tier and process helpers)
+import reference as ref
 
-from benchmarks.soak import kill_job  # noqa: E402
+from benchmarks.soak import kill_job
 
-ROOT = Path(__file__).resolve().parents[2]
-JOB = str(ROOT / "tests" / "jobs" / "programs" / "rejoin_job.py")
 LR = 0.1  # the jobs' local (and GradientPush's server) learning rate
 GROUPS = 3  # groups on the tier (A, B and C's jobs)
 DEAD_AFTER = "4"  # HVD_PS_HEARTBEAT: seconds of silence before ps-lite counts a node dead
 
 
 def _job(out: Path, np_: int, offset: int, strategy: str, tag: str, *stop: str, **env: str):
-    cmd = ["horovodrun", "-np", str(np_), sys.executable, JOB, str(out), strategy, tag, *stop]
-    return shared._popen(cmd, 170, shared._env(HVD_PS_GROUP_OFFSET=str(offset), **env))
+    job = job_run.program("rejoin_job.py", str(out), strategy, tag, *stop)
+    cmd = ["horovodrun", "-np", str(np_), *job]
+    job_env = job_run.env(HVD_PS_TIMEOUT="30", HVD_PS_GROUP_OFFSET=str(offset), **env)
+    return job_run.start(job_run.bounded(cmd, 170), job_env)
 
 
 def _wait_for(what: str, check, limit: float, procs: List) -> None:
@@ -56,7 +55,7 @@ def _wait_for(what: str, check, limit: float, procs: List) -> None:
             break
         time.sleep(0.1)
     outs = [p.communicate(timeout=20) if p.poll() is not None else ("", "") for p in procs]
-    shared._kill(procs)
+    job_run.kill(procs)
     pytest.fail(f"{what} did not happen: {outs}")
 
 
@@ -95,7 +94,7 @@ def _x0() -> np.ndarray:
 def test_a_dead_async_group_rejoins_and_nothing_is_lost(tmp_path: Path, strategy: str) -> None:
     audit = tmp_path / "audit"
     done = tmp_path / "done"
-    tier = shared.Tier(tmp_path, 3, HVD_PS_AUDIT_DIR=str(audit), HVD_PS_HEARTBEAT=DEAD_AFTER)
+    tier = job_run.Tier(tmp_path, 3, HVD_PS_AUDIT_DIR=str(audit), HVD_PS_HEARTBEAT=DEAD_AFTER)
     jobs = []
     try:
         ex = tier.exports
@@ -109,12 +108,12 @@ def test_a_dead_async_group_rejoins_and_nothing_is_lost(tmp_path: Path, strategy
         before_rejoin = _count(tmp_path / "A.count")
         c2 = _job(tmp_path, 2, 2, strategy, "C2", "--steps", "12", **ex)
         jobs.append(c2)
-        results = {"C2": shared._finish([c2], limit=150)[0]}
+        results = {"C2": job_run.finish_all([c2], 150)[0]}
         # C2 left; a third job of group 2 (one rank now) takes its place: a second recovery
         c3 = _job(tmp_path, 1, 2, strategy, "C3", "--steps", "6", "--done", str(done), **ex)
         jobs.append(c3)
-        results["C3"] = shared._finish([c3], limit=150)[0]
-        results.update({n: shared._finish([j], limit=150)[0] for n, j in zip("AB", (a, b))})
+        results["C3"] = job_run.finish_all([c3], 150)[0]
+        results.update({n: job_run.finish_all([j], 150)[0] for n, j in zip("AB", (a, b))})
         for name, (code, so, se) in results.items():
             assert code == 0, f"{name}: {so}{se[-3000:]}"
         rejoined = "hvd_ps: group 2 rejoins the PS tier and starts from the PS's state; waiting"
@@ -123,9 +122,9 @@ def test_a_dead_async_group_rejoins_and_nothing_is_lost(tmp_path: Path, strategy
         _, tier_err = tier.proc.communicate(timeout=60)  # it ends by itself
         assert tier.proc.returncode == 0, tier_err
     finally:
-        shared._kill(jobs)
+        job_run.kill(jobs)
         tier.stop()
-    shared._assert_gone([], token=str(tmp_path))
+    job_run.assert_gone([], token=str(tmp_path))
     assert "hvdps-run: group 2 died: its leader (pid " in tier_err, tier_err
     assert "keeps serving the other groups ([0, 1])" in tier_err, tier_err
     assert "group 2 rejoins the tier (it had died)" in tier_err, tier_err

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import uuid
 from pathlib import Path
 
 import job_run
@@ -32,7 +31,7 @@ def _job(tmp_path: Path, name: str, epochs: int, *extra: str) -> dict:
     out = tmp_path / f"{name}.json"
     cmd = [HOROVODRUN, "-np", "2", sys.executable, str(SCRIPT), *FLAGS]
     cmd += ["--epochs", str(epochs), "--json", str(out), *extra]
-    proc = job_run.run(cmd, job_run.env(f"resume-{uuid.uuid4().hex}"), timeout=150)
+    proc = job_run.run(cmd, job_run.env(), timeout=150)
     tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
     assert proc.returncode == 0, f"{name}: exit code {proc.returncode}\n{tail}"
     return {"result": json.loads(out.read_text()), "stdout": proc.stdout}

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import job_run
 import pytest
 
 from hvd_ps import addresses
@@ -27,7 +28,6 @@ from hvd_ps.errors import TierError
 from hvd_ps.launch import spawn
 
 ROOT = Path(__file__).resolve().parents[2]
-JOB = ROOT / "tests" / "jobs" / "programs" / "runtime_job.py"
 TIMEOUT = 15  # HVD_PS_TIMEOUT of the jobs
 ROUNDS = 8  # runtime_job.ROUNDS
 
@@ -58,46 +58,18 @@ class Job:
 
 
 def job_env(**extra: str) -> Dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DMLC_", "HVD_PS_", "HOROVOD_", "OMPI_COMM_", "PMIX_"))
-    }
-    env.update(
-        PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in sys.path if p.endswith("packages")]),
-        PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
-        OMP_NUM_THREADS="1",
-        MXNET_CPU_WORKER_NTHREADS="1",
-        OMPI_ALLOW_RUN_AS_ROOT="1",
-        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-        HVD_PS_TIMEOUT=str(TIMEOUT),
-    )
-    env.update(extra)
-    return env
+    path = os.pathsep.join([str(ROOT)] + [p for p in sys.path if p.endswith("packages")])
+    return job_run.env(**{"PYTHONPATH": path, "HVD_PS_TIMEOUT": str(TIMEOUT), **extra})
 
 
 def start_job(scenario: str, groups: list, **env: str) -> subprocess.Popen:
     np_ = sum(len(g) for g in groups) if scenario != "bad-groups" else 4
-    cmd = ["timeout", "-k", "5", "120", "mpirun", "-np", str(np_), "--oversubscribe"]
-    cmd += ["--bind-to", "none", sys.executable, str(JOB), scenario, json.dumps(groups)]
-    return subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=job_env(**env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group: killed as one if it overruns
-    )
+    cmd = job_run.mpirun(np_, *job_run.program("runtime_job.py", scenario, json.dumps(groups)))
+    return job_run.start(job_run.bounded(cmd, 120), job_env(**env), merge=True)
 
 
 def finish(proc: subprocess.Popen, started: float) -> Job:
-    try:
-        out, _ = proc.communicate(timeout=140)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"job did not end within 140 s:\n{out[-4000:]}")
+    out, _ = job_run.finish(proc, 140)
     return Job(proc.returncode, out, time.monotonic() - started)
 
 

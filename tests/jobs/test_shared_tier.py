@@ -16,11 +16,6 @@ Every process is bounded by ``timeout`` and checked gone by PID afterwards.
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -34,9 +29,6 @@ from hvd_ps import config
 from hvd_ps.errors import ConfigError, TopologyError
 from hvd_ps.ps import placement
 
-ROOT = Path(__file__).resolve().parents[2]
-JOB = str(ROOT / "tests" / "jobs" / "programs" / "shared_tier_job.py")
-BIN = os.path.dirname(sys.executable)
 TOL = 1e-5
 LR = 0.1
 #: as in the job: (reference spec, steps)
@@ -142,117 +134,13 @@ def test_environment_is_read():
 
 
 def _env(**extra: str) -> Dict[str, str]:
-    env = dict(os.environ)
-    for k in [k for k in env if k.startswith(("DMLC_", "HVD_PS_", "OMPI_COMM", "PMIX_"))]:
-        env.pop(k)
-    env.update(
-        PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}",
-        PYTHONPATH=str(ROOT),
-        OMP_NUM_THREADS="1",
-        MXNET_CPU_WORKER_NTHREADS="1",
-        OMPI_MCA_mpi_yield_when_idle="1",
-        OMPI_ALLOW_RUN_AS_ROOT="1",
-        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-        HVD_PS_TIMEOUT="30",
-    )
-    env.update(extra)
-    return env
-
-
-def _popen(cmd: List[str], limit: int, env: Dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        ["timeout", "-k", "5", str(limit), *cmd],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def _with_token(token: str) -> List[int]:
-    """PIDs whose command line holds ``token`` (every job here has its out dir in it)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if token in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                    found.append(int(proc.name))
-            except OSError:
-                continue
-    return [p for p in found if p != os.getpid() and job_run.alive(p)]
-
-
-def _assert_gone(pids: List[int], token: Optional[str] = None, within: float = 15.0) -> None:
-    end = time.monotonic() + within
-    left: List[int] = []
-    while time.monotonic() < end:
-        left = [p for p in pids if job_run.alive(p)] + (_with_token(token) if token else [])
-        if not left:
-            return
-        time.sleep(0.2)
-    pytest.fail(f"processes left behind: {left}")
-
-
-def _kill(procs: List[subprocess.Popen]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(timeout=10)
-
-
-class Tier:
-    """``hvdps-run --servers-only`` for ``workers`` groups; its exports and PS PIDs."""
-
-    def __init__(self, tmp: Path, workers: int, **env: str) -> None:
-        self.pidfile = tmp / "tier.pids"
-        cmd = [sys.executable, "-m", "hvd_ps.launch", "--servers-only", "--num-workers",
-               str(workers), "--pidfile", str(self.pidfile)]  # fmt: skip
-        self.proc = _popen(cmd, 240, _env(**env))
-        self.exports = self._read_exports(limit=60)
-
-    def _read_exports(self, limit: float) -> Dict[str, str]:
-        lines: List[str] = []
-        end = time.monotonic() + limit
-        assert self.proc.stdout is not None
-        while time.monotonic() < end:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("# and in each job"):
-                return dict(re.findall(r"^export (\w+)=(\S+)$", "".join(lines), re.M))
-        _kill([self.proc])
-        pytest.fail(f"hvdps-run --servers-only printed no exports:\n{''.join(lines)}")
-
-    def pids(self) -> List[int]:
-        return [int(line.split()[0]) for line in self.pidfile.read_text().splitlines()]
-
-    def stop(self) -> int:
-        """SIGINT (what a user types), then the exit code; everything it started is gone."""
-        pids = self.pids()
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGINT)  # the timeout wrapper passes it on
-        try:
-            self.proc.communicate(timeout=30)
-        finally:
-            _kill([self.proc])
-        _assert_gone(pids)
-        return self.proc.returncode
+    return job_run.env(**{"HVD_PS_TIMEOUT": "30", **extra})
 
 
 def _job(out: Path, np_: int, limit: int = 150, groups: Optional[str] = None, **env: str):
-    cmd = ["horovodrun", "-np", str(np_), sys.executable, JOB, str(out)]
+    cmd = ["horovodrun", "-np", str(np_), *job_run.program("shared_tier_job.py", str(out))]
     cmd += ["--groups", groups] if groups else []
-    return _popen(cmd, limit, _env(**env))
-
-
-def _finish(jobs: List[subprocess.Popen], limit: float = 170) -> List[tuple]:
-    try:
-        return [(j.wait(timeout=limit), *j.communicate(timeout=10)) for j in jobs]
-    finally:
-        _kill(jobs)
+    return job_run.start(job_run.bounded(cmd, limit), _env(**env))
 
 
 def _load(out: Path, total: int) -> List[Dict[str, np.ndarray]]:
@@ -269,20 +157,20 @@ def _close(got: np.ndarray, want: np.ndarray, what: str) -> None:
 def one_job(tmp_path_factory) -> List[Dict[str, np.ndarray]]:
     """The one-job run of two groups ([[0], [1]], its own embedded tier)."""
     out = tmp_path_factory.mktemp("one_job")
-    ((code, so, se),) = _finish([_job(out, 2, groups="[[0],[1]]")])
+    ((code, so, se),) = job_run.finish_all([_job(out, 2, groups="[[0],[1]]")], 170)
     assert code == 0, so + se[-3000:]
     assert "group 0 of 2 (job: 0 of 2)" in so and "group 1 of 2 (job: 1 of 2)" in so, so
-    _assert_gone([], token=str(out))
+    job_run.assert_gone([], token=str(out))
     return _load(out, 2)
 
 
 def test_two_jobs_on_one_tier_equal_the_one_job_run(tmp_path: Path, one_job) -> None:
-    tier = Tier(tmp_path, 2)
+    tier = job_run.Tier(tmp_path, 2)
     assert tier.exports["HVD_PS_TOTAL_GROUPS"] == "2"
     assert tier.exports["DMLC_NUM_WORKER"] == "2"
     try:
         jobs = [_job(tmp_path, 1, HVD_PS_GROUP_OFFSET=str(i), **tier.exports) for i in (0, 1)]
-        results = _finish(jobs)
+        results = job_run.finish_all(jobs, 170)
         for i, (code, so, se) in enumerate(results):
             assert code == 0, so + se[-3000:]
             assert f"group {i} of 2 (job: 0 of 1)" in so, so
@@ -291,7 +179,7 @@ def test_two_jobs_on_one_tier_equal_the_one_job_run(tmp_path: Path, one_job) -> 
     finally:
         code = tier.stop()
     assert code == 0
-    _assert_gone([], token=str(tmp_path))
+    job_run.assert_gone([], token=str(tmp_path))
     two_jobs = _load(tmp_path, 2)
     groups = [[0], [1]]
     for name, (spec, steps) in SPECS.items():
@@ -313,16 +201,16 @@ def test_two_jobs_on_one_tier_equal_the_one_job_run(tmp_path: Path, one_job) -> 
 
 def _refused(tmp_path: Path, envs: List[Dict[str, str]]) -> List[str]:
     """Run one 1-rank job per entry of ``envs`` on a 2-group tier; each must fail in init."""
-    tier = Tier(tmp_path, 2)
+    tier = job_run.Tier(tmp_path, 2)
     start = time.monotonic()
     try:
         jobs = [_job(tmp_path, 1, limit=90, **{**tier.exports, **env}) for env in envs]
-        results = _finish(jobs, limit=100)
+        results = job_run.finish_all(jobs, 100)
     finally:
         tier.stop()
     took = time.monotonic() - start
     assert took < 60, f"the refusals took {took:.0f} s (HVD_PS_TIMEOUT is 30 s)"
-    _assert_gone([], token=str(tmp_path))
+    job_run.assert_gone([], token=str(tmp_path))
     assert not list(tmp_path.glob("group*.npz")), "a refused job trained"
     for code, so, se in results:
         assert code != 0, so + se[-3000:]
@@ -366,7 +254,7 @@ def test_a_job_without_its_offset_on_a_shared_tier_fails_before_connecting(
 
 
 def test_servers_only_prints_the_total_and_asks_for_the_offset(tmp_path: Path) -> None:
-    tier = Tier(tmp_path, 3)
+    tier = job_run.Tier(tmp_path, 3)
     try:
         assert tier.exports["HVD_PS_TOTAL_GROUPS"] == "3"
         assert tier.exports["DMLC_NUM_WORKER"] == "3"

@@ -9,11 +9,10 @@ NonFiniteError within minutes). A failed group is a line of the result, never a 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
+import job_run
 import pytest
 
 from benchmarks import soak
@@ -70,15 +69,9 @@ def test_verdict(lost, unaccounted, kills, failures, tier, finite, ok) -> None:
 
 @pytest.mark.slow
 def test_a_short_async_diloco_soak_passes(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DMLC_", "HVD_PS_"))}
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    if os.geteuid() == 0:
-        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     cmd = [sys.executable, "-m", "benchmarks.soak", "--minutes", "0.4", "--strategy", "DiLoCo"]
     cmd += ["--restart-every", "40", "--out", str(tmp_path)]
-    proc = subprocess.run(
-        ["timeout", "-k", "5", "300", *cmd], env=env, cwd=ROOT, capture_output=True, text=True
-    )
+    proc = job_run.run(job_run.bounded(cmd, 300), job_run.env(), timeout=315)
     out = proc.stdout + proc.stderr
     assert "Traceback" not in out, out[-3000:]
     report = json.loads((tmp_path / "soak.json").read_text())

@@ -10,9 +10,7 @@ is bounded in time and ended by PID; a server that exits non-zero ends the job a
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -20,14 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import job_run
 import numpy as np
 import pytest
 
 from hvd_ps.launch import spawn
 
-HERE = Path(__file__).resolve().parent
-WORKER = HERE / "programs" / "stock_worker.py"
-sys.path.insert(0, str(HERE / "programs"))
+sys.path.insert(0, str(job_run.PROGRAMS))
 import stock_worker as sw  # noqa: E402  (the workers' data generators, to recompute pushes)
 
 BOUND = 100  # MXNET_KVSTORE_BIGARRAY_BOUND: the 200-element "big" key is split over 2 servers
@@ -44,15 +41,6 @@ class Job:
     outputs: List[str]
 
 
-def _end(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
-
-
 def run_job(
     tmp_path, scenario, args, workers=2, servers=1, timeout=JOB_TIMEOUT, worker_env=None
 ) -> Job:
@@ -65,27 +53,23 @@ def run_job(
     logs: List[Path] = []
     died = None
     try:
-        env = dict(os.environ, **EXTRA)
-        env.update(
+        env = job_run.env(
+            **EXTRA,
             DMLC_ROLE="worker",
             DMLC_PS_ROOT_URI="127.0.0.1",
             DMLC_PS_ROOT_PORT=str(tier.port),
             DMLC_NUM_SERVER=str(servers),
             DMLC_NUM_WORKER=str(workers),
             DMLC_NODE_HOST="127.0.0.1",
-            OMP_NUM_THREADS="1",
-            MXNET_CPU_WORKER_NTHREADS="1",
             STOCK_WORKER_TIMEOUT=str(timeout),
-            PYTHONPATH=os.pathsep.join([str(HERE.parents[1]), os.environ.get("PYTHONPATH", "")]),
         )
-        env.pop("HVD_PS_SERVER_ROLE", None)
         env.update(worker_env or {})
         for i in range(workers):
             logs.append(tmp_path / f"{scenario}.worker{i}.log")
             with open(logs[-1], "w") as out:
                 procs.append(
                     subprocess.Popen(
-                        [sys.executable, str(WORKER), scenario, json.dumps(args)],
+                        job_run.program("stock_worker.py", scenario, json.dumps(args)),
                         env=env,
                         stdout=out,
                         stderr=subprocess.STDOUT,
@@ -101,8 +85,7 @@ def run_job(
             died = None
             time.sleep(0.1)
     finally:
-        for proc in procs:
-            _end(proc)
+        job_run.kill(procs)
         tier.stop(grace=10 if died is None else 1)  # a scheduler never finishes a broken job
     leftover = [p.pid for p in procs + list(tier.procs.values()) if p.poll() is None]
     assert leftover == [], f"processes left running: {leftover}"

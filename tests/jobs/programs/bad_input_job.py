@@ -26,29 +26,17 @@ elif case == "unreachable-tier":
     hvd_ps.init()
 elif case == "nan-one-group":
     import horovod.mxnet as hvd
-    import mxnet as mx
-
-    sys.path.insert(0, __file__.rsplit("/jobs/", 1)[0])
-    import reference as ref  # noqa: E402
+    import job_kit
 
     hvd_ps.init(group_size=2)
-    net = mx.gluon.nn.Dense(ref.OUT, in_units=ref.IN, prefix="job_")
-    net.initialize()
-    w0, b0 = ref.initial()
-    net.weight.set_data(mx.nd.array(w0))
-    net.bias.set_data(mx.nd.array(b0))
-    hvd_ps.broadcast_parameters(net.collect_params())
+    net = job_kit.reference_net(prefix="job_")
     trainer = hvd_ps.DistributedTrainer(
         net.collect_params(), "sgd", {"learning_rate": 0.1}, sync=hvd_ps.ModelAverage(period=1)
     )
     for t in range(1, 6):
         if t == 2 and hvd_ps.group_id() == 1:
             net.weight.data()[0, 0] = float("nan")
-        x, y = ref.batch(hvd.rank(), t)
-        with mx.autograd.record():
-            loss = 0.5 * ((net(mx.nd.array(x)) - mx.nd.array(y)) ** 2).sum(axis=1)
-        loss.backward()
-        trainer.step(ref.BATCH)
+        job_kit.step(net, trainer, hvd.rank(), t)
 else:
     raise SystemExit(f"unknown case {case}")
 print("NOT REFUSED", flush=True)

@@ -11,14 +11,11 @@ import sys
 import time
 
 import horovod.mxnet as hvd
-import mxnet as mx
+import job_kit
 import numpy as np
+from job_kit import ref, say
 
 import hvd_ps
-
-sys.path.insert(0, __file__.rsplit("/jobs/", 1)[0])
-import reference as ref  # noqa: E402
-from say import say  # noqa: E402  (tests/jobs/programs/say.py: one write per line)
 
 GROUPS = [[0], [1]]
 
@@ -38,23 +35,14 @@ if sys.argv[1] == "plain":
 
 hvd.init(process_sets="dynamic")
 hvd_ps.init(groups=GROUPS)
-net = mx.gluon.nn.Dense(ref.OUT, in_units=ref.IN)
-net.initialize()
-w0, b0 = ref.initial()
-net.weight.set_data(mx.nd.array(w0))
-net.bias.set_data(mx.nd.array(b0))
-hvd_ps.broadcast_parameters(net.collect_params())
+net = job_kit.reference_net()
 trainer = hvd_ps.DistributedTrainer(
     net.collect_params(), "sgd", {"learning_rate": 0.1}, sync=hvd_ps.ModelAverage(2)
 )
 want = ref.run({"name": "ModelAverage", "period": 2}, GROUPS, 6, 0.1)
 err = 0.0
 for t in range(1, 7):
-    x, y = ref.batch(hvd.rank(), t)
-    with mx.autograd.record():
-        loss = 0.5 * ((net(mx.nd.array(x)) - mx.nd.array(y)) ** 2).sum(axis=1)
-    loss.backward()
-    trainer.step(ref.BATCH)
+    job_kit.step(net, trainer, hvd.rank(), t)
     ew = want[t - 1]["x"][hvd_ps.group_id()][0]
     err = max(err, float(np.max(np.abs(net.weight.data().asnumpy() - ew)) / np.max(np.abs(ew))))
 say(f"TRAINED {err:.3e}")

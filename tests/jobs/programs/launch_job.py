@@ -12,7 +12,7 @@ import time
 
 import horovod.mxnet as hvd
 import mxnet as mx
-from say import say  # noqa: E402  (tests/jobs/programs/say.py: one write per line)
+from job_kit import say  # noqa: E402  (one write per line)
 
 import hvd_ps
 from hvd_ps.ps import protocol

@@ -22,12 +22,9 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "1")
 
-import mxnet as mx  # noqa: E402
+import job_kit  # noqa: E402
 import numpy as np  # noqa: E402
-
-sys.path.insert(0, __file__.rsplit("/jobs/", 1)[0])
-import reference as ref  # noqa: E402
-from say import say  # noqa: E402
+from job_kit import say  # noqa: E402
 
 import hvd_ps  # noqa: E402
 
@@ -51,12 +48,7 @@ args = p.parse_args()
 
 hvd_ps.init()
 gid = hvd_ps.global_group_id()
-net = mx.gluon.nn.Dense(ref.OUT, in_units=ref.IN)
-net.initialize()
-w0, b0 = ref.initial()
-net.weight.set_data(mx.nd.array(w0))
-net.bias.set_data(mx.nd.array(b0))
-hvd_ps.broadcast_parameters(net.collect_params())
+net = job_kit.reference_net()
 trainer = hvd_ps.DistributedTrainer(
     net.collect_params(), "sgd", {"learning_rate": LR}, sync=STRATEGIES[args.strategy]()
 )
@@ -72,11 +64,7 @@ while True:
     if args.until is not None and (os.path.exists(args.until) or time.monotonic() > end):
         break
     t += 1
-    x, y = ref.batch(gid * 10 + hvd_ps.group_rank(), t % 50 + 1)
-    with mx.autograd.record():
-        loss = 0.5 * ((net(mx.nd.array(x)) - mx.nd.array(y)) ** 2).sum(axis=1)
-    loss.backward()
-    trainer.step(ref.BATCH)
+    job_kit.step(net, trainer, gid * 10 + hvd_ps.group_rank(), t % 50 + 1)
     if hvd_ps.is_leader():  # atomically: a reader never sees the file empty
         count = os.path.join(args.out, f"{args.tag}.count")
         with open(count + ".tmp", "w") as f:

@@ -15,17 +15,13 @@ the global model from ``pull_global``) and prints ``group g of G (job: i of n)``
 import argparse
 import json
 import os
-import sys
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "1")
 
-import mxnet as mx  # noqa: E402
+import job_kit  # noqa: E402
 import numpy as np  # noqa: E402
-
-sys.path.insert(0, __file__.rsplit("/jobs/", 1)[0])
-import reference as ref  # noqa: E402
-from say import say  # noqa: E402  (tests/jobs/programs/say.py: one write per line)
+from job_kit import say  # noqa: E402
 
 import hvd_ps  # noqa: E402
 
@@ -49,22 +45,13 @@ assert hvd_ps.group_size() == 1, "this job's groups are single ranks"
 say(f"group {gid} of {total} (job: {hvd_ps.group_id()} of {hvd_ps.num_groups()})")
 record = {}
 for name, make, steps in CASES:
-    net = mx.gluon.nn.Dense(ref.OUT, in_units=ref.IN, prefix=f"{name.lower()}_")
-    net.initialize()
-    w0, b0 = ref.initial()
-    net.weight.set_data(mx.nd.array(w0))
-    net.bias.set_data(mx.nd.array(b0))
-    hvd_ps.broadcast_parameters(net.collect_params())
+    net = job_kit.reference_net(prefix=f"{name.lower()}_")
     trainer = hvd_ps.DistributedTrainer(
         net.collect_params(), "sgd", {"learning_rate": LR}, sync=make()
     )
     ws, bs = [], []
     for t in range(1, steps + 1):
-        x, y = ref.batch(gid, t)  # the data of global group gid
-        with mx.autograd.record():
-            loss = 0.5 * ((net(mx.nd.array(x)) - mx.nd.array(y)) ** 2).sum(axis=1)
-        loss.backward()
-        trainer.step(ref.BATCH)
+        job_kit.step(net, trainer, gid, t)  # the data of global group gid
         ws.append(net.weight.data().asnumpy())
         bs.append(net.bias.data().asnumpy())
     trainer.pull_global(net.collect_params())

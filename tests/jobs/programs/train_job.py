@@ -22,7 +22,7 @@ os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "1")
 import horovod.mxnet as hvd  # noqa: E402
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
-from say import say  # noqa: E402  (tests/jobs/programs/say.py: one write per line)
+from job_kit import say  # noqa: E402  (one write per line)
 
 import hvd_ps  # noqa: E402
 
