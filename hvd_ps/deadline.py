@@ -12,13 +12,47 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, List
+from typing import Callable, Iterator, List, Optional
 
 #: Exit status of a process that gave up on a wait, or saw a part of the PS tier die.
 EXIT_CODE = 75
+#: seconds between two looks of the watcher (see :func:`watch`) while a bounded wait runs
+WATCH_PERIOD_S = 0.5
 
 _hooks: List[Callable[[], None]] = []
+#: what the watcher asks while a bounded wait runs: why the wait can never end, or None
+_check: Optional[Callable[[], Optional[str]]] = None
+_waits = 0
+_waits_lock = threading.Lock()
+_watcher: Optional[threading.Thread] = None
+
+
+def watch(check: Optional[Callable[[], Optional[str]]]) -> None:
+    """While any :func:`deadline` of this process runs, call ``check`` every
+    :data:`WATCH_PERIOD_S` seconds (from a thread of its own); a message it returns ends the
+    process at once, as a deadline that fired would. ``None`` stops watching. The training
+    side uses it to name a rank that never joins a collective (:mod:`hvd_ps.train.calls`)."""
+    global _check, _watcher
+    _check = check
+    if check is not None and _watcher is None:
+        _watcher = threading.Thread(target=_watch_loop, name="hvd_ps-deadline-watch", daemon=True)
+        _watcher.start()
+
+
+def _watch_loop() -> None:
+    while True:
+        time.sleep(WATCH_PERIOD_S)
+        check = _check
+        if check is None or not _waits:
+            continue
+        try:
+            why = check()
+        except Exception:  # a watcher that fails must not end a job that would go on
+            continue
+        if why is not None:
+            fatal(why)
 
 
 def on_fatal(hook: Callable[[], None]) -> None:
@@ -50,7 +84,12 @@ def deadline(what: str, seconds: float) -> Iterator[None]:
     )
     timer.daemon = True
     timer.start()
+    global _waits
+    with _waits_lock:
+        _waits += 1
     try:
         yield
     finally:
         timer.cancel()
+        with _waits_lock:
+            _waits -= 1

@@ -61,6 +61,14 @@ def excepthook(kind: Any, value: Any, tb: Any) -> None:
     os.write(2, (one_line(value) + "\n").encode("utf-8", "replace"))
 
 
+def quiet_exit(code: int, delay: float = QUIET_RANK_DELAY_S) -> None:
+    """End this process without a word after ``delay`` seconds: another rank reports why."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    time.sleep(delay)
+    os._exit(code)
+
+
 def install() -> None:
     """Make :func:`excepthook` the process's hook (once; the previous one stays the fallback)."""
     global _previous

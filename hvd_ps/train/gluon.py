@@ -24,10 +24,11 @@ import mxnet as mx
 import numpy as np
 
 from .. import private_api
+from ..deadline import deadline
 from ..errors import CheckpointError, ConfigError, same_on_every_rank
 from ..ps import protocol
+from . import calls, runtime
 from . import gluon_checks as checks
-from . import runtime
 from .core import resume
 from .core.buckets import Bucket
 from .core.schedule import Param, Schedule, wait_arrays
@@ -42,19 +43,20 @@ def broadcast_parameters(params: Any, root_rank: int = 0) -> None:
     The PS keys of a trainer are initialised from these values when the trainer takes its
     first step, so the centre / global model starts equal to every group's parameters.
     """
-    rt = runtime.runtime()
-    hvd.broadcast_parameters(params, root_rank=root_rank, prefix="hvd_ps.init.")
-    arrays = []
-    for p in params.values():
-        try:
-            arrays.append(p.data() if isinstance(p, mx.gluon.Parameter) else p)
-        except mx.gluon.parameter.DeferredInitializationError:
-            continue  # horovod broadcasts it when it is initialised
-    _wait(
-        arrays,
-        f"broadcast of the initial parameters from rank {root_rank}",
-        rt.cfg.settings.timeout,
-    )
+    with calls.call("hvd_ps.broadcast_parameters"):
+        rt = runtime.runtime()
+        hvd.broadcast_parameters(params, root_rank=root_rank, prefix="hvd_ps.init.")
+        arrays = []
+        for p in params.values():
+            try:
+                arrays.append(p.data() if isinstance(p, mx.gluon.Parameter) else p)
+            except mx.gluon.parameter.DeferredInitializationError:
+                continue  # horovod broadcasts it when it is initialised
+        _wait(
+            arrays,
+            f"broadcast of the initial parameters from rank {root_rank}",
+            rt.cfg.settings.timeout,
+        )
 
 
 _wait = wait_arrays
@@ -198,43 +200,55 @@ class DistributedTrainer(hvd.DistributedTrainer):  # type: ignore[misc]  # no st
         enter = time.perf_counter()
         if self._last is not None:
             self._stats["compute_s"] += enter - self._last
-        self._setup()
-        self._t += 1
-        topo, timeout = self._rt.topo, self._rt.cfg.settings.timeout
+        with calls.call("trainer.step"):
+            self._setup()
+            self._t += 1
+            topo, timeout = self._rt.topo, self._rt.cfg.settings.timeout
 
-        self.allreduce_grads()  # Gluon's, calling Horovod's allreduce on the group's set
-        grads = [g for b in self._sched.all() for g in b.grads.arrays]
-        _wait(grads, f"gradient allreduce in group {topo.group_id} (ranks {topo.members})", timeout)
-        t1 = time.perf_counter()
-        self._stats["allreduce_s"] += t1 - enter
-        if self._sync.local_update:
-            self.update(batch_size, ignore_stale_grad)  # Gluon's: rescale, local optimizer
-        elif topo.is_leader:
-            rescale = private_api.grad_scale(self) / batch_size
-            for b in self._sched.all():
-                b.grads.pack_axpby(b.out, rescale, 0.0, out=b.out)
-        t2 = time.perf_counter()
-        self._stats["update_s"] += t2 - t1
-        self._sched.on_step(self._t)
-        self._stats["exchange_s"] += time.perf_counter() - t2
-        self._last = time.perf_counter()
+            self.allreduce_grads()  # Gluon's, calling Horovod's allreduce on the group's set
+            grads = [g for b in self._sched.all() for g in b.grads.arrays]
+            _wait(
+                grads,
+                f"gradient allreduce in group {topo.group_id} (ranks {topo.members})",
+                timeout,
+            )
+            t1 = time.perf_counter()
+            self._stats["allreduce_s"] += t1 - enter
+            if self._sync.local_update:
+                self.update(batch_size, ignore_stale_grad)  # Gluon's: rescale, local optimizer
+            elif topo.is_leader:
+                rescale = private_api.grad_scale(self) / batch_size
+                for b in self._sched.all():
+                    b.grads.pack_axpby(b.out, rescale, 0.0, out=b.out)
+            t2 = time.perf_counter()
+            self._stats["update_s"] += t2 - t1
+            self._sched.on_step(self._t)
+            self._stats["exchange_s"] += time.perf_counter() - t2
+            self._last = time.perf_counter()
 
-    def pull_global(self, params: Any = None) -> None:
+    def pull_global(self, params: Any = None, local: bool = False) -> None:
         """Load the global model (EASGD's centre, the averaged model, or the servers' weights)
         into the trainer's parameters on every rank of the calling group.
 
-        An overlapped exchange still in flight is completed first (waited for, applied to the
-        local parameters and broadcast), so the global model includes it."""
+        Collective over the group. An overlapped exchange still in flight is completed first
+        (waited for, applied to the local parameters and broadcast), so the global model
+        includes it. ``local=True``: only the calling rank, a group's leader, takes part (no
+        collective): it pulls the PS's value now, without an exchange still in flight."""
         if params is not None:
             mine = {id(p) for p in private_api.trained_params(self)}
             given = params.values() if hasattr(params, "values") else params
             if any(id(p) not in mine for p in given):
                 raise ConfigError("pull_global(params): params must be this trainer's parameters")
-        self._setup()
-        self._sched.pull_global()
+        if local:
+            self._check_local("pull_global")
+            self._sched.pull_global_here()
+            return
+        with calls.call("trainer.pull_global"):
+            self._setup()
+            self._sched.pull_global()
 
     @contextmanager
-    def global_model(self) -> Iterator[None]:
+    def global_model(self, local: bool = False) -> Iterator[None]:
         """Inside the block the parameters hold the global model; after it, the group's own.
 
         For evaluating the global model mid-training without disturbing local training (EASGD
@@ -242,18 +256,41 @@ class DistributedTrainer(hvd.DistributedTrainer):  # type: ignore[misc]  # no st
         An overlapped exchange still in flight is completed first, at this call (it is applied
         to the local parameters now instead of at its step), so both models include it.
 
+        ``local=True`` evaluates on one rank, a group's leader, with no collective (global
+        rank 0 leads group 0): only its parameters hold the PS's value inside the block; an
+        exchange still in flight stays in flight (it is not in that value).
+
         Example::
 
             with trainer.global_model():
-                acc = evaluate(net)
+                acc = evaluate(net)              # on every rank of the group
+            if hvd.rank() == 0:
+                with trainer.global_model(local=True):
+                    acc = evaluate(net)          # on rank 0 alone
         """
-        self._setup()
-        self._sched.save_local()
-        self._sched.pull_global()
+        if local:
+            self._check_local("global_model")
+            self._sched.save_local(complete=False)
+            self._sched.pull_global_here()
+        else:
+            with calls.call("trainer.global_model"):
+                self._setup()
+                self._sched.save_local()
+                self._sched.pull_global()
         try:
             yield
         finally:
             self._sched.restore_local()
+
+    def _check_local(self, what: str) -> None:
+        topo = self._rt.topo
+        if not topo.is_leader:
+            raise ConfigError(
+                f"{what}(local=True) on rank {topo.rank}: only a group's leader holds the PS "
+                f"client (this group's is rank {topo.leader}); call it where hvd_ps.is_leader() "
+                f"is true, or without local=True on every rank of the group"
+            )
+        self._setup()
 
     def save_checkpoint(self, path: str) -> None:
         """Save everything this job needs to continue exactly: every group's parameters and
@@ -267,7 +304,8 @@ class DistributedTrainer(hvd.DistributedTrainer):  # type: ignore[misc]  # no st
         writing the manifest ``path`` atomically. Raises
         :class:`~hvd_ps.errors.CheckpointError` on every rank if it cannot.
         """
-        resume.save(_Checkpointed(self), path)
+        with calls.call("trainer.save_checkpoint"):
+            resume.save(_Checkpointed(self), path)
 
     def load_checkpoint(self, path: str) -> None:
         """Continue from ``path`` (written by :meth:`save_checkpoint`): collective, before the
@@ -283,7 +321,8 @@ class DistributedTrainer(hvd.DistributedTrainer):  # type: ignore[misc]  # no st
             else:
                 hvd_ps.broadcast_parameters(params)
         """
-        resume.load(_Checkpointed(self), path)
+        with calls.call("trainer.load_checkpoint"):
+            resume.load(_Checkpointed(self), path)
 
     def stats(self) -> Dict[str, float]:
         """Counters: steps, exchanges, PS bytes, and seconds per phase of ``step()``.
@@ -403,7 +442,9 @@ class _Checkpointed:
         return int(hvd.rank())
 
     def allgather_object(self, obj: Any, name: str) -> List[Any]:
-        return list(hvd.allgather_object(obj, name=name))
+        with deadline(f"checkpoint: {name} on every rank", self.job.cfg.settings.timeout):
+            return list(hvd.allgather_object(obj, name=name))
 
     def broadcast_object(self, obj: Any, name: str) -> Any:
-        return hvd.broadcast_object(obj, root_rank=0, name=name)
+        with deadline(f"checkpoint: {name} from rank 0", self.job.cfg.settings.timeout):
+            return hvd.broadcast_object(obj, root_rank=0, name=name)

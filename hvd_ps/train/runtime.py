@@ -19,6 +19,7 @@ from ..errors import HvdPsError, TierError, TopologyError
 from ..launch import rendezvous, spawn
 from ..ps import placement
 from ..ps.client import Client
+from . import calls
 from .core.interfaces import InFlight
 
 
@@ -88,6 +89,7 @@ def init(
         )  # Horovod gives up on a stalled collective
         group_size, groups = rendezvous.grouping(cfg, group_size, groups)  # or hvdps-run's
         topo = topology.setup(group_size=group_size, groups=groups)
+        calls.start(topo)  # a collective some rank never calls ends the job within seconds
         rendezvous.check(cfg, topo)  # the grouping hvdps-run was told, if any, must agree
         place = placement.resolve(cfg, topo.num_groups, group_offset, total_groups)
         topo.group_offset, topo.total = place.offset, place.total
@@ -225,8 +227,10 @@ def shutdown() -> None:
         rt = _rt
         if rt is None:
             return
-        rt.in_flight.complete_all("hvd_ps.shutdown (completing the exchange in flight)")
-        barrier("hvd_ps.shutdown on every rank")
+        with calls.call("hvd_ps.shutdown"):
+            rt.in_flight.complete_all("hvd_ps.shutdown (completing the exchange in flight)")
+            barrier("hvd_ps.shutdown on every rank")
+        calls.stop()
         if rt.local is not None:
             # the servers exit when the leaders leave: from here that is no failure to report
             rt.local.stopping = True

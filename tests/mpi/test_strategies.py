@@ -304,3 +304,34 @@ def test_trainer_wire_and_bucket_arguments_override_the_environment(rt, sync_cli
         pushed = rt.client.stats.bytes_pushed - before
         elements = ref.OUT * ref.IN + ref.OUT
         assert pushed == 2 * elements * trainer.stats()["exchanges"], pushed
+
+
+@pytest.mark.mpi(min_size=1)
+def test_global_model_on_a_leader_alone_needs_no_collective(rt, sync_client):
+    """``global_model(local=True)`` on the leaders only (the other ranks never call it): the
+    leader's parameters hold the reference's global model inside the block and its own after;
+    a member that asks gets a ConfigError at once; pull_global(local=True) likewise."""
+    import horovod.mxnet as hvd
+
+    import hvd_ps
+    from hvd_ps.errors import ConfigError
+
+    groups = rt.topo.groups
+    spec, steps = _cases(len(groups))["EASGD"]
+    want = ref.run(spec, groups, steps, LR)
+    net, trainer = _train(rt, "local_eval", spec, steps)
+    tol, rank = _tolerance(rt), hvd.rank()
+    own_w = net.weight.data().asnumpy().copy()
+    if hvd_ps.is_leader():
+        with trainer.global_model(local=True):
+            gw, gb = want[-1]["global"]
+            _close(net.weight.data().asnumpy(), gw, f"local global weight, rank {rank}", tol)
+            _close(net.bias.data().asnumpy(), gb, f"local global bias, rank {rank}", tol)
+        np.testing.assert_array_equal(net.weight.data().asnumpy(), own_w)
+        trainer.pull_global(local=True)
+        _close(net.weight.data().asnumpy(), want[-1]["global"][0], "pull_global(local)", tol)
+    else:
+        with pytest.raises(ConfigError, match=r"global_model\(local=True\) on rank \d+: only"):
+            with trainer.global_model(local=True):
+                pass
+    hvd_ps.broadcast_parameters(net.collect_params())  # every rank again alike

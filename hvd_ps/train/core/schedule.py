@@ -116,6 +116,7 @@ class Schedule:
         self.buckets: Optional[List[Bucket]] = None
         self.bcast: List[Any] = []  # one broadcast buffer per bucket
         self.saved: List[Any] = []  # global_model(): the local parameters, allocated once
+        self.peek: List[Any] = []  # global_model(local=True): the pulls, allocated once
         self.pending: Optional[int] = None  # step at which the exchange in flight is applied
         self.launched = 0  # step the exchange in flight started at
         self.refused: Optional[str] = None  # overlap: why the exchange in flight was not pushed
@@ -332,9 +333,28 @@ class Schedule:
             client.wait([b.pulled for b in self.all()], "pull of the global model")
         self.group_broadcast("pull_global")
 
-    def save_local(self) -> None:
-        """Copy the local parameters aside (into buffers allocated on first use)."""
-        self.complete("global_model (completing the exchange in flight first)")
+    def pull_global_here(self) -> None:
+        """This leader alone (no collective): the PS's value of every key into its own
+        parameters. An exchange in flight stays in flight, untouched: the pulls go to buffers
+        of their own, and what it pushed is kept (MXNet's KVStore pulls a key into the array
+        pushed to it last)."""
+        client = self.client()
+        scale = self.bound().global_scale
+        if not self.peek:
+            self.peek = [mx.nd.zeros(b.pulled.shape, dtype=b.pulled.dtype) for b in self.all()]
+        pushed = [b.out.copy() for b in self.all()] if self.pending is not None else []
+        for b, flat in zip(self.all(), self.peek):
+            client.exchange(b.key, None, flat, wait=False)
+            b.params.unpack(flat, alpha=scale)
+        for b, out in zip(self.all(), pushed):
+            out.copyto(b.out)  # on MXNet's engine: after those pulls
+        client.wait(self.peek, "pull of the global model (this leader alone)")
+
+    def save_local(self, complete: bool = True) -> None:
+        """Copy the local parameters aside (into buffers allocated on first use), after
+        completing an exchange in flight (``complete``)."""
+        if complete:
+            self.complete("global_model (completing the exchange in flight first)")
         if not self.saved:
             self.saved = [mx.nd.zeros((b.params.size,), dtype=b.params.dtype) for b in self.all()]
         for b, flat in zip(self.all(), self.saved):

@@ -1,0 +1,233 @@
+"""Which of hvd_ps's collective calls each rank is waiting in, so that a call some rank never
+makes ends the job within seconds instead of at ``HVD_PS_TIMEOUT``.
+
+``trainer.step``, ``pull_global`` and ``global_model`` are collective over a rank's group;
+``broadcast_parameters``, ``save_checkpoint``, ``load_checkpoint`` and ``shutdown`` over the
+whole job. A rank that calls one while another rank of its span does not (the Horovod habit
+``if hvd.rank() == 0: with trainer.global_model(): ...``) would wait in a Horovod operation the
+other never joins. Each rank publishes, in an MPI window the others read without a collective
+(one-sided, from the deadline's watcher thread), which call it waits in: the call's name, its
+span and how many calls of that span it has made. A waiting rank that sees, for
+:data:`GRACE_S` seconds on end, a rank of its span waiting in another call whose span includes
+it, knows neither can go on: the job ends with one line naming the call, the ranks in each and
+what to do. A rank that is busy in the script's own code is not waiting: it is never blamed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from .. import deadline, exits
+from ..topology import Topology
+
+log = logging.getLogger("hvd_ps.calls")
+
+#: the collective calls, by the code a rank publishes (0: not waiting in any)
+CALLS = (
+    "",
+    "trainer.step",
+    "trainer.pull_global",
+    "trainer.global_model",
+    "hvd_ps.broadcast_parameters",
+    "trainer.save_checkpoint",
+    "trainer.load_checkpoint",
+    "hvd_ps.shutdown",
+)
+GROUP, WORLD = 0, 1
+#: the span of each call
+SPAN = {
+    "trainer.step": GROUP,
+    "trainer.pull_global": GROUP,
+    "trainer.global_model": GROUP,
+    "hvd_ps.broadcast_parameters": WORLD,
+    "trainer.save_checkpoint": WORLD,
+    "trainer.load_checkpoint": WORLD,
+    "hvd_ps.shutdown": WORLD,
+}
+#: how long two ranks must be seen waiting in calls that exclude each other
+GRACE_S = 3.0
+#: what a rank publishes: the call's code, its span, this span's call count, waiting (0/1)
+FIELDS = 4
+#: what to do, by the call a rank alone made
+ADVICE = {
+    "trainer.global_model": (
+        "call it on every rank of the group, or evaluate on one leader alone with "
+        "'with trainer.global_model(local=True):' (global rank 0 leads group 0)"
+    ),
+    "trainer.pull_global": (
+        "call it on every rank of the group, or trainer.pull_global(local=True) on a leader alone"
+    ),
+}
+#: what to do otherwise
+COLLECTIVE = "call it on every rank at the same point of the script"
+
+
+class Board:
+    """This rank's published call, and a reader of the others' (one MPI window per job)."""
+
+    def __init__(self, topo: Topology) -> None:
+        from mpi4py import MPI
+
+        self.mpi = MPI
+        self.topo = topo
+        self.rank = topo.rank
+        self.memory = np.zeros(FIELDS, dtype=np.int64)
+        self.window = MPI.Win.Create(self.memory, comm=MPI.COMM_WORLD)
+        self.counts = [0, 0]  # calls made, per span
+        self.lock = threading.Lock()
+        #: the mismatch seen first and since when (the grace period runs on it)
+        self.seen: Optional[Tuple[Tuple[int, ...], float]] = None
+
+    def close(self) -> None:
+        """Free the window (collective: every rank, at shutdown)."""
+        self.window.Free()
+
+    @contextmanager
+    def call(self, name: str) -> Iterator[None]:
+        """This rank waits in the collective call ``name`` while the body runs."""
+        span = SPAN[name]
+        with self.lock:
+            self.counts[span] += 1
+            self._publish(CALLS.index(name), span, self.counts[span], 1)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self._publish(0, 0, 0, 0)
+                self.seen = None
+
+    def _publish(self, code: int, span: int, count: int, waiting: int) -> None:
+        self.window.Lock(self.rank, self.mpi.LOCK_EXCLUSIVE)
+        self.memory[:] = (code, span, count, waiting)
+        self.window.Unlock(self.rank)
+
+    def _read(self, rank: int) -> Tuple[int, ...]:
+        out = np.zeros(FIELDS, dtype=np.int64)
+        self.window.Lock(rank, self.mpi.LOCK_SHARED)
+        self.window.Get(out, rank)
+        self.window.Unlock(rank)
+        return tuple(int(v) for v in out)
+
+    def _members(self, span: int, of_rank: int) -> List[int]:
+        if span == WORLD:
+            return list(range(sum(len(g) for g in self.topo.groups)))
+        return next(list(g) for g in self.topo.groups if of_rank in g)
+
+    def check(self) -> Optional[str]:
+        """While this rank waits: the job's one line if it waits for a rank that waits in
+        another call that needs this one, for :data:`GRACE_S` on end; else None. (One lock
+        epoch at a time per process, as MPI requires: the threads share :attr:`lock`.)"""
+        with self.lock:
+            return self._check()
+
+    def reports(self) -> bool:
+        """Whether this rank says the line: the lowest rank of those waiting in its span."""
+        with self.lock:
+            span = int(self.memory[1])
+            waiting = [r for r in self._members(span, self.rank) if self._state(r)[3]]
+        return not waiting or self.rank == min(waiting)
+
+    def _state(self, rank: int) -> Tuple[int, ...]:
+        if rank == self.rank:
+            return tuple(int(v) for v in self.memory)
+        return self._read(rank)
+
+    def _check(self) -> Optional[str]:
+        mine = self._state(self.rank)
+        code, span, count, waiting = mine
+        if not waiting:
+            return None
+        states: Dict[int, Tuple[int, ...]] = {}
+        for other in self._members(span, self.rank):
+            state = states[other] = self._state(other)
+            o_code, o_span, o_count, o_waiting = state
+            stuck = o_waiting and (o_code, o_span, o_count) != (code, span, count)
+            if stuck and self.rank in self._members(o_span, other):
+                return self._after_grace(tuple(v for s in states.values() for v in s), states)
+        self.seen = None
+        return None
+
+    def _after_grace(
+        self, key: Tuple[int, ...], states: Dict[int, Tuple[int, ...]]
+    ) -> Optional[str]:
+        now = time.monotonic()
+        if self.seen is None or self.seen[0] != key:
+            self.seen = (key, now)
+            return None
+        if now - self.seen[1] < GRACE_S:
+            return None
+        return describe(states)
+
+
+def describe(states: Dict[int, Tuple[int, ...]]) -> str:
+    """One line: which ranks wait in which call, and what to do."""
+    by_call: Dict[str, List[int]] = {}
+    for rank, (code, _, _, waiting) in sorted(states.items()):
+        by_call.setdefault(CALLS[code] if waiting else "the script's own code", []).append(rank)
+    waits = "; ".join(f"ranks {ranks} wait in {name}()" for name, ranks in by_call.items())
+    # the call fewer ranks made is the one the others skipped
+    calls = [c for c in by_call if c in SPAN]
+    lone = min(calls, key=lambda c: len(by_call[c])) if calls else ""
+    advice = ADVICE.get(lone, COLLECTIVE)
+    return f"{lone}() is collective, but not every rank called it: {waits}; {advice}"
+
+
+_board: Optional[Board] = None
+
+
+def start(topo: Topology) -> None:
+    """Open this job's board (collective, in ``hvd_ps.init``) and let every bounded wait of
+    this process consult it. A job of one rank has no one to miss a call; an MPI without
+    one-sided windows (every rank fails alike) leaves only ``HVD_PS_TIMEOUT`` to bound a
+    missed call."""
+    global _board
+    if sum(len(g) for g in topo.groups) < 2:
+        return
+    from mpi4py import MPI
+
+    try:
+        _board = Board(topo)
+    except MPI.Exception as err:
+        log.warning(
+            "no MPI window for the call board (%s): a missed collective call ends "
+            "the job at HVD_PS_TIMEOUT instead of within seconds",
+            err,
+        )
+        return
+    deadline.watch(_watch)
+
+
+def stop() -> None:
+    """Close the board (collective, in ``hvd_ps.shutdown``)."""
+    global _board
+    board, _board = _board, None
+    deadline.watch(None)
+    if board is not None:
+        board.close()
+
+
+@contextmanager
+def call(name: str) -> Iterator[None]:
+    """Publish that this rank waits in collective call ``name`` (no-op before ``init``)."""
+    if _board is None:
+        yield
+        return
+    with _board.call(name):
+        yield
+
+
+def _watch() -> Optional[str]:
+    board = _board
+    if board is None:
+        return None
+    found = board.check()
+    if found is not None and not board.reports():
+        # the lowest waiting rank says it for the job; give its line time to get out
+        exits.quiet_exit(deadline.EXIT_CODE, GRACE_S)
+    return found
