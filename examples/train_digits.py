@@ -172,8 +172,9 @@ def main(argv=None) -> int:
         layout = [list(range(hvd.size()))]
     else:
         hvd_ps.init(group_size=args.group_size)
+        # labels: the group's id on the tier, so that jobs sharing one tell their groups apart
         gid, ngroups, leader, group_set = (
-            hvd_ps.group_id(),
+            hvd_ps.global_group_id(),
             hvd_ps.num_groups(),
             hvd_ps.is_leader(),
             hvd_ps.group(),

@@ -398,6 +398,9 @@ def test_shared_tier_block(tmp_path: Path) -> None:
     )
     assert len(finals) == 2, proc.stdout[-3000:]  # one per job
     assert all(float(a) >= 90.0 for a in finals), finals
+    # each job labels its group with the group's global id on the tier: 0 and 1, not 0 twice
+    labels = set(re.findall(r"\| group (\d+): loss", proc.stdout))
+    assert labels == {"0", "1"}, proc.stdout[-3000:]
 
 
 STOCK_FIRST = (
