@@ -54,6 +54,8 @@ setup(
     packages=find_packages(include=["hvd_ps", "hvd_ps.*"]),
     ext_modules=[fusion],
     python_requires=">=3.8",
-    install_requires=["numpy", "mxnet"],
+    # Horovod 0.28.1 built with MXNet and MPI is needed too; it is not listed, because pip
+    # would build it without MXNet support (docs/install.md says how to build it)
+    install_requires=["numpy<1.24", "mxnet==1.9.1", "mpi4py>=3.1", "psutil>=5.9", "pyzmq>=22"],
     entry_points={"console_scripts": ["hvdps-run = hvd_ps.launch:main"]},
 )

@@ -83,6 +83,7 @@ class Fragment:
 Entry = Union[Runs, Cheap, Covered, Long, Suite, Fragment]
 
 MIGRATION = ('GUIDE = "docs/migrating.md"',)  # test_migration.py reads its blocks from there
+INSTALL = ('GUIDE = "docs/install.md"', "block()")  # test_install.py runs the page's block
 LAUNCH_HOSTS_CMD = (
     '"hvdps-run", "-np", "4", "-H", "hostA:2,hostB:2"',
     '"--ps-host", cluster.hosts["a"]["addr"], "--network-interfaces", "hvps0"',
@@ -104,7 +105,21 @@ COMMANDS: Dict[str, Entry] = {
         "test_mkdocs_build_strict",
         ('"mkdocs", "build", "--strict", "--site-dir"',),  # the site into a temporary dir
     ),
-    # docs/launching.md
+    # docs/install.md: the whole block, in a fresh virtualenv
+    "pip install numpy==1.23.5 mxnet==1.9.1 mpi4py==4.1.2 cmake==3.31.10 setuptools==65.5.0 "
+    "wheel==0.48.0": Covered("test_install.py", "test_install_into_a_fresh_environment", INSTALL),
+    "HOROVOD_WITH_MXNET=1 HOROVOD_WITH_MPI=1 HOROVOD_WITHOUT_TENSORFLOW=1 "
+    "HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_GLOO=1 CMAKE_POLICY_VERSION_MINIMUM=3.5 pip "
+    "install --no-build-isolation horovod==0.28.1": Covered(
+        "test_install.py", "test_install_into_a_fresh_environment", INSTALL
+    ),
+    "pip install --no-build-isolation /path/to/hvd_ps": Covered(
+        "test_install.py", "test_install_into_a_fresh_environment", INSTALL
+    ),
+    "python -c import hvd_ps; print(hvd_ps.FusedBuffer.__name__, 'loaded')": Covered(
+        "test_install.py", "test_install_into_a_fresh_environment", INSTALL
+    ),
+    # docs/launching.md (and docs/install.md)
     "hvdps-run --help": Cheap("usage: hvdps-run"),
     "hvdps-run --servers-only --num-workers 2 > tier.env &": Runs("test_shared_tier_block"),
     "until grep -q ^# and in each job tier.env; do sleep 1; done; eval $(cat tier.env)": Runs(
