@@ -102,8 +102,8 @@ def test_job_environment_with_the_grouping_left_to_the_script(monkeypatch) -> No
         ):
             assert k not in env
         cfg = config.load(env)  # what the ranks' hvd_ps.init reads
-        assert cfg.launcher == ("127.0.0.1", int(listener.address.split(":")[1]))
-        assert not cfg.external_tier and cfg.launch_group_size is None
+        assert cfg.wiring.launcher == ("127.0.0.1", int(listener.address.split(":")[1]))
+        assert not cfg.wiring.external_tier and cfg.wiring.launch_group_size is None
     finally:
         listener.close()
 
@@ -118,7 +118,11 @@ def test_job_environment_with_group_size_flag() -> None:
         assert env["HVD_PS_GROUP_SIZE"] == "2" and env["HVD_PS_NUM_GROUPS"] == "2"
         assert env["DMLC_NUM_WORKER"] == "2" and env["DMLC_PS_ROOT_URI"] == "127.0.0.1"
         cfg = config.load(env)
-        assert (cfg.launch_group_size, cfg.launch_num_groups, cfg.launcher) == (2, 2, None)
+        assert (
+            cfg.wiring.launch_group_size,
+            cfg.wiring.launch_num_groups,
+            cfg.wiring.launcher,
+        ) == (2, 2, None)
     finally:
         job.stop(grace=0)
     assert all(p.poll() is not None for p in job.tier.procs().values())  # type: ignore[union-attr]

@@ -126,8 +126,11 @@ def test_bad_environment_names_itself(env, name):
 
 def test_environment_is_read():
     cfg = config.load({"HVD_PS_GROUP_OFFSET": "0", "HVD_PS_TOTAL_GROUPS": "3"})
-    assert (cfg.group_offset, cfg.total_groups) == (0, 3)
-    assert (config.load({}).group_offset, config.load({}).total_groups) == (None, None)
+    assert (cfg.wiring.group_offset, cfg.wiring.total_groups) == (0, 3)
+    assert (config.load({}).wiring.group_offset, config.load({}).wiring.total_groups) == (
+        None,
+        None,
+    )
 
 
 # -- real jobs ----------------------------------------------------------------------------------
