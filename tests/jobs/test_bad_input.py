@@ -299,6 +299,20 @@ JOBS = [
      r"group 1 \(leader rank 2\), step 2: the parameters to push to the PS tier hold\(s\) NaN "
      r"or inf in parameter\(s\) .*'job_weight' \(NaN\).*; nothing was pushed: lower the "
      r"learning rate, clip the gradients .* or check the input data for NaN/inf"),
+    # the script's own arguments, alike on every rank: one line per job, before init too
+    ("strategy-typo-before-init", 4, {}, "ConfigError",
+     r"EASGD has no argument 'peroid': did you mean 'period'\? \(its arguments: period, "),
+    ("strategy-mode", 4, {}, "ConfigError",
+     r"mode must be one of sync, got 'async': ModelAverage has no async mode; GradientPush, "
+     r"EASGD and DiLoCo have one"),
+    ("trainer-argument", 4, {}, "ConfigError",
+     r"wire_dtype must be one of float32, float16, got 'int8'"),
+    # evaluating on rank 0 alone: named within seconds, not at HVD_PS_TIMEOUT
+    ("evaluate-on-rank-0", 4, {}, "HvdPsError",
+     r"trainer.global_model\(\) is collective, but not every rank called it: ranks \[0\] "
+     r"wait in trainer.global_model\(\); ranks \[1\] wait in trainer.step\(\); call it on "
+     r"every rank of the group, or evaluate on one leader alone with 'with "
+     r"trainer.global_model\(local=True\):'"),
 ]  # fmt: skip
 
 
