@@ -174,6 +174,11 @@ BLOCKS: Dict[Tuple[str, str], Entry] = {
         "the quick start; the loop's data and model are yours"
     ),
     ("docs/using.md", "import mxnet as mx"): Fragment("a training script around your model"),
+    ("docs/using.md", "if hvd.rank() == 0:"): Covered(
+        "test_strategies.py",
+        "test_global_model_on_a_leader_alone_needs_no_collective",
+        ("with trainer.global_model(local=True):",),
+    ),
     (
         "docs/checkpoints.md",
         "trainer = hvd_ps.DistributedTrainer(net.collect_params(), 'sgd', {...}, "
