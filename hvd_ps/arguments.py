@@ -27,16 +27,19 @@ def integer(
     high: Optional[int] = None,
     hint: str = "",
     error: Type[HvdPsError] = ConfigError,
+    high_name: str = "",
 ) -> int:
     """``value`` as an ``int`` with ``low <= value`` (and ``value < high`` if given).
 
     ``hint`` follows the message after a colon (what to do, or what the argument means);
-    ``error`` is the class raised (a :class:`~hvd_ps.errors.TopologyError` for a grouping)."""
+    ``error`` is the class raised (a :class:`~hvd_ps.errors.TopologyError` for a grouping);
+    ``high_name`` names the argument ``high`` comes from (``overlap < period (4)``)."""
     inside = not isinstance(value, bool) and isinstance(value, int) and value >= low
     if inside and high is not None:
         inside = value < high
     if not inside:
-        span = f">= {low}" if high is None else f"with {low} <= {name} < {high}"
+        bound = f"{high_name} ({high})" if high_name else f"{high}"
+        span = f">= {low}" if high is None else f"with {low} <= {name} < {bound}"
         raise error(f"{name} must be an integer {span}, got {value!r}" + _tail(hint))
     return int(value)
 

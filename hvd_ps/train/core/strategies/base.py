@@ -101,9 +101,7 @@ class Strategy(metaclass=_CheckedArguments):
         """Check and normalise ``period``, ``mode`` and ``overlap`` (in ``__post_init__``)."""
         period = arguments.integer("period", self.period, low=1)
         store(self, period=period, mode=_mode(self))
-        overlap = arguments.integer(
-            "overlap", self.overlap, low=0, high=period, hint="it must be below period"
-        )
+        overlap = arguments.integer("overlap", self.overlap, low=0, high=period, high_name="period")
         store(self, overlap=overlap)
 
 
