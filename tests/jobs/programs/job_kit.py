@@ -14,10 +14,10 @@ from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/: reference.py
 
-import mxnet as mx  # noqa: E402
-import reference as ref  # noqa: E402
+import mxnet as mx
+import reference as ref
 
-import hvd_ps  # noqa: E402
+import hvd_ps
 
 __all__ = ["ref", "say", "reference_net", "backward", "step"]
 
