@@ -5,9 +5,9 @@ makes ends the job within seconds instead of at ``HVD_PS_TIMEOUT``.
 ``broadcast_parameters``, ``save_checkpoint``, ``load_checkpoint`` and ``shutdown`` over the
 whole job. A rank that calls one while another rank of its span does not (the Horovod habit
 ``if hvd.rank() == 0: with trainer.global_model(): ...``) would wait in a Horovod operation the
-other never joins. Each rank publishes, in an MPI window the others read without a collective
-(one-sided, from the deadline's watcher thread), which call it waits in: the call's name, its
-span and how many calls of that span it has made. A waiting rank that sees, for
+other never joins. Each rank publishes which call it waits in (the call's name, its span and
+how many calls of that span it has made) and answers the others' questions about it from a
+thread of its own, with MPI messages outside any collective. A waiting rank that sees, for
 :data:`GRACE_S` seconds on end, a rank of its span waiting in another call whose span includes
 it, knows neither can go on: the job ends with one line naming the call, the ranks in each and
 what to do. A rank that is busy in the script's own code is not waiting: it is never blamed.
@@ -15,18 +15,14 @@ what to do. A rank that is busy in the script's own code is not waiting: it is n
 
 from __future__ import annotations
 
-import logging
+import itertools
 import threading
 import time
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional, Tuple
 
-import numpy as np
-
 from .. import deadline, exits
 from ..topology import Topology
-
-log = logging.getLogger("hvd_ps.calls")
 
 #: the collective calls, by the code a rank publishes (0: not waiting in any)
 CALLS = (
@@ -54,6 +50,11 @@ SPAN = {
 GRACE_S = 3.0
 #: what a rank publishes: the call's code, its span, this span's call count, waiting (0/1)
 FIELDS = 4
+#: message tags of the board's questions and answers
+ASK, ANSWER = 1, 2
+#: how often a rank looks for questions, and how long an asker waits for an answer (s)
+SERVE_PERIOD_S = 0.02
+ANSWER_WAIT_S = 1.0
 #: what to do, by the call a rank alone made
 ADVICE = {
     "trainer.global_model": (
@@ -69,7 +70,11 @@ COLLECTIVE = "call it on every rank at the same point of the script"
 
 
 class Board:
-    """This rank's published call, and a reader of the others' (one MPI window per job)."""
+    """This rank's published call, and a reader of the others'.
+
+    Each rank answers questions about its call from a thread of its own, on a duplicate of the
+    world communicator (hvd_ps's messages never meet the script's), with two-sided messages:
+    the transport Horovod's own MPI traffic already uses on every network."""
 
     def __init__(self, topo: Topology) -> None:
         from mpi4py import MPI
@@ -77,16 +82,35 @@ class Board:
         self.mpi = MPI
         self.topo = topo
         self.rank = topo.rank
-        self.memory = np.zeros(FIELDS, dtype=np.int64)
-        self.window = MPI.Win.Create(self.memory, comm=MPI.COMM_WORLD)
+        self.comm = MPI.COMM_WORLD.Dup()  # collective: every rank, in init
+        self.memory: Tuple[int, ...] = (0,) * FIELDS
         self.counts = [0, 0]  # calls made, per span
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # guards memory and counts
+        self.asks = itertools.count()
         #: the mismatch seen first and since when (the grace period runs on it)
         self.seen: Optional[Tuple[Tuple[int, ...], float]] = None
+        self.running = True
+        self.server = threading.Thread(target=self._serve, name="hvd_ps-calls", daemon=True)
+        self.server.start()
 
     def close(self) -> None:
-        """Free the window (collective: every rank, at shutdown)."""
-        self.window.Free()
+        """Stop answering (at shutdown). The duplicate communicator lives until the process
+        ends: a question a peer sent late may still wait in it, unanswered (the peer gives up
+        on it after :data:`ANSWER_WAIT_S`)."""
+        self.running = False
+        self.server.join(timeout=1.0)
+
+    def _serve(self) -> None:
+        status = self.mpi.Status()
+        while self.running:
+            if not self.comm.Iprobe(source=self.mpi.ANY_SOURCE, tag=ASK, status=status):
+                time.sleep(SERVE_PERIOD_S)
+                continue
+            asker = status.Get_source()
+            ask = self.comm.recv(source=asker, tag=ASK)
+            with self.lock:
+                state = self.memory
+            self.comm.send((ask, state), dest=asker, tag=ANSWER)  # small: sent eagerly
 
     @contextmanager
     def call(self, name: str) -> Iterator[None]:
@@ -94,49 +118,53 @@ class Board:
         span = SPAN[name]
         with self.lock:
             self.counts[span] += 1
-            self._publish(CALLS.index(name), span, self.counts[span], 1)
+            self.memory = (CALLS.index(name), span, self.counts[span], 1)
         try:
             yield
         finally:
             with self.lock:
-                self._publish(0, 0, 0, 0)
-                self.seen = None
+                self.memory = (0,) * FIELDS
+            self.seen = None
 
-    def _publish(self, code: int, span: int, count: int, waiting: int) -> None:
-        self.window.Lock(self.rank, self.mpi.LOCK_EXCLUSIVE)
-        self.memory[:] = (code, span, count, waiting)
-        self.window.Unlock(self.rank)
+    def _read(self, rank: int) -> Optional[Tuple[int, ...]]:
+        """Rank ``rank``'s call, or None if it does not answer within :data:`ANSWER_WAIT_S`."""
+        ask = next(self.asks)
+        self.comm.send(ask, dest=rank, tag=ASK)
+        request = self.comm.irecv(source=rank, tag=ANSWER)
+        end = time.monotonic() + ANSWER_WAIT_S
+        while time.monotonic() < end:
+            done, answer = request.test()
+            if not done or answer is None:
+                time.sleep(0.005)
+                continue
+            if answer[0] == ask:
+                return tuple(int(v) for v in answer[1])
+            request = self.comm.irecv(source=rank, tag=ANSWER)  # a late answer to an old ask
+        request.Cancel()
+        return None
 
-    def _read(self, rank: int) -> Tuple[int, ...]:
-        out = np.zeros(FIELDS, dtype=np.int64)
-        self.window.Lock(rank, self.mpi.LOCK_SHARED)
-        self.window.Get(out, rank)
-        self.window.Unlock(rank)
-        return tuple(int(v) for v in out)
+    def check(self) -> Optional[str]:
+        """While this rank waits: the job's one line if it waits for a rank that waits in
+        another call that needs this one, for :data:`GRACE_S` on end; else None."""
+        return self._check()
+
+    def reports(self) -> bool:
+        """Whether this rank says the line: the lowest rank of those waiting in its span."""
+        span = self._state(self.rank)[1]
+        waiting = [r for r in self._members(span, self.rank) if self._state(r)[3]]
+        return not waiting or self.rank == min(waiting)
+
+    def _state(self, rank: int) -> Tuple[int, ...]:
+        """A rank's call (code, span, count, waiting); not waiting if it does not answer."""
+        if rank == self.rank:
+            with self.lock:
+                return self.memory
+        return self._read(rank) or (0,) * FIELDS
 
     def _members(self, span: int, of_rank: int) -> List[int]:
         if span == WORLD:
             return list(range(sum(len(g) for g in self.topo.groups)))
         return next(list(g) for g in self.topo.groups if of_rank in g)
-
-    def check(self) -> Optional[str]:
-        """While this rank waits: the job's one line if it waits for a rank that waits in
-        another call that needs this one, for :data:`GRACE_S` on end; else None. (One lock
-        epoch at a time per process, as MPI requires: the threads share :attr:`lock`.)"""
-        with self.lock:
-            return self._check()
-
-    def reports(self) -> bool:
-        """Whether this rank says the line: the lowest rank of those waiting in its span."""
-        with self.lock:
-            span = int(self.memory[1])
-            waiting = [r for r in self._members(span, self.rank) if self._state(r)[3]]
-        return not waiting or self.rank == min(waiting)
-
-    def _state(self, rank: int) -> Tuple[int, ...]:
-        if rank == self.rank:
-            return tuple(int(v) for v in self.memory)
-        return self._read(rank)
 
     def _check(self) -> Optional[str]:
         mine = self._state(self.rank)
@@ -183,23 +211,11 @@ _board: Optional[Board] = None
 
 def start(topo: Topology) -> None:
     """Open this job's board (collective, in ``hvd_ps.init``) and let every bounded wait of
-    this process consult it. A job of one rank has no one to miss a call; an MPI without
-    one-sided windows (every rank fails alike) leaves only ``HVD_PS_TIMEOUT`` to bound a
-    missed call."""
+    this process consult it. A job of one rank has no one to miss a call."""
     global _board
     if sum(len(g) for g in topo.groups) < 2:
         return
-    from mpi4py import MPI
-
-    try:
-        _board = Board(topo)
-    except MPI.Exception as err:
-        log.warning(
-            "no MPI window for the call board (%s): a missed collective call ends "
-            "the job at HVD_PS_TIMEOUT instead of within seconds",
-            err,
-        )
-        return
+    _board = Board(topo)
     deadline.watch(_watch)
 
 
