@@ -42,7 +42,7 @@ from typing import Dict, List, Tuple, Union
 import job_run  # tests/job_run.py
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL = ("bash", "sh")
 TIMEOUT = 120  # seconds for one block's run
@@ -275,7 +275,7 @@ def test_every_block_is_accounted_for() -> None:
                            "bash, sh, python or diff)")  # fmt: skip
     assert not missing, (
         "code blocks that no test runs and that are not marked as output (```text): add each "
-        "to the inventory in tests/test_docs_blocks.py with the test that runs it:\n"
+        "to the inventory in tests/jobs/test_docs_blocks.py with the test that runs it:\n"
         + "\n".join(missing)
     )
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import job_run  # tests/job_run.py
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PLAIN = "examples/train_digits_horovod.py"
 PORTED = "examples/train_digits_hvd_ps.py"
 GUIDE = "docs/migrating.md"
