@@ -17,22 +17,21 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional
 
 import horovod.mxnet as hvd
 import mxnet as mx
 import numpy as np
 
 from .. import private_api
-from ..deadline import deadline
-from ..errors import CheckpointError, ConfigError, same_on_every_rank
-from ..ps import protocol
+from ..errors import ConfigError, same_on_every_rank
 from . import calls, runtime
 from . import gluon_checks as checks
 from .core import resume
 from .core.buckets import Bucket
 from .core.schedule import Param, Schedule, wait_arrays
 from .core.strategies import ModelAverage, Strategy
+from .gluon_checkpoint import GluonCheckpoint
 
 _trainers = 0
 
@@ -305,7 +304,7 @@ class DistributedTrainer(hvd.DistributedTrainer):  # type: ignore[misc]  # no st
         :class:`~hvd_ps.errors.CheckpointError` on every rank if it cannot.
         """
         with calls.call("trainer.save_checkpoint"):
-            resume.save(_Checkpointed(self), path)
+            resume.save(self._checkpointed(), path)
 
     def load_checkpoint(self, path: str) -> None:
         """Continue from ``path`` (written by :meth:`save_checkpoint`): collective, before the
@@ -322,7 +321,7 @@ class DistributedTrainer(hvd.DistributedTrainer):  # type: ignore[misc]  # no st
                 hvd_ps.broadcast_parameters(params)
         """
         with calls.call("trainer.load_checkpoint"):
-            resume.load(_Checkpointed(self), path)
+            resume.load(self._checkpointed(), path)
 
     def stats(self) -> Dict[str, float]:
         """Counters: steps, exchanges, PS bytes, and seconds per phase of ``step()``.
@@ -369,82 +368,16 @@ class DistributedTrainer(hvd.DistributedTrainer):  # type: ignore[misc]  # no st
         sync.validate(topo.total_groups)  # G counts the groups of every job on the tier
         self._sched.setup([Param(p.name, p.data(), p.grad()) for p in trained], ps_initial)
 
+    def _checkpointed(self) -> GluonCheckpoint:
+        """This trainer as checkpoints see it."""
+
+        def set_counter(step: int) -> None:
+            self._t = step
+
+        return GluonCheckpoint(
+            self, self._rt, self._sched, lambda: self._t, set_counter, self._setup, self._trained
+        )
+
     def _trained(self) -> List[Any]:
         """The Parameters this trainer trains (not those with ``grad_req='null'``)."""
         return [p for p in private_api.trained_params(self) if p.grad_req != "null"]
-
-
-class _Checkpointed:
-    """A Gluon trainer as checkpoints see it (:class:`hvd_ps.train.core.resume.FrontEnd`)."""
-
-    def __init__(self, trainer: DistributedTrainer) -> None:
-        self.trainer = trainer
-
-    @property
-    def job(self) -> runtime.Runtime:
-        return self.trainer._rt
-
-    @property
-    def schedule(self) -> Schedule:
-        return self.trainer._sched
-
-    @property
-    def step(self) -> int:
-        return self.trainer._t
-
-    def set_step(self, step: int) -> None:
-        self.trainer._t = step
-
-    def setup(self, ps_initial: Optional[List[Any]] = None) -> None:
-        self.trainer._setup(ps_initial)
-
-    def parameters(self) -> List[Param]:
-        return [Param(p.name, p.data(), p.grad()) for p in self.trainer._trained()]
-
-    def set_parameters(self, values: Dict[str, np.ndarray[Any, Any]]) -> None:
-        for p in self.trainer._trained():
-            p.set_data(mx.nd.array(values[p.name], dtype=p.dtype))
-
-    def optimizer_arrays(self) -> Iterator[Tuple[str, np.ndarray[Any, Any]]]:
-        for index, state in private_api.local_updater(self.trainer).states.items():
-            for leaf, a in enumerate(protocol.state_leaves(state)):
-                yield f"{index}/{leaf}", resume.view(a)
-
-    def optimizer_counts(self) -> Dict[str, Any]:
-        counts = private_api.update_counts(self.trainer.optimizer)
-        return {
-            "opt_counts": {str(k): int(v) for k, v in counts.items()},
-            "num_update": int(self.trainer.optimizer.num_update),
-        }
-
-    def load_optimizer(
-        self, saved: Dict[int, Dict[int, np.ndarray[Any, Any]]], counts: Dict[str, Any]
-    ) -> None:
-        opt, updater = self.trainer.optimizer, private_api.local_updater(self.trainer)
-        trained = private_api.trained_params(self.trainer)
-        for i, leaves in saved.items():
-            state = opt.create_state_multi_precision(i, trained[i].data())
-            have = protocol.state_leaves(state)
-            if len(have) != len(leaves):
-                raise CheckpointError(
-                    f"the local optimizer keeps {len(have)} state arrays for parameter {i}, "
-                    f"the checkpoint {len(leaves)}: resume with the optimizer it was saved with"
-                )
-            for n, a in enumerate(have):
-                a[:] = mx.nd.array(leaves[n], dtype=a.dtype)
-            updater.states[i] = state
-            updater.states_synced[i] = True
-        opt_counts = {int(k): v for k, v in counts["opt_counts"].items()}
-        private_api.set_update_counts(opt, opt_counts)
-        opt.num_update = int(counts["num_update"])
-
-    def rank(self) -> int:
-        return int(hvd.rank())
-
-    def allgather_object(self, obj: Any, name: str) -> List[Any]:
-        with deadline(f"checkpoint: {name} on every rank", self.job.cfg.settings.timeout):
-            return list(hvd.allgather_object(obj, name=name))
-
-    def broadcast_object(self, obj: Any, name: str) -> Any:
-        with deadline(f"checkpoint: {name} from rank 0", self.job.cfg.settings.timeout):
-            return hvd.broadcast_object(obj, root_rank=0, name=name)
