@@ -28,8 +28,9 @@ from typing import Any
 from . import config
 from .errors import HvdPsError
 
-#: how long a silent rank lingers before exiting, so rank 0's line gets out first
-QUIET_RANK_DELAY_S = 1.0
+#: how long a silent rank lingers before exiting, so rank 0's line gets out first (1 s was
+#: too short once on a loaded 2-core machine: mpirun ended rank 0 before it had spoken)
+QUIET_RANK_DELAY_S = 2.0
 
 _crashed = False
 _previous = sys.excepthook
