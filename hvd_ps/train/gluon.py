@@ -61,6 +61,19 @@ def broadcast_parameters(params: Any, root_rank: int = 0) -> None:
 _wait = wait_arrays
 
 
+class HorovodGroup:
+    """The group's broadcast through horovod.mxnet (:class:`hvd_ps.train.core.interfaces.Group`)."""
+
+    def __init__(self, process_set: Any, timeout: float) -> None:
+        self.process_set = process_set
+        self.timeout = timeout
+
+    def broadcast(self, arrays: List[Any], root: int, names: List[str], what: str) -> None:
+        for a, name in zip(arrays, names):
+            hvd.broadcast_(a, root_rank=root, name=name, process_set=self.process_set)
+        _wait(arrays, what, self.timeout)
+
+
 class DistributedTrainer(hvd.DistributedTrainer):  # type: ignore[misc]  # no stubs
     """A ``mx.gluon.Trainer`` for hvd_ps: group allreduce every step, PS exchange every
     ``sync.period`` steps (see the module docstring for the exact order).
@@ -177,7 +190,15 @@ class DistributedTrainer(hvd.DistributedTrainer):  # type: ignore[misc]  # no st
         self._t = 0
         with same_on_every_rank():
             wire_dtype, bucket_mb = checks.wire_args(wire_dtype, bucket_mb)
-        self._sched = Schedule(rt, sync, self._hvdps_prefix, server_opt, wire_dtype, bucket_mb)
+        self._sched = Schedule(
+            rt,
+            sync,
+            self._hvdps_prefix,
+            server_opt,
+            wire_dtype,
+            bucket_mb,
+            group=HorovodGroup(rt.topo.group, rt.cfg.settings.timeout),
+        )
         self._stats: Dict[str, float] = dict.fromkeys(
             ("allreduce_s", "update_s", "exchange_s", "compute_s"), 0.0
         )

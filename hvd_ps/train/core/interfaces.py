@@ -104,6 +104,17 @@ class Flat(Protocol):
 Fuse = Callable[[List[Any], int], Flat]
 
 
+class Group(Protocol):
+    """The collectives of a rank's group that the core needs, through the front end's Horovod
+    (one Horovod per process: a front end for another framework brings its own)."""
+
+    def broadcast(self, arrays: List[Any], root: int, names: List[str], what: str) -> None:
+        """Broadcast each of ``arrays`` (the PS wire's flat buffers) in place from global rank
+        ``root`` to the group, as Horovod tensors ``names``; wait for all of them, bounded,
+        ``what`` naming the wait in an error."""
+        ...
+
+
 class Completable(Protocol):
     """Something with an exchange in flight that :func:`hvd_ps.shutdown` must complete."""
 

@@ -32,7 +32,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-import horovod.mxnet as hvd
 import mxnet as mx
 
 from ...deadline import deadline
@@ -41,7 +40,7 @@ from ...ps import protocol
 from . import finite
 from .buckets import Bucket, plan_buckets
 from .fusion import FusedBuffer
-from .interfaces import Flat, Fuse, Job, PSClient
+from .interfaces import Flat, Fuse, Group, Job, PSClient
 from .strategies import Exchange, ServerOptimizer, Strategy
 
 
@@ -97,10 +96,13 @@ class Schedule:
         wire_dtype: Optional[str] = None,
         bucket_mb: Optional[float] = None,
         fuse: Optional[Fuse] = None,
+        group: Optional[Group] = None,
     ) -> None:
         self.rt = rt
         #: how the front end's parameter and gradient arrays become flat buffers
         self.fuse: Fuse = fuse or _fused
+        #: the front end's broadcast in the group (None: no group broadcast is possible)
+        self.group = group
         settings = rt.cfg.settings
         #: the dtype of PS traffic and the largest bucket (MB): the trainer's, else the
         #: environment's (``HVD_PS_WIRE_DTYPE``, ``HVD_PS_BUCKET_MB``)
@@ -373,22 +375,17 @@ class Schedule:
             if refused is not None:
                 raise NonFiniteError(refused)
             return
+        if self.group is None:
+            raise HvdPsError("the trainer's schedule has no group broadcast (Schedule(group=))")
         if topo.is_leader:
             self.status[:] = 0.0 if refused is None else 1.0
-        hvd.broadcast_(
-            self.status, root_rank=topo.leader, name=f"{self.prefix}status", process_set=topo.group
-        )
-        for i, (b, flat) in enumerate(zip(self.all(), self.bcast)):
-            if topo.is_leader:
+            for b, flat in zip(self.all(), self.bcast):
                 b.params.pack(out=flat)
-            hvd.broadcast_(
-                flat,
-                root_rank=topo.leader,
-                name=f"{self.prefix}bcast.{i}",
-                process_set=topo.group,
-            )
+        names = [f"{self.prefix}status"] + [
+            f"{self.prefix}bcast.{i}" for i in range(len(self.bcast))
+        ]
         what = f"group {topo.group_id}: broadcast from leader rank {topo.leader} after {why}"
-        wait_arrays(self.bcast + [self.status], what, self.rt.cfg.settings.timeout)
+        self.group.broadcast([self.status] + self.bcast, topo.leader, names, what)
         if refused is not None:
             raise NonFiniteError(refused)
         if not topo.is_leader and float(self.status.asnumpy()[0]) != 0.0:
