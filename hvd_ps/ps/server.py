@@ -121,6 +121,12 @@ class Updaters:
                 self._stock_command(body)  # not JSON: what kv.set_optimizer sends (a pickle)
                 return
             self.install()
+            known = self.rules.get(cmd.key)
+            if known is not None and known.record == cmd.rule:
+                # every leader sends each key's rule (and a rejoining one sends it again): the
+                # same rule keeps the key's state (momentum, optimizer state, a loaded
+                # checkpoint's); only another rule starts afresh
+                return
             self.rules[cmd.key] = rules.make(cmd.rule, cmd.key, self.rules.get)
             log.info("key %d: updater %s %s", cmd.key, *protocol.describe(cmd.rule))
         except Exception as err:  # a bad command must never take the server down

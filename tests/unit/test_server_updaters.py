@@ -209,15 +209,20 @@ def test_optimizer_lr_scale_divides_the_learning_rate(up):
             )
 
 
-def test_nesterov_state_is_per_key_and_reset_by_a_new_command(up):
+def test_nesterov_state_is_per_key_kept_by_the_same_rule_reset_by_another(up):
+    """Every leader sends each key's rule, at its own time (and a rejoining leader again): the
+    same rule must keep the servers' state (a checkpoint's, loaded by another leader in
+    between, included); only a different rule starts afresh."""
     up.command(CONTROLLER_HEAD, rec(0, protocol.Nesterov(lr=1.0, momentum=0.5)))
     up.command(CONTROLLER_HEAD, rec(1, protocol.Nesterov(lr=1.0, momentum=0.5)))
     w0, w1 = nd([0.0]), nd([0.0])
     assert push(up, 0, nd([1.0]), w0)[0] == pytest.approx(-1.5)  # v=1; w -= 1+0.5
     assert push(up, 0, nd([1.0]), w0)[0] == pytest.approx(-1.5 - 1.75)  # v=1.5; 1+0.75
     assert push(up, 1, nd([1.0]), w1)[0] == pytest.approx(-1.5)  # key 1 has its own v
-    up.command(CONTROLLER_HEAD, rec(0, protocol.Nesterov(lr=1.0, momentum=0.5)))
-    assert push(up, 0, nd([1.0]), w0)[0] == pytest.approx(-3.25 - 1.5)  # v restarted at 0
+    up.command(CONTROLLER_HEAD, rec(0, protocol.Nesterov(lr=1.0, momentum=0.5)))  # again
+    assert push(up, 0, nd([1.0]), w0)[0] == pytest.approx(-3.25 - 1.875)  # v=1.75 kept
+    up.command(CONTROLLER_HEAD, rec(0, protocol.Nesterov(lr=1.0, momentum=0.25)))  # another
+    assert push(up, 0, nd([1.0]), w0)[0] == pytest.approx(-5.125 - 1.25)  # v restarted at 0
 
 
 def test_optimizer_sgd_momentum_matches_numpy(up):
