@@ -393,3 +393,7 @@ def _load_leader(fe: FrontEnd, arrays: Dict[str, Host], meta: Dict[str, Any], g:
             rule = protocol.CopyState(b.key, leaf, load=True, count=count)
             rules.append((b, leaf, rule, mx.nd.array(value, dtype=value.dtype)))
     _copy_states(sched, rules)
+    # every leader copies the state in (the same values); in async mode nothing else orders
+    # those copies before the other leaders' next pushes, and a late copy would undo a push
+    # already applied: no leader trains on until every copy is in
+    sched.client().barrier("checkpoint: every leader's copy of the servers' state loaded")
