@@ -86,7 +86,9 @@ fi
 
 # 5. hvd_ps and its C++ op --------------------------------------------------------------------
 src_hash=$(cat "$ROOT/setup.py" "$ROOT"/cpp/* 2>/dev/null | sha1sum | cut -c1-12)
-if [ ! -f "$VENV/.hvdps-$src_hash" ] || ! "$PY" -c 'import hvd_ps' 2>/dev/null; then
+# (the op's library is checked by name: `import hvd_ps` alone succeeds without it)
+if [ ! -f "$VENV/.hvdps-$src_hash" ] || ! compgen -G "$ROOT/hvd_ps/_fusion*.so" > /dev/null ||
+   ! "$PY" -c 'import hvd_ps' 2>/dev/null; then
   say "building hvd_ps and its fused-buffer op"
   (cd "$ROOT" && "${PIP[@]}" install -q --no-build-isolation --no-deps -e . \
     2> >(grep -v 'is ignored: it is neither' >&2))
