@@ -143,11 +143,6 @@ class Board:
         request.Cancel()
         return None
 
-    def check(self) -> Optional[str]:
-        """While this rank waits: the job's one line if it waits for a rank that waits in
-        another call that needs this one, for :data:`GRACE_S` on end; else None."""
-        return self._check()
-
     def reports(self) -> bool:
         """Whether this rank says the line: the lowest rank of those waiting in its span."""
         span = self._state(self.rank)[1]
@@ -166,7 +161,9 @@ class Board:
             return list(range(sum(len(g) for g in self.topo.groups)))
         return next(list(g) for g in self.topo.groups if of_rank in g)
 
-    def _check(self) -> Optional[str]:
+    def check(self) -> Optional[str]:
+        """While this rank waits: the job's one line if it waits for a rank that waits in
+        another call that needs this one, for :data:`GRACE_S` on end; else None."""
         mine = self._state(self.rank)
         code, span, count, waiting = mine
         if not waiting:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Type
 
 from .... import arguments
 from ....errors import ConfigError, HvdPsError, same_on_every_rank
@@ -91,7 +91,7 @@ class Strategy(metaclass=_CheckedArguments):
         if entry is None:
             raise ConfigError(f"sync: {self!r} is not one of hvd_ps's strategies")
         self.validate(num_groups)
-        return entry.exchange(self, num_groups, wire, optimizer)
+        return entry.make(self, num_groups, wire, optimizer)
 
     def describe(self) -> str:
         """One line for logs: the strategy with its arguments."""
@@ -179,24 +179,22 @@ class Exchange:
         return {}
 
 
+#: how a strategy's exchange is made: (strategy, num_groups, wire, optimizer) -> Exchange
+MakeExchange = Callable[[Any, int, Optional[str], Optional[ServerOptimizer]], "Exchange"]
+
+
 @dataclass(frozen=True)
 class Entry:
     """One strategy: its value type and how to make its exchange for a job."""
 
     strategy: Type[Strategy]
-    make: Any  # (strategy, num_groups, wire, optimizer) -> Exchange
-
-    def exchange(
-        self, s: Strategy, num_groups: int, wire: Optional[str], opt: Optional[ServerOptimizer]
-    ) -> Exchange:
-        made: Exchange = self.make(s, num_groups, wire, opt)
-        return made
+    make: MakeExchange
 
 
 _REGISTRY: Dict[Type[Strategy], Entry] = {}
 
 
-def register(strategy: Type[Strategy], make: Any) -> None:
+def register(strategy: Type[Strategy], make: MakeExchange) -> None:
     """Add a strategy: ``make(strategy, num_groups, wire, optimizer)`` returns its exchange."""
     _REGISTRY[strategy] = Entry(strategy, make)
 
