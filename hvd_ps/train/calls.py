@@ -143,12 +143,6 @@ class Board:
         request.Cancel()
         return None
 
-    def reports(self) -> bool:
-        """Whether this rank says the line: the lowest rank of those waiting in its span."""
-        span = self._state(self.rank)[1]
-        waiting = [r for r in self._members(span, self.rank) if self._state(r)[3]]
-        return not waiting or self.rank == min(waiting)
-
     def _state(self, rank: int) -> Tuple[int, ...]:
         """A rank's call (code, span, count, waiting); not waiting if it does not answer."""
         if rank == self.rank:
@@ -161,33 +155,34 @@ class Board:
             return list(range(sum(len(g) for g in self.topo.groups)))
         return next(list(g) for g in self.topo.groups if of_rank in g)
 
-    def check(self) -> Optional[str]:
-        """While this rank waits: the job's one line if it waits for a rank that waits in
-        another call that needs this one, for :data:`GRACE_S` on end; else None."""
+    def check(self) -> Optional[Tuple[str, int]]:
+        """While this rank waits: if it waits for a rank that waits in another call that needs
+        this one, for :data:`GRACE_S` on end, the job's one line and the rank that says it
+        (the lowest waiting rank of the span, from the same look, so that every rank that
+        sees it names the same one); else None."""
         mine = self._state(self.rank)
         code, span, count, waiting = mine
         if not waiting:
             return None
-        states: Dict[int, Tuple[int, ...]] = {}
-        for other in self._members(span, self.rank):
-            state = states[other] = self._state(other)
-            o_code, o_span, o_count, o_waiting = state
+        # one look at every rank of the span first, then the verdict on that look
+        states = {other: self._state(other) for other in self._members(span, self.rank)}
+        for other, (o_code, o_span, o_count, o_waiting) in states.items():
             stuck = o_waiting and (o_code, o_span, o_count) != (code, span, count)
             if stuck and self.rank in self._members(o_span, other):
-                return self._after_grace(tuple(v for s in states.values() for v in s), states)
+                return self._after_grace(states)
         self.seen = None
         return None
 
-    def _after_grace(
-        self, key: Tuple[int, ...], states: Dict[int, Tuple[int, ...]]
-    ) -> Optional[str]:
+    def _after_grace(self, states: Dict[int, Tuple[int, ...]]) -> Optional[Tuple[str, int]]:
+        key = tuple(v for s in states.values() for v in s)
         now = time.monotonic()
         if self.seen is None or self.seen[0] != key:
             self.seen = (key, now)
             return None
         if now - self.seen[1] < GRACE_S:
             return None
-        return describe(states)
+        reporter = min(r for r, state in states.items() if state[3])
+        return describe(states), reporter
 
 
 def describe(states: Dict[int, Tuple[int, ...]]) -> str:
@@ -240,7 +235,10 @@ def _watch() -> Optional[str]:
     if board is None:
         return None
     found = board.check()
-    if found is not None and not board.reports():
+    if found is None:
+        return None
+    line, reporter = found
+    if reporter != board.rank:
         # the lowest waiting rank says it for the job; give its line time to get out
         exits.quiet_exit(deadline.EXIT_CODE, GRACE_S)
-    return found
+    return line
