@@ -307,6 +307,110 @@ void push(OpKind kind, NDArrayHandle* arrays, int n, NDArrayHandle flat, NDArray
   mx_check(rc, "MXEnginePushSyncND");  // on failure raw may leak: MXNet may have freed it
 }
 
+// A compressed-wire op (encode or decode_add) as pushed; its arrays' pointers are taken when
+// the engine runs it, as for the flat operands above.
+struct WireOp {
+  WireSpec spec;
+  bool encode = true;
+  NDArrayHandle data = nullptr;  // encode: src; decode: shadow
+  NDArrayHandle aux = nullptr;   // encode: residual
+  NDArrayHandle wire = nullptr;
+  ~WireOp() {
+    for (NDArrayHandle h : {data, aux, wire}) {
+      if (h != nullptr) MXNDArrayFree(h);
+    }
+  }
+};
+
+void run_wire_op(void* /*run_context*/, void* param) noexcept {
+  WireOp* op = static_cast<WireOp*>(param);
+  const char* name = op->encode ? "hvd_ps_wire_encode" : "hvd_ps_wire_decode_add";
+  try {
+    void *data = nullptr, *aux = nullptr, *wire = nullptr;
+    if (MXNDArrayGetData(op->data, &data) != 0 || MXNDArrayGetData(op->wire, &wire) != 0 ||
+        (op->aux != nullptr && MXNDArrayGetData(op->aux, &aux) != 0) || data == nullptr ||
+        wire == nullptr) {
+      throw Failure{kMXNetError, std::string("no data pointer: ") + MXGetLastError()};
+    }
+    op->spec.wire = static_cast<uint8_t*>(wire);
+    if (op->encode) {
+      op->spec.src = static_cast<float*>(data);
+      op->spec.residual = static_cast<float*>(aux);
+      wire_encode(op->spec);
+    } else {
+      op->spec.shadow = static_cast<float*>(data);
+      const std::string why = wire_decode_add(op->spec);
+      if (!why.empty()) throw Failure{kMXNetError, why};
+    }
+  } catch (const Failure& e) {
+    record_engine_error(std::string(name) + ": " + e.message);
+  } catch (const std::exception& e) {
+    record_engine_error(std::string(name) + ": " + e.what());
+  } catch (...) {
+    record_engine_error(std::string(name) + ": unknown C++ exception");
+  }
+}
+void delete_wire_op(void* param) { delete static_cast<WireOp*>(param); }
+
+// A 1-D array of `dtype` and `size` elements, or a bad-argument failure naming it.
+void check_flat(NDArrayHandle h, const std::string& name, int dtype, int64_t size) {
+  if (h == nullptr) throw Failure{kBadArgument, name + " is a null NDArray handle"};
+  int got = -1, ndim = 0, stype = 0;
+  mx_check(MXNDArrayGetStorageType(h, &stype), "MXNDArrayGetStorageType");
+  mx_check(MXNDArrayGetDType(h, &got), "MXNDArrayGetDType");
+  const int64_t* shape = nullptr;
+  mx_check(MXNDArrayGetShapeEx64(h, &ndim, &shape), "MXNDArrayGetShapeEx64");
+  if (stype != 0 || got != dtype || ndim != 1 || shape[0] != size) {
+    throw Failure{kBadArgument, name + " must be a dense 1-D " + dtype_name(dtype) + " array of " +
+                                    std::to_string(size) + " elements"};
+  }
+}
+
+void push_wire(bool encode, NDArrayHandle data, NDArrayHandle aux, NDArrayHandle wire,
+               const int64_t* bounds, int nbounds, int bits, int block, int sender, uint32_t seq,
+               int threads) {
+  auto op = std::make_unique<WireOp>();
+  WireSpec* spec = &op->spec;
+  op->encode = encode;
+  if (bits != 8 && bits != 4) throw Failure{kBadArgument, "bits must be 8 or 4"};
+  if (block < 2 || block > kWireMaxBlock || block % 2 != 0) {
+    throw Failure{kBadArgument, "block must be even, 2..32768"};
+  }
+  if (nbounds < 2 || bounds[0] != 0) throw Failure{kBadArgument, "shard bounds must start at 0"};
+  spec->bits = bits;
+  spec->block = block;
+  spec->bounds.assign(bounds, bounds + nbounds);
+  if (!wire_layout(spec)) throw Failure{kBadArgument, "a shard is empty or too large"};
+  spec->sender = sender;
+  spec->seq = seq;
+  spec->threads = threads;
+  const int64_t total = spec->bounds.back();
+  check_flat(data, encode ? "src" : "shadow", kFloat32, total);
+  check_flat(wire, "wire", 3, spec->offsets.back());
+  if (encode) check_flat(aux, "residual", kFloat32, total);
+  if (data == wire || data == aux || aux == wire) {
+    throw Failure{kBadArgument, "the wire op's arrays must be distinct"};
+  }
+  mx_check(MXShallowCopyNDArray(data, &op->data), "MXShallowCopyNDArray");
+  mx_check(MXShallowCopyNDArray(wire, &op->wire), "MXShallowCopyNDArray");
+  if (encode) mx_check(MXShallowCopyNDArray(aux, &op->aux), "MXShallowCopyNDArray");
+  std::vector<NDArrayHandle> reads, writes;
+  if (encode) {
+    reads = {data};
+    writes = {aux, wire};
+  } else {
+    reads = {wire};
+    writes = {data};
+  }
+  static const EngineContext cpu{1, 0};
+  WireOp* raw = op.release();
+  const int rc = MXEnginePushSyncND(
+      run_wire_op, raw, delete_wire_op, &cpu, reads.data(), static_cast<int>(reads.size()),
+      writes.data(), static_cast<int>(writes.size()), nullptr, 0,
+      encode ? "hvd_ps_wire_encode" : "hvd_ps_wire_decode_add");
+  mx_check(rc, "MXEnginePushSyncND");
+}
+
 }  // namespace
 }  // namespace hvdps
 
@@ -385,4 +489,17 @@ HVDPS_API void hvdps_fusion_float_to_half(const float* src, uint16_t* dst, int64
 HVDPS_API void hvdps_fusion_half_to_float(const uint16_t* src, float* dst, int64_t n,
                                           int portable) {
   hvdps::half_to_float(src, dst, n, portable != 0);
+}
+
+// The compressed wire: kind 0 encodes `data` (src) plus `aux` (the residual) into `wire` and
+// updates the residual; kind 1 checks the reply in `wire` (sequence `seq`) and adds it to
+// `data` (the leader's copy).  `bounds`: the nbounds shard boundaries (0 .. elements).
+HVDPS_API int hvdps_wire_push(int kind, NDArrayHandle data, NDArrayHandle aux, NDArrayHandle wire,
+                              const int64_t* bounds, int nbounds, int bits, int block, int sender,
+                              uint32_t seq, int threads) {
+  return hvdps::guarded([&] {
+    if (kind != 0 && kind != 1) throw hvdps::Failure{hvdps::kBadArgument, "unknown wire op"};
+    hvdps::push_wire(kind == 0, data, aux, wire, bounds, nbounds, bits, block, sender, seq,
+                     threads);
+  });
 }

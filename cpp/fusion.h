@@ -8,6 +8,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <string>
 #include <vector>
 
 namespace hvdps {
@@ -61,6 +63,44 @@ void run_op(const OpSpec& spec);
 void float_to_half(const float* src, uint16_t* dst, int64_t n, bool force_portable = false);
 void half_to_float(const uint16_t* src, float* dst, int64_t n, bool force_portable = false);
 bool have_f16c();
+
+// ---------------------------------------------------------------------------------------------
+// The compressed wire (hvd_ps/ps/protocol.py documents the format).  A bucket of `total` float32
+// elements is cut into shards; shard k holds elements [bounds[k], bounds[k+1]) and its part
+// starts at byte part_offset(k) of the wire buffer.
+struct WireSpec {
+  int bits = 8;            // 8 or 4
+  int block = 128;         // elements per block (even)
+  std::vector<int64_t> bounds;  // shard boundaries, bounds.front() == 0, bounds.back() == total
+  std::vector<int64_t> offsets; // byte offset of each shard's part; offsets.back() == wire bytes
+  float* src = nullptr;    // encode: what to send (float32), read
+  float* residual = nullptr;  // encode: the sender's residual, read and written
+  float* shadow = nullptr;    // decode: the copy the reply is added to, read and written
+  uint8_t* wire = nullptr;
+  int sender = 0;          // encode: the header's sender
+  uint32_t seq = 0;        // encode: the header's sequence; decode: the sequence expected
+  int threads = 0;
+};
+
+constexpr int kWireHeader = 16;
+constexpr int kWireMaxBlock = 32768;  // the header's limit (hvd_ps.ps.protocol.MAX_BLOCK)
+inline int64_t wire_block_bytes(int bits, int block) { return 4 + block * bits / 8; }
+inline int64_t wire_part_bytes(int64_t n, int bits, int block) {
+  return kWireHeader + (n + block - 1) / block * wire_block_bytes(bits, block);
+}
+
+// Fills spec->offsets from spec->bounds; false if a shard is empty or too large for a header.
+bool wire_layout(WireSpec* spec);
+// v = src + residual per block; codes and scales into the parts; residual = v - decoded.
+void wire_encode(const WireSpec& spec);
+// Checks every part's header (magic, version, bits, block, n, sender = servers, seq) and adds
+// its decoded values to the shadow.  Returns an empty string, or what was wrong (nothing
+// is added then).
+std::string wire_decode_add(const WireSpec& spec);
+
+// Calls fn(lo, hi) over [0, items) split into contiguous ranges, one per thread of the pool;
+// items are blocks of the wire (at least 512 per thread).
+void run_parallel(int64_t items, int threads, const std::function<void(int64_t, int64_t)>& fn);
 
 // Element count under which an op runs on one thread.
 constexpr int64_t kSingleThreadBelow = 256 * 1024;

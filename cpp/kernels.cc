@@ -400,6 +400,17 @@ int resolve_threads(int requested) {
   return static_cast<int>(std::max(1u, std::min(4u, hw)));
 }
 
+void run_parallel(int64_t items, int threads, const std::function<void(int64_t, int64_t)>& fn) {
+  if (items <= 0) return;
+  const int n = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(resolve_threads(threads), items / 512)));
+  const int64_t chunk = (items + n - 1) / n;
+  pool().run(n, [&fn, chunk, items](int t) {
+    const int64_t lo = t * chunk, hi = std::min(items, lo + chunk);
+    if (lo < hi) fn(lo, hi);
+  });
+}
+
 void run_op(const OpSpec& op) {
   if (op.total <= 0 || op.segments.empty()) return;
   int n = op.total < kSingleThreadBelow ? 1 : resolve_threads(op.threads);

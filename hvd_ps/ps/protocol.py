@@ -19,7 +19,7 @@ the sum of one round of pushes (one per leader), in async mode a single push.
 record        what a push does to ``w``
 ============  ==================================================================================
 Assign        ``w = g`` (the default of every key; a row-sparse push replaces its rows)
-Add           ``w += g``
+Add           ``w += scale * g``
 Optimizer     ``w = opt(w, scale * g)`` with one of MXNet's optimizers in :data:`OPTIMIZERS`,
               its learning rate multiplied by ``lr_scale``
 Nesterov      outer SGD with momentum, the momentum applied once every ``delay`` pushes:
@@ -28,11 +28,55 @@ Nesterov      outer SGD with momentum, the momentum applied once every ``delay``
               ``w -= lr (D + m v_old)`` (heavy ball);
               at every other push ``w -= lr D``. With ``delay = 1``: ``v = m v + D;
               w -= lr (D + m v)`` or ``w -= lr v``
+WireState     a compressed bucket's shard (below): its float32 state, kept by the rule; a push
+              adopts ``w`` as the state (the first) or copies the state into ``w`` (later)
+WireKey       what a leader pushes to a compressed shard, decoded and applied to the state of
+              key ``base`` by that key's rule ``inner``; ``w`` becomes the servers' reply
 CopyState     ``w`` is a checkpoint's copy of the state of key ``source`` (its optimizer's or
               its momentum's array number ``leaf``): a push (of anything) copies that state
               into ``w`` (``load=False``), or ``w`` into that state and sets the optimizer's
               update count to ``count`` (``load=True``)
 ============  ==================================================================================
+
+The compressed wire (``int8``, ``int4``)
+----------------------------------------
+With a compressed wire every bucket of ``N`` float32 elements is cut into shards of at most
+:func:`shard_limit` elements (a multiple of the block size ``B``), each shard a whole key on one
+server (below MXNet's ``MXNET_KVSTORE_BIGARRAY_BOUND``, so MXNet never splits it). A shard has a
+float32 *state key* (:class:`WireState`: the servers' state, the global model) and uint8 *wire
+keys* (:class:`WireKey`): in sync mode one that every leader pushes to, in async mode one per
+group. What crosses a wire key is one *part*::
+
+    offset  size  field (little-endian)
+    0       2     magic b"HQ"
+    2       1     format version (1)
+    3       1     bits per value: 8 or 4
+    4       2     sender: the group id, or 0xFFFF for the servers' reply
+    6       2     block size B (even, 2..32768)
+    8       4     sequence: the sender's exchange count on this key (1, 2, ...); a reply
+                  carries the count of the exchange it answers (0: the initial, empty reply)
+    12      4     n, the elements of the shard
+    16      ...   ceil(n / B) blocks: a float32 scale, then B codes: int8, or int4 packed two
+                  per byte (element 2k in the low nibble, 2k + 1 in the high one), two's
+                  complement; a short last block is padded with zero codes
+
+The quantizer, exactly (``Q = 127`` for int8, ``7`` for int4; float32 arithmetic, rounding
+half to even): per block of values ``v``, ``m = max|v|``; if ``m < 2**-126`` every code is 0
+and the scale 0; else ``inv = Q / m``, ``code = clip(rint(v * inv), -Q, Q)`` and ``scale =
+m / Q``. A value decodes as ``code * scale``.
+
+What crosses is always a difference against a value both ends hold: a leader pushes what its
+strategy sends (the gradient, EASGD's ``d``, DiLoCo's pseudo-gradient, ModelAverage's progress
+since the last average) plus its *residual* ``e`` (float32, per bucket): it encodes ``v = send +
+e`` and keeps ``e = v - decode(code)``. The servers decode, apply the rule ``inner`` to the
+float32 state (sync: once a round has one push from every group, the decoded pushes summed in
+group order), then reply with the change of the state since the copy the leaders hold, the
+*shadow*: ``code = encode(state - shadow)``, ``shadow += decode(code)``. Every leader adds the
+same decoded reply to its own copy, so its copy and the servers' shadow agree bit for bit, and
+what a reply leaves out stays in ``state - shadow`` for the next one: the servers' residual. In
+async mode each group has its own wire key and the servers keep one shadow per group (4 bytes
+per parameter and group of server memory), so a leader that pulls at its own time gets exactly
+the change since its own last reply.
 
 This module imports neither MXNet nor Horovod: the server, the leaders and the tests share it.
 """
@@ -41,7 +85,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type, Union
 
 from .. import arguments
@@ -78,9 +122,13 @@ class Assign:
 
 @dataclass(frozen=True)
 class Add:
-    """``w += g``: EASGD's centre."""
+    """``w += scale * g``: EASGD's centre; ModelAverage's average on a compressed wire."""
 
+    scale: float = 1.0
     updater: ClassVar[str] = "add"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", number("scale", self.scale, 0.0, math.inf))
 
     def state_layout(self) -> Tuple[str, ...]:
         return ()
@@ -176,10 +224,124 @@ class CopyState:
         return ()
 
 
-Rule = Union[Assign, Add, Optimizer, Nesterov, CopyState]
+#: the compressed wire formats, by name: bits per value
+WIRE_BITS = {"int8": 8, "int4": 4}
+#: size of a part's header (bytes), its magic, and the sender id of the servers' reply
+HEADER_BYTES = 16
+MAGIC = b"HQ"
+SERVERS = 0xFFFF
+#: the largest block size a header can carry
+MAX_BLOCK = 32768
+#: the rules a compressed shard's state may run
+WIRE_INNER = ("add", "optimizer", "nesterov")
+
+
+def levels(bits: int) -> int:
+    """``Q``: the largest code of ``bits``-bit values (127 for int8, 7 for int4)."""
+    return (1 << (bits - 1)) - 1
+
+
+def block_bytes(bits: int, block: int) -> int:
+    """Bytes of one block on the wire: its float32 scale and its codes."""
+    return 4 + block * bits // 8
+
+
+def part_bytes(n: int, bits: int, block: int) -> int:
+    """Bytes of the part of a shard of ``n`` elements: the header and its blocks."""
+    return HEADER_BYTES + -(-n // block) * block_bytes(bits, block)
+
+
+def shard_limit(bits: int, block: int, bound: int) -> int:
+    """The most elements a shard may hold so that MXNet keeps both its keys whole on one
+    server: fewer than ``bound`` (``MXNET_KVSTORE_BIGARRAY_BOUND``) float32 elements and wire
+    bytes; a multiple of ``block``, at least one block."""
+    blocks = max(1, (bound - 1 - HEADER_BYTES) // block_bytes(bits, block))
+    return max(block, min(blocks * block, (bound - 1) // block * block))
+
+
+def shards(n: int, block: int, limit: int, servers: int) -> List[Tuple[int, int]]:
+    """A bucket of ``n`` elements cut into shards of whole blocks (the last may be short): at
+    most ``limit`` elements each, and one per server while each can hold a block. Returns the
+    ``(first, last + 1)`` element range of each."""
+    if n <= 0:
+        return []
+    blocks = -(-n // block)
+    count = max(-(-n // limit), min(servers, blocks))
+    per = min(limit, -(-blocks // count) * block)
+    return [(lo, min(n, lo + per)) for lo in range(0, n, per)]
+
+
+def check_wire(bits: int, block: int) -> None:
+    """``bits`` and ``block`` of a compressed wire, or ConfigError naming them."""
+    if bits not in WIRE_BITS.values():
+        raise ConfigError(f"bits={bits!r} must be 8 (int8) or 4 (int4)")
+    arguments.integer("block", block, low=2, high=MAX_BLOCK, high_name=str(MAX_BLOCK))
+    if block % 2:
+        raise ConfigError(f"block={block} must be even (int4 packs two values per byte)")
+
+
+def _record(value: Any, allowed: Tuple[str, ...], what: str) -> Any:
+    """A nested rule: a record, or its JSON form ``{"updater": ..., "params": {...}}``."""
+    if isinstance(value, dict):
+        value = _decode_rule(value.get("updater"), value.get("params", {}))
+    if getattr(value, "updater", None) not in allowed:
+        raise ConfigError(f"{what} must be one of the updaters {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class WireState:
+    """A compressed shard's state key: the servers' float32 state of ``n`` elements under the
+    rule ``inner`` (:data:`WIRE_INNER`), the shadows of the leaders' copies (one in sync mode,
+    one per group of ``groups`` in async mode) and, in sync mode, the round being gathered.
+    The first push to this key adopts ``w`` (its initial value) as the state; every later one
+    copies the state into ``w`` (to read the global model)."""
+
+    inner: Any
+    bits: int
+    block: int
+    groups: int
+    mode: str
+    n: int
+    updater: ClassVar[str] = "wire_state"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inner", _record(self.inner, WIRE_INNER, "inner"))
+        check_wire(self.bits, self.block)
+        arguments.integer("groups", self.groups, low=1, high=SERVERS - 1, high_name="65534")
+        if self.mode not in ("sync", "async"):
+            raise ConfigError(f"mode={self.mode!r} must be 'sync' or 'async'")
+        arguments.integer("n", self.n, low=1)
+
+    def state_layout(self) -> Tuple[str, ...]:
+        shadows = (
+            ("shadow",) if self.mode == "sync" else tuple(f"shadow/{g}" for g in range(self.groups))
+        )
+        return ("state",) + shadows + tuple(f"inner/{x}" for x in self.inner.state_layout())
+
+
+@dataclass(frozen=True)
+class WireKey:
+    """A compressed shard's wire key: what a push carries is decoded and applied to the state
+    of key ``base`` (a :class:`WireState`); ``group`` is the one group that pushes here (async),
+    or -1 when every group does (sync). ``w`` holds the servers' latest reply."""
+
+    base: int
+    group: int = -1
+    updater: ClassVar[str] = "wire_key"
+
+    def __post_init__(self) -> None:
+        arguments.integer("base", self.base, low=0)
+        arguments.integer("group", self.group, low=-1, high=SERVERS - 1, high_name="65534")
+
+    def state_layout(self) -> Tuple[str, ...]:
+        return ()
+
+
+Rule = Union[Assign, Add, Optimizer, Nesterov, CopyState, WireState, WireKey]
 #: every updater a server knows, by the name a command carries
 UPDATERS: Dict[str, Type[Any]] = {
-    r.updater: r for r in (Assign, Add, Optimizer, Nesterov, CopyState)
+    r.updater: r for r in (Assign, Add, Optimizer, Nesterov, CopyState, WireState, WireKey)
 }
 
 
@@ -194,7 +356,7 @@ class Command:
         arguments.integer("key", self.key, low=0)
 
     def encode(self) -> str:
-        params = asdict(self.rule)
+        params = _params(self.rule)
         return json.dumps(
             {"hvd_ps": VERSION, "key": self.key, "updater": self.rule.updater, "params": params}
         )
@@ -207,23 +369,35 @@ class Command:
         msg = json.loads(body)
         if not isinstance(msg, dict) or msg.get("hvd_ps") != VERSION:
             raise ConfigError(f"not an hvd_ps command of version {VERSION}")
-        kind = UPDATERS.get(msg.get("updater"))  # type: ignore[arg-type]
-        if kind is None:
-            raise ConfigError(
-                f"unknown updater {msg.get('updater')!r} (known: {', '.join(UPDATERS)})"
-            )
-        params = msg.get("params", {})
-        if not isinstance(params, dict):
-            raise ConfigError(f"params of {kind.updater!r} must be a JSON object, got {params!r}")
-        known = {f.name for f in fields(kind)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ConfigError(f"{kind.updater!r} has no parameter {', '.join(unknown)}")
-        try:
-            rule = kind(**params)
-        except TypeError as err:  # a required parameter is missing
-            raise ConfigError(f"{kind.updater!r}: {err}") from None
+        rule = _decode_rule(msg.get("updater"), msg.get("params", {}))
         return Command(msg.get("key"), rule)  # type: ignore[arg-type]
+
+
+def _params(rule: Any) -> Dict[str, Any]:
+    """A record's fields as JSON values (a nested record as its updater and parameters)."""
+    out = {}
+    for f in fields(rule):
+        value = getattr(rule, f.name)
+        if hasattr(value, "updater"):
+            value = {"updater": value.updater, "params": _params(value)}
+        out[f.name] = value
+    return out
+
+
+def _decode_rule(name: Any, params: Any) -> Any:
+    kind = UPDATERS.get(name)
+    if kind is None:
+        raise ConfigError(f"unknown updater {name!r} (known: {', '.join(UPDATERS)})")
+    if not isinstance(params, dict):
+        raise ConfigError(f"params of {kind.updater!r} must be a JSON object, got {params!r}")
+    known = {f.name for f in fields(kind)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ConfigError(f"{kind.updater!r} has no parameter {', '.join(unknown)}")
+    try:
+        return kind(**params)
+    except TypeError as err:  # a required parameter is missing
+        raise ConfigError(f"{kind.updater!r}: {err}") from None
 
 
 def state_leaves(state: Any) -> List[Any]:
@@ -238,4 +412,4 @@ def state_leaves(state: Any) -> List[Any]:
 
 def describe(rule: Rule) -> Tuple[str, Dict[str, Any]]:
     """The updater's name and parameters, for a log line."""
-    return rule.updater, asdict(rule)
+    return rule.updater, _params(rule)

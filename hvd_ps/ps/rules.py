@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Type
 
+import numpy as np
+
 from .. import private_api
-from . import protocol
+from . import codec, protocol
 
 #: finds the rule of another key on this server (None: it has none)
 RuleOf = Callable[[int], Optional["Rule"]]
@@ -50,10 +52,13 @@ class Assign(Rule):
 
 
 class Add(Rule):
-    """``w += g``."""
+    """``w += scale * g``."""
 
     def update(self, g: Any, w: Any) -> None:
-        w += g
+        if self.record.scale == 1.0:
+            w += g
+        else:
+            w += g * self.record.scale
 
 
 class Optimizer(Rule):
@@ -163,6 +168,90 @@ class CopyState(Rule):
             w[:] = leaves[r.leaf]
 
 
+class WireState(Rule):
+    """A compressed shard's state (:class:`hvd_ps.ps.protocol.WireState`): the float32
+    ``state`` under the rule ``inner``, the shadows of the leaders' copies, and the round a
+    sync shard is gathering. Its wire keys' rules (:class:`WireKey`) apply pushes here."""
+
+    def __init__(self, record: protocol.WireState, key: int, rule_of: RuleOf) -> None:
+        super().__init__(record, key, rule_of)
+        import mxnet as mx
+
+        self.mx = mx
+        self.inner = make(record.inner, key, rule_of)
+        self.state: Any = None  # adopted from the key's initial value by the first push
+        #: the leaders' copies: ``-1`` in sync mode (all agree), else one per group
+        self.shadow: Dict[int, Any] = {}
+        #: per group, the sequence of its last push applied
+        self.seq: Dict[int, int] = {}
+        self.pending: Dict[int, Any] = {}  # sync: the round's decoded pushes
+        self.rounds = 0
+
+    def update(self, g: Any, w: Any) -> None:
+        if self.state is None:  # the first push: w holds the initial value (kv.init's)
+            self.state = w.copy()
+            start = self.state.asnumpy()
+            groups = [-1] if self.record.mode == "sync" else range(self.record.groups)
+            self.shadow = {i: start.copy() for i in groups}
+        else:  # later pushes read the state (the global model) through w
+            w[:] = self.state
+
+    def apply(self, wire: protocol.WireKey, received: Any, w: Any) -> None:
+        """A push to one of this shard's wire keys: decode, check, apply, reply into ``w``."""
+        r = self.record
+        if self.state is None:
+            raise ValueError(f"a push to a wire key of shard {self.key} before its state key")
+        head, values = codec.decode(received.asnumpy(), r.bits, r.block, r.n)
+        sender = head.sender
+        if wire.group >= 0 and sender != wire.group:
+            raise codec.WireError(f"group {sender} pushed to the wire key of group {wire.group}")
+        if not 0 <= sender < r.groups:
+            raise codec.WireError(f"sender {sender} is not one of the {r.groups} groups")
+        expected = self.seq.get(sender, 0) + 1
+        if head.seq != expected:
+            raise codec.WireError(
+                f"group {sender} pushed exchange {head.seq}, expected {expected} (a push "
+                "applied twice, or one lost)"
+            )
+        self.seq[sender] = head.seq
+        if r.mode == "async":
+            self._step(values, sender, head.seq, w)
+            return
+        if sender in self.pending:
+            raise codec.WireError(f"group {sender} pushed twice in round {self.rounds + 1}")
+        self.pending[sender] = values
+        if len(self.pending) == r.groups:
+            total = self.pending[0]
+            for i in range(1, r.groups):
+                total = total + self.pending[i]
+            self.pending = {}
+            self.rounds += 1
+            self._step(total, -1, self.rounds, w)
+
+    def _step(self, arrived: Any, group: int, seq: int, w: Any) -> None:
+        r = self.record
+        self.inner.update(self.mx.nd.array(arrived, dtype=np.float32), self.state)
+        shadow = self.shadow[group]
+        part, sent = codec.encode(
+            self.state.asnumpy() - shadow, r.bits, r.block, protocol.SERVERS, seq
+        )
+        shadow += sent
+        w[:] = part
+
+    def leaves(self, like: Any) -> List[Any]:
+        raise ValueError("checkpoints of a compressed wire are not supported yet")
+
+
+class WireKey(Rule):
+    """A wire key of a compressed shard: pushes go to the state key's :class:`WireState`."""
+
+    def update(self, g: Any, w: Any) -> None:
+        base = self.rule_of(self.record.base)
+        if not isinstance(base, WireState):
+            raise ValueError(f"wire key {self.key}: key {self.record.base} is no compressed state")
+        base.apply(self.record, g, w)
+
+
 #: the rule class of each protocol record
 RULES: Dict[Type[Any], Type[Rule]] = {
     protocol.Assign: Assign,
@@ -170,6 +259,8 @@ RULES: Dict[Type[Any], Type[Rule]] = {
     protocol.Optimizer: Optimizer,
     protocol.Nesterov: Nesterov,
     protocol.CopyState: CopyState,
+    protocol.WireState: WireState,
+    protocol.WireKey: WireKey,
 }
 
 

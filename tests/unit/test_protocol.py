@@ -55,7 +55,7 @@ def test_the_wire_format_is_the_documented_one():
         "scale": 0.5,
         "lr_scale": 1.0,
     }
-    assert json.loads(protocol.Command(1, protocol.Add()).encode())["params"] == {}
+    assert json.loads(protocol.Command(1, protocol.Add()).encode())["params"] == {"scale": 1.0}
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,7 @@ import numpy as np
 from ... import arguments, config
 from ...errors import ConfigError, HvdPsError
 
-__all__ = ["FusedBuffer", "check_engine_errors"]
+__all__ = ["FusedBuffer", "WireCodec", "check_engine_errors"]
 
 DTypeLike = Union[None, str, type, np.dtype[Any]]
 
@@ -117,6 +117,20 @@ def _load_library() -> ctypes.CDLL:
     lib.hvdps_fusion_float_to_half.argtypes = [vp, vp, i64, i32]
     lib.hvdps_fusion_half_to_float.restype = None
     lib.hvdps_fusion_half_to_float.argtypes = [vp, vp, i64, i32]
+    lib.hvdps_wire_push.restype = i32
+    lib.hvdps_wire_push.argtypes = [
+        i32,
+        vp,
+        vp,
+        vp,
+        ctypes.POINTER(i64),
+        i32,
+        i32,
+        i32,
+        i32,
+        ctypes.c_uint32,
+        i32,
+    ]
     return lib
 
 
@@ -376,3 +390,72 @@ def check_engine_errors() -> None:
     :class:`~hvd_ps.errors.HvdPsError` instead of wrong numbers.
     """
     FusedBuffer._check(_LIB.hvdps_fusion_take_engine_error())
+
+
+class WireCodec:
+    """The compressed wire of one bucket (format: :mod:`hvd_ps.ps.protocol`), on MXNet's engine.
+
+    ``bounds``: the shard boundaries, ``0 = bounds[0] < ... < bounds[-1] = elements``. Both
+    operations are one multithreaded pass of the fused op, queued like an MXNet operator."""
+
+    def __init__(self, bounds: Sequence[int], bits: int, block: int, threads: int = 0) -> None:
+        from ...ps import protocol
+
+        protocol.check_wire(bits, block)
+        self.bounds = [int(b) for b in bounds]
+        if (
+            len(self.bounds) < 2
+            or self.bounds[0] != 0
+            or any(b <= a for a, b in zip(self.bounds, self.bounds[1:]))
+        ):
+            raise ConfigError(f"bounds must rise from 0, got {self.bounds[:6]}")
+        self.bits, self.block, self.threads = bits, block, threads
+        self._bounds = (ctypes.c_int64 * len(self.bounds))(*self.bounds)
+        #: each shard's byte range in the wire buffer
+        self.offsets = [0]
+        for lo, hi in zip(self.bounds, self.bounds[1:]):
+            self.offsets.append(self.offsets[-1] + protocol.part_bytes(hi - lo, bits, block))
+
+    @property
+    def size(self) -> int:
+        """Elements of the bucket."""
+        return self.bounds[-1]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the wire buffer (every shard's part)."""
+        return self.offsets[-1]
+
+    def encode(
+        self,
+        src: mx.nd.NDArray,
+        residual: mx.nd.NDArray,
+        wire: mx.nd.NDArray,
+        sender: int,
+        seq: int,
+    ) -> None:
+        """``v = src + residual`` into ``wire`` (header: ``sender``, ``seq``); ``residual = v -
+        decoded``."""
+        self._push(0, src, residual, wire, sender, seq)
+
+    def decode_add(self, shadow: mx.nd.NDArray, wire: mx.nd.NDArray, seq: int) -> None:
+        """``shadow += decoded`` for the servers' reply in ``wire``, which must answer exchange
+        ``seq``; a reply that does not (or breaks the format) fails the op, whose error the
+        next wait raises, and changes nothing."""
+        self._push(1, shadow, None, wire, 0, seq)
+
+    def _push(self, kind: int, data: Any, aux: Any, wire: Any, sender: int, seq: int) -> None:
+        rc = _LIB.hvdps_wire_push(
+            kind,
+            data.handle,
+            None if aux is None else aux.handle,
+            wire.handle,
+            self._bounds,
+            len(self.bounds),
+            self.bits,
+            self.block,
+            sender,
+            seq,
+            self.threads,
+        )
+        FusedBuffer._check(rc)

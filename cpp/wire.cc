@@ -1,0 +1,179 @@
+// hvd_ps fused-buffer op: the compressed wire's kernels (blockwise absmax int8/int4 with the
+// sender's residual, and the decoding of the servers' reply into the leader's copy).  The exact
+// arithmetic is the one hvd_ps/ps/protocol.py states and hvd_ps/ps/codec.py does in numpy:
+// float32 throughout, round half to even, so both give the same bytes.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+
+#include "fusion.h"
+
+namespace hvdps {
+
+static const float kTiny = 1.17549435e-38f;  // 2^-126
+
+bool wire_layout(WireSpec* spec) {
+  spec->offsets.assign(1, 0);
+  for (size_t k = 0; k + 1 < spec->bounds.size(); ++k) {
+    const int64_t n = spec->bounds[k + 1] - spec->bounds[k];
+    if (n <= 0 || n > 0xffffffffLL) return false;
+    spec->offsets.push_back(spec->offsets.back() + wire_part_bytes(n, spec->bits, spec->block));
+  }
+  return true;
+}
+
+static void put_header(uint8_t* p, int bits, int sender, int block, uint32_t seq, uint32_t n) {
+  p[0] = 'H';
+  p[1] = 'Q';
+  p[2] = 1;
+  p[3] = static_cast<uint8_t>(bits);
+  const uint16_t s = static_cast<uint16_t>(sender), b = static_cast<uint16_t>(block);
+  std::memcpy(p + 4, &s, 2);  // little-endian hosts (x86-64)
+  std::memcpy(p + 6, &b, 2);
+  std::memcpy(p + 8, &seq, 4);
+  std::memcpy(p + 12, &n, 4);
+}
+
+// The shard of global block g (blocks are numbered across shards), and the block within it.
+static void locate(const WireSpec& spec, const std::vector<int64_t>& first_block, int64_t g,
+                   size_t* shard, int64_t* local) {
+  auto it = std::upper_bound(first_block.begin(), first_block.end(), g);
+  *shard = static_cast<size_t>(it - first_block.begin()) - 1;
+  *local = g - first_block[*shard];
+}
+
+static std::vector<int64_t> first_blocks(const WireSpec& spec) {
+  std::vector<int64_t> out;
+  int64_t acc = 0;
+  for (size_t k = 0; k + 1 < spec.bounds.size(); ++k) {
+    out.push_back(acc);
+    acc += (spec.bounds[k + 1] - spec.bounds[k] + spec.block - 1) / spec.block;
+  }
+  out.push_back(acc);
+  return out;
+}
+
+void wire_encode(const WireSpec& spec) {
+  const std::vector<int64_t> fb = first_blocks(spec);
+  const int64_t nblocks = fb.back();
+  const int B = spec.block, bits = spec.bits;
+  const float Q = static_cast<float>((1 << (bits - 1)) - 1);
+  const int64_t rec = wire_block_bytes(bits, B);
+  for (size_t k = 0; k + 1 < spec.bounds.size(); ++k) {
+    put_header(spec.wire + spec.offsets[k], bits, spec.sender, B, spec.seq,
+               static_cast<uint32_t>(spec.bounds[k + 1] - spec.bounds[k]));
+  }
+  run_parallel(nblocks, spec.threads, [&](int64_t lo, int64_t hi) {
+    alignas(64) float v[kWireMaxBlock];
+    alignas(64) int8_t q[kWireMaxBlock];
+    for (int64_t g = lo; g < hi; ++g) {
+      size_t k;
+      int64_t b;
+      locate(spec, fb, g, &k, &b);
+      const int64_t first = spec.bounds[k] + b * B;
+      const int64_t n = std::min<int64_t>(B, spec.bounds[k + 1] - first);
+      float* e = spec.residual + first;
+      const float* s = spec.src + first;
+      for (int i = 0; i < B; ++i) v[i] = 0.0f;
+      float amax = 0.0f;
+      for (int64_t i = 0; i < n; ++i) {
+        v[i] = s[i] + e[i];
+        amax = std::max(amax, std::fabs(v[i]));
+      }
+      uint8_t* r = spec.wire + spec.offsets[k] + kWireHeader + b * rec;
+      float scale = 0.0f;
+      if (amax >= kTiny) {  // also false for NaN: the leader refuses those before pushing
+        const float inv = Q / amax;
+        scale = amax / Q;
+        for (int i = 0; i < B; ++i) {
+          const float c = std::nearbyint(v[i] * inv);
+          q[i] = static_cast<int8_t>(std::min(Q, std::max(-Q, c)));
+        }
+      } else {
+        for (int i = 0; i < B; ++i) q[i] = 0;
+      }
+      std::memcpy(r, &scale, 4);
+      if (bits == 8) {
+        std::memcpy(r + 4, q, B);
+      } else {
+        for (int i = 0; i < B; i += 2) {
+          r[4 + i / 2] = static_cast<uint8_t>((q[i] & 0x0f) | ((q[i + 1] & 0x0f) << 4));
+        }
+      }
+      for (int64_t i = 0; i < n; ++i) e[i] = v[i] - static_cast<float>(q[i]) * scale;
+    }
+  });
+}
+
+std::string wire_decode_add(const WireSpec& spec) {
+  const int B = spec.block, bits = spec.bits;
+  const int Q = (1 << (bits - 1)) - 1;
+  for (size_t k = 0; k + 1 < spec.bounds.size(); ++k) {
+    const uint8_t* p = spec.wire + spec.offsets[k];
+    uint16_t sender, block;
+    uint32_t seq, n;
+    std::memcpy(&sender, p + 4, 2);
+    std::memcpy(&block, p + 6, 2);
+    std::memcpy(&seq, p + 8, 4);
+    std::memcpy(&n, p + 12, 4);
+    const std::string where = "shard " + std::to_string(k) + " of the servers' reply: ";
+    if (p[0] != 'H' || p[1] != 'Q' || p[2] != 1) return where + "not an hvd_ps wire part";
+    if (p[3] != bits || block != B) return where + "another format or block size";
+    if (n != static_cast<uint32_t>(spec.bounds[k + 1] - spec.bounds[k])) {
+      return where + "another shard size";
+    }
+    if (sender != 0xffff) return where + "not sent by the servers";
+    if (seq != spec.seq) {
+      return where + "it answers exchange " + std::to_string(seq) + ", expected " +
+             std::to_string(spec.seq) + " (a reply lost or read twice)";
+    }
+  }
+  const std::vector<int64_t> fb = first_blocks(spec);
+  const int64_t rec = wire_block_bytes(bits, B);
+  // Check every block first, so that a bad reply changes nothing.
+  for (int64_t g = 0; g < fb.back(); ++g) {
+    size_t k;
+    int64_t b;
+    locate(spec, fb, g, &k, &b);
+    const uint8_t* r = spec.wire + spec.offsets[k] + kWireHeader + b * rec;
+    float scale;
+    std::memcpy(&scale, r, 4);
+    if (!(scale >= 0.0f) || std::isinf(scale)) return "a block scale of the reply is not finite";
+    if (bits == 8) {
+      for (int i = 0; i < B; ++i) {
+        if (static_cast<int8_t>(r[4 + i]) < -Q) return "a code of the reply is -128";
+      }
+    } else {
+      for (int i = 0; i < B / 2; ++i) {
+        if ((r[4 + i] & 0x0f) == 8 || (r[4 + i] >> 4) == 8) return "a code of the reply is -8";
+      }
+    }
+  }
+  run_parallel(fb.back(), spec.threads, [&](int64_t lo, int64_t hi) {
+    for (int64_t g = lo; g < hi; ++g) {
+      size_t k;
+      int64_t b;
+      locate(spec, fb, g, &k, &b);
+      const int64_t first = spec.bounds[k] + b * B;
+      const int64_t n = std::min<int64_t>(B, spec.bounds[k + 1] - first);
+      const uint8_t* r = spec.wire + spec.offsets[k] + kWireHeader + b * rec;
+      float scale;
+      std::memcpy(&scale, r, 4);
+      float* s = spec.shadow + first;
+      if (bits == 8) {
+        for (int64_t i = 0; i < n; ++i) {
+          s[i] += static_cast<float>(static_cast<int8_t>(r[4 + i])) * scale;
+        }
+      } else {
+        for (int64_t i = 0; i < n; ++i) {
+          const int nib = (i & 1) ? (r[4 + i / 2] >> 4) : (r[4 + i / 2] & 0x0f);
+          s[i] += static_cast<float>(nib > 7 ? nib - 16 : nib) * scale;
+        }
+      }
+    }
+  });
+  return std::string();
+}
+
+}  // namespace hvdps

@@ -1,0 +1,235 @@
+"""The compressed wire: its format, the numpy codec, the fused op's kernels (the same bytes),
+and the servers' rules for compressed shards (rounds, shadows, untrusted parts)."""
+
+from __future__ import annotations
+
+import struct
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from hvd_ps.errors import ConfigError, HvdPsError
+from hvd_ps.ps import codec, protocol, rules
+from hvd_ps.train.core.fusion import WireCodec, check_engine_errors
+
+BITS = (8, 4)
+
+
+def reference_quantize(v, bits, block):
+    """The quantizer as protocol.py states it, element by element (slow, obvious)."""
+    q = np.float32((1 << (bits - 1)) - 1)
+    codes, scales = [], []
+    for lo in range(0, len(v), block):
+        b = v[lo : lo + block].astype(np.float32)
+        m = np.float32(np.max(np.abs(b)))
+        if m < np.float32(2.0**-126):
+            codes += [0] * len(b)
+            scales.append(np.float32(0))
+            continue
+        inv = np.float32(q / m)
+        codes += [int(np.clip(np.rint(np.float32(x * inv)), -q, q)) for x in b]
+        scales.append(np.float32(m / q))
+    return np.array(codes), np.array(scales, np.float32)
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("n", [1, 127, 128, 300, 1000])
+def test_the_codec_is_the_documented_quantizer(bits, n):
+    rng = np.random.RandomState(n + bits)
+    v = (rng.normal(size=n) * rng.choice([1e-3, 1.0, 50.0], size=n)).astype(np.float32)
+    v[::7] = 0.0
+    part, decoded = codec.encode(v, bits, 128, sender=2, seq=5)
+    codes, scales = reference_quantize(v, bits, 128)
+    assert part.size == protocol.part_bytes(n, bits, 128)
+    magic, version, b, sender, block, seq, count = struct.unpack("<2sBBHHII", part[:16].tobytes())
+    assert (magic, version, b, sender, block, seq, count) == (b"HQ", 1, bits, 2, 128, 5, n)
+    expect = (codes.reshape(-1)[:n] * np.repeat(scales, 128)[:n]).astype(np.float32)
+    np.testing.assert_array_equal(decoded, expect)
+    head, back = codec.decode(part, bits, 128, n)
+    np.testing.assert_array_equal(back, decoded)
+    assert head.seq == 5 and head.sender == 2
+    # round to nearest: no value is off by more than half a step of its block
+    step = np.repeat(scales, 128)[:n]
+    assert np.all(np.abs(v - decoded) <= 0.5 * step * (1 + 1e-6))
+
+
+def test_int4_packs_two_codes_per_byte_low_nibble_first():
+    v = np.array([1.0, -1.0, 7.0, -7.0], np.float32)  # scale 1: codes 1, -1, 7, -7
+    part, _ = codec.encode(v, 4, 4, sender=0, seq=1)
+    body = part[16:]
+    assert struct.unpack("<f", body[:4].tobytes())[0] == 1.0
+    assert list(body[4:]) == [0x01 | (0x0F << 4), 0x07 | (0x09 << 4)]
+
+
+def test_wire_bytes_per_parameter():
+    n = 128 * 1000
+    assert protocol.part_bytes(n, 8, 128) / (4 * n) == pytest.approx(132 / 512, abs=1e-3)
+    assert protocol.part_bytes(n, 4, 128) / (4 * n) == pytest.approx(68 / 512, abs=1e-3)
+
+
+def test_shards_stay_below_mxnets_bound_and_cover_the_bucket():
+    for bits in BITS:
+        limit = protocol.shard_limit(bits, 128, 1_000_000)
+        assert limit % 128 == 0 and protocol.part_bytes(limit, bits, 128) < 1_000_000
+        for n, servers in [(1, 3), (1000, 2), (5_000_001, 4), (300, 8)]:
+            cut = protocol.shards(n, 128, limit, servers)
+            assert cut[0][0] == 0 and cut[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(cut, cut[1:]))
+            assert all(0 < hi - lo <= limit for lo, hi in cut)
+            assert all((hi - lo) % 128 == 0 for lo, hi in cut[:-1])
+            assert len(cut) >= min(servers, -(-n // 128))
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_the_fused_op_writes_the_codecs_bytes_and_residual(bits):
+    rng = np.random.RandomState(bits)
+    bounds = [0, 150_016, 300_000]
+    src = (rng.normal(size=300_000) * 3).astype(np.float32)
+    res = (rng.normal(size=300_000) * 0.01).astype(np.float32)
+    op = WireCodec(bounds, bits, 128, threads=2)
+    wire, residual = mx.nd.zeros((op.nbytes,), dtype="uint8"), mx.nd.array(res)
+    op.encode(mx.nd.array(src), residual, wire, sender=1, seq=3)
+    got = wire.asnumpy()
+    check_engine_errors()
+    parts, left = [], []
+    for lo, hi in zip(bounds, bounds[1:]):
+        v = src[lo:hi] + res[lo:hi]
+        part, dec = codec.encode(v, bits, 128, 1, 3)
+        parts.append(part)
+        left.append(v - dec)
+    np.testing.assert_array_equal(got, np.concatenate(parts))
+    np.testing.assert_array_equal(residual.asnumpy(), np.concatenate(left))
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_the_fused_op_adds_a_reply_and_refuses_a_stale_one(bits):
+    rng = np.random.RandomState(10 + bits)
+    bounds = [0, 640, 1000]
+    change = rng.normal(size=1000).astype(np.float32)
+    parts = [
+        codec.encode(change[lo:hi], bits, 128, protocol.SERVERS, 4)
+        for lo, hi in zip(bounds, bounds[1:])
+    ]
+    reply = mx.nd.array(np.concatenate([p for p, _ in parts]), dtype="uint8")
+    start = rng.normal(size=1000).astype(np.float32)
+    shadow = mx.nd.array(start)
+    op = WireCodec(bounds, bits, 128)
+    op.decode_add(shadow, reply, seq=4)
+    expect = start + np.concatenate([d for _, d in parts])
+    np.testing.assert_array_equal(shadow.asnumpy(), expect)
+    op.decode_add(shadow, reply, seq=5)  # read twice: refused, and nothing added
+    shadow.wait_to_read()
+    with pytest.raises(HvdPsError, match="answers exchange 4, expected 5"):
+        check_engine_errors()
+    np.testing.assert_array_equal(shadow.asnumpy(), expect)
+
+
+def test_the_fused_op_checks_its_arguments():
+    with pytest.raises(ConfigError, match="bits"):
+        WireCodec([0, 10], 5, 128)
+    op = WireCodec([0, 10], 8, 128)
+    with pytest.raises(ConfigError, match="wire must be a dense 1-D uint8 array"):
+        op.encode(mx.nd.zeros((10,)), mx.nd.zeros((10,)), mx.nd.zeros((3,), dtype="uint8"), 0, 1)
+
+
+# -- the servers' rules -----------------------------------------------------------------------
+
+
+class Server:
+    """One server's rules of one compressed shard: a state key 0 and wire keys 1.. (as the
+    server's Updaters would hold them), with the stored arrays MXNet would pass."""
+
+    def __init__(self, inner, mode, groups, n=300, bits=8, block=128, x0=None):
+        self.record = protocol.WireState(inner, bits, block, groups, mode, n)
+        self.rules = {}
+        self.rules[0] = rules.make(self.record, 0, self.rules.get)
+        wires = [-1] if mode == "sync" else list(range(groups))
+        for i, g in enumerate(wires, start=1):
+            self.rules[i] = rules.make(protocol.WireKey(0, g), i, self.rules.get)
+        self.x0 = np.zeros(n, np.float32) if x0 is None else x0
+        self.stored = {0: mx.nd.array(self.x0)}
+        for i in range(1, len(wires) + 1):
+            self.stored[i] = mx.nd.array(codec.empty_reply(n, bits, block), dtype="uint8")
+        self.rules[0].update(mx.nd.zeros((n,)), self.stored[0])  # adopt the initial value
+
+    def push(self, key, part):
+        self.rules[key].update(mx.nd.array(part, dtype="uint8"), self.stored[key])
+        return self.stored[key].asnumpy()
+
+
+def test_a_sync_round_sums_in_group_order_and_replies_with_the_shadows_change():
+    rng = np.random.RandomState(3)
+    n, g = 300, 3
+    x0 = rng.normal(size=n).astype(np.float32)
+    srv = Server(protocol.Add(scale=1.0 / g), "sync", g, n=n, x0=x0)
+    pushes = [rng.normal(size=n).astype(np.float32) for _ in range(g)]
+    parts = [codec.encode(p, 8, 128, i, 1) for i, p in enumerate(pushes)]
+    for i in (2, 0):
+        before = srv.push(1, parts[i][0])
+        head, _ = codec.decode(before, 8, 128, n)
+        assert head.seq == 0  # the round is open: the reply is still the initial one
+    reply = srv.push(1, parts[1][0])
+    total = parts[0][1] + parts[1][1] + parts[2][1]
+    state = x0 + total * np.float32(1.0 / g)
+    head, change = codec.decode(reply, 8, 128, n)
+    assert head.seq == 1 and head.sender == protocol.SERVERS
+    np.testing.assert_allclose(srv.rules[0].state.asnumpy(), state, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(
+        change, codec.encode(srv.rules[0].state.asnumpy() - x0, 8, 128, protocol.SERVERS, 1)[1]
+    )
+    np.testing.assert_array_equal(srv.rules[0].shadow[-1], x0 + change)
+
+
+def test_async_pushes_reply_against_each_groups_own_shadow():
+    rng = np.random.RandomState(4)
+    n = 200
+    srv = Server(protocol.Add(), "async", 2, n=n, bits=4)
+    a = codec.encode(rng.normal(size=n).astype(np.float32), 4, 128, 0, 1)
+    b = codec.encode(rng.normal(size=n).astype(np.float32), 4, 128, 1, 1)
+    reply_a = srv.push(1, a[0])
+    reply_b = srv.push(2, b[0])
+    _, da = codec.decode(reply_a, 4, 128, n)
+    _, db = codec.decode(reply_b, 4, 128, n)
+    np.testing.assert_array_equal(da, codec.encode(a[1], 4, 128, 0, 1)[1])
+    np.testing.assert_array_equal(db, codec.encode(a[1] + b[1], 4, 128, 0, 1)[1])
+    np.testing.assert_array_equal(srv.rules[0].shadow[0], da)
+    np.testing.assert_array_equal(srv.rules[0].shadow[1], db)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (lambda p: p[:-1], "bytes where"),
+        (lambda p: np.concatenate([np.frombuffer(b"XX", np.uint8), p[2:]]), "not a part"),
+        (lambda p: _header(p, 3, 4), "bits is 4, the key expects 8"),
+        (lambda p: _header(p, 4, 7), "sender 7"),
+        (lambda p: _header(p, 8, 2), "pushed exchange 2, expected 1"),
+    ],
+)
+def test_the_servers_refuse_a_part_that_breaks_the_format(bad, message):
+    srv = Server(protocol.Add(), "sync", 2, n=100)
+    part, _ = codec.encode(np.ones(100, np.float32), 8, 128, 0, 1)
+    with pytest.raises(ValueError, match=message):
+        srv.push(1, bad(part))
+
+
+def test_the_servers_refuse_a_second_push_in_one_round_and_a_foreign_group():
+    srv = Server(protocol.Add(), "sync", 2, n=100)
+    srv.push(1, codec.encode(np.ones(100, np.float32), 8, 128, 0, 1)[0])
+    with pytest.raises(ValueError, match="pushed exchange 1, expected 2"):
+        srv.push(1, codec.encode(np.ones(100, np.float32), 8, 128, 0, 1)[0])
+    srv = Server(protocol.Add(), "async", 2, n=100)
+    with pytest.raises(ValueError, match="group 1 pushed to the wire key of group 0"):
+        srv.push(1, codec.encode(np.ones(100, np.float32), 8, 128, 1, 1)[0])
+
+
+def _header(part, offset, value):
+    out = part.copy()
+    if offset == 3:
+        out[3] = value
+    elif offset == 4:
+        out[4:6] = np.frombuffer(struct.pack("<H", value), np.uint8)
+    else:
+        out[8:12] = np.frombuffer(struct.pack("<I", value), np.uint8)
+    return out
