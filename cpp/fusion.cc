@@ -373,8 +373,8 @@ void push_wire(bool encode, NDArrayHandle data, NDArrayHandle aux, NDArrayHandle
   WireSpec* spec = &op->spec;
   op->encode = encode;
   if (bits != 8 && bits != 4) throw Failure{kBadArgument, "bits must be 8 or 4"};
-  if (block < 2 || block > kWireMaxBlock || block % 2 != 0) {
-    throw Failure{kBadArgument, "block must be even, 2..32768"};
+  if (block < 8 || block > kWireMaxBlock || block % 8 != 0) {
+    throw Failure{kBadArgument, "block must be a multiple of 8, 8..32768"};
   }
   if (nbounds < 2 || bounds[0] != 0) throw Failure{kBadArgument, "shard bounds must start at 0"};
   spec->bits = bits;
@@ -386,7 +386,8 @@ void push_wire(bool encode, NDArrayHandle data, NDArrayHandle aux, NDArrayHandle
   spec->threads = threads;
   const int64_t total = spec->bounds.back();
   check_flat(data, encode ? "src" : "shadow", kFloat32, total);
-  check_flat(wire, "wire", 3, spec->offsets.back());
+  // the parts travel as float32 elements (MXNet's servers take float arrays only)
+  check_flat(wire, "wire", kFloat32, spec->offsets.back() / 4);
   if (encode) check_flat(aux, "residual", kFloat32, total);
   if (data == wire || data == aux || aux == wire) {
     throw Failure{kBadArgument, "the wire op's arrays must be distinct"};

@@ -33,6 +33,10 @@ private name                       of                      why hvd_ps needs it
 (``mxnet.base._LIB``)                                      (Python's ``KVStore`` wraps no handler)
 ``MXNDArrayGetData``               MXNet's C API           a checkpoint writes arrays straight from
 (``mxnet.base._LIB``)                                      their memory, without a copy
+``MXNDArrayWaitToWrite``           MXNet's C API           wait until every queued read of an array
+(``mxnet.base._LIB``)                                      (a PS push) is done: the compressed
+                                                           wire's sync rounds (Python's NDArray
+                                                           wraps only ``wait_to_read``)
 ``ArgumentParser._actions``        argparse                ``hvdps-run``'s flags, to tell its own
                                                            from ``horovodrun``'s
 =================================  ======================  =========================================
@@ -122,6 +126,13 @@ def ndarray_address(a: Any) -> int:
     ptr = ctypes.c_void_p()
     check_call(_LIB.MXNDArrayGetData(a.handle, ctypes.byref(ptr)))
     return int(ptr.value or 0)
+
+
+def wait_to_write(a: Any) -> None:
+    """Block until every operation queued on ``a`` is done, its reads too (a push of it)."""
+    from mxnet.base import _LIB, check_call
+
+    check_call(_LIB.MXNDArrayWaitToWrite(a.handle))
 
 
 def parser_actions(parser: Any) -> List[Any]:

@@ -64,6 +64,8 @@ class Client:
     shared: bool = False
     kv: Any = None
     mode: Optional[str] = None
+    #: in sync mode, whether MXNet's servers close the rounds (False: hvd_ps's rules do)
+    rounds: bool = True
     keys: Dict[int, str] = field(default_factory=dict)
     stats: Stats = field(default_factory=Stats)
     lease: Optional[Lease] = None  # the place on the tier's roster, if it has one
@@ -123,8 +125,10 @@ class Client:
         with deadline(f"PS barrier of the leaders ({what})", self.cfg.settings.timeout):
             private_api.kv_barrier(self.kv)
 
-    def set_mode(self, mode: str) -> None:
-        """Make the servers sync (rounds of one push per group) or async. Once per job."""
+    def set_mode(self, mode: str, rounds: bool = True) -> None:
+        """Make the servers sync (rounds of one push per group) or async. Once per job.
+        ``rounds=False``: a sync job whose rules close the rounds themselves (a compressed
+        wire), so MXNet's servers stay in async mode and apply every push as it comes."""
         if mode not in ("sync", "async"):
             raise ConfigError(f"mode={mode!r} must be 'sync' or 'async'")
         if self.mode is not None:
@@ -133,7 +137,14 @@ class Client:
                     f"the PS tier of this job already runs in {self.mode} mode; all trainers "
                     f"of one job must use the same mode (asked for {mode})"
                 )
+            if mode == "sync" and self.rounds != rounds:
+                raise ConfigError(
+                    "the sync trainers of one job must all use a compressed wire (int8, int4) "
+                    "or none: MXNet's servers close the rounds of float32 and float16 keys, "
+                    "hvd_ps's rules those of compressed ones, and a tier does one or the other"
+                )
             return
+        self.rounds = rounds
         if self.rejoined:
             if mode == "sync":
                 raise ConfigError(
@@ -145,19 +156,27 @@ class Client:
             return  # the others passed this barrier long ago
         if self.lease is not None:
             self.lease.report_mode(mode)  # a sync group's death is fatal to the others
-        if mode == "sync" and self.ps_rank == 0:
+        if mode == "sync" and rounds and self.ps_rank == 0:
             with deadline(f"switching the {self.where} to sync mode", self.cfg.settings.timeout):
                 private_api.kv_command(self.kv, protocol.SYNC_MODE_HEAD, "")
         self.mode = mode
         self.barrier(f"switching to {mode} mode")
 
-    def register(self, name: str, initial: Any, rule: protocol.Rule, out: Any = None) -> int:
+    def register(
+        self,
+        name: str,
+        initial: Any,
+        rule: protocol.Rule,
+        out: Any = None,
+        server: Optional[int] = None,
+    ) -> int:
         """A new key for a fused buffer: set its servers' rule and its initial value, then
         pull it into ``out`` (if given). A leader that rejoined only pulls: ``out`` then holds
-        the key's current value on the PS."""
+        the key's current value on the PS. ``server``: a key MXNet places whole on that server
+        (it must stay below ``MXNET_KVSTORE_BIGARRAY_BOUND`` elements)."""
         import mxnet as mx
 
-        key = len(self.keys)
+        key = self._free_key(server)
         self.keys[key] = name
         size, dtype = int(initial.size), np.dtype(initial.dtype).name
         if self.rejoined:
@@ -184,6 +203,17 @@ class Client:
             scratch = mx.nd.empty(initial.shape, dtype=initial.dtype) if out is None else out
             self.kv.pull(key, out=scratch)
             scratch.wait_to_read()
+        return key
+
+    def _free_key(self, server: Optional[int]) -> int:
+        """The lowest unused key id (every leader registers in the same order, so all agree);
+        with ``server``, the lowest that MXNet's KVStore sends to that server when the key is
+        below its big-array bound (``key * 9973 % servers``, MXNet 1.9.1's placement)."""
+        key = 0
+        while key in self.keys or (
+            server is not None and (key * 9973) % self.num_servers != server % self.num_servers
+        ):
+            key += 1
         return key
 
     def command(self, key: int, rule: protocol.Rule) -> None:

@@ -113,3 +113,8 @@ def decode(part: Array, bits: int, block: int, n: int) -> Tuple[Header, Array]:
 def empty_reply(n: int, bits: int, block: int) -> Array:
     """The servers' reply before any exchange: sequence 0, every value zero."""
     return encode(np.zeros(n, np.float32), bits, block, protocol.SERVERS, 0)[0]
+
+
+def as_bytes(elements: Array) -> Array:
+    """A key's float32 elements as the bytes of its part (nothing converted)."""
+    return np.ascontiguousarray(elements).view(np.uint8).ravel()

@@ -45,14 +45,16 @@ With a compressed wire every bucket of ``N`` float32 elements is cut into shards
 server (below MXNet's ``MXNET_KVSTORE_BIGARRAY_BOUND``, so MXNet never splits it). A shard has a
 float32 *state key* (:class:`WireState`: the servers' state, the global model) and uint8 *wire
 keys* (:class:`WireKey`): in sync mode one that every leader pushes to, in async mode one per
-group. What crosses a wire key is one *part*::
+group. What crosses a wire key is one *part*, whose bytes travel as the float32 elements of the
+key (MXNet's servers take floating-point arrays only, and convert other dtypes than float32
+when they please; nothing does arithmetic on them)::
 
     offset  size  field (little-endian)
     0       2     magic b"HQ"
     2       1     format version (1)
     3       1     bits per value: 8 or 4
     4       2     sender: the group id, or 0xFFFF for the servers' reply
-    6       2     block size B (even, 2..32768)
+    6       2     block size B (a multiple of 8, 8..32768)
     8       4     sequence: the sender's exchange count on this key (1, 2, ...); a reply
                   carries the count of the exchange it answers (0: the initial, empty reply)
     12      4     n, the elements of the shard
@@ -275,9 +277,12 @@ def check_wire(bits: int, block: int) -> None:
     """``bits`` and ``block`` of a compressed wire, or ConfigError naming them."""
     if bits not in WIRE_BITS.values():
         raise ConfigError(f"bits={bits!r} must be 8 (int8) or 4 (int4)")
-    arguments.integer("block", block, low=2, high=MAX_BLOCK, high_name=str(MAX_BLOCK))
-    if block % 2:
-        raise ConfigError(f"block={block} must be even (int4 packs two values per byte)")
+    arguments.integer("block", block, low=8, high=MAX_BLOCK, high_name=str(MAX_BLOCK))
+    if block % 8:
+        raise ConfigError(
+            f"block={block} must be a multiple of 8 (int4 packs two values per byte, and a "
+            "part travels as float32 elements, four bytes each)"
+        )
 
 
 def _record(value: Any, allowed: Tuple[str, ...], what: str) -> Any:

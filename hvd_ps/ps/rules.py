@@ -201,7 +201,7 @@ class WireState(Rule):
         r = self.record
         if self.state is None:
             raise ValueError(f"a push to a wire key of shard {self.key} before its state key")
-        head, values = codec.decode(received.asnumpy(), r.bits, r.block, r.n)
+        head, values = codec.decode(codec.as_bytes(received.asnumpy()), r.bits, r.block, r.n)
         sender = head.sender
         if wire.group >= 0 and sender != wire.group:
             raise codec.WireError(f"group {sender} pushed to the wire key of group {wire.group}")
@@ -236,7 +236,7 @@ class WireState(Rule):
             self.state.asnumpy() - shadow, r.bits, r.block, protocol.SERVERS, seq
         )
         shadow += sent
-        w[:] = part
+        w[:] = part.view(np.float32)
 
     def leaves(self, like: Any) -> List[Any]:
         raise ValueError("checkpoints of a compressed wire are not supported yet")

@@ -106,9 +106,12 @@ class DistributedTrainer(hvd.DistributedTrainer):  # type: ignore[misc]  # no st
             when the only group is the whole world). Anything else is a ConfigError.
         sync: the strategy across groups (keyword only); default ``ModelAverage(period=1)``
             (an exchange every step; global rank 0 says so on stderr).
-        wire_dtype: the dtype of this trainer's PS traffic, ``'float32'`` or ``'float16'``
-            (keyword only; default: ``HVD_PS_WIRE_DTYPE``, else float32). The servers keep
-            the parameters' dtype.
+        wire: this trainer's PS wire (keyword only; default: ``HVD_PS_WIRE_DTYPE``, else
+            float32): ``'float32'``, ``'float16'``, or the compressed ``'int8'`` and
+            ``'int4'`` (blockwise scaled codes with error feedback in both directions, about
+            0.26x and 0.13x the bytes of float32; see the wire formats in the docs). The
+            servers keep float32 state whatever the wire.
+        wire_dtype: the same as ``wire`` (its older name; give one of them).
         bucket_mb: the largest fused buffer (one PS key) in MB (keyword only; default:
             ``HVD_PS_BUCKET_MB``, else 4; 0: one key per dtype). Several keys let their
             transfers overlap.
@@ -135,6 +138,7 @@ class DistributedTrainer(hvd.DistributedTrainer):  # type: ignore[misc]  # no st
         process_set: Any = None,
         *,
         sync: Optional[Strategy] = None,
+        wire: Optional[str] = None,
         wire_dtype: Optional[str] = None,
         bucket_mb: Optional[float] = None,
     ) -> None:
@@ -189,7 +193,7 @@ class DistributedTrainer(hvd.DistributedTrainer):  # type: ignore[misc]  # no st
         self._sync = sync
         self._t = 0
         with same_on_every_rank():
-            wire_dtype, bucket_mb = checks.wire_args(wire_dtype, bucket_mb)
+            wire_dtype, bucket_mb = checks.wire_args(wire, wire_dtype, bucket_mb)
         self._sched = Schedule(
             rt,
             sync,

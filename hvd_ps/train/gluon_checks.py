@@ -95,13 +95,17 @@ def check_same(signatures: List[Any], groups: List[List[int]]) -> None:
 
 
 def wire_args(
-    wire_dtype: Optional[str], bucket_mb: Optional[float]
+    wire: Optional[str], wire_dtype: Optional[str], bucket_mb: Optional[float]
 ) -> Tuple[Optional[str], Optional[float]]:
-    """The trainer's ``wire_dtype`` and ``bucket_mb``, checked (None: the environment's)."""
-    if wire_dtype is not None and wire_dtype not in config.WIRE_DTYPES:
-        raise ConfigError(
-            f"wire_dtype must be one of {', '.join(config.WIRE_DTYPES)}, got {wire_dtype!r}"
-        )
+    """The trainer's wire (``wire``, or its older name ``wire_dtype``) and ``bucket_mb``,
+    checked (None: the environment's)."""
+    if wire is not None and wire_dtype is not None:
+        raise ConfigError("give wire= or wire_dtype= (the same argument), not both")
+    name = "wire" if wire is not None else "wire_dtype"
+    wire = wire if wire is not None else wire_dtype
+    if wire is not None and wire not in config.WIRE_DTYPES:
+        raise ConfigError(f"{name} must be one of {', '.join(config.WIRE_DTYPES)}, got {wire!r}")
+    wire_dtype = wire
     if bucket_mb is not None:
         bucket_mb = arguments.number("bucket_mb", bucket_mb, 0.0, open_low=False)
     return wire_dtype, bucket_mb

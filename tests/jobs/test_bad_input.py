@@ -171,8 +171,8 @@ CASES = [
      r"HVD_PS_TIMEOUT='nan' must be a finite number: set a number >= 0.1, or unset it"),
     ("env-no-servers", _env(HVD_PS_NUM_SERVERS="0"), "ConfigError",
      r"HVD_PS_NUM_SERVERS='0' must be >= 1: set an int >= 1, or unset it"),
-    ("env-wire-dtype", _env(HVD_PS_WIRE_DTYPE="int8"), "ConfigError",
-     r"HVD_PS_WIRE_DTYPE='int8' must be one of float32, float16"),
+    ("env-wire-dtype", _env(HVD_PS_WIRE_DTYPE="int3"), "ConfigError",
+     r"HVD_PS_WIRE_DTYPE='int3' must be one of float32, float16, int8, int4"),
     ("env-log-level", _env(HVD_PS_LOG_LEVEL="LOUD"), "ConfigError",
      r"HVD_PS_LOG_LEVEL='LOUD' is not a logging level \(e.g. INFO\)"),
     ("env-uri-without-port", _env(DMLC_PS_ROOT_URI="127.0.0.1"), "ConfigError",
@@ -306,7 +306,7 @@ JOBS = [
      r"mode must be one of sync, got 'async': ModelAverage has no async mode; GradientPush, "
      r"EASGD and DiLoCo have one"),
     ("trainer-argument", 4, {}, "ConfigError",
-     r"wire_dtype must be one of float32, float16, got 'int8'"),
+     r"wire must be one of float32, float16, int8, int4, got 'int16'"),
     # evaluating on rank 0 alone: named within seconds, not at HVD_PS_TIMEOUT
     ("evaluate-on-rank-0", 4, {}, "HvdPsError",
      r"trainer.global_model\(\) is collective, but not every rank called it: ranks \[0\] "

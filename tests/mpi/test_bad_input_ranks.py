@@ -267,7 +267,7 @@ CASES = [
     Case("bad-num-groups", _trainer(num_groups=-1), "ConfigError",
          r"num_groups must be an integer >= 0, got .*: Horovod.s grouped allreduces"),
     Case("bad-wire-dtype", _trainer(wire_dtype="bfloat16"), "ConfigError",
-         r"wire_dtype must be one of float32, float16, got 'bfloat16'"),
+         r"wire_dtype must be one of float32, float16, int8, int4, got 'bfloat16'"),
     Case("bad-bucket-mb", _trainer(bucket_mb=-1), "ConfigError",
          r"bucket_mb must be a number >= 0, got -1"),
     Case("gradient-push-optimizer-object", _trainer(hvd_ps.GradientPush(), _sgd_object),

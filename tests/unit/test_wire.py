@@ -88,9 +88,9 @@ def test_the_fused_op_writes_the_codecs_bytes_and_residual(bits):
     src = (rng.normal(size=300_000) * 3).astype(np.float32)
     res = (rng.normal(size=300_000) * 0.01).astype(np.float32)
     op = WireCodec(bounds, bits, 128, threads=2)
-    wire, residual = mx.nd.zeros((op.nbytes,), dtype="uint8"), mx.nd.array(res)
+    wire, residual = mx.nd.zeros((op.nbytes // 4,), dtype="float32"), mx.nd.array(res)
     op.encode(mx.nd.array(src), residual, wire, sender=1, seq=3)
-    got = wire.asnumpy()
+    got = codec.as_bytes(wire.asnumpy())  # the parts travel as float32 elements
     check_engine_errors()
     parts, left = [], []
     for lo, hi in zip(bounds, bounds[1:]):
@@ -111,7 +111,7 @@ def test_the_fused_op_adds_a_reply_and_refuses_a_stale_one(bits):
         codec.encode(change[lo:hi], bits, 128, protocol.SERVERS, 4)
         for lo, hi in zip(bounds, bounds[1:])
     ]
-    reply = mx.nd.array(np.concatenate([p for p, _ in parts]), dtype="uint8")
+    reply = _f32(np.concatenate([p for p, _ in parts]))
     start = rng.normal(size=1000).astype(np.float32)
     shadow = mx.nd.array(start)
     op = WireCodec(bounds, bits, 128)
@@ -129,8 +129,10 @@ def test_the_fused_op_checks_its_arguments():
     with pytest.raises(ConfigError, match="bits"):
         WireCodec([0, 10], 5, 128)
     op = WireCodec([0, 10], 8, 128)
-    with pytest.raises(ConfigError, match="wire must be a dense 1-D uint8 array"):
-        op.encode(mx.nd.zeros((10,)), mx.nd.zeros((10,)), mx.nd.zeros((3,), dtype="uint8"), 0, 1)
+    with pytest.raises(ConfigError, match="wire must be a dense 1-D float32 array"):
+        op.encode(mx.nd.zeros((10,)), mx.nd.zeros((10,)), mx.nd.zeros((3,)), 0, 1)
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        WireCodec([0, 10], 4, 12)
 
 
 # -- the servers' rules -----------------------------------------------------------------------
@@ -150,12 +152,12 @@ class Server:
         self.x0 = np.zeros(n, np.float32) if x0 is None else x0
         self.stored = {0: mx.nd.array(self.x0)}
         for i in range(1, len(wires) + 1):
-            self.stored[i] = mx.nd.array(codec.empty_reply(n, bits, block), dtype="uint8")
+            self.stored[i] = _f32(codec.empty_reply(n, bits, block))
         self.rules[0].update(mx.nd.zeros((n,)), self.stored[0])  # adopt the initial value
 
     def push(self, key, part):
-        self.rules[key].update(mx.nd.array(part, dtype="uint8"), self.stored[key])
-        return self.stored[key].asnumpy()
+        self.rules[key].update(_f32(part), self.stored[key])
+        return codec.as_bytes(self.stored[key].asnumpy())
 
 
 def test_a_sync_round_sums_in_group_order_and_replies_with_the_shadows_change():
@@ -200,7 +202,7 @@ def test_async_pushes_reply_against_each_groups_own_shadow():
 @pytest.mark.parametrize(
     "bad, message",
     [
-        (lambda p: p[:-1], "bytes where"),
+        (lambda p: p[:-4], "bytes where"),
         (lambda p: np.concatenate([np.frombuffer(b"XX", np.uint8), p[2:]]), "not a part"),
         (lambda p: _header(p, 3, 4), "bits is 4, the key expects 8"),
         (lambda p: _header(p, 4, 7), "sender 7"),
@@ -222,6 +224,11 @@ def test_the_servers_refuse_a_second_push_in_one_round_and_a_foreign_group():
     srv = Server(protocol.Add(), "async", 2, n=100)
     with pytest.raises(ValueError, match="group 1 pushed to the wire key of group 0"):
         srv.push(1, codec.encode(np.ones(100, np.float32), 8, 128, 1, 1)[0])
+
+
+def _f32(part):
+    """A part as the float32 elements of its key (as it travels)."""
+    return mx.nd.array(part.view(np.float32), dtype="float32")
 
 
 def _header(part, offset, value):

@@ -394,6 +394,7 @@ def check_engine_errors() -> None:
 
 class WireCodec:
     """The compressed wire of one bucket (format: :mod:`hvd_ps.ps.protocol`), on MXNet's engine.
+    The wire buffer is a float32 array of ``nbytes / 4`` elements holding the parts' bytes.
 
     ``bounds``: the shard boundaries, ``0 = bounds[0] < ... < bounds[-1] = elements``. Both
     operations are one multithreaded pass of the fused op, queued like an MXNet operator."""

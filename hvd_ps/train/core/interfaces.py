@@ -41,10 +41,21 @@ class PSClient(Protocol):
         """This leader took the place of its group's dead predecessor (async, shared tier)."""
         ...
 
-    def set_mode(self, mode: str) -> None: ...
+    def set_mode(self, mode: str, rounds: bool = True) -> None: ...
 
-    def register(self, name: str, initial: Any, rule: protocol.Rule, out: Any = None) -> int:
-        """A PS key named ``name`` set to ``initial`` with the servers' ``rule``; its id."""
+    @property
+    def num_servers(self) -> int: ...
+
+    def register(
+        self,
+        name: str,
+        initial: Any,
+        rule: protocol.Rule,
+        out: Any = None,
+        server: Optional[int] = None,
+    ) -> int:
+        """A PS key named ``name`` set to ``initial`` with the servers' ``rule``; its id
+        (``server``: one that lives whole on that server)."""
         ...
 
     def command(self, key: int, rule: protocol.Rule) -> None: ...

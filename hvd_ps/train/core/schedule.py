@@ -42,6 +42,7 @@ from .buckets import Bucket, plan_buckets
 from .fusion import FusedBuffer
 from .interfaces import Flat, Fuse, Group, Job, PSClient
 from .strategies import Exchange, ServerOptimizer, Strategy
+from .wire import Wire
 
 
 def wait_arrays(arrays: List[Any], what: str, timeout: float) -> None:
@@ -125,6 +126,8 @@ class Schedule:
         self.status: Any = None  # 1 element broadcast with the buckets: 1 = the leader refused
         self.exchanges = 0
         self.ps_wait_s = 0.0
+        #: the compressed wire's buckets (leaders of an int8/int4 trainer), else None
+        self.wire_io: Optional[Wire] = None
 
     @property
     def wire(self) -> Optional[str]:
@@ -210,6 +213,13 @@ class Schedule:
             err.every_rank = True
             raise err
         run = self.run = sync.bind(topo.total_groups, wire, self.optimizer)
+        if run.bits and self.rt.rejoined:
+            err = ConfigError(
+                f"group {topo.global_group_id} rejoined the PS tier with a {self.wire_dtype} "
+                "wire: a compressed wire cannot rejoin yet; use float32 or float16"
+            )
+            err.every_rank = True
+            raise err
         plan = plan_buckets([p.data for p in trained], self.bucket_bytes)
         threads = self.rt.cfg.settings.fusion_threads
         buckets = []
@@ -222,20 +232,32 @@ class Schedule:
             buckets.append(b)
         if topo.is_leader:
             client = self.client()
-            client.set_mode(sync.mode)
+            client.set_mode(sync.mode, rounds=not run.bits)
+            if run.bits:
+                self.wire_io = Wire(client, sync.mode)
+            initials = []
             for b in buckets:
                 initial = run.initial(b)
                 if ps_initial is not None:
                     initial = mx.nd.array(ps_initial[b.index], dtype=initial.dtype)
                 name = f"{self.prefix}{b.params.dtype.name}.{b.index}"
-                b.out = mx.nd.zeros((b.params.size,), dtype=wire or b.params.dtype)
-                b.pulled = mx.nd.zeros((b.params.size,), dtype=wire or b.params.dtype)
-                b.key = client.register(name, initial, run.rule, out=b.pulled)
+                b.out = mx.nd.zeros((b.params.size,), dtype=run.wire or b.params.dtype)
+                if self.wire_io is not None:
+                    ch = self.wire_io.open(
+                        name, initial, run.rule, topo.total_groups, topo.global_group_id
+                    )
+                    b.pulled, b.key = ch.shadow, ch.state_keys[0]
+                    initials.append(initial)
+                else:
+                    b.pulled = mx.nd.zeros((b.params.size,), dtype=run.wire or b.params.dtype)
+                    b.key = client.register(name, initial, run.rule, out=b.pulled)
                 if client.rejoined:  # start from the PS's state, not from our x0
                     run.rejoin(b)
                 if sync.overlap:
                     b.snap = mx.nd.zeros((b.params.size,), dtype=b.params.dtype)
                     b.snap_buf = FusedBuffer([b.snap], threads=threads)
+        if self.wire_io is not None:
+            self.wire_io.start(initials)
         self.status = mx.nd.zeros((1,))
         self.buckets = buckets
         if self.rt.rejoined:
@@ -258,7 +280,10 @@ class Schedule:
         if topo.is_leader:
             client = self.client()
             refused = self._refusal(t, None)
-        if topo.is_leader and refused is None:
+        if topo.is_leader and refused is None and self.wire_io is not None:
+            self._wire_push(self.exchanges + 1, blocking=True)
+            self._wire_finish(client, self.exchanges + 1, f"PS exchange at step {t}", True)
+        elif topo.is_leader and refused is None:
             # every bucket's transfers are queued on MXNet's engine first, so they overlap;
             # then one bounded wait for all of them
             for b in self.all():
@@ -275,7 +300,9 @@ class Schedule:
             for b in self.all():
                 b.params.pack(out=b.snap)
             self.refused = self._refusal(t, [b.snap for b in self.all()])
-            for b in self.all() if self.refused is None else []:
+            if self.wire_io is not None and self.refused is None:
+                self._wire_push(self.exchanges + 1, blocking=False)
+            for b in self.all() if self.refused is None and self.wire_io is None else []:
                 self.bound().launch(b, client)
         self.pending = t + self.sync.overlap
         self.launched = t
@@ -290,7 +317,10 @@ class Schedule:
         self.rt.in_flight.discard(self)
         topo = self.rt.topo
         refused, self.refused = self.refused, None
-        if topo.is_leader and refused is None:
+        if topo.is_leader and refused is None and self.wire_io is not None:
+            what = f"PS exchange started at step {self.launched}"
+            self._wire_finish(self.client(), self.exchanges, what, False)
+        elif topo.is_leader and refused is None:
             client = self.client()
             self._wait_ps(client, f"PS exchange started at step {self.launched}")
             for b in self.all():
@@ -316,6 +346,30 @@ class Schedule:
             return None
         return f"group {topo.global_group_id} (leader rank {topo.leader}), {why}"
 
+    def _wire_push(self, seq: int, blocking: bool) -> None:
+        """Compressed wire: what each bucket sends, encoded and pushed; in async mode the
+        servers answer at once, so the pulls of their replies are queued right behind."""
+        assert self.wire_io is not None
+        run = self.bound()
+        for b, ch in zip(self.all(), self.wire_io.channels):
+            run.wire_send(b, b.params if blocking else b.snapshot(), blocking)
+            ch.push(b.out, seq)
+        if self.wire_io.mode == "async":
+            for ch in self.wire_io.channels:
+                ch.pull(seq)
+
+    def _wire_finish(self, client: PSClient, seq: int, what: str, blocking: bool) -> None:
+        """Compressed wire: (sync) the round's barrier and the pulls, then the wait, then the
+        strategy applies the servers' reply."""
+        assert self.wire_io is not None
+        if self.wire_io.mode == "sync":
+            self.wire_io.settle(what)
+            for ch in self.wire_io.channels:
+                ch.pull(seq)
+        self._wait_ps(client, what)
+        for b in self.all():
+            self.bound().wire_apply(b, blocking)
+
     def _wait_ps(self, client: PSClient, what: str) -> None:
         start = time.perf_counter()
         client.wait([b.pulled for b in self.all()], what)
@@ -329,10 +383,17 @@ class Schedule:
         if topo.is_leader:
             client = self.client()
             scale = self.bound().global_scale
-            for b in self.all():
-                client.exchange(b.key, None, b.pulled, wait=False)
-                b.params.unpack(b.pulled, alpha=scale)
-            client.wait([b.pulled for b in self.all()], "pull of the global model")
+            if self.wire_io is not None:
+                flats = self._peek()
+                for b, ch, flat in zip(self.all(), self.wire_io.channels, flats):
+                    ch.read_state(flat, flat)
+                    b.params.unpack(flat, alpha=scale)
+                client.wait(flats, "pull of the global model")
+            else:
+                for b in self.all():
+                    client.exchange(b.key, None, b.pulled, wait=False)
+                    b.params.unpack(b.pulled, alpha=scale)
+                client.wait([b.pulled for b in self.all()], "pull of the global model")
         self.group_broadcast("pull_global")
 
     def pull_global_here(self) -> None:
@@ -342,8 +403,13 @@ class Schedule:
         pushed to it last)."""
         client = self.client()
         scale = self.bound().global_scale
-        if not self.peek:
-            self.peek = [mx.nd.zeros(b.pulled.shape, dtype=b.pulled.dtype) for b in self.all()]
+        if self.wire_io is not None:  # the pushes and pulls of an exchange in flight stay
+            for b, ch, flat in zip(self.all(), self.wire_io.channels, self._peek()):
+                ch.read_state(flat, flat)
+                b.params.unpack(flat, alpha=scale)
+            client.wait(self.peek, "pull of the global model (this leader alone)")
+            return
+        self._peek()
         pushed = [b.out.copy() for b in self.all()] if self.pending is not None else []
         for b, flat in zip(self.all(), self.peek):
             client.exchange(b.key, None, flat, wait=False)
@@ -351,6 +417,12 @@ class Schedule:
         for b, out in zip(self.all(), pushed):
             out.copyto(b.out)  # on MXNet's engine: after those pulls
         client.wait(self.peek, "pull of the global model (this leader alone)")
+
+    def _peek(self) -> List[Any]:
+        """Buffers of the global model's pulls (allocated once)."""
+        if not self.peek:
+            self.peek = [mx.nd.zeros(b.pulled.shape, dtype=b.pulled.dtype) for b in self.all()]
+        return self.peek
 
     def save_local(self, complete: bool = True) -> None:
         """Copy the local parameters aside (into buffers allocated on first use), after

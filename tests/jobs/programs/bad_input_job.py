@@ -10,7 +10,7 @@ Each case lets its hvd_ps error end the job uncaught (one line per job, hvd_ps/e
   weight before step 2, so its leader refuses the push while group 0's waits in the round;
 * ``strategy-typo-before-init``: ``hvd_ps.EASGD(peroid=4)`` on every rank, before init;
 * ``strategy-mode``: ``hvd_ps.ModelAverage(mode='async')`` on every rank, after init;
-* ``trainer-argument``: ``DistributedTrainer(..., wire_dtype='int8')`` on every rank;
+* ``trainer-argument``: ``DistributedTrainer(..., wire='int16')`` on every rank;
 * ``evaluate-on-rank-0``: groups of 2, EASGD(period=2); after two steps global rank 0 alone
   enters ``with trainer.global_model():`` (the Horovod habit) while the others train on.
 """
@@ -53,7 +53,7 @@ elif case == "trainer-argument":
     hvd_ps.init(group_size=2)
     net = job_kit.reference_net(prefix="job_")
     hvd_ps.DistributedTrainer(
-        net.collect_params(), "sgd", {"learning_rate": 0.1}, wire_dtype="int8"
+        net.collect_params(), "sgd", {"learning_rate": 0.1}, wire="int16"
     )
 elif case == "evaluate-on-rank-0":
     import horovod.mxnet as hvd

@@ -18,7 +18,7 @@ from .... import arguments
 from ....errors import ConfigError, HvdPsError, same_on_every_rank
 from ....ps import protocol
 from ..buckets import Bucket, fresh
-from ..interfaces import PSClient
+from ..interfaces import Flat, PSClient
 
 MODES = ("sync", "async")
 #: GradientPush's server optimizer: its name and numeric arguments
@@ -144,7 +144,11 @@ class Exchange:
     def __init__(self, strategy: Strategy, num_groups: int, wire: Optional[str]) -> None:
         self.strategy = strategy
         self.groups = num_groups
-        self.wire = wire
+        #: bits of a compressed wire (8, 4), else None
+        self.bits = protocol.WIRE_BITS.get(wire or "")
+        #: the dtype of what is pushed and pulled (None: the parameters'); on a compressed wire
+        #: the leader's buffers stay float32 and :mod:`hvd_ps.train.core.wire` encodes them
+        self.wire = None if self.bits else wire
         #: the servers' rule for every key of the trainer
         self.rule: protocol.Rule = protocol.Assign()
         #: ``pull_global`` sets ``x = global_scale * (value on the PS)``
@@ -177,6 +181,17 @@ class Exchange:
         """The arrays this exchange keeps between exchanges, by a name unique within the
         trainer (checkpoints write them and load into them in place). Default: none."""
         return {}
+
+    # -- the compressed wire: b.pulled is the leader's copy of the servers' state ------------
+    def wire_send(self, b: Bucket, src: Flat, blocking: bool) -> None:
+        """Put what crosses the wire into ``b.out`` (float32), from ``src``: the parameters
+        (``blocking``) or the snapshot ``x_t``, and ``b.pulled``, the copy of the servers'
+        state as of the last exchange."""
+        raise HvdPsError(f"{self.strategy.name} has no exchange on a compressed wire")
+
+    def wire_apply(self, b: Bucket, blocking: bool) -> None:
+        """Apply the exchange once ``b.pulled`` took the servers' reply."""
+        raise HvdPsError(f"{self.strategy.name} has no exchange on a compressed wire")
 
 
 #: how a strategy's exchange is made: (strategy, num_groups, wire, optimizer) -> Exchange

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from .... import arguments
 from ....ps import protocol
 from ..buckets import Bucket, fresh
-from ..interfaces import PSClient
+from ..interfaces import Flat, PSClient
 from .base import Exchange, ServerOptimizer, Strategy, register, store
 
 
@@ -96,6 +96,17 @@ class DiLoCoExchange(Exchange):
         start, _ = self.start[b.index]
         b.snapshot().pack_axpby(start, -1.0, 1.0, dtype=self.wire, out=b.out)  # D = x_start - x_t
         client.exchange(b.key, b.out, b.pulled, wait=False)
+
+    def wire_send(self, b: Bucket, src: Flat, blocking: bool) -> None:
+        start, _ = self.start[b.index]
+        src.pack_axpby(start, -1.0, 1.0, out=b.out)  # D = x_start - x
+
+    def wire_apply(self, b: Bucket, blocking: bool) -> None:
+        if blocking:
+            b.params.unpack(b.pulled)  # x = w (the copy)
+            self.start[b.index][1].unpack(b.pulled)  # x_start = w
+        else:
+            self.apply(b)
 
     def apply(self, b: Bucket) -> None:
         _, start_buf = self.start[b.index]

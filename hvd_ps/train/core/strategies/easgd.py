@@ -9,7 +9,7 @@ from .... import arguments
 from ....errors import ConfigError
 from ....ps import protocol
 from ..buckets import Bucket
-from ..interfaces import PSClient
+from ..interfaces import Flat, PSClient
 from .base import Exchange, ServerOptimizer, Strategy, register, store
 
 
@@ -78,6 +78,18 @@ class EASGDExchange(Exchange):
 
     def apply(self, b: Bucket) -> None:
         b.params.unpack(b.out, alpha=-1.0, beta=1.0)  # x -= d, d as pushed (after any cast)
+
+    def wire_send(self, b: Bucket, src: Flat, blocking: bool) -> None:
+        # d = alpha (x - c) against the copy of c as of the last exchange; what quantization
+        # drops from d stays in the residual and reaches the centre later
+        if blocking:
+            b.params.elastic(b.pulled, self.alpha, out=b.out)  # and x -= d at once
+        else:
+            src.pack_axpby(b.pulled, self.alpha, -self.alpha, out=b.out)
+
+    def wire_apply(self, b: Bucket, blocking: bool) -> None:
+        if not blocking:
+            self.apply(b)  # x -= d
 
 
 register(EASGD, EASGDExchange)

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Dict, Optional
 from ....errors import ConfigError
 from ....ps import protocol
 from ..buckets import Bucket
-from ..interfaces import PSClient
+from ..interfaces import Flat, PSClient
 from .base import Exchange, ServerOptimizer, Strategy, _mode, register, store
 
 
@@ -98,6 +98,12 @@ class GradientPushExchange(Exchange):
         # b.out already holds the scaled group-mean gradient (packed by the trainer)
         client.exchange(b.key, b.out, b.pulled, wait=False)
         b.params.unpack(b.pulled)
+
+    def wire_send(self, b: Bucket, src: Flat, blocking: bool) -> None:
+        pass  # b.out already holds the scaled group-mean gradient
+
+    def wire_apply(self, b: Bucket, blocking: bool) -> None:
+        b.params.unpack(b.pulled)  # x = w (the copy)
 
 
 register(GradientPush, GradientPushExchange)

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Optional, Tuple
 
 from ....ps import protocol
 from ..buckets import Bucket
-from ..interfaces import PSClient
+from ..interfaces import Flat, PSClient
 from .base import Exchange, ServerOptimizer, Strategy, register
 
 
@@ -42,13 +42,28 @@ class ModelAverageExchange(Exchange):
         self, s: ModelAverage, groups: int, wire: Optional[str], _: Optional[ServerOptimizer]
     ) -> None:
         super().__init__(s, groups, wire)
-        self.rule = protocol.Assign()  # the servers keep the sum of a round
-        self.global_scale = 1.0 / groups
+        if self.bits:  # a compressed wire carries the progress since the last average
+            self.rule = protocol.Add(scale=1.0 / groups)
+        else:
+            self.rule = protocol.Assign()  # the servers keep the sum of a round
+            self.global_scale = 1.0 / groups
 
     def initial(self, b: Bucket) -> Any:
-        # The PS holds the sum of a round; start as if every group had pushed x0.
         flat = super().initial(b)
+        if self.bits:  # the servers keep the average itself
+            return flat
+        # The PS holds the sum of a round; start as if every group had pushed x0.
         return b.params.pack_axpby(flat, float(self.groups), 0.0, dtype=self.wire, out=flat)
+
+    def wire_send(self, b: Bucket, src: Flat, blocking: bool) -> None:
+        src.pack_axpby(b.pulled, 1.0, -1.0, out=b.out)  # x - the last average
+
+    def wire_apply(self, b: Bucket, blocking: bool) -> None:
+        if blocking:
+            b.params.unpack(b.pulled)  # x = the new average
+        else:
+            b.snapshot().unpack(b.pulled, alpha=1.0, beta=-1.0)  # average - x_t
+            b.params.unpack(b.snap, alpha=1.0, beta=1.0)  # x += average - x_t
 
     def exchange(self, b: Bucket, client: PSClient) -> None:
         b.params.pack(dtype=self.wire, out=b.out)

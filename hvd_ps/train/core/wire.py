@@ -1,0 +1,170 @@
+"""A leader's buckets on the compressed wire (``int8``, ``int4``; the format and the servers'
+side are in :mod:`hvd_ps.ps.protocol`).
+
+Each bucket is cut into shards, each a whole key on one server (below MXNet's big-array bound,
+placed round robin over the servers): a float32 *state key* (the servers' state, read for the
+global model) and *wire keys* (sync: one for all groups; async: one per group, each leader using
+its own). A leader keeps, per bucket, its copy of the servers' state (``shadow``, which the
+strategies read as what they pulled) and its residual; every exchange it
+
+1. encodes what its strategy sends plus the residual into one wire buffer and pushes each shard's
+   part (:meth:`Channel.push`);
+2. in sync mode, waits until its pushes were applied and meets the other leaders at a ps-lite
+   barrier (:meth:`Wire.settle`): every shard has then closed the round and holds its reply;
+3. pulls the reply of every shard and adds it to its copy, checking it answers this exchange
+   (:meth:`Channel.pull`).
+
+In async mode the servers answer a push at once, so the pull is queued right behind it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+import mxnet as mx
+import numpy as np
+
+from ... import private_api
+from ...deadline import deadline
+from ...ps import codec, protocol
+from .fusion import WireCodec
+from .interfaces import PSClient
+
+
+class Channel:
+    """One bucket of ``initial.size`` float32 elements on the compressed wire of a leader.
+
+    ``first_server``: the server of the first shard (the next ones follow round robin), so
+    that a trainer's buckets spread their shards over the servers."""
+
+    def __init__(
+        self,
+        client: PSClient,
+        name: str,
+        initial: Any,
+        inner: protocol.Rule,
+        mode: str,
+        groups: int,
+        group: int,
+        first_server: int,
+    ) -> None:
+        settings = client.cfg.settings
+        self.bits = protocol.WIRE_BITS[settings.wire_dtype]
+        self.block = settings.wire_block
+        self.feedback = settings.wire_feedback
+        self.client, self.mode, self.group = client, mode, group
+        n = int(initial.size)
+        limit = protocol.shard_limit(self.bits, self.block, settings.kvstore_bound)
+        cut = protocol.shards(n, self.block, limit, client.num_servers)
+        self.codec = WireCodec(
+            [0] + [hi for _, hi in cut], self.bits, self.block, settings.fusion_threads
+        )
+        #: the leader's copy of the servers' state (what its strategy reads as pulled)
+        self.shadow = initial.astype("float32", copy=True)
+        self.residual = mx.nd.zeros((n,), dtype="float32")
+        # the parts travel as float32 elements (MXNet's servers take float arrays only, and
+        # may convert any other dtype)
+        self.sent = mx.nd.zeros((self.codec.nbytes // 4,), dtype="float32")
+        self.reply = mx.nd.zeros((self.codec.nbytes // 4,), dtype="float32")
+        self.state_keys: List[int] = []
+        self.wire_keys: List[int] = []  # this leader's, per shard
+        self.servers = client.num_servers
+        offs = [o // 4 for o in self.codec.offsets]  # in float32 elements
+        self.views = [(offs[j], offs[j + 1]) for j in range(len(cut))]
+        self.cut = cut
+        for j, (lo, hi) in enumerate(cut):
+            server = (first_server + j) % self.servers
+            record = protocol.WireState(inner, self.bits, self.block, groups, mode, hi - lo)
+            state = client.register(f"{name}.{j}", initial[lo:hi], record, server=server)
+            self.state_keys.append(state)
+            part = codec.empty_reply(hi - lo, self.bits, self.block)
+            empty = mx.nd.array(part.view(np.float32), dtype="float32")
+            senders = [-1] if mode == "sync" else list(range(groups))
+            for g in senders:  # every leader registers every key, so all agree on the ids
+                wire = protocol.WireKey(state, g)
+                key = client.register(
+                    f"{name}.{j}.wire{'' if g < 0 else g}", empty, wire, server=server
+                )
+                if g < 0 or g == group:
+                    self.wire_keys.append(key)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of one push (and of one pull): every shard's part."""
+        return self.codec.nbytes
+
+    def adopt(self, initial: Any) -> None:
+        """ps-lite's rank 0 leader: make each shard's state its initial value (a push to the
+        state key, whose rule adopts what ``kv.init`` stored)."""
+        for key, (lo, hi) in zip(self.state_keys, self.cut):
+            self.client.push(key, initial[lo:hi])
+
+    def push(self, src: Any, seq: int) -> None:
+        """Encode ``src`` (float32, the bucket's size) plus the residual, push every shard."""
+        if not self.feedback:
+            self.residual[:] = 0.0
+        self.codec.encode(src, self.residual, self.sent, self.group if self.group >= 0 else 0, seq)
+        for key, (a, b) in zip(self.wire_keys, self.views):
+            self.client.push(key, self.sent[a:b])
+
+    def pull(self, seq: int) -> None:
+        """Pull every shard's reply and add it to :attr:`shadow` (it must answer ``seq``)."""
+        for key, (a, b) in zip(self.wire_keys, self.views):
+            self.client.exchange(key, None, self.reply[a:b], wait=False)
+        self.codec.decode_add(self.shadow, self.reply, seq)
+
+    def read_state(self, out: Any, scratch: Any) -> None:
+        """The servers' state (the global model, float32) into ``out``: a push to each state
+        key makes its rule copy the state there (``scratch``'s content is ignored), then a pull
+        reads it. Costs a float32 model each way: for evaluation, not training."""
+        for key, (lo, hi) in zip(self.state_keys, self.cut):
+            self.client.push(key, scratch[lo:hi])
+            self.client.exchange(key, None, out[lo:hi], wait=False)
+
+
+class Wire:
+    """Every compressed bucket of one trainer on a leader, and the sync rounds' barrier."""
+
+    def __init__(self, client: PSClient, mode: str) -> None:
+        self.client, self.mode = client, mode
+        self.channels: List[Channel] = []
+        self.next_server = 0
+
+    def open(
+        self, name: str, initial: Any, inner: protocol.Rule, groups: int, group: int
+    ) -> Channel:
+        ch = Channel(self.client, name, initial, inner, self.mode, groups, group, self.next_server)
+        self.next_server = (self.next_server + len(ch.cut)) % ch.servers
+        self.channels.append(ch)
+        return ch
+
+    def start(self, initials: List[Any]) -> None:
+        """After every channel is open: ps-lite rank 0 adopts the initial values, and every
+        leader waits for that at a barrier (a rejoined leader finds them adopted long ago)."""
+        if self.client.rejoined:
+            return
+        if self.client.ps_rank == 0:
+            for ch, initial in zip(self.channels, initials):
+                ch.adopt(initial)
+            with deadline("adopting the compressed shards' state", self._timeout):
+                for initial in initials:
+                    private_api.wait_to_write(initial)  # its pushes are done once answered
+        self.client.barrier("compressed shards set up")
+
+    @property
+    def _timeout(self) -> float:
+        return float(self.client.cfg.settings.timeout)
+
+    def settle(self, what: str) -> None:
+        """Sync: wait until this leader's pushes were applied, then meet the other leaders;
+        after it every shard has closed the round and holds its reply. Async: nothing."""
+        if self.mode != "sync":
+            return
+        with deadline(f"{what}: the servers' answer to this leader's pushes", self._timeout):
+            for ch in self.channels:
+                private_api.wait_to_write(ch.sent)  # its pushes are done once answered
+        self.client.barrier(what)
+
+    @property
+    def bytes_per_exchange(self) -> int:
+        return sum(ch.nbytes for ch in self.channels)
