@@ -41,7 +41,8 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MXNET_CPU_WORKER_NTHREADS="${MXNE
 export HVD_PS_TIMEOUT="${HVD_PS_TIMEOUT:-60}"
 # np | groups | wire dtype | HVD_PS_BUCKET_MB | tier mode | tests
 # (the float16 run also splits every parameter into a PS key of its own; a tier runs in one
-# mode per job, so the async rules have sessions of their own)
+# mode per job, so the async rules have sessions of their own; so do the compressed wires,
+# whose sessions use blocks of 8 values and two servers, so a bucket spans several shards)
 runs=(
   "1|[[0]]|float32|4|sync|tests/mpi"
   "2|[[0,1]]|float32|4|sync|tests/mpi"
@@ -54,6 +55,10 @@ runs=(
   "4|[[0,1],[2,3]]|float32|4|async|tests/mpi/test_async_rules.py"
   "4|[[0],[1,2,3]]|float32|4|async|tests/mpi/test_async_rules.py"
   "4|[[0],[1],[2],[3]]|float32|4|async|tests/mpi/test_async_rules.py"
+  "1|[[0]]|int4|4|sync|tests/mpi/test_wire.py"
+  "2|[[0],[1]]|int8|4|sync|tests/mpi/test_wire.py"
+  "4|[[0,1],[2,3]]|int4|4|sync|tests/mpi/test_wire.py"
+  "4|[[0],[1],[2],[3]]|int8|4|sync|tests/mpi/test_wire.py"
 )
 phase mpi || runs=()
 for run in "${runs[@]}"; do
@@ -64,11 +69,13 @@ for run in "${runs[@]}"; do
   if [ -n "${HVD_PS_TEST_MPI_RUNS:-}" ] && ! grep -qE "$HVD_PS_TEST_MPI_RUNS" <<< "$tag"; then
     continue
   fi
+  extra=()
+  case "$wire" in int8|int4) extra=(-x HVD_PS_WIRE_BLOCK=8 -x HVD_PS_NUM_SERVERS=2) ;; esac
   step "MPI tests, world size $np, groups $groups, wire $wire, buckets of $bucket MB, $mode tier (mpirun + pytest-mpi)"
   timeout -k 5 300 mpirun -np "$np" --oversubscribe --bind-to none -x OMP_NUM_THREADS \
     -x MXNET_CPU_WORKER_NTHREADS -x PATH -x HVD_PS_TIMEOUT -x HVD_PS_TEST_GROUPS="$groups" \
     -x HVD_PS_WIRE_DTYPE="$wire" -x HVD_PS_BUCKET_MB="$bucket" -x HVD_PS_TEST_MODE="$mode" \
-    -x OMPI_MCA_mpi_yield_when_idle \
+    -x OMPI_MCA_mpi_yield_when_idle "${extra[@]}" \
     "$ROOT/scripts/mpi_rank.sh" "$OUT/$tag" -p no:cacheprovider --with-mpi "$ROOT/$tests" "$@"
   rc=$?; [ $rc -eq 0 ] || { status=1; echo "mpirun -np $np ($groups, $wire) exited $rc"; }
 done

@@ -52,9 +52,7 @@ elif case == "trainer-argument":
 
     hvd_ps.init(group_size=2)
     net = job_kit.reference_net(prefix="job_")
-    hvd_ps.DistributedTrainer(
-        net.collect_params(), "sgd", {"learning_rate": 0.1}, wire="int16"
-    )
+    hvd_ps.DistributedTrainer(net.collect_params(), "sgd", {"learning_rate": 0.1}, wire="int16")
 elif case == "evaluate-on-rank-0":
     import horovod.mxnet as hvd
     import job_kit

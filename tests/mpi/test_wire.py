@@ -1,0 +1,133 @@
+"""The compressed wire (int8, int4), run for real, equals its float32 numpy reference bit for
+bit: every rank's parameters after every step, and the servers' state at the end
+(tests/wire_reference.py), for every sync strategy, blocking and overlapped.
+
+Every rank's gradient is :func:`wire_reference.grad32` of its own parameters, made Gluon's by a
+loss ``sum(p * g)`` (whose gradient is exactly ``g``), so the run and the reference do the same
+float32 operations in the same order; groups of one or two ranks keep the group's sum exact. Needs a session of its own with
+``HVD_PS_WIRE_DTYPE=int8`` or ``int4`` (scripts/test.sh runs one per grouping); elsewhere it
+skips.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import reference as ref  # noqa: E402
+import wire_reference as wref  # noqa: E402
+from dense_model import reference_net  # noqa: E402
+
+LR = 0.1
+DILOCO = {"name": "DiLoCo", "period": 3, "outer_lr": 0.7, "momentum": 0.9, "nesterov": True}
+CASES = {
+    "GradientPush": ({"name": "GradientPush"}, 5),
+    "ModelAverage": ({"name": "ModelAverage", "period": 2}, 8),
+    "EASGD": ({"name": "EASGD", "period": 2, "alpha": 0.2}, 8),
+    "DiLoCo": (DILOCO, 9),
+    "DiLoCo-heavy-ball": (
+        {"name": "DiLoCo", "period": 2, "outer_lr": 0.5, "momentum": 0.8, "nesterov": False},
+        6,
+    ),
+    "ModelAverage-overlap": ({"name": "ModelAverage", "period": 3, "overlap": 2}, 9),
+    "EASGD-overlap": ({"name": "EASGD", "period": 3, "alpha": 0.2, "overlap": 1}, 8),
+    "DiLoCo-overlap": (dict(DILOCO, overlap=2), 8),
+}
+
+
+@pytest.fixture(scope="module")
+def wire_client(rt):
+    """This rank's PS client on a compressed sync tier (None on non-leaders)."""
+    wire = rt.cfg.settings.wire_dtype
+    if wire not in ("int8", "int4") or os.environ.get("HVD_PS_TEST_MODE", "sync") != "sync":
+        pytest.skip("needs a sync session with HVD_PS_WIRE_DTYPE=int8 or int4")
+    if any(len(members) > 2 for members in rt.topo.groups):
+        pytest.skip("a group of more than two ranks sums its gradients in Horovod's order")
+    if rt.client is not None:
+        rt.client.set_mode("sync", rounds=False)
+    return rt.client
+
+
+def _strategy(spec):
+    import hvd_ps
+
+    name, overlap = spec["name"], spec.get("overlap", 0)
+    if name == "GradientPush":
+        return hvd_ps.GradientPush()
+    if name == "ModelAverage":
+        return hvd_ps.ModelAverage(period=spec["period"], overlap=overlap)
+    if name == "EASGD":
+        return hvd_ps.EASGD(spec["period"], spec["alpha"], overlap=overlap)
+    return hvd_ps.DiLoCo(
+        period=spec["period"],
+        outer_lr=spec["outer_lr"],
+        momentum=spec["momentum"],
+        nesterov=spec["nesterov"],
+        overlap=overlap,
+    )
+
+
+def _bounds(rt, size):
+    from hvd_ps.ps import protocol
+
+    s = rt.cfg.settings
+    bits = protocol.WIRE_BITS[s.wire_dtype]
+    limit = protocol.shard_limit(bits, s.wire_block, s.kvstore_bound)
+    cut = protocol.shards(size, s.wire_block, limit, s.num_servers)
+    return bits, [0] + [hi for _, hi in cut]
+
+
+def _flat(net):
+    return wref.flat(net.weight.data().asnumpy(), net.bias.data().asnumpy())
+
+
+@pytest.mark.mpi(min_size=1)
+@pytest.mark.parametrize("case", list(CASES))
+def test_compressed_wire_matches_numpy_reference_bit_for_bit(rt, wire_client, case):
+    import horovod.mxnet as hvd
+    import mxnet as mx
+
+    import hvd_ps
+
+    spec, steps = CASES[case]
+    groups = [list(m) for m in rt.topo.groups]
+    bits, bounds = _bounds(rt, ref.OUT * ref.IN + ref.OUT)
+    block = rt.cfg.settings.wire_block
+    want = wref.run(spec, groups, steps, LR, bits, block, bounds)
+    net = reference_net(f"wire_{case.replace('-', '_')}")
+    hvd_ps.broadcast_parameters(net.collect_params())
+    trainer = hvd_ps.DistributedTrainer(
+        net.collect_params(), "sgd", {"learning_rate": LR}, sync=_strategy(spec)
+    )
+    gid = hvd_ps.group_id()
+    before = trainer.stats()  # the client's counters are the job's, over every trainer
+    for t in range(1, steps + 1):
+        w, b = net.weight.data().asnumpy(), net.bias.data().asnumpy()
+        gw, gb = wref.grad32(w, b, hvd.rank(), t)
+        with mx.autograd.record():  # a loss whose gradient is exactly (gw, gb)
+            loss = (net.weight.data() * mx.nd.array(gw)).sum()
+            loss = loss + (net.bias.data() * mx.nd.array(gb)).sum()
+        loss.backward()
+        trainer.step(1)
+        got = _flat(net)
+        np.testing.assert_array_equal(got, want[t - 1]["x"][gid], err_msg=f"{case}, step {t}")
+    with trainer.global_model():
+        np.testing.assert_array_equal(_flat(net), want[-1]["global"], err_msg=f"{case}: global")
+    np.testing.assert_array_equal(_flat(net), want[-1]["final"][gid], err_msg=f"{case}: final")
+    after = trainer.stats()
+    pushed = after["bytes_pushed"] - before["bytes_pushed"]
+    pulled = after["bytes_pulled"] - before["bytes_pulled"]
+    if hvd_ps.is_leader():
+        from hvd_ps.ps import protocol
+
+        pushes = steps if spec["name"] == "GradientPush" else steps // spec["period"]
+        part = sum(protocol.part_bytes(hi - lo, bits, block) for lo, hi in zip(bounds, bounds[1:]))
+        # what crossed: every exchange's parts both ways, plus float32 states: global_model()'s
+        # (pushed to ask for it, then pulled) and the set-up's (one leader adopts x0)
+        state_bytes = 3 * 4 * (ref.OUT * ref.IN + ref.OUT)
+        assert pushed >= pushes * part and pulled >= pushes * part
+        assert pushed + pulled <= 2 * pushes * part + state_bytes

@@ -1,0 +1,191 @@
+"""Plain-numpy reference of the compressed wire (``int8``/``int4``) under every sync strategy,
+in float32 with the same order of operations as the real run, so that a run matches it bit
+for bit.
+
+The model is tests/reference.py's linear model; every rank's gradient is :func:`grad32` of
+its own parameters and batch (the MPI test writes the same gradient into Gluon's arrays, so no
+framework reduction is involved). A group's gradient is the sum over its ranks times
+``1 / group size`` (exact for groups of one or two ranks), the local step plain SGD.
+
+The wire: each shard of the flat buffer ``[b, W (row-major)]`` is quantized in blocks of
+``block`` elements (the last block of a shard may be short): ``m = max|v|``, ``inv = Q / m``,
+``code = clip(rint(v * inv), -Q, Q)``, ``scale = m / Q``, decoded ``code * scale``; every
+leader encodes what its strategy sends plus its residual and keeps the rest as its residual;
+the servers sum the decoded pushes in group order, run the strategy's rule on their float32
+state and reply with the encoded change since the copy the leaders hold (their shadow).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import reference as ref
+
+F = np.float32
+
+
+def grad32(w: np.ndarray, b: np.ndarray, rank: int, step: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Rank ``rank``'s gradient at ``step`` for float32 parameters, as float32."""
+    x, y = ref.batch(rank, step)
+    gw, gb = ref.grad((w.astype(np.float64), b.astype(np.float64)), x, y)
+    return gw.astype(F), gb.astype(F)
+
+
+def flat(w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The parameters as the trainer fuses them: in name order (Horovod's trainer sorts its
+    parameters by name), the bias before the weight."""
+    return np.concatenate([b.ravel(), w.ravel()]).astype(F)
+
+
+def split(v: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    return v[ref.OUT :].reshape(ref.OUT, ref.IN), v[: ref.OUT]
+
+
+def quantize(v: np.ndarray, bits: int, block: int, bounds: Sequence[int]) -> np.ndarray:
+    """What ``v`` decodes to after the wire (float32), shard by shard, block by block."""
+    q = F((1 << (bits - 1)) - 1)
+    out = np.zeros_like(v)
+    for lo, hi in zip(bounds, bounds[1:]):
+        for a in range(lo, hi, block):
+            blk = v[a : min(hi, a + block)]
+            m = F(np.max(np.abs(blk)))
+            if m < F(2.0**-126):
+                continue
+            inv, scale = F(q / m), F(m / q)
+            out[a : a + blk.size] = np.clip(np.rint(blk * inv), -q, q).astype(F) * scale
+    return out
+
+
+class Servers:
+    """The servers' float32 state under a sync strategy's rule, and their shadow."""
+
+    def __init__(self, spec: Dict, x0: np.ndarray, groups: int, lr: float) -> None:
+        self.spec, self.groups, self.lr = spec, groups, lr
+        self.state, self.shadow = x0.copy(), x0.copy()
+        self.v = None
+
+    def round(self, total: np.ndarray) -> None:
+        name, g = self.spec["name"], self.groups
+        if name == "EASGD":
+            self.state = self.state + total
+        elif name == "ModelAverage":
+            self.state = self.state + total * F(1.0 / g)
+        elif name == "GradientPush":
+            self.state = self.state - F(self.lr) * (F(1.0 / g) * total)
+        elif name == "DiLoCo":
+            m, olr = F(self.spec["momentum"]), F(self.spec["outer_lr"])
+            d = total * F(1.0 / g)
+            v_old = self.v
+            self.v = d.copy() if v_old is None else v_old * m + d
+            if self.spec.get("nesterov", True):
+                self.state = self.state - olr * (d + m * self.v)
+            elif v_old is None:
+                self.state = self.state - olr * d
+            else:
+                self.state = self.state - olr * (d + m * v_old)
+        else:
+            raise ValueError(name)
+
+    def reply(self, bits: int, block: int, bounds: Sequence[int]) -> np.ndarray:
+        change = quantize(self.state - self.shadow, bits, block, bounds)
+        self.shadow = self.shadow + change
+        return change
+
+
+def run(
+    spec: Dict,
+    groups: List[List[int]],
+    steps: int,
+    lr: float,
+    bits: int,
+    block: int,
+    bounds: Sequence[int],
+    feedback: bool = True,
+) -> List[Dict]:
+    """Simulate ``steps`` steps of a sync strategy ``spec`` (as tests/reference.py takes it,
+    with ``"overlap"``) on the compressed wire. Returns per step ``{"x": [each group's flat
+    float32 parameters], "global": the servers' state}``; the last record also has
+    ``"final"``: every group's parameters once an exchange still in flight is applied."""
+    name, period, tau = spec["name"], spec.get("period", 1), spec.get("overlap", 0)
+    n = len(groups)
+    x0 = flat(*[a.astype(F) for a in ref.initial()])
+    xs = [x0.copy() for _ in groups]
+    copy = x0.copy()  # every leader's copy of the servers' state (all agree in sync mode)
+    start = x0.copy()  # DiLoCo's x_start
+    res = [np.zeros_like(x0) for _ in groups]
+    srv = Servers(spec, x0, n, lr)
+    pending = None
+    out: List[Dict] = []
+
+    def push(sends: List[np.ndarray]) -> np.ndarray:
+        decoded = []
+        for g, s in enumerate(sends):
+            v = s + res[g]
+            d = quantize(v, bits, block, bounds)
+            res[g] = v - d if feedback else np.zeros_like(v)
+            decoded.append(d)
+        total = decoded[0]
+        for d in decoded[1:]:
+            total = total + d
+        srv.round(total)
+        return srv.reply(bits, block, bounds)
+
+    def sends_from(src: List[np.ndarray], blocking: bool) -> List[np.ndarray]:
+        nonlocal xs
+        if name == "ModelAverage":
+            return [s - copy for s in src]
+        if name == "DiLoCo":
+            return [start - s for s in src]
+        if name == "EASGD":
+            a = F(spec["alpha"])
+            if blocking:  # the fused op's elastic step: d = a (x - c), x -= d
+                ds = [a * (s - copy) for s in src]
+                xs = [x - d for x, d in zip(xs, ds)]
+            else:  # its pack_axpby: d = a x_t + (-a) c
+                ds = [a * s + (-a) * copy for s in src]
+            return ds
+        raise ValueError(name)
+
+    for t in range(1, steps + 1):
+        gs = []
+        for x, members in zip(xs, groups):
+            w, b = split(x)
+            parts = [flat(*grad32(w, b, r, t)) for r in members]
+            total = parts[0]
+            for p in parts[1:]:
+                total = total + p
+            gs.append(F(1.0 / len(members)) * total)
+        if name == "GradientPush":
+            change = push([F(1.0) * g for g in gs])  # the leader packs rescale * g (rescale 1)
+            copy = copy + change
+            xs = [copy.copy() for _ in groups]
+        else:
+            xs = [x - F(lr) * g for x, g in zip(xs, gs)]
+            if t % period == 0 and tau == 0:
+                change = push(sends_from(xs, True))
+                copy = copy + change
+                if name in ("ModelAverage", "DiLoCo"):
+                    xs = [copy.copy() for _ in groups]
+                    start = copy.copy()
+            elif t % period == 0:
+                snaps = [x.copy() for x in xs]
+                sends = sends_from(snaps, False)
+                pending = (t + tau, snaps, sends, push(sends))
+            if pending is not None and pending[0] == t:
+                xs, copy, start = _apply(name, pending, xs, copy, start)
+                pending = None
+        out.append({"x": [x.copy() for x in xs], "global": srv.state.copy()})
+    if pending is not None:
+        out[-1]["final"] = _apply(name, pending, xs, copy, start)[0]
+    else:
+        out[-1]["final"] = out[-1]["x"]
+    return out
+
+
+def _apply(name, pending, xs, copy, start):
+    _, snaps, sends, change = pending
+    copy = copy + change
+    if name == "EASGD":
+        return [x - d for x, d in zip(xs, sends)], copy, start
+    return [(copy - s) + x for x, s in zip(xs, snaps)], copy, copy.copy()
