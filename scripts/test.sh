@@ -59,6 +59,8 @@ runs=(
   "2|[[0],[1]]|int8|4|sync|tests/mpi/test_wire.py"
   "4|[[0,1],[2,3]]|int4|4|sync|tests/mpi/test_wire.py"
   "4|[[0],[1],[2],[3]]|int8|4|sync|tests/mpi/test_wire.py"
+  "2|[[0],[1]]|int4|4|async|tests/mpi/test_wire.py"
+  "4|[[0,1],[2,3]]|int8|4|async|tests/mpi/test_wire.py"
 )
 phase mpi || runs=()
 for run in "${runs[@]}"; do

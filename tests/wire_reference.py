@@ -189,3 +189,128 @@ def _apply(name, pending, xs, copy, start):
     if name == "EASGD":
         return [x - d for x, d in zip(xs, sends)], copy, start
     return [(copy - s) + x for x, s in zip(xs, snaps)], copy, copy.copy()
+
+
+class AsyncServers:
+    """The servers' float32 state under an async rule (each push applied alone, ``1/G`` of a
+    round: EASGD adds ``d``; DiLoCo and GradientPush's ``sgd`` run delayed Nesterov, the
+    momentum applied once every ``G`` pushes), with one shadow per group."""
+
+    def __init__(self, spec: Dict, x0: np.ndarray, groups: int, lr: float) -> None:
+        self.spec, self.groups = spec, groups
+        self.state = x0.copy()
+        self.shadow = [x0.copy() for _ in range(groups)]
+        if spec["name"] == "DiLoCo":
+            self.lr, self.m = F(spec["outer_lr"]), F(spec["momentum"])
+            self.nesterov = spec.get("nesterov", True)
+        else:  # GradientPush's sgd without momentum
+            self.lr, self.m, self.nesterov = F(lr), F(0.0), True
+        self.v = None
+        self.a = None
+        self.k = 0
+
+    def push(self, g: int, arrived: np.ndarray) -> None:
+        if self.spec["name"] == "EASGD":
+            self.state = self.state + arrived
+            return
+        d = arrived * F(1.0 / self.groups)
+        self.a = d.copy() if self.a is None else self.a + d
+        self.k += 1
+        if self.k < self.groups:
+            self.state = self.state - self.lr * d
+            return
+        v_old = self.v
+        self.v = self.a.copy() if v_old is None else v_old * self.m + self.a
+        self.a, self.k = None, 0
+        if self.nesterov:
+            self.state = self.state - self.lr * (d + self.m * self.v)
+        elif v_old is None:
+            self.state = self.state - self.lr * d
+        else:
+            self.state = self.state - self.lr * (d + self.m * v_old)
+
+    def reply(self, g: int, bits: int, block: int, bounds: Sequence[int]) -> np.ndarray:
+        change = quantize(self.state - self.shadow[g], bits, block, bounds)
+        self.shadow[g] = self.shadow[g] + change
+        return change
+
+
+def run_async(
+    spec: Dict,
+    groups: List[List[int]],
+    steps: int,
+    lr: float,
+    bits: int,
+    block: int,
+    bounds: Sequence[int],
+) -> List[Dict]:
+    """An async strategy on the compressed wire, the groups taking their turns in group order
+    at every step (each group's exchange applied on the servers before the next group steps).
+    Records as :func:`run` returns them."""
+    name, period, tau = spec["name"], spec.get("period", 1), spec.get("overlap", 0)
+    n = len(groups)
+    x0 = flat(*[a.astype(F) for a in ref.initial()])
+    xs = [x0.copy() for _ in groups]
+    copies = [x0.copy() for _ in groups]
+    starts = [x0.copy() for _ in groups]
+    res = [np.zeros_like(x0) for _ in groups]
+    srv = AsyncServers(spec, x0, n, lr)
+    pending: List = [None] * n
+    out: List[Dict] = []
+
+    def push(g: int, send: np.ndarray) -> np.ndarray:
+        v = send + res[g]
+        d = quantize(v, bits, block, bounds)
+        res[g] = v - d
+        srv.push(g, d)
+        return srv.reply(g, bits, block, bounds)
+
+    def apply(g: int) -> None:
+        _, snap, send, change = pending[g]
+        copies[g] = copies[g] + change
+        if name == "EASGD":
+            xs[g] = xs[g] - send
+        else:
+            xs[g] = (copies[g] - snap) + xs[g]
+            starts[g] = copies[g].copy()
+        pending[g] = None
+
+    for t in range(1, steps + 1):
+        for g, members in enumerate(groups):
+            w, b = split(xs[g])
+            parts = [flat(*grad32(w, b, r, t)) for r in members]
+            total = parts[0]
+            for p in parts[1:]:
+                total = total + p
+            grad = F(1.0 / len(members)) * total
+            if name == "GradientPush":
+                copies[g] = copies[g] + push(g, F(1.0) * grad)
+                xs[g] = copies[g].copy()
+                continue
+            xs[g] = xs[g] - F(lr) * grad
+            if t % period == 0 and tau == 0:
+                if name == "EASGD":
+                    a = F(spec["alpha"])
+                    d = a * (xs[g] - copies[g])
+                    xs[g] = xs[g] - d
+                    copies[g] = copies[g] + push(g, d)
+                else:  # DiLoCo
+                    copies[g] = copies[g] + push(g, starts[g] - xs[g])
+                    xs[g] = copies[g].copy()
+                    starts[g] = copies[g].copy()
+            elif t % period == 0:
+                snap = xs[g].copy()
+                if name == "EASGD":
+                    a = F(spec["alpha"])
+                    send = a * snap + (-a) * copies[g]
+                else:
+                    send = starts[g] - snap
+                pending[g] = (t + tau, snap, send, push(g, send))
+            if pending[g] is not None and pending[g][0] == t:
+                apply(g)
+        out.append({"x": [x.copy() for x in xs], "global": srv.state.copy()})
+    for g in range(n):
+        if pending[g] is not None:
+            apply(g)
+    out[-1]["final"] = [x.copy() for x in xs]
+    return out

@@ -1,12 +1,13 @@
 """The compressed wire (int8, int4), run for real, equals its float32 numpy reference bit for
 bit: every rank's parameters after every step, and the servers' state at the end
-(tests/wire_reference.py), for every sync strategy, blocking and overlapped.
+(tests/wire_reference.py), for every sync strategy, blocking and overlapped, and for the async
+ones with the groups taking their turns in a fixed order.
 
 Every rank's gradient is :func:`wire_reference.grad32` of its own parameters, made Gluon's by a
 loss ``sum(p * g)`` (whose gradient is exactly ``g``), so the run and the reference do the same
-float32 operations in the same order; groups of one or two ranks keep the group's sum exact. Needs a session of its own with
-``HVD_PS_WIRE_DTYPE=int8`` or ``int4`` (scripts/test.sh runs one per grouping); elsewhere it
-skips.
+float32 operations in the same order; groups of one or two ranks keep the group's sum exact.
+Needs sessions of their own with ``HVD_PS_WIRE_DTYPE=int8`` or ``int4``, sync or async
+(scripts/test.sh runs them); elsewhere it skips.
 """
 
 from __future__ import annotations
@@ -39,36 +40,69 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def wire_client(rt):
-    """This rank's PS client on a compressed sync tier (None on non-leaders)."""
+ASYNC_CASES = {
+    "GradientPush": ({"name": "GradientPush"}, 5),
+    "EASGD": ({"name": "EASGD", "period": 2, "alpha": 0.3}, 6),
+    "DiLoCo": (dict(DILOCO, period=2), 8),
+    "EASGD-overlap": ({"name": "EASGD", "period": 3, "alpha": 0.3, "overlap": 2}, 8),
+    "DiLoCo-overlap": (dict(DILOCO, overlap=1), 10),
+}
+
+
+def _client(rt, mode):
     wire = rt.cfg.settings.wire_dtype
-    if wire not in ("int8", "int4") or os.environ.get("HVD_PS_TEST_MODE", "sync") != "sync":
-        pytest.skip("needs a sync session with HVD_PS_WIRE_DTYPE=int8 or int4")
+    if wire not in ("int8", "int4") or os.environ.get("HVD_PS_TEST_MODE", "sync") != mode:
+        pytest.skip(f"needs a {mode} session with HVD_PS_WIRE_DTYPE=int8 or int4")
     if any(len(members) > 2 for members in rt.topo.groups):
         pytest.skip("a group of more than two ranks sums its gradients in Horovod's order")
     if rt.client is not None:
-        rt.client.set_mode("sync", rounds=False)
+        rt.client.set_mode(mode, rounds=False)
     return rt.client
 
 
-def _strategy(spec):
+@pytest.fixture(scope="module")
+def wire_client(rt):
+    """This rank's PS client on a compressed sync tier (None on non-leaders)."""
+    return _client(rt, "sync")
+
+
+@pytest.fixture(scope="module")
+def async_wire_client(rt):
+    """This rank's PS client on a compressed async tier (None on non-leaders)."""
+    return _client(rt, "async")
+
+
+def _strategy(spec, mode="sync"):
     import hvd_ps
 
     name, overlap = spec["name"], spec.get("overlap", 0)
     if name == "GradientPush":
-        return hvd_ps.GradientPush()
+        return hvd_ps.GradientPush(mode=mode)
     if name == "ModelAverage":
         return hvd_ps.ModelAverage(period=spec["period"], overlap=overlap)
     if name == "EASGD":
-        return hvd_ps.EASGD(spec["period"], spec["alpha"], overlap=overlap)
+        return hvd_ps.EASGD(spec["period"], spec["alpha"], mode=mode, overlap=overlap)
     return hvd_ps.DiLoCo(
         period=spec["period"],
         outer_lr=spec["outer_lr"],
         momentum=spec["momentum"],
         nesterov=spec["nesterov"],
+        mode=mode,
         overlap=overlap,
     )
+
+
+def _step(net, trainer, rank, t):
+    """One step with this rank's reference gradient (a loss ``sum(p * g)``)."""
+    import mxnet as mx
+
+    w, b = net.weight.data().asnumpy(), net.bias.data().asnumpy()
+    gw, gb = wref.grad32(w, b, rank, t)
+    with mx.autograd.record():
+        loss = (net.weight.data() * mx.nd.array(gw)).sum()
+        loss = loss + (net.bias.data() * mx.nd.array(gb)).sum()
+    loss.backward()
+    trainer.step(1)
 
 
 def _bounds(rt, size):
@@ -89,7 +123,6 @@ def _flat(net):
 @pytest.mark.parametrize("case", list(CASES))
 def test_compressed_wire_matches_numpy_reference_bit_for_bit(rt, wire_client, case):
     import horovod.mxnet as hvd
-    import mxnet as mx
 
     import hvd_ps
 
@@ -106,13 +139,7 @@ def test_compressed_wire_matches_numpy_reference_bit_for_bit(rt, wire_client, ca
     gid = hvd_ps.group_id()
     before = trainer.stats()  # the client's counters are the job's, over every trainer
     for t in range(1, steps + 1):
-        w, b = net.weight.data().asnumpy(), net.bias.data().asnumpy()
-        gw, gb = wref.grad32(w, b, hvd.rank(), t)
-        with mx.autograd.record():  # a loss whose gradient is exactly (gw, gb)
-            loss = (net.weight.data() * mx.nd.array(gw)).sum()
-            loss = loss + (net.bias.data() * mx.nd.array(gb)).sum()
-        loss.backward()
-        trainer.step(1)
+        _step(net, trainer, hvd.rank(), t)
         got = _flat(net)
         np.testing.assert_array_equal(got, want[t - 1]["x"][gid], err_msg=f"{case}, step {t}")
     with trainer.global_model():
@@ -131,3 +158,39 @@ def test_compressed_wire_matches_numpy_reference_bit_for_bit(rt, wire_client, ca
         state_bytes = 3 * 4 * (ref.OUT * ref.IN + ref.OUT)
         assert pushed >= pushes * part and pulled >= pushes * part
         assert pushed + pulled <= 2 * pushes * part + state_bytes
+
+
+@pytest.mark.mpi(min_size=1)
+@pytest.mark.parametrize("case", list(ASYNC_CASES))
+def test_async_compressed_wire_matches_numpy_reference_bit_for_bit(rt, async_wire_client, case):
+    """Async: the groups take their turns in group order at every step (each leader's
+    exchange, its reply included, done before a barrier of all ranks lets the next group
+    step), so the servers see the reference's order of pushes."""
+    import horovod.mxnet as hvd
+    import mxnet as mx
+
+    import hvd_ps
+
+    spec, steps = ASYNC_CASES[case]
+    groups = [list(m) for m in rt.topo.groups]
+    bits, bounds = _bounds(rt, ref.OUT * ref.IN + ref.OUT)
+    want = wref.run_async(spec, groups, steps, LR, bits, rt.cfg.settings.wire_block, bounds)
+    net = reference_net(f"awire_{case.replace('-', '_')}")
+    hvd_ps.broadcast_parameters(net.collect_params())
+    trainer = hvd_ps.DistributedTrainer(
+        net.collect_params(), "sgd", {"learning_rate": LR}, sync=_strategy(spec, "async")
+    )
+    with trainer.global_model():  # the set-up (collective over all ranks) first
+        pass
+    gid = hvd_ps.group_id()
+    for t in range(1, steps + 1):
+        for turn in range(rt.topo.num_groups):
+            if turn == gid:
+                _step(net, trainer, hvd.rank(), t)
+            mx.nd.waitall()  # the push and the pull of its reply are done
+            hvd.allreduce(mx.nd.zeros((1,)), name=f"awire.{case}.{t}.{turn}").wait_to_read()
+        got = _flat(net)
+        np.testing.assert_array_equal(got, want[t - 1]["x"][gid], err_msg=f"{case}, step {t}")
+    with trainer.global_model():
+        np.testing.assert_array_equal(_flat(net), want[-1]["global"], err_msg=f"{case}: global")
+    np.testing.assert_array_equal(_flat(net), want[-1]["final"][gid], err_msg=f"{case}: final")
