@@ -171,7 +171,9 @@ class CopyState(Rule):
 class WireState(Rule):
     """A compressed shard's state (:class:`hvd_ps.ps.protocol.WireState`): the float32
     ``state`` under the rule ``inner``, the shadows of the leaders' copies, and the round a
-    sync shard is gathering. Its wire keys' rules (:class:`WireKey`) apply pushes here."""
+    sync shard is gathering. Its wire keys' rules (:class:`WireKey`) apply pushes here.
+    Checkpoints read and write the state, the shadows and the inner rule's state
+    (:meth:`leaves`); after a load each group's next push sets its sequence anew."""
 
     def __init__(self, record: protocol.WireState, key: int, rule_of: RuleOf) -> None:
         super().__init__(record, key, rule_of)
@@ -184,15 +186,17 @@ class WireState(Rule):
         self.shadow: Dict[int, Any] = {}
         #: per group, the sequence of its last push applied
         self.seq: Dict[int, int] = {}
+        self.resync = False  # after a checkpoint's load: a group's next push sets its sequence
         self.pending: Dict[int, Any] = {}  # sync: the round's decoded pushes
         self.rounds = 0
+
+    def _groups(self) -> List[int]:
+        return [-1] if self.record.mode == "sync" else list(range(self.record.groups))
 
     def update(self, g: Any, w: Any) -> None:
         if self.state is None:  # the first push: w holds the initial value (kv.init's)
             self.state = w.copy()
-            start = self.state.asnumpy()
-            groups = [-1] if self.record.mode == "sync" else range(self.record.groups)
-            self.shadow = {i: start.copy() for i in groups}
+            self.shadow = {i: w.copy() for i in self._groups()}
         else:  # later pushes read the state (the global model) through w
             w[:] = self.state
 
@@ -207,6 +211,8 @@ class WireState(Rule):
             raise codec.WireError(f"group {sender} pushed to the wire key of group {wire.group}")
         if not 0 <= sender < r.groups:
             raise codec.WireError(f"sender {sender} is not one of the {r.groups} groups")
+        if self.resync and sender not in self.seq:
+            self.seq[sender] = head.seq - 1
         expected = self.seq.get(sender, 0) + 1
         if head.seq != expected:
             raise codec.WireError(
@@ -229,17 +235,30 @@ class WireState(Rule):
             self._step(total, -1, self.rounds, w)
 
     def _step(self, arrived: Any, group: int, seq: int, w: Any) -> None:
-        r = self.record
-        self.inner.update(self.mx.nd.array(arrived, dtype=np.float32), self.state)
+        r, nd = self.record, self.mx.nd
+        self.inner.update(nd.array(arrived, dtype=np.float32), self.state)
         shadow = self.shadow[group]
-        part, sent = codec.encode(
-            self.state.asnumpy() - shadow, r.bits, r.block, protocol.SERVERS, seq
-        )
-        shadow += sent
+        change = (self.state - shadow).asnumpy()
+        part, sent = codec.encode(change, r.bits, r.block, protocol.SERVERS, seq)
+        shadow += nd.array(sent, dtype=np.float32)
         w[:] = part.view(np.float32)
 
     def leaves(self, like: Any) -> List[Any]:
-        raise ValueError("checkpoints of a compressed wire are not supported yet")
+        if self.state is None:
+            raise ValueError("its state was never set (no leader pushed to it)")
+        shadows = [self.shadow[i] for i in self._groups()]
+        return [self.state] + shadows + list(self._inner_leaves())
+
+    def _inner_leaves(self) -> List[Any]:
+        try:
+            return self.inner.leaves(self.state)
+        except ValueError:  # a rule that keeps no state (add)
+            return []
+
+    def loaded(self, count: int) -> None:
+        self.inner.loaded(count)
+        self.rounds = count if self.record.mode == "sync" else 0
+        self.seq, self.resync, self.pending = {}, True, {}
 
 
 class WireKey(Rule):

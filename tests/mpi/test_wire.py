@@ -194,3 +194,106 @@ def test_async_compressed_wire_matches_numpy_reference_bit_for_bit(rt, async_wir
     with trainer.global_model():
         np.testing.assert_array_equal(_flat(net), want[-1]["global"], err_msg=f"{case}: global")
     np.testing.assert_array_equal(_flat(net), want[-1]["final"][gid], err_msg=f"{case}: final")
+
+
+RESUME = {  # case: the step after which the run saves (overlapped: with an exchange in flight)
+    "GradientPush": 2,
+    "ModelAverage": 4,
+    "EASGD": 3,
+    "DiLoCo": 4,
+    "ModelAverage-overlap": 4,
+    "EASGD-overlap": 4,
+    "DiLoCo-overlap": 4,
+}
+
+
+def _shared_path(tag):
+    import tempfile
+
+    import horovod.mxnet as hvd
+
+    folder = tempfile.mkdtemp(prefix="hvd_ps-wire-") if hvd.rank() == 0 else None
+    folder = hvd.broadcast_object(folder, root_rank=0, name=f"wire.dir.{tag}")
+    return os.path.join(folder, f"{tag}.hvdps")
+
+
+@pytest.mark.mpi(min_size=1)
+@pytest.mark.parametrize("case", list(RESUME))
+def test_a_resumed_compressed_run_equals_the_uninterrupted_one(rt, wire_client, case):
+    """Save after step k (with an overlapped exchange in flight), go on in the same job (the
+    save changes nothing), and resume a new trainer from the file: both equal the
+    uninterrupted reference bit for bit, residuals, copies and servers' state included."""
+    import horovod.mxnet as hvd
+
+    import hvd_ps
+
+    spec, steps = CASES[case]
+    k = RESUME[case]
+    groups = [list(m) for m in rt.topo.groups]
+    bits, bounds = _bounds(rt, ref.OUT * ref.IN + ref.OUT)
+    want = wref.run(spec, groups, steps, LR, bits, rt.cfg.settings.wire_block, bounds)
+    gid, tag = hvd_ps.group_id(), f"rwire_{case.replace('-', '_')}"
+    path = _shared_path(tag)
+    for resumed in (False, True):
+        net = reference_net(tag, shifted=resumed)  # shifted: only the checkpoint is right
+        trainer = hvd_ps.DistributedTrainer(
+            net.collect_params(), "sgd", {"learning_rate": LR}, sync=_strategy(spec)
+        )
+        if resumed:
+            trainer.load_checkpoint(path)
+        else:
+            hvd_ps.broadcast_parameters(net.collect_params())
+        for t in range(k + 1 if resumed else 1, steps + 1):
+            _step(net, trainer, hvd.rank(), t)
+            if t == k and not resumed:
+                trainer.save_checkpoint(path)
+            what = f"{case}, {'resumed' if resumed else 'saved and went on'}, step {t}"
+            np.testing.assert_array_equal(_flat(net), want[t - 1]["x"][gid], err_msg=what)
+        with trainer.global_model():
+            np.testing.assert_array_equal(_flat(net), want[-1]["global"], err_msg=f"{case}")
+
+
+ASYNC_RESUME = {"GradientPush": 2, "EASGD": 4, "DiLoCo": 4, "EASGD-overlap": 4, "DiLoCo-overlap": 5}
+
+
+@pytest.mark.mpi(min_size=1)
+@pytest.mark.parametrize("case", list(ASYNC_RESUME))
+def test_a_resumed_async_compressed_run_equals_the_uninterrupted_one(rt, async_wire_client, case):
+    """As the sync test, in async mode with the groups taking their turns (per-group shadows
+    and sequences, delayed Nesterov's cycle, an exchange in flight)."""
+    import horovod.mxnet as hvd
+    import mxnet as mx
+
+    import hvd_ps
+
+    spec, steps = ASYNC_CASES[case]
+    k = ASYNC_RESUME[case]
+    groups = [list(m) for m in rt.topo.groups]
+    bits, bounds = _bounds(rt, ref.OUT * ref.IN + ref.OUT)
+    want = wref.run_async(spec, groups, steps, LR, bits, rt.cfg.settings.wire_block, bounds)
+    gid, tag = hvd_ps.group_id(), f"rawire_{case.replace('-', '_')}"
+    path = _shared_path(tag)
+    for resumed in (False, True):
+        net = reference_net(tag, shifted=resumed)
+        trainer = hvd_ps.DistributedTrainer(
+            net.collect_params(), "sgd", {"learning_rate": LR}, sync=_strategy(spec, "async")
+        )
+        if resumed:
+            trainer.load_checkpoint(path)
+        else:
+            hvd_ps.broadcast_parameters(net.collect_params())
+            with trainer.global_model():  # the set-up (collective over all ranks) first
+                pass
+        for t in range(k + 1 if resumed else 1, steps + 1):
+            for turn in range(rt.topo.num_groups):
+                if turn == gid:
+                    _step(net, trainer, hvd.rank(), t)
+                mx.nd.waitall()
+                name = f"rawire.{case}.{resumed}.{t}.{turn}"
+                hvd.allreduce(mx.nd.zeros((1,)), name=name).wait_to_read()
+            if t == k and not resumed:
+                trainer.save_checkpoint(path)
+            what = f"{case}, {'resumed' if resumed else 'saved and went on'}, step {t}"
+            np.testing.assert_array_equal(_flat(net), want[t - 1]["x"][gid], err_msg=what)
+        with trainer.global_model():
+            np.testing.assert_array_equal(_flat(net), want[-1]["global"], err_msg=f"{case}")

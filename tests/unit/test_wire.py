@@ -180,7 +180,7 @@ def test_a_sync_round_sums_in_group_order_and_replies_with_the_shadows_change():
     np.testing.assert_array_equal(
         change, codec.encode(srv.rules[0].state.asnumpy() - x0, 8, 128, protocol.SERVERS, 1)[1]
     )
-    np.testing.assert_array_equal(srv.rules[0].shadow[-1], x0 + change)
+    np.testing.assert_array_equal(srv.rules[0].shadow[-1].asnumpy(), x0 + change)
 
 
 def test_async_pushes_reply_against_each_groups_own_shadow():
@@ -195,8 +195,8 @@ def test_async_pushes_reply_against_each_groups_own_shadow():
     _, db = codec.decode(reply_b, 4, 128, n)
     np.testing.assert_array_equal(da, codec.encode(a[1], 4, 128, 0, 1)[1])
     np.testing.assert_array_equal(db, codec.encode(a[1] + b[1], 4, 128, 0, 1)[1])
-    np.testing.assert_array_equal(srv.rules[0].shadow[0], da)
-    np.testing.assert_array_equal(srv.rules[0].shadow[1], db)
+    np.testing.assert_array_equal(srv.rules[0].shadow[0].asnumpy(), da)
+    np.testing.assert_array_equal(srv.rules[0].shadow[1].asnumpy(), db)
 
 
 @pytest.mark.parametrize(

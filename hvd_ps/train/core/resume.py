@@ -19,12 +19,16 @@ array                                  what it is
 ``group<g>/param/<name>``              the group's parameters (equal on its members)
 ``group<g>/opt/<index>/<leaf>``        the local optimizer's state of parameter ``index``
 ``group<g>/start/<i>``                 DiLoCo: the group's ``x_start``
+``group<g>/wire/<i>/<shadow|residual>``  a compressed wire: the leader's copy of the servers'
+                                       state and its residual
 ``group<g>/flight/<i>/<snap|pulled|out>``  an overlapped exchange in flight: the snapshot
                                        ``x_t``, what the PS returned, what was pushed
 ``ps/<i>``                             the value of the PS key (the centre, the sum of a round,
                                        the servers' weights)
 ``ps/<i>/state/<leaf>``                the servers' state of the key: DiLoCo's outer momentum,
-                                       GradientPush's optimizer state
+                                       GradientPush's optimizer state; on a compressed wire
+                                       the state, the shadows and the rule's state of every
+                                       shard of the bucket, laid end to end
 =====================================  ===========================================================
 
 The PS keys are shared out among the leaders by size (:func:`_owned`), so each leader pulls
@@ -141,6 +145,8 @@ def _signature(fe: FrontEnd) -> Dict[str, Any]:
         "params": [[p.name, list(p.data.shape), np.dtype(p.data.dtype).name] for p in trained],
         "wire": sched.wire_dtype,
     }
+    if sched.wire_dtype in ("int8", "int4"):  # the blocks the codes were made in
+        out["wire_block"] = job.cfg.settings.wire_block
     if sched.buckets is not None:
         out["buckets"] = [[index[id(a)] for a in b.params.arrays] for b in sched.all()]
     else:  # the plan the schedule will make (checked again once it has)
@@ -200,6 +206,15 @@ def _pull_ps(fe: FrontEnd) -> List[Tuple[str, Any]]:
         mx.nd.waitall()  # a push is done once the servers answer (in sync mode: its round)
     client.barrier("checkpoint: every leader's pushes applied")
     out = []
+    if sched.wire_io is not None:  # a compressed wire: the shards' state, bucket by bucket
+        for b, ch in zip(buckets, sched.wire_io.channels):
+            value = mx.nd.empty((b.params.size,), dtype="float32")
+            leaves = [mx.nd.empty((b.params.size,), dtype="float32") for _ in range(ch.leaves())]
+            ch.save_state(value, leaves, b.index in mine)
+            if b.index in mine:
+                out.append((f"ps/{b.index}", value))
+                out += [(f"ps/{b.index}/state/{i}", a) for i, a in enumerate(leaves)]
+        return out
     for b in buckets:
         if b.index in mine:
             value = mx.nd.empty(b.pulled.shape, dtype=b.pulled.dtype)
@@ -246,6 +261,7 @@ def _save_leader(fe: FrontEnd, path: str, g: int) -> Tuple[Any, Dict[str, Any], 
     client = sched.client()
     flight = sched.flight_arrays()
     if flight:  # kept in flight: applied at its step after a resume
+        sched.settle_flight()  # a compressed sync wire pulls its reply now
         client.wait([b.pulled for b in sched.all()], "checkpoint: the exchange in flight")
     info = {"group": g, "exchanges": sched.state().exchanges, **fe.optimizer_counts()}
     # MXNet's dist KVStore pulls a key into the CPU array pushed to it last (its comm_buf_,
@@ -380,12 +396,20 @@ def _load_leader(fe: FrontEnd, arrays: Dict[str, Host], meta: Dict[str, Any], g:
     own = {**sched.state_arrays(), **sched.flight_arrays()}
     for name, target in own.items():
         target[:] = mx.nd.array(arrays[f"group{g}/{name}"], dtype=target.dtype)
-    leaves = len(sched.bound().rule.state_layout())
-    if not leaves:
-        return
     per_group = meta["per_group"].values()
     rounds = [int(v["exchanges"]) for v in per_group]
     count = max(rounds) if meta["mode"] == "sync" else sum(rounds)
+    if sched.wire_io is not None:  # a compressed wire: the shards' state, bucket by bucket
+        loaded = []
+        for b, ch in zip(sched.all(), sched.wire_io.channels):
+            values = [arrays[f"ps/{b.index}/state/{i}"] for i in range(ch.leaves())]
+            loaded += ch.load_state(values, count)
+        sched.client().wait(loaded, "checkpoint: copying the state into the servers")
+        sched.client().barrier("checkpoint: every leader's copy of the servers' state loaded")
+        return
+    leaves = len(sched.bound().rule.state_layout())
+    if not leaves:
+        return
     rules = []
     for b in sched.all():
         for leaf in range(leaves):

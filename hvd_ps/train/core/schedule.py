@@ -128,6 +128,7 @@ class Schedule:
         self.ps_wait_s = 0.0
         #: the compressed wire's buckets (leaders of an int8/int4 trainer), else None
         self.wire_io: Optional[Wire] = None
+        self.wire_pulled = False  # the reply of the exchange in flight is in the copy already
 
     @property
     def wire(self) -> Optional[str]:
@@ -164,6 +165,7 @@ class Schedule:
         self.exchanges, self.pending, self.launched = state.exchanges, state.pending, state.launched
         if self.pending is not None:
             self.rt.in_flight.add(self)
+            self.wire_pulled = True  # a checkpoint holds the reply in the copy it saved
 
     def flight_arrays(self) -> Dict[str, Any]:
         """A leader's arrays of the exchange in flight, by name (``flight/<i>/<part>``): the
@@ -178,8 +180,25 @@ class Schedule:
 
     def state_arrays(self) -> Dict[str, Any]:
         """The arrays the strategy's exchange keeps between exchanges (DiLoCo's ``x_start``),
-        by name (``start/<i>``)."""
-        return self.bound().state_arrays()
+        by name (``start/<i>``); on a compressed wire also each bucket's copy of the servers'
+        state and residual (``wire/<i>/shadow``, ``wire/<i>/residual``)."""
+        out = dict(self.bound().state_arrays())
+        if self.wire_io is not None:
+            for b, ch in zip(self.all(), self.wire_io.channels):
+                out[f"wire/{b.index}/shadow"] = ch.shadow
+                out[f"wire/{b.index}/residual"] = ch.residual
+        return out
+
+    def settle_flight(self) -> None:
+        """Leader, compressed sync wire: pull the reply of the exchange in flight now (a
+        checkpoint keeps it; it is applied at its step as before)."""
+        if self.wire_io is None or self.pending is None or self.wire_pulled:
+            return
+        self.wire_pulled = True
+        if self.wire_io.mode == "sync" and self.refused is None:
+            self.wire_io.settle("checkpoint: the exchange in flight")
+            for ch in self.wire_io.channels:
+                ch.pull(self.exchanges)
 
     def companion_key(self, b: Bucket, leaf: int, rule: protocol.CopyState, initial: Any) -> int:
         """The PS key that carries bucket ``b``'s server-state array ``leaf`` to or from the
@@ -300,6 +319,7 @@ class Schedule:
             for b in self.all():
                 b.params.pack(out=b.snap)
             self.refused = self._refusal(t, [b.snap for b in self.all()])
+            self.wire_pulled = False
             if self.wire_io is not None and self.refused is None:
                 self._wire_push(self.exchanges + 1, blocking=False)
             for b in self.all() if self.refused is None and self.wire_io is None else []:
@@ -362,7 +382,7 @@ class Schedule:
         """Compressed wire: (sync) the round's barrier and the pulls, then the wait, then the
         strategy applies the servers' reply."""
         assert self.wire_io is not None
-        if self.wire_io.mode == "sync":
+        if self.wire_io.mode == "sync" and not (self.wire_pulled and not blocking):
             self.wire_io.settle(what)
             for ch in self.wire_io.channels:
                 ch.pull(seq)

@@ -19,7 +19,7 @@ In async mode the servers answer a push at once, so the pull is queued right beh
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, Dict, List, Tuple
 
 import mxnet as mx
 import numpy as np
@@ -66,8 +66,13 @@ class Channel:
         # may convert any other dtype)
         self.sent = mx.nd.zeros((self.codec.nbytes // 4,), dtype="float32")
         self.reply = mx.nd.zeros((self.codec.nbytes // 4,), dtype="float32")
+        self.name = name
         self.state_keys: List[int] = []
         self.wire_keys: List[int] = []  # this leader's, per shard
+        self.records: List[protocol.WireState] = []
+        self.shard_servers: List[int] = []
+        #: checkpoints' companion keys: (shard, leaf) -> (key, the rule it was last given)
+        self.companions: Dict[Tuple[int, int], Tuple[int, protocol.CopyState]] = {}
         self.servers = client.num_servers
         offs = [o // 4 for o in self.codec.offsets]  # in float32 elements
         self.views = [(offs[j], offs[j + 1]) for j in range(len(cut))]
@@ -77,6 +82,8 @@ class Channel:
             record = protocol.WireState(inner, self.bits, self.block, groups, mode, hi - lo)
             state = client.register(f"{name}.{j}", initial[lo:hi], record, server=server)
             self.state_keys.append(state)
+            self.records.append(record)
+            self.shard_servers.append(server)
             part = codec.empty_reply(hi - lo, self.bits, self.block)
             empty = mx.nd.array(part.view(np.float32), dtype="float32")
             senders = [-1] if mode == "sync" else list(range(groups))
@@ -112,6 +119,58 @@ class Channel:
         for key, (a, b) in zip(self.wire_keys, self.views):
             self.client.exchange(key, None, self.reply[a:b], wait=False)
         self.codec.decode_add(self.shadow, self.reply, seq)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def leaves(self) -> int:
+        """How many state arrays each shard's servers keep (their state, the shadows, the
+        inner rule's state): :class:`hvd_ps.ps.protocol.WireState`'s layout."""
+        return len(self.records[0].state_layout())
+
+    def _companion(self, j: int, leaf: int, rule: protocol.CopyState, initial: Any) -> int:
+        """The key that carries shard ``j``'s state array ``leaf`` (on that shard's server),
+        registered with ``initial`` on first use, commanded again when its rule changes."""
+        known = self.companions.get((j, leaf))
+        if known is None:
+            name = f"{self.name}.{j}.state{leaf}"
+            key = self.client.register(name, initial, rule, server=self.shard_servers[j])
+        else:
+            key = known[0]
+            if known[1] != rule:
+                self.client.command(key, rule)
+        self.companions[(j, leaf)] = (key, rule)
+        return key
+
+    def save_state(self, value: Any, leaves: List[Any], mine: bool) -> None:
+        """Queue the pulls of the servers' state into ``value`` and of each state array into
+        ``leaves`` (bucket-sized float32 arrays): pushes to companion keys make the servers
+        copy them there. Every leader calls it (the keys are registered in the same order);
+        only the one that writes them (``mine``) pushes and pulls."""
+        if mine:
+            self.read_state(value, value)
+        for leaf in range(self.leaves()):
+            for j, (key, (lo, hi)) in enumerate(zip(self.state_keys, self.cut)):
+                zeros = mx.nd.zeros((hi - lo,), dtype="float32")
+                companion = self._companion(j, leaf, protocol.CopyState(key, leaf), zeros)
+                if mine:
+                    self.client.push(companion, zeros)
+                    self.client.exchange(companion, None, leaves[leaf][lo:hi], wait=False)
+
+    def load_state(self, leaves: List[Any], count: int) -> List[Any]:
+        """Copy each state array (bucket-sized numpy arrays, in layout order) into the
+        servers; ``count`` is how many exchanges the shards' rules have seen. Returns what to
+        wait for."""
+        pushed = []
+        for leaf, value in enumerate(leaves):
+            for j, (key, (lo, hi)) in enumerate(zip(self.state_keys, self.cut)):
+                initial = mx.nd.array(value[lo:hi], dtype="float32")
+                rule = protocol.CopyState(key, leaf, load=True, count=count)
+                companion = self._companion(j, leaf, rule, initial)
+                zeros = mx.nd.zeros((hi - lo,), dtype="float32")
+                self.client.push(companion, zeros)
+                out = mx.nd.zeros((hi - lo,), dtype="float32")
+                self.client.exchange(companion, None, out, wait=False)
+                pushed.append(out)
+        return pushed
 
     def read_state(self, out: Any, scratch: Any) -> None:
         """The servers' state (the global model, float32) into ``out``: a push to each state
