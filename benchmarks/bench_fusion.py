@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hvd_ps.train.core.fusion import _LIB, FusedBuffer  # noqa: E402
+from hvd_ps.train.core.fusion import _LIB, FusedBuffer, WireCodec  # noqa: E402
 
 Shape = Tuple[int, ...]
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -75,6 +75,16 @@ def timed(fn: Callable[[], None]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def _wire(size: int, bits: int, threads: int) -> WireCodec:
+    """The wire codec of a bucket of ``size`` floats, cut as hvd_ps cuts it for one server:
+    reply headers with sequence 1 (so decode_add accepts what encode wrote)."""
+    from hvd_ps.ps import protocol
+
+    limit = protocol.shard_limit(bits, 128, 1_000_000)
+    cut = protocol.shards(size, 128, limit, 1)
+    return WireCodec([0] + [hi for _, hi in cut], bits, 128, threads)
 
 
 def bench_list(name: str, shapes: List[Shape], repeats: int, threads: int) -> Dict:
@@ -141,6 +151,36 @@ def bench_list(name: str, shapes: List[Shape], repeats: int, threads: int) -> Di
         ("naive axpby pack+unpack", 2, naive_axpby_unpack),
         ("fused elastic", 1, lambda: buf.elastic(ref, 0.1, out=out).wait_to_read()),
     ]
+    # the compressed wire: encode (with the residual) and decode, on shards of one server's
+    # size, and an exchange's whole leader-side work (DiLoCo's pseudo-gradient, then encode)
+    for bits in (8, 4):
+        wire = _wire(buf.size, bits, threads)
+        sent = mx.nd.zeros((wire.nbytes // 4,))
+        residual = mx.nd.zeros((buf.size,))
+        methods += [
+            (
+                f"wire encode int{bits} (+ residual)",
+                1,
+                lambda w=wire, s=sent, r=residual: (
+                    w.encode(out, r, s, 0xFFFF, 1),
+                    s.wait_to_read(),
+                ),
+            ),
+            (
+                f"wire decode_add int{bits}",
+                1,
+                lambda w=wire, s=sent: (w.decode_add(out, s, 1), out.wait_to_read()),
+            ),
+            (
+                f"DiLoCo push, int{bits}: pack_axpby + encode",
+                1,
+                lambda w=wire, s=sent, r=residual: (
+                    buf.pack_axpby(ref, -1.0, 1.0, out=out),
+                    w.encode(out, r, s, 0xFFFF, 1),
+                    s.wait_to_read(),
+                ),
+            ),
+        ]
     times: Dict[str, List[float]] = {m: [] for m, _, _ in methods}
     for _, _, fn in methods:  # warm-up: page in every buffer, start the pools
         fn()

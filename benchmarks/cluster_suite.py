@@ -35,9 +35,12 @@ every run trains all ``--epochs``, so that the final accuracy of an overlapped r
 with its blocking twin's): these runs follow the throughput runs in the same shared job
 (of the last repeat). ``--no-throughput`` runs only these. Every job runs with
 ``OMP_NUM_THREADS=1`` and ``OMPI_MCA_mpi_yield_when_idle=1`` (more ranks than cores).
-``--wire float16`` sends hvd_ps's exchanges in float16 and, for a fair peer, compresses
-Horovod's allreduce to float16 too (``hvd.Compression.fp16``); MXNet's stock KVStore has no
-float16 wire, so dist_sync sends float32 either way.
+``--wire float16|int8|int4`` sends hvd_ps's exchanges in that format and, for fair peers,
+compresses Horovod's allreduce to float16 (``hvd.Compression.fp16``, its best) and, with
+``int8`` or ``int4``, dist_sync's gradients with MXNet's own 2-bit compression
+(``kv.set_gradient_compression({'type': '2bit', 'threshold': --twobit-threshold})``, through
+Gluon's ``Trainer(compression_params=...)``; it compresses the pushes only, the pulls stay
+float32). With ``float16`` dist_sync sends float32 (the stock KVStore has no float16 wire).
 
 Needs root. Writes ``--out``.json, .md and plots (``_efficiency.png``, ``_model.png``,
 ``_accuracy.png``) under benchmarks/results. Full run::
@@ -168,7 +171,9 @@ def job_spec(spec: Dict, args: argparse.Namespace) -> Dict:
     run = {k: spec[k] for k in ("name", "method", "period", "overlap")}
     mode = spec["mode"]
     run.update(mode=mode, batch=args.batch, seed=spec.get("seed", args.seed))
-    run["fp16_allreduce"] = spec["method"] == "horovod" and args.wire == "float16"
+    run["fp16_allreduce"] = spec["method"] == "horovod" and args.wire != "float32"
+    if spec["method"] == "dist_sync" and args.wire in ("int8", "int4"):
+        run["twobit_threshold"] = args.twobit_threshold
     if mode == "throughput":
         run.update(hidden=args.hidden, warmup=warmup_steps(args, spec), steps=spec["steps"],
                    eval=args.eval)  # fmt: skip
@@ -285,10 +290,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                     "and the spread (accuracy runs are not repeated)")  # fmt: skip
     ap.add_argument("--batch", type=int, default=32, help="per rank")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--wire", choices=("float32", "float16"), default="float32",
-                    help="HVD_PS_WIRE_DTYPE of every hvd_ps run; float16 also compresses "
-                    "Horovod's allreduce to float16 (hvd.Compression.fp16); dist_sync stays "
-                    "float32 (the stock KVStore has no float16 wire)")  # fmt: skip
+    ap.add_argument("--wire", choices=("float32", "float16", "int8", "int4"),
+                    default="float32",
+                    help="HVD_PS_WIRE_DTYPE of every hvd_ps run; any but float32 also "
+                    "compresses Horovod's allreduce to float16 (hvd.Compression.fp16), and "
+                    "int8/int4 dist_sync's pushes with MXNet's 2-bit compression")  # fmt: skip
+    ap.add_argument("--twobit-threshold", type=float, default=0.5,
+                    help="dist_sync's 2-bit compression threshold with --wire int8|int4 "
+                    "(MXNet's documentation uses 0.5)")  # fmt: skip
     ap.add_argument("--eval", action="store_true",
                     help="also evaluate the global model after each throughput window")  # fmt: skip
     ap.add_argument("--no-accuracy", action="store_true", help="skip time-to-accuracy")

@@ -177,7 +177,7 @@ class Job:
     params: int
     compute_s: float
     value_bytes: int = 4
-    wire_bytes: int = 4
+    wire_bytes: float = 4.0
     fwd_bwd_s: Optional[float] = None
 
 

@@ -9,10 +9,20 @@ from typing import Dict, List
 
 from benchmarks import model
 
-WIRE_BYTES = {"float32": 4, "float16": 2}
+#: bytes per parameter of each wire: the compressed ones carry a float32 scale per 128 values
+WIRE_BYTES = {"float32": 4.0, "float16": 2.0, "int8": 132 / 128, "int4": 68 / 128}
 #: the methods whose wire ``--wire`` sets: hvd_ps's (HVD_PS_WIRE_DTYPE) and Horovod's
 #: (float16 compression); the stock KVStore of dist_sync has no float16 wire
 WIRED = ("horovod", "gradient_push") + model.PERIODIC
+
+
+def wire_bytes(method: str, wire: str) -> float:
+    """Bytes per parameter a method's exchange carries under ``--wire``: hvd_ps's the wire's,
+    Horovod's float16 for any compressed wire, dist_sync's float32 (its 2-bit compression
+    shrinks only its pushes, which the cost model does not follow)."""
+    if method == "horovod":
+        return 4.0 if wire == "float32" else 2.0
+    return WIRE_BYTES[wire] if method in WIRED else 4.0
 
 
 def setup_s(ranks: List[Dict]) -> float | None:
@@ -43,7 +53,7 @@ def throughput_row(spec: Dict, got: Dict, hosts: int, rpn: int, link: str, args)
         "link": link,
         "params": ranks[0]["params"],
         "batch": args.batch,
-        "wire_bytes": WIRE_BYTES[args.wire] if spec["method"] in WIRED else 4,
+        "wire_bytes": wire_bytes(spec["method"], args.wire),
         "server_hosts": hosts,
         "step_s": step_s,
         "samples_per_s": hosts * rpn * args.batch / step_s,

@@ -57,8 +57,10 @@ RUN_DEFAULTS = {
     "name": None, "method": None, "mode": "throughput", "hidden": "4096,4096,2048",
     "period": 16, "overlap": 0, "warmup": 1, "steps": 16, "epochs": 12, "target": 0.95,
     "batch": 32, "lr": 0.1, "momentum": 0.9, "seed": 0, "eval": False,
-    # horovod: compress its allreduce to float16 (the peer of hvd_ps's float16 wire)
+    # horovod: compress its allreduce to float16 (the peer of hvd_ps's compressed wires)
     "fp16_allreduce": False,
+    # dist_sync: MXNet's 2-bit gradient compression with this threshold (None: none)
+    "twobit_threshold": None,
 }  # fmt: skip
 
 
@@ -162,7 +164,12 @@ class Job:
         optim = {"learning_rate": run.lr, "momentum": run.momentum}
         if run.method == "dist_sync":
             kv = mx.kv.create("dist_sync")  # MXNet's stock KVStore; servers started by the suite
-            return mx.gluon.Trainer(params, "sgd", optim, kvstore=kv)
+            compression = None
+            if run.twobit_threshold is not None:  # its documented 2-bit gradient compression
+                compression = {"type": "2bit", "threshold": run.twobit_threshold}
+            return mx.gluon.Trainer(
+                params, "sgd", optim, kvstore=kv, compression_params=compression
+            )
         import horovod.mxnet as hvd
 
         # A user's script broadcasts the initial parameters first (hvd.broadcast_parameters,

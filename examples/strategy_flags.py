@@ -1,5 +1,6 @@
 """The strategy flags the examples share: ``--sync``, ``--mode``, ``--period``, ``--alpha``,
-``--outer-lr``, ``--outer-momentum``, ``--group-size``; and the strategy they describe."""
+``--outer-lr``, ``--outer-momentum``, ``--group-size``, ``--wire``; and the strategy they
+describe."""
 
 from __future__ import annotations
 
@@ -36,6 +37,13 @@ def add(p: argparse.ArgumentParser, outer_momentum: float = 0.9, outer_lr: float
         help=f"DiLoCo outer (Nesterov) momentum (default {outer_momentum})",
     )
     p.add_argument("--group-size", type=int, default=None, help="ranks per group (default: host)")
+    p.add_argument(
+        "--wire",
+        choices=("float32", "float16", "int8", "int4"),
+        default=None,
+        help="the PS wire (default: HVD_PS_WIRE_DTYPE, else float32); int8 and int4 send "
+        "blockwise scaled codes with error feedback",
+    )
 
 
 def finish(args: argparse.Namespace) -> argparse.Namespace:
@@ -76,4 +84,7 @@ def make_trainer(args: argparse.Namespace, params, optim: dict):
     if isinstance(sync, hvd_ps.EASGD) and sync.alpha is None:  # say what the default became
         groups = hvd_ps.total_groups()  # of every job sharing the tier
         desc += f", alpha = 0.9 / {groups} groups = {sync.alpha_for(groups):g}"
-    return hvd_ps.DistributedTrainer(params, "sgd", optim, sync=sync), desc
+    if args.wire is not None:
+        desc += f", wire {args.wire}"
+    trainer = hvd_ps.DistributedTrainer(params, "sgd", optim, sync=sync, wire=args.wire)
+    return trainer, desc

@@ -24,6 +24,7 @@ ps-lite's exit barrier, so no group ever waits for one that died.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
@@ -69,6 +70,10 @@ class Client:
     keys: Dict[int, str] = field(default_factory=dict)
     stats: Stats = field(default_factory=Stats)
     lease: Optional[Lease] = None  # the place on the tier's roster, if it has one
+    #: MXNet's KVStore keeps its per-key buffers in maps without a lock: a compressed sync
+    #: wire pulls from a thread of its own while an overlapped exchange is in flight, so every
+    #: push and pull takes this lock
+    lock: Any = field(default_factory=threading.RLock)
     #: called after every wait: the trainer raises here what failed on MXNet's engine
     #: meanwhile (its fused ops), so a failed op is an error, never stale numbers
     after_wait: Optional[Callable[[], None]] = None
@@ -227,8 +232,9 @@ class Client:
     def push(self, key: int, value: Any) -> None:
         """Push ``value`` to ``key`` without waiting. A later pull of the key is ordered after
         it (and, in sync mode, after the round it belongs to closes)."""
-        self.kv.push(key, value)
-        self.stats.bytes_pushed += value.size * np.dtype(value.dtype).itemsize
+        with self.lock:
+            self.kv.push(key, value)
+            self.stats.bytes_pushed += value.size * np.dtype(value.dtype).itemsize
 
     def exchange(self, key: int, push: Optional[Any], pull: Any, wait: bool = True) -> None:
         """Push ``push`` (if given) to ``key``, then pull the key's value into ``pull``.
@@ -238,11 +244,12 @@ class Client:
         the wait for it. The pull is ordered after the push, and in sync mode the push
         completes only when its round closes.
         """
-        if push is not None:
-            self.push(key, push)
-        self.kv.pull(key, out=pull)
-        self.stats.bytes_pulled += pull.size * np.dtype(pull.dtype).itemsize
-        self.stats.exchanges += 1
+        with self.lock:
+            if push is not None:
+                self.push(key, push)
+            self.kv.pull(key, out=pull)
+            self.stats.bytes_pulled += pull.size * np.dtype(pull.dtype).itemsize
+            self.stats.exchanges += 1
         if wait:
             self.wait([pull], f"PS exchange of key {key} ({self.keys.get(key)})")
 

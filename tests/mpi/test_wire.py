@@ -297,3 +297,35 @@ def test_a_resumed_async_compressed_run_equals_the_uninterrupted_one(rt, async_w
             np.testing.assert_array_equal(_flat(net), want[t - 1]["x"][gid], err_msg=what)
         with trainer.global_model():
             np.testing.assert_array_equal(_flat(net), want[-1]["global"], err_msg=f"{case}")
+
+
+@pytest.mark.mpi(min_size=1)
+@pytest.mark.parametrize("overlap", [0, 1])
+def test_nan_is_refused_before_anything_is_pushed(rt, wire_client, overlap):
+    """A NaN in the parameters fails the step on every rank with NonFiniteError, and nothing
+    reaches the servers: their state is still the one of the exchange before."""
+    import horovod.mxnet as hvd
+
+    import hvd_ps
+    from hvd_ps.errors import NonFiniteError
+
+    tag = f"nanwire{overlap}"
+    net = reference_net(tag)
+    hvd_ps.broadcast_parameters(net.collect_params())
+    sync = hvd_ps.ModelAverage(period=2, overlap=overlap)
+    trainer = hvd_ps.DistributedTrainer(
+        net.collect_params(), "sgd", {"learning_rate": LR}, sync=sync
+    )
+    for t in (1, 2):
+        _step(net, trainer, hvd.rank(), t)
+    with trainer.global_model():
+        before = _flat(net)
+    _step(net, trainer, hvd.rank(), 3)
+    net.weight.data()[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="NaN or inf"):
+        _step(net, trainer, hvd.rank(), 4)
+        if overlap:
+            _step(net, trainer, hvd.rank(), 5)
+    with trainer.global_model():  # what the servers hold: still exchange 1's average
+        np.testing.assert_array_equal(_flat(net), before)
+    assert np.all(np.isfinite(before))

@@ -42,7 +42,7 @@ from .buckets import Bucket, plan_buckets
 from .fusion import FusedBuffer
 from .interfaces import Flat, Fuse, Group, Job, PSClient
 from .strategies import Exchange, ServerOptimizer, Strategy
-from .wire import Wire
+from .wire import Settler, Wire
 
 
 def wait_arrays(arrays: List[Any], what: str, timeout: float) -> None:
@@ -129,6 +129,7 @@ class Schedule:
         #: the compressed wire's buckets (leaders of an int8/int4 trainer), else None
         self.wire_io: Optional[Wire] = None
         self.wire_pulled = False  # the reply of the exchange in flight is in the copy already
+        self.settler: Optional[Settler] = None  # an overlapped sync round's barrier and pulls
 
     @property
     def wire(self) -> Optional[str]:
@@ -195,6 +196,8 @@ class Schedule:
         if self.wire_io is None or self.pending is None or self.wire_pulled:
             return
         self.wire_pulled = True
+        if self._join_settler():
+            return
         if self.wire_io.mode == "sync" and self.refused is None:
             self.wire_io.settle("checkpoint: the exchange in flight")
             for ch in self.wire_io.channels:
@@ -368,7 +371,9 @@ class Schedule:
 
     def _wire_push(self, seq: int, blocking: bool) -> None:
         """Compressed wire: what each bucket sends, encoded and pushed; in async mode the
-        servers answer at once, so the pulls of their replies are queued right behind."""
+        servers answer at once, so the pulls of their replies are queued right behind; an
+        overlapped sync exchange settles its round and pulls from a thread of its own
+        (:class:`~.wire.Settler`), so the training steps hide that too."""
         assert self.wire_io is not None
         run = self.bound()
         for b, ch in zip(self.all(), self.wire_io.channels):
@@ -377,12 +382,23 @@ class Schedule:
         if self.wire_io.mode == "async":
             for ch in self.wire_io.channels:
                 ch.pull(seq)
+        elif not blocking:
+            self.settler = Settler(self.wire_io, seq, f"PS exchange {seq} (sync round)")
+
+    def _join_settler(self) -> bool:
+        """Wait for the round the settler pulls (bounded); False if there was none."""
+        settler, self.settler = self.settler, None
+        if settler is None:
+            return False
+        settler.join()
+        return True
 
     def _wire_finish(self, client: PSClient, seq: int, what: str, blocking: bool) -> None:
-        """Compressed wire: (sync) the round's barrier and the pulls, then the wait, then the
-        strategy applies the servers' reply."""
+        """Compressed wire: (sync) the round's barrier and the pulls, unless a settler or a
+        checkpoint did them, then the wait, then the strategy applies the servers' reply."""
         assert self.wire_io is not None
-        if self.wire_io.mode == "sync" and not (self.wire_pulled and not blocking):
+        pulled = self._join_settler() or (self.wire_pulled and not blocking)
+        if self.wire_io.mode == "sync" and not pulled:
             self.wire_io.settle(what)
             for ch in self.wire_io.channels:
                 ch.pull(seq)
@@ -424,6 +440,8 @@ class Schedule:
         client = self.client()
         scale = self.bound().global_scale
         if self.wire_io is not None:  # the pushes and pulls of an exchange in flight stay
+            if self._join_settler():  # its round's pulls are queued, not yet applied
+                self.wire_pulled = True
             for b, ch, flat in zip(self.all(), self.wire_io.channels, self._peek()):
                 ch.read_state(flat, flat)
                 b.params.unpack(flat, alpha=scale)

@@ -19,7 +19,8 @@ In async mode the servers answer a push at once, so the pull is queued right beh
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+import threading
+from typing import Any, Dict, List, Optional, Tuple
 
 import mxnet as mx
 import numpy as np
@@ -205,13 +206,13 @@ class Wire:
         if self.client.ps_rank == 0:
             for ch, initial in zip(self.channels, initials):
                 ch.adopt(initial)
-            with deadline("adopting the compressed shards' state", self._timeout):
+            with deadline("adopting the compressed shards' state", self.timeout):
                 for initial in initials:
                     private_api.wait_to_write(initial)  # its pushes are done once answered
         self.client.barrier("compressed shards set up")
 
     @property
-    def _timeout(self) -> float:
+    def timeout(self) -> float:
         return float(self.client.cfg.settings.timeout)
 
     def settle(self, what: str) -> None:
@@ -219,7 +220,7 @@ class Wire:
         after it every shard has closed the round and holds its reply. Async: nothing."""
         if self.mode != "sync":
             return
-        with deadline(f"{what}: the servers' answer to this leader's pushes", self._timeout):
+        with deadline(f"{what}: the servers' answer to this leader's pushes", self.timeout):
             for ch in self.channels:
                 private_api.wait_to_write(ch.sent)  # its pushes are done once answered
         self.client.barrier(what)
@@ -227,3 +228,30 @@ class Wire:
     @property
     def bytes_per_exchange(self) -> int:
         return sum(ch.nbytes for ch in self.channels)
+
+
+class Settler:
+    """An overlapped sync exchange's :meth:`Wire.settle` and pulls of sequence ``seq``, on a
+    thread of its own: the leader's training steps go on while its round closes and the
+    replies come back; :meth:`join` (at the exchange's step) waits for it, within
+    ``HVD_PS_TIMEOUT``, and raises what failed there."""
+
+    def __init__(self, wire: Wire, seq: int, what: str) -> None:
+        self.wire, self.seq, self.what = wire, seq, what
+        self.error: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._run, name="hvd_ps-settle", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.wire.settle(self.what)
+            for ch in self.wire.channels:
+                ch.pull(self.seq)
+        except BaseException as err:  # raised again by join(), on the training thread
+            self.error = err
+
+    def join(self) -> None:
+        with deadline(f"{self.what}: the leaders' barrier and pulls", self.wire.timeout):
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
