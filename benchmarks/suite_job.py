@@ -64,6 +64,31 @@ RUN_DEFAULTS = {
 }  # fmt: skip
 
 
+class TwoBitTrainer:
+    """dist_sync with MXNet's 2-bit gradient compression, through the KVStore API it is
+    documented with (``kv.set_gradient_compression``, then ``push`` and ``pull``): Gluon's
+    Trainer of MXNet 1.9 exchanges dense gradients with ``pushpull``, which refuses
+    compression ("Compression not supported with PushPull"). The servers run the optimizer
+    (``kv.set_optimizer``), as Gluon's Trainer does for a dist KVStore."""
+
+    def __init__(self, params, optim: dict, kv, threshold: float, step_size: int) -> None:
+        self.kv = kv
+        self.params = [p for p in params.values() if p.grad_req != "null"]
+        kv.set_gradient_compression({"type": "2bit", "threshold": threshold})
+        kv.set_optimizer(mx.optimizer.SGD(rescale_grad=1.0 / step_size, **optim))
+        self.step_size = step_size
+        for i, p in enumerate(self.params):
+            kv.init(i, p.data())
+            kv.pull(i, out=p.data())  # every worker starts from rank 0's values
+
+    def step(self, batch_size: int) -> None:
+        if batch_size != self.step_size:
+            raise ValueError(f"TwoBitTrainer was made for steps of {self.step_size} samples")
+        for i, p in enumerate(self.params):
+            self.kv.push(i, p.grad(), priority=-i)
+            self.kv.pull(i, out=p.data(), priority=-i)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", required=True,
@@ -164,12 +189,9 @@ class Job:
         optim = {"learning_rate": run.lr, "momentum": run.momentum}
         if run.method == "dist_sync":
             kv = mx.kv.create("dist_sync")  # MXNet's stock KVStore; servers started by the suite
-            compression = None
-            if run.twobit_threshold is not None:  # its documented 2-bit gradient compression
-                compression = {"type": "2bit", "threshold": run.twobit_threshold}
-            return mx.gluon.Trainer(
-                params, "sgd", optim, kvstore=kv, compression_params=compression
-            )
+            if run.twobit_threshold is not None:
+                return TwoBitTrainer(params, optim, kv, run.twobit_threshold, self.step_size(run))
+            return mx.gluon.Trainer(params, "sgd", optim, kvstore=kv)
         import horovod.mxnet as hvd
 
         # A user's script broadcasts the initial parameters first (hvd.broadcast_parameters,

@@ -504,3 +504,47 @@ HVDPS_API int hvdps_wire_push(int kind, NDArrayHandle data, NDArrayHandle aux, N
                      threads);
   });
 }
+
+// The compressed wire on host memory, run on the calling thread (and the pool's helpers): the
+// servers' side, which has no engine to queue on.  kind 0 encodes `values` (plus `residual`
+// unless null, which it then updates) into `wire`; kind 1 adds the decoded `wire` to `values`
+// after checking that it is the servers' reply to exchange `seq`; kind 2 does the same for a
+// leader's push, of any sender and sequence (the caller checked its header).  Every part's
+// format, scales and codes are checked before anything is added.
+HVDPS_API int hvdps_wire_host(int kind, float* values, float* residual, uint8_t* wire,
+                              const int64_t* bounds, int nbounds, int bits, int block, int sender,
+                              uint32_t seq, int threads) {
+  return hvdps::guarded([&] {
+    using hvdps::Failure;
+    if (kind < 0 || kind > 2) throw Failure{hvdps::kBadArgument, "unknown wire op"};
+    if (bits != 8 && bits != 4) throw Failure{hvdps::kBadArgument, "bits must be 8 or 4"};
+    if (block < 8 || block > hvdps::kWireMaxBlock || block % 8 != 0) {
+      throw Failure{hvdps::kBadArgument, "block must be a multiple of 8, 8..32768"};
+    }
+    if (nbounds < 2 || bounds[0] != 0) {
+      throw Failure{hvdps::kBadArgument, "shard bounds must start at 0"};
+    }
+    if (values == nullptr || wire == nullptr) throw Failure{hvdps::kBadArgument, "null buffer"};
+    hvdps::WireSpec spec;
+    spec.bits = bits;
+    spec.block = block;
+    spec.bounds.assign(bounds, bounds + nbounds);
+    if (!hvdps::wire_layout(&spec)) {
+      throw Failure{hvdps::kBadArgument, "a shard is empty or too large"};
+    }
+    spec.sender = sender;
+    spec.seq = seq;
+    spec.threads = threads;
+    spec.wire = wire;
+    if (kind == 0) {
+      spec.src = values;
+      spec.residual = residual;
+      hvdps::wire_encode(spec);
+      return;
+    }
+    spec.shadow = values;
+    spec.any_sender = kind == 2;
+    const std::string why = hvdps::wire_decode_add(spec);
+    if (!why.empty()) throw Failure{hvdps::kBadArgument, why};
+  });
+}

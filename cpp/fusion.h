@@ -74,11 +74,12 @@ struct WireSpec {
   std::vector<int64_t> bounds;  // shard boundaries, bounds.front() == 0, bounds.back() == total
   std::vector<int64_t> offsets; // byte offset of each shard's part; offsets.back() == wire bytes
   float* src = nullptr;    // encode: what to send (float32), read
-  float* residual = nullptr;  // encode: the sender's residual, read and written
+  float* residual = nullptr;  // encode: the sender's residual, read and written (null: none)
   float* shadow = nullptr;    // decode: the copy the reply is added to, read and written
   uint8_t* wire = nullptr;
   int sender = 0;          // encode: the header's sender
   uint32_t seq = 0;        // encode: the header's sequence; decode: the sequence expected
+  bool any_sender = false; // decode: take any sender and sequence (a server reading a push)
   int threads = 0;
 };
 

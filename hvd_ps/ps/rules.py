@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Type
 import numpy as np
 
 from .. import private_api
-from . import codec, protocol
+from . import codec, protocol, wire_host
 
 #: finds the rule of another key on this server (None: it has none)
 RuleOf = Callable[[int], Optional["Rule"]]
@@ -205,7 +205,8 @@ class WireState(Rule):
         r = self.record
         if self.state is None:
             raise ValueError(f"a push to a wire key of shard {self.key} before its state key")
-        head, values = codec.decode(codec.as_bytes(received.asnumpy()), r.bits, r.block, r.n)
+        part = codec.as_bytes(received.asnumpy())
+        head = codec.read(part, r.bits, r.block, r.n)  # the header, before any block is read
         sender = head.sender
         if wire.group >= 0 and sender != wire.group:
             raise codec.WireError(f"group {sender} pushed to the wire key of group {wire.group}")
@@ -219,6 +220,8 @@ class WireState(Rule):
                 f"group {sender} pushed exchange {head.seq}, expected {expected} (a push "
                 "applied twice, or one lost)"
             )
+        values = np.zeros(r.n, np.float32)
+        wire_host.add_decoded(part, values, r.bits, r.block)  # checks every scale and code
         self.seq[sender] = head.seq
         if r.mode == "async":
             self._step(values, sender, head.seq, w)
@@ -238,9 +241,10 @@ class WireState(Rule):
         r, nd = self.record, self.mx.nd
         self.inner.update(nd.array(arrived, dtype=np.float32), self.state)
         shadow = self.shadow[group]
-        change = (self.state - shadow).asnumpy()
-        part, sent = codec.encode(change, r.bits, r.block, protocol.SERVERS, seq)
-        shadow += nd.array(sent, dtype=np.float32)
+        copy = shadow.asnumpy()
+        part = wire_host.encode(self.state.asnumpy() - copy, r.bits, r.block, protocol.SERVERS, seq)
+        wire_host.add_decoded(part, copy, r.bits, r.block, seq)  # as every leader adds it
+        shadow[:] = copy
         w[:] = part.view(np.float32)
 
     def leaves(self, like: Any) -> List[Any]:

@@ -49,15 +49,13 @@ Example::
 from __future__ import annotations
 
 import ctypes
-import importlib.machinery
-import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import mxnet as mx
 import numpy as np
 
-from ... import arguments, config
+from ... import arguments, config, native
 from ...errors import ConfigError, HvdPsError
 
 __all__ = ["FusedBuffer", "WireCodec", "check_engine_errors"]
@@ -75,29 +73,9 @@ POOL_SIZE = 2
 _UNREFERENCED = 3
 _CPU_DEVICES = ("cpu", "cpu_pinned", "cpu_shared")
 
-_BUILD_HINT = (
-    "hvd_ps: the fused-buffer op hvd_ps/_fusion*.so is not built. Build it in this environment "
-    "with `pip install --no-build-isolation -e .` (mxnet==1.9.1 installed first) or run "
-    "`bash scripts/test.sh`, which bootstraps everything."
-)
-
-
-def _library_path() -> str:
-    # setup.py builds the op as hvd_ps._fusion, at the package's root
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = os.path.join(here, "_fusion" + suffix)
-        if os.path.isfile(path):
-            return path
-    raise ImportError(_BUILD_HINT)
-
 
 def _load_library() -> ctypes.CDLL:
-    path = _library_path()
-    try:
-        lib = ctypes.CDLL(path)  # libmxnet.so is already loaded by `import mxnet`: shared
-    except OSError as err:
-        raise ImportError(f"{_BUILD_HINT} (loading {path} failed: {err})") from err
+    lib = native.load()  # libmxnet.so is already loaded by `import mxnet`: shared
     vp, i32, i64, f64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
     lib.hvdps_fusion_last_error.restype = ctypes.c_char_p
     lib.hvdps_fusion_last_error.argtypes = []
