@@ -312,11 +312,15 @@ void push(OpKind kind, NDArrayHandle* arrays, int n, NDArrayHandle flat, NDArray
 struct WireOp {
   WireSpec spec;
   bool encode = true;
-  NDArrayHandle data = nullptr;  // encode: src; decode: shadow
+  NDArrayHandle data = nullptr;  // encode: src (or the fused encode's ref); decode: shadow
   NDArrayHandle aux = nullptr;   // encode: residual
   NDArrayHandle wire = nullptr;
+  // the fused encode of alpha x + beta ref: x's arrays (pointers taken at push), optional out
+  std::vector<Segment> segments;
+  NDArrayHandle out = nullptr;
+  float alpha = 1.0f, beta = 0.0f;
   ~WireOp() {
-    for (NDArrayHandle h : {data, aux, wire}) {
+    for (NDArrayHandle h : {data, aux, wire, out}) {
       if (h != nullptr) MXNDArrayFree(h);
     }
   }
@@ -333,7 +337,15 @@ void run_wire_op(void* /*run_context*/, void* param) noexcept {
       throw Failure{kMXNetError, std::string("no data pointer: ") + MXGetLastError()};
     }
     op->spec.wire = static_cast<uint8_t*>(wire);
-    if (op->encode) {
+    if (op->encode && !op->segments.empty()) {
+      void* out = nullptr;
+      if (op->out != nullptr && MXNDArrayGetData(op->out, &out) != 0) {
+        throw Failure{kMXNetError, std::string("no data pointer: ") + MXGetLastError()};
+      }
+      op->spec.residual = static_cast<float*>(aux);
+      wire_encode_axpby(op->spec, op->segments, static_cast<const float*>(data), op->alpha,
+                        op->beta, static_cast<float*>(out));
+    } else if (op->encode) {
       op->spec.src = static_cast<float*>(data);
       op->spec.residual = static_cast<float*>(aux);
       wire_encode(op->spec);
@@ -368,8 +380,29 @@ void check_flat(NDArrayHandle h, const std::string& name, int dtype, int64_t siz
 
 void push_wire(bool encode, NDArrayHandle data, NDArrayHandle aux, NDArrayHandle wire,
                const int64_t* bounds, int nbounds, int bits, int block, int sender, uint32_t seq,
-               int threads) {
+               int threads, NDArrayHandle* arrays = nullptr, int narrays = 0,
+               NDArrayHandle out = nullptr, double alpha = 1.0, double beta = 0.0) {
   auto op = std::make_unique<WireOp>();
+  std::vector<NDArrayHandle> xs;  // the fused encode's arrays (read)
+  if (arrays != nullptr) {
+    const std::vector<ArrayInfo> infos = inspect_arrays(arrays, narrays);
+    int64_t total = 0;
+    for (int i = 0; i < narrays; ++i) {
+      if (infos[i].dtype != kFloat32) {
+        throw Failure{kBadArgument, "the fused encode takes float32 arrays only"};
+      }
+      if (arrays[i] == data || arrays[i] == aux || arrays[i] == wire || arrays[i] == out) {
+        throw Failure{kBadArgument, "an array of the buffer is also a flat operand"};
+      }
+      if (infos[i].size == 0) continue;
+      op->segments.push_back(Segment{infos[i].data, kFloat32, infos[i].size, total});
+      total += infos[i].size;
+      xs.push_back(arrays[i]);
+    }
+    if (op->segments.empty()) throw Failure{kBadArgument, "the buffer is empty"};
+    op->alpha = static_cast<float>(alpha);
+    op->beta = static_cast<float>(beta);
+  }
   WireSpec* spec = &op->spec;
   op->encode = encode;
   if (bits != 8 && bits != 4) throw Failure{kBadArgument, "bits must be 8 or 4"};
@@ -385,20 +418,28 @@ void push_wire(bool encode, NDArrayHandle data, NDArrayHandle aux, NDArrayHandle
   spec->seq = seq;
   spec->threads = threads;
   const int64_t total = spec->bounds.back();
-  check_flat(data, encode ? "src" : "shadow", kFloat32, total);
+  check_flat(data, encode ? (arrays != nullptr ? "ref" : "src") : "shadow", kFloat32, total);
+  if (arrays != nullptr && op->segments.back().offset + op->segments.back().size != total) {
+    throw Failure{kBadArgument, "the buffer's size differs from the shards' total"};
+  }
+  if (out != nullptr) check_flat(out, "out", kFloat32, total);
   // the parts travel as float32 elements (MXNet's servers take float arrays only)
   check_flat(wire, "wire", kFloat32, spec->offsets.back() / 4);
   if (encode) check_flat(aux, "residual", kFloat32, total);
-  if (data == wire || data == aux || aux == wire) {
+  if (data == wire || data == aux || aux == wire ||
+      (out != nullptr && (out == data || out == aux || out == wire))) {
     throw Failure{kBadArgument, "the wire op's arrays must be distinct"};
   }
   mx_check(MXShallowCopyNDArray(data, &op->data), "MXShallowCopyNDArray");
   mx_check(MXShallowCopyNDArray(wire, &op->wire), "MXShallowCopyNDArray");
   if (encode) mx_check(MXShallowCopyNDArray(aux, &op->aux), "MXShallowCopyNDArray");
+  if (out != nullptr) mx_check(MXShallowCopyNDArray(out, &op->out), "MXShallowCopyNDArray");
   std::vector<NDArrayHandle> reads, writes;
   if (encode) {
     reads = {data};
+    reads.insert(reads.end(), xs.begin(), xs.end());
     writes = {aux, wire};
+    if (out != nullptr) writes.push_back(out);
   } else {
     reads = {wire};
     writes = {data};
@@ -546,5 +587,19 @@ HVDPS_API int hvdps_wire_host(int kind, float* values, float* residual, uint8_t*
     spec.any_sender = kind == 2;
     const std::string why = hvdps::wire_decode_add(spec);
     if (!why.empty()) throw Failure{hvdps::kBadArgument, why};
+  });
+}
+
+// The fused encode: `alpha * x + beta * ref` (x the buffer's float32 `arrays`, ref a flat
+// array) plus `residual`, encoded into `wire` in one pass; that value also goes to `out`
+// unless it is null.  As hvdps_wire_push's encode otherwise.
+HVDPS_API int hvdps_wire_push_axpby(NDArrayHandle* arrays, int narrays, NDArrayHandle ref,
+                                    double alpha, double beta, NDArrayHandle residual,
+                                    NDArrayHandle wire, NDArrayHandle out, const int64_t* bounds,
+                                    int nbounds, int bits, int block, int sender, uint32_t seq,
+                                    int threads) {
+  return hvdps::guarded([&] {
+    hvdps::push_wire(true, ref, residual, wire, bounds, nbounds, bits, block, sender, seq,
+                     threads, arrays, narrays, out, alpha, beta);
   });
 }

@@ -94,6 +94,10 @@ inline int64_t wire_part_bytes(int64_t n, int bits, int block) {
 bool wire_layout(WireSpec* spec);
 // v = src + residual per block; codes and scales into the parts; residual = v - decoded.
 void wire_encode(const WireSpec& spec);
+// The same encode of `alpha * x + beta * ref` in one pass, x the float32 arrays of `segments`
+// laid out flat (their offsets rise); also writes that value to `out` unless it is null.
+void wire_encode_axpby(const WireSpec& spec, const std::vector<Segment>& segments,
+                       const float* ref, float alpha, float beta, float* out);
 // Checks every part's header (magic, version, bits, block, n, sender = servers, seq) and adds
 // its decoded values to the shadow.  Returns an empty string, or what was wrong (nothing
 // is added then).

@@ -55,7 +55,26 @@ static std::vector<int64_t> first_blocks(const WireSpec& spec) {
   return out;
 }
 
+// Elements [first, first + n) of the flat layout of `segments` (float32 arrays) into dst.
+static void gather(const std::vector<Segment>& segs, int64_t first, int64_t n, float* dst) {
+  auto it = std::upper_bound(segs.begin(), segs.end(), first,
+                             [](int64_t v, const Segment& s) { return v < s.offset + s.size; });
+  int64_t done = 0;
+  for (; it != segs.end() && done < n; ++it) {
+    const int64_t a = first + done - it->offset;
+    const int64_t m = std::min<int64_t>(n - done, it->size - a);
+    std::memcpy(dst + done, static_cast<const float*>(it->data) + a, m * sizeof(float));
+    done += m;
+  }
+}
+
 void wire_encode(const WireSpec& spec) {
+  wire_encode_axpby(spec, {}, nullptr, 1.0f, 0.0f, nullptr);
+}
+
+void wire_encode_axpby(const WireSpec& spec, const std::vector<Segment>& segments,
+                       const float* ref, float alpha, float beta, float* out) {
+  const bool fused = ref != nullptr;
   const std::vector<int64_t> fb = first_blocks(spec);
   const int64_t nblocks = fb.back();
   const int B = spec.block, bits = spec.bits;
@@ -67,6 +86,7 @@ void wire_encode(const WireSpec& spec) {
   }
   run_parallel(nblocks, spec.threads, [&](int64_t lo, int64_t hi) {
     alignas(64) float v[kWireMaxBlock];
+    alignas(64) float x[kWireMaxBlock];
     alignas(64) int8_t q[kWireMaxBlock];
     for (int64_t g = lo; g < hi; ++g) {
       size_t k;
@@ -75,7 +95,15 @@ void wire_encode(const WireSpec& spec) {
       const int64_t first = spec.bounds[k] + b * B;
       const int64_t n = std::min<int64_t>(B, spec.bounds[k + 1] - first);
       float* e = spec.residual == nullptr ? nullptr : spec.residual + first;
-      const float* s = spec.src + first;
+      const float* s = x;
+      if (fused) {  // s = alpha x + beta ref, as pack_axpby computes it (and keeps it in out)
+        gather(segments, first, n, x);
+        const float* r = ref + first;
+        for (int64_t i = 0; i < n; ++i) x[i] = alpha * x[i] + beta * r[i];
+        if (out != nullptr) std::memcpy(out + first, x, n * sizeof(float));
+      } else {
+        s = spec.src + first;
+      }
       for (int i = 0; i < B; ++i) v[i] = 0.0f;
       float amax = 0.0f;
       for (int64_t i = 0; i < n; ++i) {

@@ -240,3 +240,57 @@ def _header(part, offset, value):
     else:
         out[8:12] = np.frombuffer(struct.pack("<I", value), np.uint8)
     return out
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_the_fused_encode_equals_pack_axpby_then_encode(bits):
+    """The one-pass encode of ``alpha * x + beta * ref`` writes the bytes, residual and value
+    that pack_axpby followed by encode write, whatever the arrays' boundaries."""
+    from hvd_ps.train.core.fusion import FusedBuffer
+
+    rng = np.random.RandomState(20 + bits)
+    shapes = [(7, 33), (1,), (300,), (64, 64), (5,)]
+    arrays = [mx.nd.array(rng.normal(size=s).astype(np.float32)) for s in shapes]
+    buf = FusedBuffer(arrays, threads=2)
+    n = buf.size
+    bounds = [0, 128, 256 + 64, n]  # shards that cut through arrays and blocks
+    op = WireCodec(bounds, bits, 64, threads=2)
+    ref = mx.nd.array(rng.normal(size=n).astype(np.float32))
+    res0 = (rng.normal(size=n) * 0.01).astype(np.float32)
+    # two passes
+    out_a, res_a = mx.nd.zeros((n,)), mx.nd.array(res0)
+    wire_a = mx.nd.zeros((op.nbytes // 4,))
+    buf.pack_axpby(ref, 0.3, -0.3, out=out_a)
+    op.encode(out_a, res_a, wire_a, 1, 7)
+    # one pass
+    out_b, res_b = mx.nd.zeros((n,)), mx.nd.array(res0)
+    wire_b = mx.nd.zeros((op.nbytes // 4,))
+    op.encode_axpby(buf, ref, 0.3, -0.3, res_b, wire_b, 1, 7, out=out_b)
+    check_engine_errors()
+    np.testing.assert_array_equal(
+        codec.as_bytes(wire_b.asnumpy()), codec.as_bytes(wire_a.asnumpy())
+    )
+    np.testing.assert_array_equal(res_b.asnumpy(), res_a.asnumpy())
+    np.testing.assert_array_equal(out_b.asnumpy(), out_a.asnumpy())
+
+
+def test_the_servers_codec_is_the_numpy_codec():
+    from hvd_ps.ps import wire_host
+
+    rng = np.random.RandomState(5)
+    for bits in BITS:
+        for n in (1, 127, 1000, 70_001):
+            v = (rng.normal(size=n) * 4).astype(np.float32)
+            part = wire_host.encode(v, bits, 128, protocol.SERVERS, 3)
+            want, decoded = codec.encode(v, bits, 128, protocol.SERVERS, 3)
+            np.testing.assert_array_equal(part, want)
+            out = np.zeros(n, np.float32)
+            wire_host.add_decoded(part, out, bits, 128, 3)
+            np.testing.assert_array_equal(out, decoded)
+            with pytest.raises(ConfigError, match="answers exchange 3, expected 4"):
+                wire_host.add_decoded(part, out, bits, 128, 4)
+            bad = part.copy()
+            bad[16:20] = np.frombuffer(np.float32(np.nan).tobytes(), np.uint8)
+            with pytest.raises(ConfigError, match="scale"):
+                wire_host.add_decoded(bad, out, bits, 128)
+            np.testing.assert_array_equal(out, decoded)  # a bad part changed nothing

@@ -95,6 +95,11 @@ def _load_library() -> ctypes.CDLL:
     lib.hvdps_fusion_float_to_half.argtypes = [vp, vp, i64, i32]
     lib.hvdps_fusion_half_to_float.restype = None
     lib.hvdps_fusion_half_to_float.argtypes = [vp, vp, i64, i32]
+    lib.hvdps_wire_push_axpby.restype = i32
+    lib.hvdps_wire_push_axpby.argtypes = [
+        ctypes.POINTER(vp), i32, vp, f64, f64, vp, vp, vp, ctypes.POINTER(i64), i32, i32, i32,
+        i32, ctypes.c_uint32, i32,
+    ]  # fmt: skip
     lib.hvdps_wire_push.restype = i32
     lib.hvdps_wire_push.argtypes = [
         i32,
@@ -416,6 +421,40 @@ class WireCodec:
         """``v = src + residual`` into ``wire`` (header: ``sender``, ``seq``); ``residual = v -
         decoded``."""
         self._push(0, src, residual, wire, sender, seq)
+
+    def encode_axpby(
+        self,
+        buf: FusedBuffer,
+        ref: mx.nd.NDArray,
+        alpha: float,
+        beta: float,
+        residual: mx.nd.NDArray,
+        wire: mx.nd.NDArray,
+        sender: int,
+        seq: int,
+        out: Optional[mx.nd.NDArray] = None,
+    ) -> None:
+        """:meth:`encode` of ``alpha * buf + beta * ref`` (``buf.pack_axpby``'s value, written
+        to ``out`` too if given) in one pass: the strategy's math, the residual and the
+        quantization read and write every element once. ``buf`` holds float32 arrays."""
+        rc = _LIB.hvdps_wire_push_axpby(
+            buf._handles,
+            len(buf._arrays),
+            ref.handle,
+            _scalar(alpha, "alpha"),
+            _scalar(beta, "beta"),
+            residual.handle,
+            wire.handle,
+            None if out is None else out.handle,
+            self._bounds,
+            len(self.bounds),
+            self.bits,
+            self.block,
+            sender,
+            seq,
+            self.threads,
+        )
+        FusedBuffer._check(rc)
 
     def decode_add(self, shadow: mx.nd.NDArray, wire: mx.nd.NDArray, seq: int) -> None:
         """``shadow += decoded`` for the servers' reply in ``wire``, which must answer exchange

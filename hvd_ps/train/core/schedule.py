@@ -377,8 +377,11 @@ class Schedule:
         assert self.wire_io is not None
         run = self.bound()
         for b, ch in zip(self.all(), self.wire_io.channels):
-            run.wire_send(b, b.params if blocking else b.snapshot(), blocking)
-            ch.push(b.out, seq)
+            send = run.wire_send(b, b.params if blocking else b.snapshot(), blocking)
+            if send is None:  # the strategy left it in b.out
+                ch.push(b.out, seq)
+            else:  # its math, the residual and the codes in one pass
+                ch.push_send(send, b.out, seq)
         if self.wire_io.mode == "async":
             for ch in self.wire_io.channels:
                 ch.pull(seq)

@@ -28,8 +28,9 @@ import numpy as np
 from ... import private_api
 from ...deadline import deadline
 from ...ps import codec, protocol
-from .fusion import WireCodec
+from .fusion import FusedBuffer, WireCodec
 from .interfaces import PSClient
+from .strategies.base import Send
 
 
 class Channel:
@@ -111,7 +112,33 @@ class Channel:
         """Encode ``src`` (float32, the bucket's size) plus the residual, push every shard."""
         if not self.feedback:
             self.residual[:] = 0.0
-        self.codec.encode(src, self.residual, self.sent, self.group if self.group >= 0 else 0, seq)
+        self.codec.encode(src, self.residual, self.sent, self.sender, seq)
+        self._push_parts()
+
+    def push_send(self, send: Send, out: Any, seq: int) -> None:
+        """Encode what ``send`` describes plus the residual, push every shard: the fused op's
+        one pass over a float32 :class:`~.fusion.FusedBuffer` (``out`` gets the value too if
+        ``send.keep``); for another front end's buffer, its ``pack_axpby`` into ``out``, then
+        the encode."""
+        if not self.feedback:
+            self.residual[:] = 0.0
+        src = send.src
+        if isinstance(src, FusedBuffer) and src.dtype == np.float32:
+            keep = out if send.keep else None
+            self.codec.encode_axpby(
+                src, send.ref, send.alpha, send.beta, self.residual, self.sent, self.sender, seq,
+                out=keep,
+            )  # fmt: skip
+        else:
+            src.pack_axpby(send.ref, send.alpha, send.beta, out=out)
+            self.codec.encode(out, self.residual, self.sent, self.sender, seq)
+        self._push_parts()
+
+    @property
+    def sender(self) -> int:
+        return self.group if self.group >= 0 else 0
+
+    def _push_parts(self) -> None:
         for key, (a, b) in zip(self.wire_keys, self.views):
             self.client.push(key, self.sent[a:b])
 

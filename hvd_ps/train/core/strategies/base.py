@@ -129,6 +129,18 @@ def _mode(strategy: Strategy) -> str:
     return str(value)
 
 
+@dataclass(frozen=True)
+class Send:
+    """What a leader sends on the compressed wire: ``alpha * src + beta * ref`` (as
+    ``src.pack_axpby(ref, alpha, beta)``), kept in ``b.out`` too if ``keep``."""
+
+    src: Flat
+    ref: Any
+    alpha: float
+    beta: float
+    keep: bool = False
+
+
 class Exchange:
     """A strategy bound to a job: ``G`` groups, PS traffic in ``wire`` (None: as the params).
 
@@ -183,10 +195,11 @@ class Exchange:
         return {}
 
     # -- the compressed wire: b.pulled is the leader's copy of the servers' state ------------
-    def wire_send(self, b: Bucket, src: Flat, blocking: bool) -> None:
-        """Put what crosses the wire into ``b.out`` (float32), from ``src``: the parameters
-        (``blocking``) or the snapshot ``x_t``, and ``b.pulled``, the copy of the servers'
-        state as of the last exchange."""
+    def wire_send(self, b: Bucket, src: Flat, blocking: bool) -> Optional[Send]:
+        """What crosses the wire, from ``src`` (the parameters if ``blocking``, else the
+        snapshot ``x_t``) and ``b.pulled`` (the copy of the servers' state as of the last
+        exchange): a :class:`Send`, which the wire encodes in the same pass, or None when it
+        is in ``b.out`` already."""
         raise HvdPsError(f"{self.strategy.name} has no exchange on a compressed wire")
 
     def wire_apply(self, b: Bucket, blocking: bool) -> None:

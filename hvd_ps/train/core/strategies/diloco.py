@@ -10,7 +10,7 @@ from .... import arguments
 from ....ps import protocol
 from ..buckets import Bucket, fresh
 from ..interfaces import Flat, PSClient
-from .base import Exchange, ServerOptimizer, Strategy, register, store
+from .base import Exchange, Send, ServerOptimizer, Strategy, register, store
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,9 @@ class DiLoCoExchange(Exchange):
         b.snapshot().pack_axpby(start, -1.0, 1.0, dtype=self.wire, out=b.out)  # D = x_start - x_t
         client.exchange(b.key, b.out, b.pulled, wait=False)
 
-    def wire_send(self, b: Bucket, src: Flat, blocking: bool) -> None:
+    def wire_send(self, b: Bucket, src: Flat, blocking: bool) -> Optional[Send]:
         start, _ = self.start[b.index]
-        src.pack_axpby(start, -1.0, 1.0, out=b.out)  # D = x_start - x
+        return Send(src, start, -1.0, 1.0)  # D = x_start - x
 
     def wire_apply(self, b: Bucket, blocking: bool) -> None:
         if blocking:

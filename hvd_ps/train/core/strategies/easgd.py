@@ -10,7 +10,7 @@ from ....errors import ConfigError
 from ....ps import protocol
 from ..buckets import Bucket
 from ..interfaces import Flat, PSClient
-from .base import Exchange, ServerOptimizer, Strategy, register, store
+from .base import Exchange, Send, ServerOptimizer, Strategy, register, store
 
 
 @dataclass(frozen=True)
@@ -79,13 +79,13 @@ class EASGDExchange(Exchange):
     def apply(self, b: Bucket) -> None:
         b.params.unpack(b.out, alpha=-1.0, beta=1.0)  # x -= d, d as pushed (after any cast)
 
-    def wire_send(self, b: Bucket, src: Flat, blocking: bool) -> None:
+    def wire_send(self, b: Bucket, src: Flat, blocking: bool) -> Optional[Send]:
         # d = alpha (x - c) against the copy of c as of the last exchange; what quantization
         # drops from d stays in the residual and reaches the centre later
         if blocking:
             b.params.elastic(b.pulled, self.alpha, out=b.out)  # and x -= d at once
-        else:
-            src.pack_axpby(b.pulled, self.alpha, -self.alpha, out=b.out)
+            return None
+        return Send(src, b.pulled, self.alpha, -self.alpha, keep=True)  # applied later
 
     def wire_apply(self, b: Bucket, blocking: bool) -> None:
         if not blocking:

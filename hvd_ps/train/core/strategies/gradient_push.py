@@ -9,7 +9,7 @@ from ....errors import ConfigError
 from ....ps import protocol
 from ..buckets import Bucket
 from ..interfaces import Flat, PSClient
-from .base import Exchange, ServerOptimizer, Strategy, _mode, register, store
+from .base import Exchange, Send, ServerOptimizer, Strategy, _mode, register, store
 
 
 @dataclass(frozen=True)
@@ -99,8 +99,8 @@ class GradientPushExchange(Exchange):
         client.exchange(b.key, b.out, b.pulled, wait=False)
         b.params.unpack(b.pulled)
 
-    def wire_send(self, b: Bucket, src: Flat, blocking: bool) -> None:
-        pass  # b.out already holds the scaled group-mean gradient
+    def wire_send(self, b: Bucket, src: Flat, blocking: bool) -> Optional[Send]:
+        return None  # b.out already holds the scaled group-mean gradient
 
     def wire_apply(self, b: Bucket, blocking: bool) -> None:
         b.params.unpack(b.pulled)  # x = w (the copy)

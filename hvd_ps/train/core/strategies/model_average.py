@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Optional, Tuple
 from ....ps import protocol
 from ..buckets import Bucket
 from ..interfaces import Flat, PSClient
-from .base import Exchange, ServerOptimizer, Strategy, register
+from .base import Exchange, Send, ServerOptimizer, Strategy, register
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,8 @@ class ModelAverageExchange(Exchange):
         # The PS holds the sum of a round; start as if every group had pushed x0.
         return b.params.pack_axpby(flat, float(self.groups), 0.0, dtype=self.wire, out=flat)
 
-    def wire_send(self, b: Bucket, src: Flat, blocking: bool) -> None:
-        src.pack_axpby(b.pulled, 1.0, -1.0, out=b.out)  # x - the last average
+    def wire_send(self, b: Bucket, src: Flat, blocking: bool) -> Optional[Send]:
+        return Send(src, b.pulled, 1.0, -1.0)  # x - the last average
 
     def wire_apply(self, b: Bucket, blocking: bool) -> None:
         if blocking:
