@@ -43,8 +43,8 @@ WIRES = {
     "float32": ("float32", True),
     "int8": ("int8", True),
     "int4": ("int4", True),
-    "int8, no feedback": ("int8", False),
-    "int4, no feedback": ("int4", False),
+    "int8 without feedback": ("int8", False),
+    "int4 without feedback": ("int4", False),
 }
 
 

@@ -75,7 +75,7 @@ def read(part: Array, bits: int, block: int, n: int) -> Header:
     if part.size != size:
         raise WireError(f"a part of {part.size} bytes where {size} were expected")
     magic, version, got_bits, sender, got_block, seq, got_n = _HEADER.unpack_from(
-        part.tobytes()[: protocol.HEADER_BYTES]
+        part[: protocol.HEADER_BYTES].tobytes()
     )
     if magic != protocol.MAGIC or version != 1:
         raise WireError(
