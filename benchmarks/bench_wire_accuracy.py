@@ -64,8 +64,9 @@ def one_run(strategy: str, wire: str, seed: int, epochs: int, tmp: Path) -> dict
         raise RuntimeError(f"{strategy} {wire} seed {seed} failed:\n{proc.stdout[-2000:]}"
                            f"\n{proc.stderr[-2000:]}")  # fmt: skip
     m = json.loads(out.read_text())
+    stats = m["stats"]
     return {"final": m["final_test_accuracy"], "best": m["best_test_accuracy"],
-            "pushed": m["stats"].get("bytes_pushed", 0), "pulled": m["stats"].get("bytes_pulled", 0),
+            "pushed": stats.get("bytes_pushed", 0), "pulled": stats.get("bytes_pulled", 0),
             "train_s": m["train_time_s"]}  # fmt: skip
 
 
@@ -79,7 +80,7 @@ def markdown(rows: list, meta: dict) -> str:
         "epoch's (mean); bytes = what global rank 0's leader pushed and pulled over the run "
         f"(`trainer.stats()`). Run {meta['started']}, {meta['minutes']:.1f} min.",
         "",
-        "| strategy | wire | final % | spread | best % | MB pushed | MB pulled | bytes vs float32 |",
+        "| strategy | wire | final % | spread | best % | MB pushed | MB pulled | bytes / float32 |",
         "|---|---|---:|---|---:|---:|---:|---:|",
     ]
     for r in rows:

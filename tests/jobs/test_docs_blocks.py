@@ -184,9 +184,10 @@ BLOCKS: Dict[Tuple[str, str], Entry] = {
         "trainer = hvd_ps.DistributedTrainer(net.collect_params(), 'sgd', {...}, "
         "sync=hvd_ps.DiLoCo(16))",
     ): Fragment("save and resume inside your loop"),
-    ("docs/wire.md", 'trainer = hvd_ps.DistributedTrainer(params, "sgd", {"learning_rate": 0.1},'): (
-        Fragment("choosing the wire; the parameters are yours")
-    ),
+    (
+        "docs/wire.md",
+        'trainer = hvd_ps.DistributedTrainer(params, "sgd", {"learning_rate": 0.1},',
+    ): Fragment("choosing the wire; the parameters are yours"),
     ("docs/checkpoints.md", "with zipfile.ZipFile(path) as zf:"): Fragment(
         "reading a checkpoint's manifest by hand; path is yours"
     ),
