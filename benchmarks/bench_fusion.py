@@ -172,6 +172,14 @@ def bench_list(name: str, shapes: List[Shape], repeats: int, threads: int) -> Di
                 lambda w=wire, s=sent: (w.decode_add(out, s, 1), out.wait_to_read()),
             ),
             (
+                f"DiLoCo push, int{bits}: one pass (encode_axpby)",
+                1,
+                lambda w=wire, s=sent, r=residual: (
+                    w.encode_axpby(buf, ref, -1.0, 1.0, r, s, 0xFFFF, 1),
+                    s.wait_to_read(),
+                ),
+            ),
+            (
                 f"DiLoCo push, int{bits}: pack_axpby + encode",
                 1,
                 lambda w=wire, s=sent, r=residual: (
