@@ -57,6 +57,16 @@ def quantize(v: np.ndarray, bits: int, block: int, bounds: Sequence[int]) -> np.
     return out
 
 
+def outer_step(w, d, v, v_old, lr, m, nesterov: bool):
+    """The servers' outer SGD once the momentum ``v`` is updated (``v_old`` before, None at
+    the first): Nesterov ``w - lr (d + m v)``, or heavy ball ``w - lr (d + m v_old)``."""
+    if nesterov:
+        return w - lr * (d + m * v)
+    if v_old is None:
+        return w - lr * d
+    return w - lr * (d + m * v_old)
+
+
 class Servers:
     """The servers' float32 state under a sync strategy's rule, and their shadow."""
 
@@ -78,12 +88,8 @@ class Servers:
             d = total * F(1.0 / g)
             v_old = self.v
             self.v = d.copy() if v_old is None else v_old * m + d
-            if self.spec.get("nesterov", True):
-                self.state = self.state - olr * (d + m * self.v)
-            elif v_old is None:
-                self.state = self.state - olr * d
-            else:
-                self.state = self.state - olr * (d + m * v_old)
+            nesterov = self.spec.get("nesterov", True)
+            self.state = outer_step(self.state, d, self.v, v_old, olr, m, nesterov)
         else:
             raise ValueError(name)
 
@@ -222,12 +228,7 @@ class AsyncServers:
         v_old = self.v
         self.v = self.a.copy() if v_old is None else v_old * self.m + self.a
         self.a, self.k = None, 0
-        if self.nesterov:
-            self.state = self.state - self.lr * (d + self.m * self.v)
-        elif v_old is None:
-            self.state = self.state - self.lr * d
-        else:
-            self.state = self.state - self.lr * (d + self.m * v_old)
+        self.state = outer_step(self.state, d, self.v, v_old, self.lr, self.m, self.nesterov)
 
     def reply(self, g: int, bits: int, block: int, bounds: Sequence[int]) -> np.ndarray:
         change = quantize(self.state - self.shadow[g], bits, block, bounds)

@@ -105,6 +105,22 @@ def _step(net, trainer, rank, t):
     trainer.step(1)
 
 
+def _step_in_turns(rt, net, trainer, t, tag):
+    """Step ``t`` with the groups taking their turns in group order: each group's step (its
+    push, and the pull of the servers' reply) is done before a barrier of all ranks lets the
+    next group step."""
+    import horovod.mxnet as hvd
+    import mxnet as mx
+
+    import hvd_ps
+
+    for turn in range(rt.topo.num_groups):
+        if turn == hvd_ps.group_id():
+            _step(net, trainer, hvd.rank(), t)
+        mx.nd.waitall()
+        hvd.allreduce(mx.nd.zeros((1,)), name=f"{tag}.{t}.{turn}").wait_to_read()
+
+
 def _bounds(rt, size):
     from hvd_ps.ps import protocol
 
@@ -166,8 +182,6 @@ def test_async_compressed_wire_matches_numpy_reference_bit_for_bit(rt, async_wir
     """Async: the groups take their turns in group order at every step (each leader's
     exchange, its reply included, done before a barrier of all ranks lets the next group
     step), so the servers see the reference's order of pushes."""
-    import horovod.mxnet as hvd
-    import mxnet as mx
 
     import hvd_ps
 
@@ -184,11 +198,7 @@ def test_async_compressed_wire_matches_numpy_reference_bit_for_bit(rt, async_wir
         pass
     gid = hvd_ps.group_id()
     for t in range(1, steps + 1):
-        for turn in range(rt.topo.num_groups):
-            if turn == gid:
-                _step(net, trainer, hvd.rank(), t)
-            mx.nd.waitall()  # the push and the pull of its reply are done
-            hvd.allreduce(mx.nd.zeros((1,)), name=f"awire.{case}.{t}.{turn}").wait_to_read()
+        _step_in_turns(rt, net, trainer, t, f"awire.{case}")
         got = _flat(net)
         np.testing.assert_array_equal(got, want[t - 1]["x"][gid], err_msg=f"{case}, step {t}")
     with trainer.global_model():
@@ -261,8 +271,6 @@ ASYNC_RESUME = {"GradientPush": 2, "EASGD": 4, "DiLoCo": 4, "EASGD-overlap": 4, 
 def test_a_resumed_async_compressed_run_equals_the_uninterrupted_one(rt, async_wire_client, case):
     """As the sync test, in async mode with the groups taking their turns (per-group shadows
     and sequences, delayed Nesterov's cycle, an exchange in flight)."""
-    import horovod.mxnet as hvd
-    import mxnet as mx
 
     import hvd_ps
 
@@ -285,12 +293,7 @@ def test_a_resumed_async_compressed_run_equals_the_uninterrupted_one(rt, async_w
             with trainer.global_model():  # the set-up (collective over all ranks) first
                 pass
         for t in range(k + 1 if resumed else 1, steps + 1):
-            for turn in range(rt.topo.num_groups):
-                if turn == gid:
-                    _step(net, trainer, hvd.rank(), t)
-                mx.nd.waitall()
-                name = f"rawire.{case}.{resumed}.{t}.{turn}"
-                hvd.allreduce(mx.nd.zeros((1,)), name=name).wait_to_read()
+            _step_in_turns(rt, net, trainer, t, f"rawire.{case}.{resumed}")
             if t == k and not resumed:
                 trainer.save_checkpoint(path)
             what = f"{case}, {'resumed' if resumed else 'saved and went on'}, step {t}"
