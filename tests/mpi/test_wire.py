@@ -332,3 +332,31 @@ def test_nan_is_refused_before_anything_is_pushed(rt, wire_client, overlap):
     with trainer.global_model():  # what the servers hold: still exchange 1's average
         np.testing.assert_array_equal(_flat(net), before)
     assert np.all(np.isfinite(before))
+
+
+@pytest.mark.mpi(min_size=1)
+def test_the_trainers_wire_argument_wins_over_the_environment(rt, wire_client):
+    """``DistributedTrainer(wire=)`` with the other compressed format than the session's
+    ``HVD_PS_WIRE_DTYPE``: the run follows the argument's format, bit for bit."""
+    import horovod.mxnet as hvd
+
+    import hvd_ps
+    from hvd_ps.ps import protocol
+
+    other = "int4" if rt.cfg.settings.wire_dtype == "int8" else "int8"
+    spec, steps = CASES["DiLoCo"]
+    s = rt.cfg.settings
+    bits = protocol.WIRE_BITS[other]
+    limit = protocol.shard_limit(bits, s.wire_block, s.kvstore_bound)
+    cut = protocol.shards(ref.OUT * ref.IN + ref.OUT, s.wire_block, limit, s.num_servers)
+    bounds = [0] + [hi for _, hi in cut]
+    groups = [list(m) for m in rt.topo.groups]
+    want = wref.run(spec, groups, steps, LR, bits, s.wire_block, bounds)
+    net = reference_net(f"wirearg_{other}")
+    hvd_ps.broadcast_parameters(net.collect_params())
+    trainer = hvd_ps.DistributedTrainer(
+        net.collect_params(), "sgd", {"learning_rate": LR}, sync=_strategy(spec), wire=other
+    )
+    for t in range(1, steps + 1):
+        _step(net, trainer, hvd.rank(), t)
+        np.testing.assert_array_equal(_flat(net), want[t - 1]["x"][hvd_ps.group_id()])

@@ -256,20 +256,20 @@ class Schedule:
             client = self.client()
             client.set_mode(sync.mode, rounds=not run.bits)
             if run.bits:
-                self.wire_io = Wire(client, sync.mode)
-            initials = []
+                self.wire_io = Wire(client, sync.mode, run.bits)
             for b in buckets:
                 initial = run.initial(b)
                 if ps_initial is not None:
                     initial = mx.nd.array(ps_initial[b.index], dtype=initial.dtype)
                 name = f"{self.prefix}{b.params.dtype.name}.{b.index}"
-                b.out = mx.nd.zeros((b.params.size,), dtype=run.wire or b.params.dtype)
+                # a compressed wire encodes float32 whatever the parameters' dtype
+                out_dtype = "float32" if run.bits else run.wire or b.params.dtype
+                b.out = mx.nd.zeros((b.params.size,), dtype=out_dtype)
                 if self.wire_io is not None:
                     ch = self.wire_io.open(
                         name, initial, run.rule, topo.total_groups, topo.global_group_id
                     )
                     b.pulled, b.key = ch.shadow, ch.state_keys[0]
-                    initials.append(initial)
                 else:
                     b.pulled = mx.nd.zeros((b.params.size,), dtype=run.wire or b.params.dtype)
                     b.key = client.register(name, initial, run.rule, out=b.pulled)
@@ -279,7 +279,7 @@ class Schedule:
                     b.snap = mx.nd.zeros((b.params.size,), dtype=b.params.dtype)
                     b.snap_buf = FusedBuffer([b.snap], threads=threads)
         if self.wire_io is not None:
-            self.wire_io.start(initials)
+            self.wire_io.start()
         self.status = mx.nd.zeros((1,))
         self.buckets = buckets
         if self.rt.rejoined:

@@ -49,9 +49,10 @@ class Channel:
         groups: int,
         group: int,
         first_server: int,
+        bits: int,
     ) -> None:
         settings = client.cfg.settings
-        self.bits = protocol.WIRE_BITS[settings.wire_dtype]
+        self.bits = bits  # the trainer's wire (its wire= argument, else HVD_PS_WIRE_DTYPE)
         self.block = settings.wire_block
         self.feedback = settings.wire_feedback
         self.client, self.mode, self.group = client, mode, group
@@ -61,8 +62,10 @@ class Channel:
         self.codec = WireCodec(
             [0] + [hi for _, hi in cut], self.bits, self.block, settings.fusion_threads
         )
+        #: the servers' initial state: float32 whatever the parameters' dtype
+        self.initial = initial.astype("float32", copy=True)
         #: the leader's copy of the servers' state (what its strategy reads as pulled)
-        self.shadow = initial.astype("float32", copy=True)
+        self.shadow = self.initial.copy()
         self.residual = mx.nd.zeros((n,), dtype="float32")
         # the parts travel as float32 elements (MXNet's servers take float arrays only, and
         # may convert any other dtype)
@@ -82,7 +85,7 @@ class Channel:
         for j, (lo, hi) in enumerate(cut):
             server = (first_server + j) % self.servers
             record = protocol.WireState(inner, self.bits, self.block, groups, mode, hi - lo)
-            state = client.register(f"{name}.{j}", initial[lo:hi], record, server=server)
+            state = client.register(f"{name}.{j}", self.initial[lo:hi], record, server=server)
             self.state_keys.append(state)
             self.records.append(record)
             self.shard_servers.append(server)
@@ -102,11 +105,11 @@ class Channel:
         """Bytes of one push (and of one pull): every shard's part."""
         return self.codec.nbytes
 
-    def adopt(self, initial: Any) -> None:
+    def adopt(self) -> None:
         """ps-lite's rank 0 leader: make each shard's state its initial value (a push to the
         state key, whose rule adopts what ``kv.init`` stored)."""
         for key, (lo, hi) in zip(self.state_keys, self.cut):
-            self.client.push(key, initial[lo:hi])
+            self.client.push(key, self.initial[lo:hi])
 
     def push(self, src: Any, seq: int) -> None:
         """Encode ``src`` (float32, the bucket's size) plus the residual, push every shard."""
@@ -212,30 +215,31 @@ class Channel:
 class Wire:
     """Every compressed bucket of one trainer on a leader, and the sync rounds' barrier."""
 
-    def __init__(self, client: PSClient, mode: str) -> None:
-        self.client, self.mode = client, mode
+    def __init__(self, client: PSClient, mode: str, bits: int) -> None:
+        self.client, self.mode, self.bits = client, mode, bits
         self.channels: List[Channel] = []
         self.next_server = 0
 
     def open(
         self, name: str, initial: Any, inner: protocol.Rule, groups: int, group: int
     ) -> Channel:
-        ch = Channel(self.client, name, initial, inner, self.mode, groups, group, self.next_server)
+        args = (self.mode, groups, group, self.next_server, self.bits)
+        ch = Channel(self.client, name, initial, inner, *args)
         self.next_server = (self.next_server + len(ch.cut)) % ch.servers
         self.channels.append(ch)
         return ch
 
-    def start(self, initials: List[Any]) -> None:
+    def start(self) -> None:
         """After every channel is open: ps-lite rank 0 adopts the initial values, and every
         leader waits for that at a barrier (a rejoined leader finds them adopted long ago)."""
         if self.client.rejoined:
             return
         if self.client.ps_rank == 0:
-            for ch, initial in zip(self.channels, initials):
-                ch.adopt(initial)
+            for ch in self.channels:
+                ch.adopt()
             with deadline("adopting the compressed shards' state", self.timeout):
-                for initial in initials:
-                    private_api.wait_to_write(initial)  # its pushes are done once answered
+                for ch in self.channels:
+                    private_api.wait_to_write(ch.initial)  # pushes done once answered
         self.client.barrier("compressed shards set up")
 
     @property
