@@ -55,12 +55,12 @@ runs=(
   "4|[[0,1],[2,3]]|float32|4|async|tests/mpi/test_async_rules.py"
   "4|[[0],[1,2,3]]|float32|4|async|tests/mpi/test_async_rules.py"
   "4|[[0],[1],[2],[3]]|float32|4|async|tests/mpi/test_async_rules.py"
-  "1|[[0]]|int4|4|sync|tests/mpi/test_wire.py"
-  "2|[[0],[1]]|int8|4|sync|tests/mpi/test_wire.py"
-  "4|[[0,1],[2,3]]|int4|4|sync|tests/mpi/test_wire.py"
-  "4|[[0],[1],[2],[3]]|int8|4|sync|tests/mpi/test_wire.py"
-  "2|[[0],[1]]|int4|4|async|tests/mpi/test_wire.py"
-  "4|[[0,1],[2,3]]|int8|4|async|tests/mpi/test_wire.py"
+  "1|[[0]]|int4|4|sync|tests/mpi/test_compressed_wire.py"
+  "2|[[0],[1]]|int8|4|sync|tests/mpi/test_compressed_wire.py"
+  "4|[[0,1],[2,3]]|int4|4|sync|tests/mpi/test_compressed_wire.py"
+  "4|[[0],[1],[2],[3]]|int8|4|sync|tests/mpi/test_compressed_wire.py"
+  "2|[[0],[1]]|int4|4|async|tests/mpi/test_compressed_wire.py"
+  "4|[[0,1],[2,3]]|int8|4|async|tests/mpi/test_compressed_wire.py"
 )
 phase mpi || runs=()
 for run in "${runs[@]}"; do

@@ -121,3 +121,14 @@ def test_the_graph_is_read() -> None:
     assert "hvd_ps.train.core.schedule" in graph["hvd_ps.train.gluon"]
     assert "hvd_ps.errors" in graph["hvd_ps.config"]
     assert "hvd_ps.train.core.strategies.base" in graph["hvd_ps.train.core.strategies.diloco"]
+
+
+def test_test_files_have_unique_basenames():
+    """pytest collects tests/ from the root without packages: two test files of one name
+    (tests/unit/x.py and tests/mpi/x.py) stop the whole collection."""
+    from collections import Counter
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    names = Counter(p.name for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+    assert not [n for n, c in names.items() if c > 1 and n != "conftest.py"]
