@@ -116,6 +116,12 @@ class Client:
                 self.kv = mx.kv.create("dist_async")
             except mx.base.MXNetError as err:
                 raise TierError(f"{what} failed: {err}") from None
+        # before this leader's first key, so no float16 key is ever kept otherwise (idempotent:
+        # every leader sends it, and each waits for every server's answer)
+        with deadline(
+            f"{what}: setting the servers' float32 master copies", self.cfg.settings.timeout
+        ):
+            private_api.kv_command(self.kv, protocol.MULTI_PRECISION_HEAD, "")
         if self.kv.num_workers < self.num_groups and not self.shared:
             raise TierError(
                 f"the {self.where} expects {self.kv.num_workers} leaders, but there are "

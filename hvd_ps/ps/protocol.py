@@ -99,6 +99,12 @@ from ..errors import ConfigError
 CONTROLLER_HEAD = 0
 #: MXNet's ``kSyncMode`` command id: makes the servers count rounds (one push per worker)
 SYNC_MODE_HEAD = 3
+#: MXNet's ``kSetMultiPrecision`` command id: the servers keep a float32 master copy of every
+#: float16 key, update it in float32 and answer pulls with its float16 rounding. MXNet 1.9's
+#: server never initialises this flag (``multi_precision_`` in ``kvstore_dist_server.h``), so
+#: without the command a float16 key was kept in float32 or float16 depending on the memory a
+#: server process happened to get; every leader sends it before its first key
+MULTI_PRECISION_HEAD = 1
 #: the ``hvd_ps`` field of every command; a server refuses any other
 VERSION = 1
 #: MXNet optimizers a server runs for :class:`Optimizer`, by name; their arguments are numbers
