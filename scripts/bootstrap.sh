@@ -3,7 +3,8 @@
 #   1. Open MPI from the OS (skipped when mpicc is already there), plus a C++ compiler
 #   2. a virtualenv in .venv/
 #   3. the pinned Python packages (requirements.txt)
-#   4. Horovod 0.28.1 built from source with MXNet + MPI, checked with horovodrun --check-build
+#   4. Horovod 0.28.1 built from source with MXNet + MPI (and one fix: scripts/patch_horovod.py),
+#      checked with horovodrun --check-build
 #   5. hvd_ps itself (editable), which compiles the fused-buffer op in cpp/
 # A stamp file per step makes a second run take seconds.
 set -euo pipefail
@@ -68,20 +69,41 @@ hvd_ok() {
 }
 # Once built and checked, the stamp stands for the check as long as Horovod's MXNet library is
 # still there (the full check imports MXNet and Horovod: tens of seconds on a loaded machine).
+hvd_patch=$(sha1sum "$ROOT/scripts/patch_horovod.py" | cut -c1-8)
 hvd_stamped() {
-  [ -f "$VENV/.horovod-$HOROVOD_VERSION" ] &&
+  [ -f "$VENV/.horovod-$HOROVOD_VERSION-$hvd_patch" ] &&
     compgen -G "$VENV/lib/python3*/site-packages/horovod/mxnet/mpi_lib*.so" > /dev/null
 }
+# Built from the sdist with scripts/patch_horovod.py's fix (a use-after-free in Horovod's
+# broadcast); the wheel is kept in a cache of its own, so a second checkout installs it in seconds
+# (pip caches no wheel built from a local directory).
+# (it links against MXNet's library: the cache is per Python and MXNet version)
+hvd_key="$("$PY" -c 'import sys; print("py%d%d" % sys.version_info[:2])')-$(grep '^mxnet==' "$ROOT/requirements.txt" | tr -d '=')"
+hvd_wheels="${XDG_CACHE_HOME:-$HOME/.cache}/hvd_ps/horovod-$HOROVOD_VERSION-$hvd_patch-$hvd_key"
 if ! hvd_stamped; then
-  say "building Horovod $HOROVOD_VERSION with MXNet + MPI (about 5 minutes on 2 cores, once)"
-  HOROVOD_WITH_MXNET=1 HOROVOD_WITH_MPI=1 HOROVOD_WITHOUT_TENSORFLOW=1 \
-  HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_GLOO=1 CMAKE_POLICY_VERSION_MINIMUM=3.5 \
-  MAKEFLAGS="-j$(nproc)" PATH="$VENV/bin:$PATH" \
-    "${PIP[@]}" install -q --no-build-isolation "horovod==$HOROVOD_VERSION" \
-    2> >(grep -v 'is ignored: it is neither' >&2)
+  if ! compgen -G "$hvd_wheels/horovod-*.whl" > /dev/null; then
+    say "building Horovod $HOROVOD_VERSION with MXNet + MPI (about 5 minutes on 2 cores, once)"
+    src=$(mktemp -d)
+    "${PIP[@]}" download -q --no-deps --no-binary :all: -d "$src" "horovod==$HOROVOD_VERSION"
+    tar -xzf "$src"/horovod-"$HOROVOD_VERSION".tar.gz -C "$src"
+    "$PY" "$ROOT/scripts/patch_horovod.py" "$src/horovod-$HOROVOD_VERSION" ||
+      die "could not patch Horovod $HOROVOD_VERSION's sources"
+    mkdir -p "$hvd_wheels"
+    HOROVOD_WITH_MXNET=1 HOROVOD_WITH_MPI=1 HOROVOD_WITHOUT_TENSORFLOW=1 \
+    HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_GLOO=1 CMAKE_POLICY_VERSION_MINIMUM=3.5 \
+    MAKEFLAGS="-j$(nproc)" PATH="$VENV/bin:$PATH" \
+      "${PIP[@]}" wheel -q --no-deps --no-build-isolation -w "$src/wheel" \
+      "$src/horovod-$HOROVOD_VERSION" 2> >(grep -v 'is ignored: it is neither' >&2)
+    mv "$src"/wheel/horovod-*.whl "$hvd_wheels/"
+    rm -rf "$src"
+  else
+    say "installing Horovod $HOROVOD_VERSION (patched) from $hvd_wheels"
+  fi
+  # its dependencies are pinned in requirements.txt
+  "${PIP[@]}" install -q --no-deps --force-reinstall "$hvd_wheels"/horovod-*.whl
   hvd_ok || { "$VENV/bin/horovodrun" --check-build || true
               die "Horovod was built without MXNet or MPI support (see the check above)"; }
-  touch "$VENV/.horovod-$HOROVOD_VERSION"
+  rm -f "$VENV"/.horovod-*; touch "$VENV/.horovod-$HOROVOD_VERSION-$hvd_patch"
 fi
 
 # 5. hvd_ps and its C++ op --------------------------------------------------------------------

@@ -29,8 +29,10 @@ def main(out):
         if path.endswith("unit.xml") or path.endswith("-rank0.xml"):
             passed += c["tests"] - bad - c["skipped"]
             skipped += c["skipped"]
-            print(f"  {os.path.basename(path)}: {c['tests'] - bad - c['skipped']} passed, "
-                  f"{bad} failed, {c['skipped']} skipped")
+            print(
+                f"  {os.path.basename(path)}: {c['tests'] - bad - c['skipped']} passed, "
+                f"{bad} failed, {c['skipped']} skipped"
+            )
         elif bad:
             print(f"  {os.path.basename(path)}: {bad} failed")
     print(f"total: {passed} passed, {failed} failed, {skipped} skipped")

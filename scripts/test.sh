@@ -16,8 +16,8 @@ phase() { [[ "$phases" == *" $1 "* ]]; }
 
 if phase lint; then
   step "ruff (lint + format check)"
-  ruff check hvd_ps tests examples benchmarks docs/hooks setup.py || status=1
-  ruff format --check hvd_ps tests examples benchmarks docs/hooks setup.py || status=1
+  ruff check hvd_ps tests examples benchmarks docs/hooks scripts setup.py || status=1
+  ruff format --check hvd_ps tests examples benchmarks docs/hooks scripts setup.py || status=1
   step "mypy --strict hvd_ps (pyproject.toml)"
   mypy hvd_ps || status=1
   step "docs (mkdocs build --strict)"

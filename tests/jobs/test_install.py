@@ -1,10 +1,11 @@
 """docs/install.md, followed as written: hvd_ps into a fresh virtualenv of its own.
 
-The block installs the pinned numpy, MXNet and mpi4py, builds (or takes from pip's cache)
-Horovod 0.28.1 with MXNet and MPI, installs this checkout with ``--no-build-isolation`` (which
-compiles the C++ op against that mxnet), then checks the install: the op loads and
-``hvdps-run --help`` prints its usage. Every command runs as the page spells it, with
-``/path/to/hvd_ps`` the checkout and the new environment's ``bin/`` first on ``PATH``.
+The block installs the pinned numpy, MXNet and mpi4py, builds Horovod 0.28.1 with MXNet and
+MPI from its sources with hvd_ps's fix (scripts/patch_horovod.py), installs this checkout with
+``--no-build-isolation`` (which compiles the C++ op against that mxnet), then checks the
+install: the op loads and ``hvdps-run --help`` prints its usage. Every command runs as the page
+spells it, with ``/path/to/hvd_ps`` the checkout and the new environment's ``bin/`` first on
+``PATH``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 GUIDE = "docs/install.md"
-#: a cold Horovod build takes about 5 minutes on 2 cores; from pip's cache, seconds
+#: the Horovod build takes about 5 minutes on 2 cores (pip caches no build of a directory)
 TIMEOUT = 1200
 
 

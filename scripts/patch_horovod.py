@@ -1,0 +1,57 @@
+"""Fix a use-after-free in Horovod 0.28.1's sources before scripts/bootstrap.sh builds them.
+
+``python scripts/patch_horovod.py HOROVOD_SOURCE_DIR`` (the unpacked sdist). Idempotent.
+
+In ``horovod/common/operations.cc`` the broadcast, alltoall and join enqueue functions log the
+op's ``name`` *after* handing the op to Horovod's background thread. With MXNet, ``name`` lives
+in the op's parameters, which MXNet frees as soon as the op completes, and a broadcast inside a
+process set of one rank (or whose peers were all waiting) completes at once on the background
+thread. The MXNet engine thread that enqueued it then reads a freed string: mostly harmless,
+but seen here as a segfault in the middle of an MPI test session and as a process that spent
+two minutes copying a garbage "name" at exit. The fix keeps a copy of the name, taken before
+the op is enqueued, for the log line.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ENQUEUE = "  Status status = process_set.tensor_queue.AddToTensorQueue(e, message);\n"
+OK = "  if (status.ok()) {\n"
+TRACE = "    LOG(TRACE, horovod_global.global_controller->GetRank())\n"
+LOG_NAME = '        << "Enqueued " << name;\n'
+COPY = "  const std::string enqueued_name = name;  // hvd_ps: name may be freed once enqueued\n"
+LOG_COPY = '        << "Enqueued " << enqueued_name;\n'
+EXPECTED = 3  # broadcast, alltoall, join
+
+
+def patch(text: str) -> str:
+    """The fixed source; raises ValueError if ``text`` is not the 0.28.1 file it expects."""
+    if text.count(COPY) == EXPECTED:
+        return text  # patched already
+    block = ENQUEUE + OK + TRACE
+    found = text.count(block + LOG_NAME)
+    if found != EXPECTED:
+        raise ValueError(
+            f"expected {EXPECTED} enqueue sites that log the name afterwards, found {found}: "
+            "not Horovod 0.28.1's operations.cc"
+        )
+    return text.replace(block + LOG_NAME, COPY + block + LOG_COPY)
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print(__doc__.strip().splitlines()[2], file=sys.stderr)
+        return 2
+    path = Path(sys.argv[1]) / "horovod" / "common" / "operations.cc"
+    try:
+        path.write_text(patch(path.read_text()))
+    except (OSError, ValueError) as err:
+        print(f"patch_horovod: {path}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
