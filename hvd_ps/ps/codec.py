@@ -74,13 +74,33 @@ def read(part: Array, bits: int, block: int, n: int) -> Header:
     size = protocol.part_bytes(n, bits, block)
     if part.size != size:
         raise WireError(f"a part of {part.size} bytes where {size} were expected")
-    magic, version, got_bits, sender, got_block, seq, got_n = _HEADER.unpack_from(
-        part[: protocol.HEADER_BYTES].tobytes()
-    )
-    if magic != protocol.MAGIC or version != 1:
+    return _header(part, protocol.MAGIC, "a part of the hvd_ps wire", bits, block, n)
+
+
+def rejoin_request(group: int, nonce: int, bits: int, block: int, n: int) -> Array:
+    """The 16 bytes of a rejoin request (:class:`hvd_ps.ps.protocol.WireRejoin`) of ``group``
+    for a shard of ``n`` elements: the part header with magic ``b"HJ"`` and ``nonce`` as its
+    sequence."""
+    raw = _HEADER.pack(protocol.REJOIN_MAGIC, 1, bits, group, block, nonce, n)
+    return np.frombuffer(raw, np.uint8).copy()
+
+
+def read_rejoin(request: Array, bits: int, block: int, n: int) -> Header:
+    """A rejoin request's fields (``sender``: the group; ``seq``: its nonce), checked like a
+    part's header. Raises :class:`WireError`."""
+    if request.size != protocol.HEADER_BYTES:
         raise WireError(
-            f"not a part of the hvd_ps wire, version 1 (magic {magic!r}, version {version})"
+            f"a rejoin request of {request.size} bytes where {protocol.HEADER_BYTES} were expected"
         )
+    return _header(request, protocol.REJOIN_MAGIC, "a rejoin request of hvd_ps", bits, block, n)
+
+
+def _header(raw: Array, expect: bytes, what: str, bits: int, block: int, n: int) -> Header:
+    magic, version, got_bits, sender, got_block, seq, got_n = _HEADER.unpack_from(
+        raw[: protocol.HEADER_BYTES].tobytes()
+    )
+    if magic != expect or version != 1:
+        raise WireError(f"not {what}, version 1 (magic {magic!r}, version {version})")
     for name, got, want in (("bits", got_bits, bits), ("block", got_block, block), ("n", got_n, n)):
         if got != want:
             raise WireError(f"header field {name} is {got}, the key expects {want}")

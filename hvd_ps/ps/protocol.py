@@ -32,6 +32,9 @@ WireState     a compressed bucket's shard (below): its float32 state, kept by th
               adopts ``w`` as the state (the first) or copies the state into ``w`` (later)
 WireKey       what a leader pushes to a compressed shard, decoded and applied to the state of
               key ``base`` by that key's rule ``inner``; ``w`` becomes the servers' reply
+WireRejoin    a rejoin request of a group for the compressed shard ``base`` (async): its shadow
+              becomes the state, its sequence starts afresh, ``w`` becomes the state and the
+              request
 CopyState     ``w`` is a checkpoint's copy of the state of key ``source`` (its optimizer's or
               its momentum's array number ``leaf``): a push (of anything) copies that state
               into ``w`` (``load=False``), or ``w`` into that state and sets the optimizer's
@@ -79,6 +82,16 @@ what a reply leaves out stays in ``state - shadow`` for the next one: the server
 async mode each group has its own wire key and the servers keep one shadow per group (4 bytes
 per parameter and group of server memory), so a leader that pulls at its own time gets exactly
 the change since its own last reply.
+
+A group that rejoins an async tier (its leader died; a new one starts) has no copy, so each
+shard also has a float32 *rejoin key* (:class:`WireRejoin`, ``n + 4`` elements: 4 bytes per
+parameter of server memory for the whole job, whatever the number of groups). The new leader
+pushes to it a *rejoin request* in its last 16 bytes: the header above with magic ``b"HJ"``,
+its group as the sender and a random nonce as the sequence. The servers set that group's
+shadow to the state and forget its sequence (its next push sets it), and set the key to the
+state followed by the request; the leader pulls the key, takes the state as its copy, and
+checks that the request is its own (two groups rejoining at once may overwrite each other's:
+it then asks again). A rejoin costs a float32 model each way, once.
 
 This module imports neither MXNet nor Horovod: the server, the leaders and the tests share it.
 """
@@ -238,6 +251,9 @@ WIRE_BITS = {"int8": 8, "int4": 4}
 HEADER_BYTES = 16
 MAGIC = b"HQ"
 SERVERS = 0xFFFF
+#: a rejoin request's magic, and the float32 elements a rejoin key holds beyond its shard's
+REJOIN_MAGIC = b"HJ"
+REJOIN_EXTRA = HEADER_BYTES // 4
 #: the largest block size a header can carry
 MAX_BLOCK = 32768
 #: the rules a compressed shard's state may run
@@ -261,10 +277,11 @@ def part_bytes(n: int, bits: int, block: int) -> int:
 
 def shard_limit(bits: int, block: int, bound: int) -> int:
     """The most elements a shard may hold so that MXNet keeps both its keys whole on one
-    server: fewer than ``bound`` (``MXNET_KVSTORE_BIGARRAY_BOUND``) float32 elements and wire
-    bytes; a multiple of ``block``, at least one block."""
+    server: fewer than ``bound`` (``MXNET_KVSTORE_BIGARRAY_BOUND``) float32 elements (with a
+    rejoin key's :data:`REJOIN_EXTRA`) and wire bytes; a multiple of ``block``, at least one
+    block."""
     blocks = max(1, (bound - 1 - HEADER_BYTES) // block_bytes(bits, block))
-    return max(block, min(blocks * block, (bound - 1) // block * block))
+    return max(block, min(blocks * block, (bound - 1 - REJOIN_EXTRA) // block * block))
 
 
 def shards(n: int, block: int, limit: int, servers: int) -> List[Tuple[int, int]]:
@@ -349,10 +366,30 @@ class WireKey:
         return ()
 
 
-Rule = Union[Assign, Add, Optimizer, Nesterov, CopyState, WireState, WireKey]
+@dataclass(frozen=True)
+class WireRejoin:
+    """A compressed shard's rejoin key (async; the format is in this module's docstring): a
+    push of ``n + 4`` float32 elements whose last 16 bytes are a rejoin request sets that
+    group's shadow of shard ``base`` (a :class:`WireState` of ``n`` elements) to the state and
+    starts its sequence afresh; ``w`` becomes the state followed by the request."""
+
+    base: int
+    n: int
+    updater: ClassVar[str] = "wire_rejoin"
+
+    def __post_init__(self) -> None:
+        arguments.integer("base", self.base, low=0)
+        arguments.integer("n", self.n, low=1)
+
+    def state_layout(self) -> Tuple[str, ...]:
+        return ()
+
+
+Rule = Union[Assign, Add, Optimizer, Nesterov, CopyState, WireState, WireKey, WireRejoin]
 #: every updater a server knows, by the name a command carries
 UPDATERS: Dict[str, Type[Any]] = {
-    r.updater: r for r in (Assign, Add, Optimizer, Nesterov, CopyState, WireState, WireKey)
+    r.updater: r
+    for r in (Assign, Add, Optimizer, Nesterov, CopyState, WireState, WireKey, WireRejoin)
 }
 
 

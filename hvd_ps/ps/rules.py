@@ -237,6 +237,30 @@ class WireState(Rule):
             self.rounds += 1
             self._step(total, -1, self.rounds, w)
 
+    def rejoin(self, received: Any, w: Any) -> None:
+        """A push to this shard's rejoin key (:class:`hvd_ps.ps.protocol.WireRejoin`): the
+        group it names gets the state as its shadow and starts its sequence afresh; ``w``
+        becomes the state followed by the request, for the new leader to pull."""
+        r = self.record
+        if r.mode != "async":
+            raise codec.WireError("a rejoin request to a sync shard (only async groups rejoin)")
+        if self.state is None:
+            raise ValueError(f"a rejoin request to shard {self.key} before its state was set")
+        extra = protocol.REJOIN_EXTRA
+        got = received.asnumpy()
+        if got.size != r.n + extra:
+            raise codec.WireError(
+                f"a rejoin push of {got.size} elements where {r.n + extra} were expected"
+            )
+        head = codec.read_rejoin(codec.as_bytes(got[r.n :]), r.bits, r.block, r.n)
+        if not 0 <= head.sender < r.groups:
+            raise codec.WireError(f"sender {head.sender} is not one of the {r.groups} groups")
+        self.shadow[head.sender][:] = self.state
+        self.seq.pop(head.sender, None)
+        self.resync = True  # (only a group without a sequence takes its next push's)
+        w[: r.n] = self.state
+        w[r.n :] = received[r.n :]
+
     def _step(self, arrived: Any, group: int, seq: int, w: Any) -> None:
         r, nd = self.record, self.mx.nd
         self.inner.update(nd.array(arrived, dtype=np.float32), self.state)
@@ -275,6 +299,23 @@ class WireKey(Rule):
         base.apply(self.record, g, w)
 
 
+class WireRejoin(Rule):
+    """A compressed shard's rejoin key: pushes go to the state key's :meth:`WireState.rejoin`."""
+
+    def update(self, g: Any, w: Any) -> None:
+        base = self.rule_of(self.record.base)
+        if not isinstance(base, WireState):
+            raise ValueError(
+                f"rejoin key {self.key}: key {self.record.base} is no compressed state"
+            )
+        if base.record.n != self.record.n:
+            raise ValueError(
+                f"rejoin key {self.key} is for {self.record.n} elements, its shard has "
+                f"{base.record.n}"
+            )
+        base.rejoin(g, w)
+
+
 #: the rule class of each protocol record
 RULES: Dict[Type[Any], Type[Rule]] = {
     protocol.Assign: Assign,
@@ -284,6 +325,7 @@ RULES: Dict[Type[Any], Type[Rule]] = {
     protocol.CopyState: CopyState,
     protocol.WireState: WireState,
     protocol.WireKey: WireKey,
+    protocol.WireRejoin: WireRejoin,
 }
 
 

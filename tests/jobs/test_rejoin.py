@@ -90,14 +90,19 @@ def _x0() -> np.ndarray:
     return np.concatenate([b0, w0.ravel()]).astype(np.float32)
 
 
-@pytest.mark.parametrize("strategy", ["EASGD", "DiLoCo", "GradientPush"])
-def test_a_dead_async_group_rejoins_and_nothing_is_lost(tmp_path: Path, strategy: str) -> None:
+@pytest.mark.parametrize(
+    "strategy, wire",
+    [("EASGD", "float32"), ("DiLoCo", "float32"), ("GradientPush", "float32"), ("DiLoCo", "int8")],
+)
+def test_a_dead_async_group_rejoins_and_nothing_is_lost(
+    tmp_path: Path, strategy: str, wire: str
+) -> None:
     audit = tmp_path / "audit"
     done = tmp_path / "done"
     tier = job_run.Tier(tmp_path, 3, HVD_PS_AUDIT_DIR=str(audit), HVD_PS_HEARTBEAT=DEAD_AFTER)
     jobs = []
     try:
-        ex = tier.exports
+        ex = dict(tier.exports, HVD_PS_WIRE_DTYPE=wire)
         a = _job(tmp_path, 1, 0, strategy, "A", "--until", str(done), **ex)
         b = _job(tmp_path, 1, 1, strategy, "B", "--until", str(done), **ex)
         c1 = _job(tmp_path, 2, 2, strategy, "C1", "--until", str(tmp_path / "never"), **ex)
@@ -137,6 +142,9 @@ def test_a_dead_async_group_rejoins_and_nothing_is_lost(tmp_path: Path, strategy
     for name, r in got.items():  # leaving takes no barrier with the dead or the others
         assert float(r["shutdown_s"]) < 5.0, f"{name}'s shutdown took {r['shutdown_s']} s"
 
+    if wire != "float32":
+        _check_compressed(audit, got, c2_member, killed_at)
+        return
     lines = _audit(audit)
     x0 = _x0()
     assert lines, "the servers applied no update"
@@ -165,3 +173,49 @@ def test_a_dead_async_group_rejoins_and_nothing_is_lost(tmp_path: Path, strategy
         f"{len(lines)} updates applied, {pushed} pushed by A, B, C2 and C3 and "
         f"{killed_at} (+1 in flight) by C1"
     )
+
+
+def _check_compressed(audit: Path, got: Dict, c2_member: Dict, killed_at: int) -> None:
+    """The int8 wire's rejoin, from the servers' audit of every key: each restarted group's
+    first parameters are, bit for bit, the state its rejoin request read (the request echoed
+    is group 2's own), and the servers took every exchange pushed, group 2's sequence starting
+    again at 1 after each rejoin."""
+    from hvd_ps.ps import codec, protocol
+
+    n = _x0().size
+    part = protocol.part_bytes(n, 8, 128) // 4  # one shard (HVD_PS_WIRE_BLOCK 128), in floats
+    lines = []
+    for f in sorted(audit.glob("server-*.jsonl")):
+        lines += [json.loads(line) for line in f.read_text().splitlines()]
+    rejoins = [x for x in lines if len(x["received"]) == n + protocol.REJOIN_EXTRA]
+    assert len(rejoins) == 2, f"{len(rejoins)} rejoin requests, not C2's and C3's"
+    for tag, line in zip(("C2", "C3"), rejoins):
+        after = np.array(line["after"], np.float32)
+        request = codec.as_bytes(after[n:])
+        assert codec.read_rejoin(request, 8, 128, n).sender == 2
+        assert (
+            request.tobytes()
+            == codec.as_bytes(np.array(line["received"], np.float32)[n:]).tobytes()
+        )
+        np.testing.assert_array_equal(got[tag]["first"], after[:n], err_msg=f"{tag}'s first")
+        assert not np.allclose(after[:n], _x0(), atol=1e-4), f"{tag} started from x0"
+    np.testing.assert_array_equal(got["C2"]["first"], c2_member["first"])  # the group agrees
+
+    heads = [
+        codec.read(codec.as_bytes(np.array(x["received"], np.float32)), 8, 128, n)
+        for x in lines
+        if len(x["received"]) == part
+    ]
+    pushed = sum(int(got[t]["exchanges"]) for t in ("A", "B", "C2", "C3"))
+    assert pushed + killed_at <= len(heads) <= pushed + killed_at + 1, (
+        f"{len(heads)} exchanges applied, {pushed} pushed by A, B, C2 and C3 and "
+        f"{killed_at} (+1 in flight) by C1"
+    )
+    seqs = [h.seq for h in heads if h.sender == 2]
+    runs = [i for i, q in enumerate(seqs) if q == 1]
+    assert len(runs) == 3, f"group 2's sequence started {len(runs)} times, not 3: {seqs}"
+    for a, b in zip(runs, runs[1:] + [len(seqs)]):
+        assert seqs[a:b] == list(range(1, b - a + 1)), seqs
+    assert seqs[runs[1] :] == list(range(1, int(got["C2"]["exchanges"]) + 1)) + list(
+        range(1, int(got["C3"]["exchanges"]) + 1)
+    ), seqs

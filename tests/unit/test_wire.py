@@ -154,6 +154,11 @@ class Server:
         for i in range(1, len(wires) + 1):
             self.stored[i] = _f32(codec.empty_reply(n, bits, block))
         self.rules[0].update(mx.nd.zeros((n,)), self.stored[0])  # adopt the initial value
+        if mode == "async":  # the shard's rejoin key
+            self.rejoin_key = len(wires) + 1
+            rule = protocol.WireRejoin(0, n)
+            self.rules[self.rejoin_key] = rules.make(rule, self.rejoin_key, self.rules.get)
+            self.stored[self.rejoin_key] = mx.nd.zeros((n + protocol.REJOIN_EXTRA,))
 
     def push(self, key, part):
         self.rules[key].update(_f32(part), self.stored[key])
@@ -197,6 +202,70 @@ def test_async_pushes_reply_against_each_groups_own_shadow():
     np.testing.assert_array_equal(db, codec.encode(a[1] + b[1], 4, 128, 0, 1)[1])
     np.testing.assert_array_equal(srv.rules[0].shadow[0].asnumpy(), da)
     np.testing.assert_array_equal(srv.rules[0].shadow[1].asnumpy(), db)
+
+
+def _rejoin_push(srv, group, nonce, n, bits=8, block=128):
+    request = codec.rejoin_request(group, nonce, bits, block, n)
+    push = np.zeros(n + protocol.REJOIN_EXTRA, np.float32)
+    push[n:] = request.view(np.float32)
+    srv.rules[srv.rejoin_key].update(mx.nd.array(push), srv.stored[srv.rejoin_key])
+    return request, srv.stored[srv.rejoin_key].asnumpy()
+
+
+def test_a_rejoining_group_reads_the_state_and_the_servers_shadow_it_from_there():
+    rng = np.random.RandomState(5)
+    n, g = 260, 3
+    srv = Server(protocol.Add(), "async", g, n=n, x0=rng.normal(size=n).astype(np.float32))
+    for seq in (1, 2):  # every group pushes twice, then group 1's leader dies
+        for i in range(g):
+            srv.push(1 + i, codec.encode(rng.normal(size=n).astype(np.float32), 8, 128, i, seq)[0])
+    state = srv.rules[0].state.asnumpy().copy()
+    request, got = _rejoin_push(srv, 1, 0xC0FFEE, n)
+    np.testing.assert_array_equal(got[:n], state)  # bit for bit: the copy the leader takes
+    assert codec.as_bytes(got[n:]).tobytes() == request.tobytes()  # its own request, echoed
+    np.testing.assert_array_equal(srv.rules[0].shadow[1].asnumpy(), state)
+    np.testing.assert_array_equal(srv.rules[0].shadow[0].asnumpy() == state, False)
+    # the new leader counts its exchanges from 1; the others go on with theirs
+    srv.push(1, codec.encode(rng.normal(size=n).astype(np.float32), 8, 128, 0, 3)[0])
+    send = rng.normal(size=n).astype(np.float32)
+    part, sent = codec.encode(send, 8, 128, 1, 1)
+    reply = srv.push(2, part)
+    head, change = codec.decode(reply, 8, 128, n)
+    assert head.seq == 1
+    now = srv.rules[0].state.asnumpy()
+    want = codec.encode(now - state, 8, 128, protocol.SERVERS, 1)[1]
+    np.testing.assert_array_equal(change, want)  # the change since the copy it read
+    np.testing.assert_array_equal(srv.rules[0].shadow[1].asnumpy(), state + change)
+    with pytest.raises(ValueError, match="pushed exchange 1, expected 2"):
+        srv.push(2, part)  # and its sequence holds again
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda n: codec.rejoin_request(3, 1, 8, 128, n), "sender 3 is not one of the 2 groups"),
+        (lambda n: codec.rejoin_request(0, 1, 4, 128, n), "bits is 4, the key expects 8"),
+        (lambda n: codec.rejoin_request(0, 1, 8, 128, n + 1), "n is 101, the key expects 100"),
+        (lambda n: codec.encode(np.ones(n, np.float32), 8, 128, 0, 1)[0][:16], "magic b'HQ'"),
+    ],
+)
+def test_the_servers_refuse_a_bad_rejoin_request(make, message):
+    srv = Server(protocol.Add(), "async", 2, n=100)
+    push = np.zeros(100 + protocol.REJOIN_EXTRA, np.float32)
+    push[100:] = make(100).view(np.float32)
+    with pytest.raises(ValueError, match=message):
+        srv.rules[srv.rejoin_key].update(mx.nd.array(push), srv.stored[srv.rejoin_key])
+    with pytest.raises(ValueError, match="a rejoin push of 100 elements where 104"):
+        srv.rules[srv.rejoin_key].update(mx.nd.zeros((100,)), srv.stored[srv.rejoin_key])
+
+
+def test_a_sync_shard_refuses_a_rejoin():
+    srv = Server(protocol.Add(), "sync", 2, n=100)
+    rule = rules.make(protocol.WireRejoin(0, 100), 9, srv.rules.get)
+    push = np.zeros(104, np.float32)
+    push[100:] = codec.rejoin_request(0, 1, 8, 128, 100).view(np.float32)
+    with pytest.raises(ValueError, match="only async groups rejoin"):
+        rule.update(mx.nd.array(push), mx.nd.zeros((104,)))
 
 
 @pytest.mark.parametrize(

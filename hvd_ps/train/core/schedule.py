@@ -235,13 +235,6 @@ class Schedule:
             err.every_rank = True
             raise err
         run = self.run = sync.bind(topo.total_groups, wire, self.optimizer)
-        if run.bits and self.rt.rejoined:
-            err = ConfigError(
-                f"group {topo.global_group_id} rejoined the PS tier with a {self.wire_dtype} "
-                "wire: a compressed wire cannot rejoin yet; use float32 or float16"
-            )
-            err.every_rank = True
-            raise err
         plan = plan_buckets([p.data for p in trained], self.bucket_bytes)
         threads = self.rt.cfg.settings.fusion_threads
         buckets = []
@@ -270,6 +263,8 @@ class Schedule:
                         name, initial, run.rule, topo.total_groups, topo.global_group_id
                     )
                     b.pulled, b.key = ch.shadow, ch.state_keys[0]
+                    if client.rejoined:
+                        ch.rejoin()
                 else:
                     b.pulled = mx.nd.zeros((b.params.size,), dtype=run.wire or b.params.dtype)
                     b.key = client.register(name, initial, run.rule, out=b.pulled)

@@ -14,11 +14,14 @@ strategies read as what they pulled) and its residual; every exchange it
 3. pulls the reply of every shard and adds it to its copy, checking it answers this exchange
    (:meth:`Channel.pull`).
 
-In async mode the servers answer a push at once, so the pull is queued right behind it.
+In async mode the servers answer a push at once, so the pull is queued right behind it, and a
+group that rejoins (its leader died) reads each shard's state through the shard's rejoin key,
+which also makes the servers' shadow of its copy that state (:meth:`Channel.rejoin`).
 """
 
 from __future__ import annotations
 
+import secrets
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -27,10 +30,14 @@ import numpy as np
 
 from ... import private_api
 from ...deadline import deadline
+from ...errors import TierError
 from ...ps import codec, protocol
 from .fusion import FusedBuffer, WireCodec
 from .interfaces import PSClient
 from .strategies.base import Send
+
+#: how often a rejoining leader asks for a shard's state before it gives up
+REJOIN_TRIES = 5
 
 
 class Channel:
@@ -74,6 +81,7 @@ class Channel:
         self.name = name
         self.state_keys: List[int] = []
         self.wire_keys: List[int] = []  # this leader's, per shard
+        self.rejoin_keys: List[int] = []  # async: per shard
         self.records: List[protocol.WireState] = []
         self.shard_servers: List[int] = []
         #: checkpoints' companion keys: (shard, leaf) -> (key, the rule it was last given)
@@ -99,6 +107,11 @@ class Channel:
                 )
                 if g < 0 or g == group:
                     self.wire_keys.append(key)
+            if mode == "async":  # a group that rejoins reads the state here (protocol)
+                extra = mx.nd.zeros((hi - lo + protocol.REJOIN_EXTRA,), dtype="float32")
+                rule = protocol.WireRejoin(state, hi - lo)
+                key = client.register(f"{name}.{j}.rejoin", extra, rule, server=server)
+                self.rejoin_keys.append(key)
 
     @property
     def nbytes(self) -> int:
@@ -110,6 +123,33 @@ class Channel:
         state key, whose rule adopts what ``kv.init`` stored)."""
         for key, (lo, hi) in zip(self.state_keys, self.cut):
             self.client.push(key, self.initial[lo:hi])
+
+    def rejoin(self, tries: int = REJOIN_TRIES) -> None:
+        """A leader whose group rejoins the tier (async): its copy becomes the servers' state,
+        and the servers' shadow of it that same copy, shard by shard; the residual starts at
+        zero (the old leader's died with it). Two groups rejoining at once may overwrite each
+        other's copy on a shard's rejoin key: the request read back says whose it is, and a
+        leader that finds another's asks again, up to ``tries`` times."""
+        extra = protocol.REJOIN_EXTRA
+        for key, (lo, hi) in zip(self.rejoin_keys, self.cut):
+            n = hi - lo
+            out = mx.nd.zeros((n + extra,), dtype="float32")
+            for _ in range(tries):
+                nonce = secrets.randbits(32)
+                request = codec.rejoin_request(self.group, nonce, self.bits, self.block, n)
+                push = np.zeros(n + extra, np.float32)
+                push[n:] = request.view(np.float32)
+                self.client.push(key, mx.nd.array(push, dtype="float32"))
+                self.client.exchange(key, None, out)
+                if codec.as_bytes(out[n:].asnumpy()).tobytes() == request.tobytes():
+                    self.shadow[lo:hi] = out[:n]
+                    break
+            else:
+                raise TierError(
+                    f"group {self.group} could not read shard {key}'s state to rejoin: other "
+                    f"groups' rejoins overwrote it {tries} times in a row"
+                )
+        self.residual[:] = 0.0
 
     def push(self, src: Any, seq: int) -> None:
         """Encode ``src`` (float32, the bucket's size) plus the residual, push every shard."""
