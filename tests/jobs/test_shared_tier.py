@@ -8,7 +8,8 @@ Real jobs on loopback: two ``horovodrun -np 1`` jobs of one group each
 tier train every sync strategy (tests/jobs/programs/shared_tier_job.py); step by step they must
 equal, to 1e-5, the one-job run of two groups (``horovodrun -np 2``, groups ``[[0], [1]]``, its own
 tier) on the same data, and both must equal the numpy reference of two groups
-(tests/reference.py). Then the refusals: two jobs claiming the same group id, and two jobs
+(tests/reference.py). With an int8 wire, the two jobs equal the one-job run bit for bit.
+Then the refusals: two jobs claiming the same group id, and two jobs
 counting different totals, each fail in ``hvd_ps.init`` with a TopologyError naming the
 problem on both jobs; a job that gives no offset on a shared tier fails before connecting.
 Every process is bounded by ``timeout`` and checked gone by PID afterwards.
@@ -30,6 +31,8 @@ from hvd_ps.errors import ConfigError, TopologyError
 from hvd_ps.ps import placement
 
 TOL = 1e-5
+#: a compressed wire against the float64 reference (relative to each array's largest value)
+WIRE_TOL = {"int8": 1.5e-2}  # 7.0e-3 measured
 LR = 0.1
 #: as in the job: (reference spec, steps)
 SPECS = {
@@ -167,12 +170,15 @@ def one_job(tmp_path_factory) -> List[Dict[str, np.ndarray]]:
     return _load(out, 2)
 
 
-def test_two_jobs_on_one_tier_equal_the_one_job_run(tmp_path: Path, one_job) -> None:
+def _two_jobs(tmp_path: Path, **env: str) -> List[Dict[str, np.ndarray]]:
+    """Two one-group jobs on one ``--servers-only`` tier (``env`` added to each job's)."""
     tier = job_run.Tier(tmp_path, 2)
     assert tier.exports["HVD_PS_TOTAL_GROUPS"] == "2"
     assert tier.exports["DMLC_NUM_WORKER"] == "2"
     try:
-        jobs = [_job(tmp_path, 1, HVD_PS_GROUP_OFFSET=str(i), **tier.exports) for i in (0, 1)]
+        jobs = [
+            _job(tmp_path, 1, HVD_PS_GROUP_OFFSET=str(i), **tier.exports, **env) for i in (0, 1)
+        ]
         results = job_run.finish_all(jobs, 170)
         for i, (code, so, se) in enumerate(results):
             assert code == 0, so + se[-3000:]
@@ -183,7 +189,11 @@ def test_two_jobs_on_one_tier_equal_the_one_job_run(tmp_path: Path, one_job) -> 
         code = tier.stop()
     assert code == 0
     job_run.assert_gone([], token=str(tmp_path))
-    two_jobs = _load(tmp_path, 2)
+    return _load(tmp_path, 2)
+
+
+def test_two_jobs_on_one_tier_equal_the_one_job_run(tmp_path: Path, one_job) -> None:
+    two_jobs = _two_jobs(tmp_path)
     groups = [[0], [1]]
     for name, (spec, steps) in SPECS.items():
         want = ref.run(spec, groups, steps, LR)
@@ -200,6 +210,40 @@ def test_two_jobs_on_one_tier_equal_the_one_job_run(tmp_path: Path, one_job) -> 
                 _close(two_jobs[g][f"{name}.{key}"], one_job[g][f"{name}.{key}"],
                        f"{name} {key} group {g}: two jobs vs one job")  # fmt: skip
         assert float(two_jobs[0]["EASGD.alpha"]) == pytest.approx(0.45)  # 0.9 / G, G = 2
+
+
+@pytest.mark.parametrize("wire", ["int8"])
+def test_two_jobs_on_one_tier_with_a_compressed_wire_equal_the_one_job_run(
+    tmp_path: Path, wire: str
+) -> None:
+    """The compressed wire's keys (state, wire and rejoin keys per shard) of two jobs on one
+    tier: every step, every strategy, bit for bit the one-job run of two groups, and near the
+    float64 reference (what the codes round off, error feedback keeps bounded)."""
+    one = tmp_path / "one"
+    one.mkdir()
+    ((code, so, se),) = job_run.finish_all(
+        [_job(one, 2, groups="[[0],[1]]", HVD_PS_WIRE_DTYPE=wire)], 170
+    )
+    assert code == 0, so + se[-3000:]
+    one_job = _load(one, 2)
+    two_jobs = _two_jobs(tmp_path, HVD_PS_WIRE_DTYPE=wire)
+    worst = 0.0
+    for name, (spec, steps) in SPECS.items():
+        want = ref.run(spec, [[0], [1]], steps, LR)
+        for g in range(2):
+            for key in ("w", "b", "gw", "gb"):
+                np.testing.assert_array_equal(
+                    two_jobs[g][f"{name}.{key}"], one_job[g][f"{name}.{key}"],
+                    err_msg=f"{name} {key} group {g}: two jobs vs one job",
+                )  # fmt: skip
+            for t in range(steps):
+                for got, exact in (
+                    (two_jobs[g][f"{name}.w"][t], want[t]["x"][g][0]),
+                    (two_jobs[g][f"{name}.b"][t], want[t]["x"][g][1]),
+                ):
+                    scale = max(float(np.max(np.abs(exact))), 1e-3)
+                    worst = max(worst, float(np.max(np.abs(got - exact))) / scale)
+    assert worst < WIRE_TOL[wire], f"{wire}: relative error {worst:.2e} against float64"
 
 
 def _refused(tmp_path: Path, envs: List[Dict[str, str]]) -> List[str]:
