@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import mxnet as mx
 
@@ -42,7 +42,7 @@ from .buckets import Bucket, plan_buckets
 from .fusion import FusedBuffer
 from .interfaces import Flat, Fuse, Group, Job, PSClient
 from .strategies import Exchange, ServerOptimizer, Strategy
-from .wire import Settler, Wire
+from .wire_exchange import Wire
 
 
 def wait_arrays(arrays: List[Any], what: str, timeout: float) -> None:
@@ -128,8 +128,6 @@ class Schedule:
         self.ps_wait_s = 0.0
         #: the compressed wire's buckets (leaders of an int8/int4 trainer), else None
         self.wire_io: Optional[Wire] = None
-        self.wire_pulled = False  # the reply of the exchange in flight is in the copy already
-        self.settler: Optional[Settler] = None  # an overlapped sync round's barrier and pulls
 
     @property
     def wire(self) -> Optional[str]:
@@ -166,7 +164,8 @@ class Schedule:
         self.exchanges, self.pending, self.launched = state.exchanges, state.pending, state.launched
         if self.pending is not None:
             self.rt.in_flight.add(self)
-            self.wire_pulled = True  # a checkpoint holds the reply in the copy it saved
+            if self.wire_io is not None:
+                self.wire_io.pulled = True  # a checkpoint holds the reply in the copy it saved
 
     def flight_arrays(self) -> Dict[str, Any]:
         """A leader's arrays of the exchange in flight, by name (``flight/<i>/<part>``): the
@@ -185,23 +184,18 @@ class Schedule:
         state and residual (``wire/<i>/shadow``, ``wire/<i>/residual``)."""
         out = dict(self.bound().state_arrays())
         if self.wire_io is not None:
-            for b, ch in zip(self.all(), self.wire_io.channels):
-                out[f"wire/{b.index}/shadow"] = ch.shadow
-                out[f"wire/{b.index}/residual"] = ch.residual
+            out.update(self.wire_io.state_arrays(self.all()))
         return out
 
     def settle_flight(self) -> None:
         """Leader, compressed sync wire: pull the reply of the exchange in flight now (a
         checkpoint keeps it; it is applied at its step as before)."""
-        if self.wire_io is None or self.pending is None or self.wire_pulled:
+        if self.wire_io is None or self.pending is None:
             return
-        self.wire_pulled = True
-        if self._join_settler():
+        if self.refused is not None:  # nothing was pushed
+            self.wire_io.pulled = True
             return
-        if self.wire_io.mode == "sync" and self.refused is None:
-            self.wire_io.settle("checkpoint: the exchange in flight")
-            for ch in self.wire_io.channels:
-                ch.pull(self.exchanges)
+        self.wire_io.settle_flight(self.exchanges)
 
     def companion_key(self, b: Bucket, leaf: int, rule: protocol.CopyState, initial: Any) -> int:
         """The PS key that carries bucket ``b``'s server-state array ``leaf`` to or from the
@@ -298,8 +292,9 @@ class Schedule:
             client = self.client()
             refused = self._refusal(t, None)
         if topo.is_leader and refused is None and self.wire_io is not None:
-            self._wire_push(self.exchanges + 1, blocking=True)
-            self._wire_finish(client, self.exchanges + 1, f"PS exchange at step {t}", True)
+            seq, what = self.exchanges + 1, f"PS exchange at step {t}"
+            self.wire_io.push(self.bound(), self.all(), seq, blocking=True)
+            self.wire_io.finish(self.bound(), self.all(), seq, what, True, self._waiter(client))
         elif topo.is_leader and refused is None:
             # every bucket's transfers are queued on MXNet's engine first, so they overlap;
             # then one bounded wait for all of them
@@ -317,9 +312,10 @@ class Schedule:
             for b in self.all():
                 b.params.pack(out=b.snap)
             self.refused = self._refusal(t, [b.snap for b in self.all()])
-            self.wire_pulled = False
-            if self.wire_io is not None and self.refused is None:
-                self._wire_push(self.exchanges + 1, blocking=False)
+            if self.wire_io is not None:
+                self.wire_io.pulled = False
+                if self.refused is None:
+                    self.wire_io.push(self.bound(), self.all(), self.exchanges + 1, False)
             for b in self.all() if self.refused is None and self.wire_io is None else []:
                 self.bound().launch(b, client)
         self.pending = t + self.sync.overlap
@@ -336,8 +332,8 @@ class Schedule:
         topo = self.rt.topo
         refused, self.refused = self.refused, None
         if topo.is_leader and refused is None and self.wire_io is not None:
-            what = f"PS exchange started at step {self.launched}"
-            self._wire_finish(self.client(), self.exchanges, what, False)
+            what, wait = f"PS exchange started at step {self.launched}", self._waiter(self.client())
+            self.wire_io.finish(self.bound(), self.all(), self.exchanges, what, False, wait)
         elif topo.is_leader and refused is None:
             client = self.client()
             self._wait_ps(client, f"PS exchange started at step {self.launched}")
@@ -364,50 +360,13 @@ class Schedule:
             return None
         return f"group {topo.global_group_id} (leader rank {topo.leader}), {why}"
 
-    def _wire_push(self, seq: int, blocking: bool) -> None:
-        """Compressed wire: what each bucket sends, encoded and pushed; in async mode the
-        servers answer at once, so the pulls of their replies are queued right behind; an
-        overlapped sync exchange settles its round and pulls from a thread of its own
-        (:class:`~.wire.Settler`), so the training steps hide that too."""
-        assert self.wire_io is not None
-        run = self.bound()
-        for b, ch in zip(self.all(), self.wire_io.channels):
-            send = run.wire_send(b, b.params if blocking else b.snapshot(), blocking)
-            if send is None:  # the strategy left it in b.out
-                ch.push(b.out, seq)
-            else:  # its math, the residual and the codes in one pass
-                ch.push_send(send, b.out, seq)
-        if self.wire_io.mode == "async":
-            for ch in self.wire_io.channels:
-                ch.pull(seq)
-        elif not blocking:
-            self.settler = Settler(self.wire_io, seq, f"PS exchange {seq} (sync round)")
-
-    def _join_settler(self) -> bool:
-        """Wait for the round the settler pulls (bounded); False if there was none."""
-        settler, self.settler = self.settler, None
-        if settler is None:
-            return False
-        settler.join()
-        return True
-
-    def _wire_finish(self, client: PSClient, seq: int, what: str, blocking: bool) -> None:
-        """Compressed wire: (sync) the round's barrier and the pulls, unless a settler or a
-        checkpoint did them, then the wait, then the strategy applies the servers' reply."""
-        assert self.wire_io is not None
-        pulled = self._join_settler() or (self.wire_pulled and not blocking)
-        if self.wire_io.mode == "sync" and not pulled:
-            self.wire_io.settle(what)
-            for ch in self.wire_io.channels:
-                ch.pull(seq)
-        self._wait_ps(client, what)
-        for b in self.all():
-            self.bound().wire_apply(b, blocking)
-
     def _wait_ps(self, client: PSClient, what: str) -> None:
         start = time.perf_counter()
         client.wait([b.pulled for b in self.all()], what)
         self.ps_wait_s += time.perf_counter() - start
+
+    def _waiter(self, client: PSClient) -> Callable[[str], None]:
+        return lambda what: self._wait_ps(client, what)
 
     # -- the global model -----------------------------------------------------------------------
     def pull_global(self) -> None:
@@ -418,11 +377,8 @@ class Schedule:
             client = self.client()
             scale = self.bound().global_scale
             if self.wire_io is not None:
-                flats = self._peek()
-                for b, ch, flat in zip(self.all(), self.wire_io.channels, flats):
-                    ch.read_state(flat, flat)
-                    b.params.unpack(flat, alpha=scale)
-                client.wait(flats, "pull of the global model")
+                self.wire_io.read_global(self.all(), self._peek(), scale)
+                client.wait(self.peek, "pull of the global model")
             else:
                 for b in self.all():
                     client.exchange(b.key, None, b.pulled, wait=False)
@@ -438,11 +394,7 @@ class Schedule:
         client = self.client()
         scale = self.bound().global_scale
         if self.wire_io is not None:  # the pushes and pulls of an exchange in flight stay
-            if self._join_settler():  # its round's pulls are queued, not yet applied
-                self.wire_pulled = True
-            for b, ch, flat in zip(self.all(), self.wire_io.channels, self._peek()):
-                ch.read_state(flat, flat)
-                b.params.unpack(flat, alpha=scale)
+            self.wire_io.read_global(self.all(), self._peek(), scale)
             client.wait(self.peek, "pull of the global model (this leader alone)")
             return
         self._peek()

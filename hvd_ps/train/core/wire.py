@@ -10,7 +10,8 @@ strategies read as what they pulled) and its residual; every exchange it
 1. encodes what its strategy sends plus the residual into one wire buffer and pushes each shard's
    part (:meth:`Channel.push`);
 2. in sync mode, waits until its pushes were applied and meets the other leaders at a ps-lite
-   barrier (:meth:`Wire.settle`): every shard has then closed the round and holds its reply;
+   barrier (:meth:`~.wire_exchange.Wire.settle`): every shard has then closed the round and
+   holds its reply;
 3. pulls the reply of every shard and adds it to its copy, checking it answers this exchange
    (:meth:`Channel.pull`).
 
@@ -22,14 +23,11 @@ which also makes the servers' shadow of its copy that state (:meth:`Channel.rejo
 from __future__ import annotations
 
 import secrets
-import threading
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import mxnet as mx
 import numpy as np
 
-from ... import private_api
-from ...deadline import deadline
 from ...errors import TierError
 from ...ps import codec, protocol
 from .fusion import FusedBuffer, WireCodec
@@ -250,79 +248,3 @@ class Channel:
         for key, (lo, hi) in zip(self.state_keys, self.cut):
             self.client.push(key, scratch[lo:hi])
             self.client.exchange(key, None, out[lo:hi], wait=False)
-
-
-class Wire:
-    """Every compressed bucket of one trainer on a leader, and the sync rounds' barrier."""
-
-    def __init__(self, client: PSClient, mode: str, bits: int) -> None:
-        self.client, self.mode, self.bits = client, mode, bits
-        self.channels: List[Channel] = []
-        self.next_server = 0
-
-    def open(
-        self, name: str, initial: Any, inner: protocol.Rule, groups: int, group: int
-    ) -> Channel:
-        args = (self.mode, groups, group, self.next_server, self.bits)
-        ch = Channel(self.client, name, initial, inner, *args)
-        self.next_server = (self.next_server + len(ch.cut)) % ch.servers
-        self.channels.append(ch)
-        return ch
-
-    def start(self) -> None:
-        """After every channel is open: ps-lite rank 0 adopts the initial values, and every
-        leader waits for that at a barrier (a rejoined leader finds them adopted long ago)."""
-        if self.client.rejoined:
-            return
-        if self.client.ps_rank == 0:
-            for ch in self.channels:
-                ch.adopt()
-            with deadline("adopting the compressed shards' state", self.timeout):
-                for ch in self.channels:
-                    private_api.wait_to_write(ch.initial)  # pushes done once answered
-        self.client.barrier("compressed shards set up")
-
-    @property
-    def timeout(self) -> float:
-        return float(self.client.cfg.settings.timeout)
-
-    def settle(self, what: str) -> None:
-        """Sync: wait until this leader's pushes were applied, then meet the other leaders;
-        after it every shard has closed the round and holds its reply. Async: nothing."""
-        if self.mode != "sync":
-            return
-        with deadline(f"{what}: the servers' answer to this leader's pushes", self.timeout):
-            for ch in self.channels:
-                private_api.wait_to_write(ch.sent)  # its pushes are done once answered
-        self.client.barrier(what)
-
-    @property
-    def bytes_per_exchange(self) -> int:
-        return sum(ch.nbytes for ch in self.channels)
-
-
-class Settler:
-    """An overlapped sync exchange's :meth:`Wire.settle` and pulls of sequence ``seq``, on a
-    thread of its own: the leader's training steps go on while its round closes and the
-    replies come back; :meth:`join` (at the exchange's step) waits for it, within
-    ``HVD_PS_TIMEOUT``, and raises what failed there."""
-
-    def __init__(self, wire: Wire, seq: int, what: str) -> None:
-        self.wire, self.seq, self.what = wire, seq, what
-        self.error: Optional[BaseException] = None
-        self.thread = threading.Thread(target=self._run, name="hvd_ps-settle", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.wire.settle(self.what)
-            for ch in self.wire.channels:
-                ch.pull(self.seq)
-        except BaseException as err:  # raised again by join(), on the training thread
-            self.error = err
-
-    def join(self) -> None:
-        with deadline(f"{self.what}: the leaders' barrier and pulls", self.wire.timeout):
-            self.thread.join()
-        if self.error is not None:
-            raise self.error

@@ -1,0 +1,183 @@
+"""A trainer's exchanges on the compressed wire (``int8``, ``int4``), as its schedule runs them
+(:mod:`~.schedule`): every bucket's :class:`~.wire.Channel` together, the sync rounds' barrier,
+and the steps of one exchange.
+
+1. :meth:`Wire.push`: each bucket encodes what its strategy sends (with the strategy's math in
+   the same pass where it has one) and pushes its shards; in async mode the pulls of the
+   servers' replies are queued right behind, and an overlapped sync exchange hands its round's
+   barrier and pulls to a thread of its own (:class:`Settler`), so the training steps hide them;
+2. :meth:`Wire.finish`: in sync mode the round's barrier and the pulls (unless a settler or a
+   checkpoint did them), then the wait, then the strategy applies the reply to each bucket.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Dict, List, Optional
+
+from ... import private_api
+from ...deadline import deadline
+from ...ps import protocol
+from .buckets import Bucket
+from .interfaces import PSClient
+from .strategies.base import Exchange
+from .wire import Channel
+
+
+class Wire:
+    """Every compressed bucket of one trainer on a leader, the sync rounds' barrier, and the
+    steps of an exchange."""
+
+    def __init__(self, client: PSClient, mode: str, bits: int) -> None:
+        self.client, self.mode, self.bits = client, mode, bits
+        self.channels: List[Channel] = []
+        self.next_server = 0
+        #: an overlapped sync exchange's round, settling on a thread of its own
+        self.settler: Optional[Settler] = None
+        #: the reply of the exchange in flight is in the leaders' copies already
+        self.pulled = False
+
+    def open(
+        self, name: str, initial: Any, inner: protocol.Rule, groups: int, group: int
+    ) -> Channel:
+        args = (self.mode, groups, group, self.next_server, self.bits)
+        ch = Channel(self.client, name, initial, inner, *args)
+        self.next_server = (self.next_server + len(ch.cut)) % ch.servers
+        self.channels.append(ch)
+        return ch
+
+    def start(self) -> None:
+        """After every channel is open: ps-lite rank 0 adopts the initial values, and every
+        leader waits for that at a barrier (a rejoined leader finds them adopted long ago)."""
+        if self.client.rejoined:
+            return
+        if self.client.ps_rank == 0:
+            for ch in self.channels:
+                ch.adopt()
+            with deadline("adopting the compressed shards' state", self.timeout):
+                for ch in self.channels:
+                    private_api.wait_to_write(ch.initial)  # pushes done once answered
+        self.client.barrier("compressed shards set up")
+
+    @property
+    def timeout(self) -> float:
+        return float(self.client.cfg.settings.timeout)
+
+    def settle(self, what: str) -> None:
+        """Sync: wait until this leader's pushes were applied, then meet the other leaders;
+        after it every shard has closed the round and holds its reply. Async: nothing."""
+        if self.mode != "sync":
+            return
+        with deadline(f"{what}: the servers' answer to this leader's pushes", self.timeout):
+            for ch in self.channels:
+                private_api.wait_to_write(ch.sent)  # its pushes are done once answered
+        self.client.barrier(what)
+
+    @property
+    def bytes_per_exchange(self) -> int:
+        return sum(ch.nbytes for ch in self.channels)
+
+    # -- one exchange ---------------------------------------------------------------------------
+    def push(self, run: Exchange, buckets: List[Bucket], seq: int, blocking: bool) -> None:
+        """Exchange ``seq``: what each bucket sends, encoded and pushed (from the parameters if
+        ``blocking``, else from the snapshot); async: the pulls of the replies queued behind;
+        overlapped sync: a :class:`Settler` for the round."""
+        for b, ch in zip(buckets, self.channels):
+            send = run.wire_send(b, b.params if blocking else b.snapshot(), blocking)
+            if send is None:  # the strategy left it in b.out
+                ch.push(b.out, seq)
+            else:  # its math, the residual and the codes in one pass
+                ch.push_send(send, b.out, seq)
+        if self.mode == "async":
+            for ch in self.channels:
+                ch.pull(seq)
+        elif not blocking:
+            self.settler = Settler(self, seq, f"PS exchange {seq} (sync round)")
+
+    def join_settler(self) -> bool:
+        """Wait for the round a settler pulls (bounded); False if there was none."""
+        settler, self.settler = self.settler, None
+        if settler is None:
+            return False
+        settler.join()
+        return True
+
+    def finish(
+        self,
+        run: Exchange,
+        buckets: List[Bucket],
+        seq: int,
+        what: str,
+        blocking: bool,
+        wait: Callable[[str], None],
+    ) -> None:
+        """Exchange ``seq``, after :meth:`push`: (sync) the round's barrier and the pulls,
+        unless a settler or a checkpoint did them; ``wait(what)`` for the pulls; the
+        strategy applies the reply to every bucket."""
+        pulled = self.join_settler() or (self.pulled and not blocking)
+        if self.mode == "sync" and not pulled:
+            self.settle(what)
+            for ch in self.channels:
+                ch.pull(seq)
+        wait(what)
+        for b in buckets:
+            run.wire_apply(b, blocking)
+
+    def settle_flight(self, seq: int) -> None:
+        """A checkpoint of an overlapped exchange ``seq`` in flight: its reply pulled into the
+        copies now (sync; async replies are queued behind the push already). It is applied at
+        its step as before."""
+        if self.pulled:
+            return
+        self.pulled = True
+        if self.join_settler():
+            return
+        if self.mode == "sync":
+            self.settle("checkpoint: the exchange in flight")
+            for ch in self.channels:
+                ch.pull(seq)
+
+    def read_global(self, buckets: List[Bucket], flats: List[Any], scale: float) -> None:
+        """The servers' state (the global model, float32) into ``flats`` and, times ``scale``,
+        into every bucket's parameters (queued; the caller waits for ``flats``). An exchange in
+        flight stays: its round's pulls, if a settler queued them, count as done."""
+        if self.join_settler():
+            self.pulled = True
+        for b, ch, flat in zip(buckets, self.channels, flats):
+            ch.read_state(flat, flat)
+            b.params.unpack(flat, alpha=scale)
+
+    def state_arrays(self, buckets: List[Bucket]) -> Dict[str, Any]:
+        """Each bucket's copy of the servers' state and residual, by checkpoint name."""
+        out = {}
+        for b, ch in zip(buckets, self.channels):
+            out[f"wire/{b.index}/shadow"] = ch.shadow
+            out[f"wire/{b.index}/residual"] = ch.residual
+        return out
+
+
+class Settler:
+    """An overlapped sync exchange's :meth:`Wire.settle` and pulls of sequence ``seq``, on a
+    thread of its own: the leader's training steps go on while its round closes and the
+    replies come back; :meth:`join` (at the exchange's step) waits for it, within
+    ``HVD_PS_TIMEOUT``, and raises what failed there."""
+
+    def __init__(self, wire: Wire, seq: int, what: str) -> None:
+        self.wire, self.seq, self.what = wire, seq, what
+        self.error: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._run, name="hvd_ps-settle", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.wire.settle(self.what)
+            for ch in self.wire.channels:
+                ch.pull(self.seq)
+        except BaseException as err:  # raised again by join(), on the training thread
+            self.error = err
+
+    def join(self) -> None:
+        with deadline(f"{self.what}: the leaders' barrier and pulls", self.wire.timeout):
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
