@@ -551,13 +551,15 @@ HVDPS_API int hvdps_wire_push(int kind, NDArrayHandle data, NDArrayHandle aux, N
 // unless null, which it then updates) into `wire`; kind 1 adds the decoded `wire` to `values`
 // after checking that it is the servers' reply to exchange `seq`; kind 2 does the same for a
 // leader's push, of any sender and sequence (the caller checked its header).  Every part's
-// format, scales and codes are checked before anything is added.
+// format, scales and codes are checked before anything is added.  kind 3 is the servers'
+// reply: it encodes `values - residual` (their state less their shadow of a leader's copy)
+// and adds the decoded values to that shadow, as the leader will to its copy.
 HVDPS_API int hvdps_wire_host(int kind, float* values, float* residual, uint8_t* wire,
                               const int64_t* bounds, int nbounds, int bits, int block, int sender,
                               uint32_t seq, int threads) {
   return hvdps::guarded([&] {
     using hvdps::Failure;
-    if (kind < 0 || kind > 2) throw Failure{hvdps::kBadArgument, "unknown wire op"};
+    if (kind < 0 || kind > 3) throw Failure{hvdps::kBadArgument, "unknown wire op"};
     if (bits != 8 && bits != 4) throw Failure{hvdps::kBadArgument, "bits must be 8 or 4"};
     if (block < 8 || block > hvdps::kWireMaxBlock || block % 8 != 0) {
       throw Failure{hvdps::kBadArgument, "block must be a multiple of 8, 8..32768"};
@@ -577,9 +579,9 @@ HVDPS_API int hvdps_wire_host(int kind, float* values, float* residual, uint8_t*
     spec.seq = seq;
     spec.threads = threads;
     spec.wire = wire;
-    if (kind == 0) {
+    if (kind == 0 || kind == 3) {  // 3: the servers' reply, `residual` their shadow
       spec.src = values;
-      spec.residual = residual;
+      (kind == 0 ? spec.residual : spec.shadow) = residual;
       hvdps::wire_encode(spec);
       return;
     }

@@ -75,7 +75,8 @@ struct WireSpec {
   std::vector<int64_t> offsets; // byte offset of each shard's part; offsets.back() == wire bytes
   float* src = nullptr;    // encode: what to send (float32), read
   float* residual = nullptr;  // encode: the sender's residual, read and written (null: none)
-  float* shadow = nullptr;    // decode: the copy the reply is added to, read and written
+  float* shadow = nullptr;    // decode: the copy the reply is added to, read and written;
+                              // encode (the servers' reply): what src's change is taken from
   uint8_t* wire = nullptr;
   int sender = 0;          // encode: the header's sender
   uint32_t seq = 0;        // encode: the header's sequence; decode: the sequence expected
@@ -93,6 +94,7 @@ inline int64_t wire_part_bytes(int64_t n, int bits, int block) {
 // Fills spec->offsets from spec->bounds; false if a shard is empty or too large for a header.
 bool wire_layout(WireSpec* spec);
 // v = src + residual per block; codes and scales into the parts; residual = v - decoded.
+// With `shadow` set instead (the servers' reply): v = src - shadow; shadow += decoded.
 void wire_encode(const WireSpec& spec);
 // The same encode of `alpha * x + beta * ref` in one pass, x the float32 arrays of `segments`
 // laid out flat (their offsets rise); also writes that value to `out` unless it is null.

@@ -95,6 +95,7 @@ void wire_encode_axpby(const WireSpec& spec, const std::vector<Segment>& segment
       const int64_t first = spec.bounds[k] + b * B;
       const int64_t n = std::min<int64_t>(B, spec.bounds[k + 1] - first);
       float* e = spec.residual == nullptr ? nullptr : spec.residual + first;
+      float* sh = spec.shadow == nullptr ? nullptr : spec.shadow + first;  // the servers' reply
       const float* s = x;
       if (fused) {  // s = alpha x + beta ref, as pack_axpby computes it (and keeps it in out)
         gather(segments, first, n, x);
@@ -107,7 +108,7 @@ void wire_encode_axpby(const WireSpec& spec, const std::vector<Segment>& segment
       for (int i = 0; i < B; ++i) v[i] = 0.0f;
       float amax = 0.0f;
       for (int64_t i = 0; i < n; ++i) {
-        v[i] = e == nullptr ? s[i] : s[i] + e[i];
+        v[i] = sh != nullptr ? s[i] - sh[i] : e == nullptr ? s[i] : s[i] + e[i];
         amax = std::max(amax, std::fabs(v[i]));
       }
       uint8_t* r = spec.wire + spec.offsets[k] + kWireHeader + b * rec;
@@ -136,6 +137,9 @@ void wire_encode_axpby(const WireSpec& spec, const std::vector<Segment>& segment
       }
       if (e != nullptr) {
         for (int64_t i = 0; i < n; ++i) e[i] = v[i] - static_cast<float>(q[i]) * scale;
+      }
+      if (sh != nullptr) {  // as a leader's decode adds the reply to its copy
+        for (int64_t i = 0; i < n; ++i) sh[i] += static_cast<float>(q[i]) * scale;
       }
     }
   });

@@ -32,11 +32,15 @@ private name                       of                      why hvd_ps needs it
 ``MXKVStoreRunServer``             MXNet's C API           a server with hvd_ps's command handler
 (``mxnet.base._LIB``)                                      (Python's ``KVStore`` wraps no handler)
 ``MXNDArrayGetData``               MXNet's C API           a checkpoint writes arrays straight from
-(``mxnet.base._LIB``)                                      their memory, without a copy
+(``mxnet.base._LIB``)                                      their memory, without a copy; the
+                                                           servers' compressed shards work on
+                                                           their keys' memory in place
 ``MXNDArrayWaitToWrite``           MXNet's C API           wait until every queued read of an array
 (``mxnet.base._LIB``)                                      (a PS push) is done: the compressed
-                                                           wire's sync rounds (Python's NDArray
-                                                           wraps only ``wait_to_read``)
+                                                           wire's sync rounds, and the servers
+                                                           before they write a key's memory
+                                                           (Python's NDArray wraps only
+                                                           ``wait_to_read``)
 ``ArgumentParser._actions``        argparse                ``hvdps-run``'s flags, to tell its own
                                                            from ``horovodrun``'s
 =================================  ======================  =========================================
@@ -126,6 +130,18 @@ def ndarray_address(a: Any) -> int:
     ptr = ctypes.c_void_p()
     check_call(_LIB.MXNDArrayGetData(a.handle, ctypes.byref(ptr)))
     return int(ptr.value or 0)
+
+
+def ndarray_view(a: Any) -> Any:
+    """A numpy array on a CPU NDArray's memory (no copy), after waiting until nothing queued on
+    MXNet's engine reads or writes it. The caller keeps ``a`` alive while it uses the view and
+    queues nothing on ``a`` meanwhile."""
+    import numpy as np
+
+    wait_to_write(a)
+    dtype = np.dtype(a.dtype)
+    buf = (ctypes.c_char * (int(a.size) * dtype.itemsize)).from_address(ndarray_address(a))
+    return np.frombuffer(memoryview(buf), dtype=dtype)
 
 
 def wait_to_write(a: Any) -> None:

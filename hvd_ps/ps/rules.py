@@ -189,6 +189,10 @@ class WireState(Rule):
         self.resync = False  # after a checkpoint's load: a group's next push sets its sequence
         self.pending: Dict[int, Any] = {}  # sync: the round's decoded pushes
         self.rounds = 0
+        #: what the inner rule applies (a push decoded, or a round's sum), and per group the
+        #: buffers a sync round decodes into: allocated once, written in place
+        self.arrived: Any = None
+        self.decoded: Dict[int, Any] = {}
 
     def _groups(self) -> List[int]:
         return [-1] if self.record.mode == "sync" else list(range(self.record.groups))
@@ -205,7 +209,8 @@ class WireState(Rule):
         r = self.record
         if self.state is None:
             raise ValueError(f"a push to a wire key of shard {self.key} before its state key")
-        part = codec.as_bytes(received.asnumpy())
+        # the bytes as they arrived, in place (MXNet handed over the message's memory)
+        part = codec.as_bytes(private_api.ndarray_view(received))
         head = codec.read(part, r.bits, r.block, r.n)  # the header, before any block is read
         sender = head.sender
         if wire.group >= 0 and sender != wire.group:
@@ -220,22 +225,36 @@ class WireState(Rule):
                 f"group {sender} pushed exchange {head.seq}, expected {expected} (a push "
                 "applied twice, or one lost)"
             )
-        values = np.zeros(r.n, np.float32)
+        if r.mode == "sync" and sender in self.pending:
+            raise codec.WireError(f"group {sender} pushed twice in round {self.rounds + 1}")
+        arrived = self._arrived()
+        if r.mode == "async":
+            values = arrived
+        else:
+            values = self.decoded.get(sender)
+            if values is None:
+                values = self.decoded[sender] = np.empty(r.n, np.float32)
+        values.fill(0.0)
         wire_host.add_decoded(part, values, r.bits, r.block)  # checks every scale and code
         self.seq[sender] = head.seq
         if r.mode == "async":
-            self._step(values, sender, head.seq, w)
+            self._step(sender, head.seq, w)
             return
-        if sender in self.pending:
-            raise codec.WireError(f"group {sender} pushed twice in round {self.rounds + 1}")
         self.pending[sender] = values
-        if len(self.pending) == r.groups:
-            total = self.pending[0]
+        if len(self.pending) == r.groups:  # the round's sum, in group order
+            np.copyto(arrived, self.pending[0])
             for i in range(1, r.groups):
-                total = total + self.pending[i]
+                np.add(arrived, self.pending[i], out=arrived)
             self.pending = {}
             self.rounds += 1
-            self._step(total, -1, self.rounds, w)
+            self._step(-1, self.rounds, w)
+
+    def _arrived(self) -> Any:
+        """The array the inner rule reads, as numpy (its memory, once MXNet no longer reads
+        it for the last update)."""
+        if self.arrived is None:
+            self.arrived = self.mx.nd.zeros((self.record.n,), dtype=np.float32)
+        return private_api.ndarray_view(self.arrived)
 
     def rejoin(self, received: Any, w: Any) -> None:
         """A push to this shard's rejoin key (:class:`hvd_ps.ps.protocol.WireRejoin`): the
@@ -261,15 +280,16 @@ class WireState(Rule):
         w[: r.n] = self.state
         w[r.n :] = received[r.n :]
 
-    def _step(self, arrived: Any, group: int, seq: int, w: Any) -> None:
-        r, nd = self.record, self.mx.nd
-        self.inner.update(nd.array(arrived, dtype=np.float32), self.state)
-        shadow = self.shadow[group]
-        copy = shadow.asnumpy()
-        part = wire_host.encode(self.state.asnumpy() - copy, r.bits, r.block, protocol.SERVERS, seq)
-        wire_host.add_decoded(part, copy, r.bits, r.block, seq)  # as every leader adds it
-        shadow[:] = copy
-        w[:] = part.view(np.float32)
+    def _step(self, group: int, seq: int, w: Any) -> None:
+        """Apply what arrived to the state; the reply to ``group`` (or, -1, to every group of
+        a sync round) into ``w``, in place: the encoded change of the state since its shadow,
+        and the shadow moved on by it, in one pass."""
+        r = self.record
+        self.inner.update(self.arrived, self.state)
+        state = private_api.ndarray_view(self.state)
+        shadow = private_api.ndarray_view(self.shadow[group])
+        out = codec.as_bytes(private_api.ndarray_view(w))
+        wire_host.encode_change(state, shadow, out, r.bits, r.block, seq)
 
     def leaves(self, like: Any) -> List[Any]:
         if self.state is None:

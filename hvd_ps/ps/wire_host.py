@@ -55,6 +55,19 @@ def encode(values: Any, bits: int, block: int, sender: int, seq: int, threads: i
     return part
 
 
+def encode_change(state: Any, shadow: Any, out: Any, bits: int, block: int, seq: int,
+                  threads: int = 0) -> None:  # fmt: skip
+    """The servers' reply to exchange ``seq`` into ``out`` (the part's bytes, uint8): the
+    encoded ``state - shadow``; ``shadow`` += its decoded values, exactly as a leader adds
+    them to its copy. One pass; ``state`` and ``shadow`` are contiguous float32 arrays."""
+    for name, a in (("state", state), ("shadow", shadow)):
+        if a.dtype != np.float32 or not a.flags.c_contiguous or a.size != state.size:
+            raise ConfigError(f"{name} must be a contiguous float32 array of the shard's size")
+    if out.dtype != np.uint8 or out.size != protocol.part_bytes(state.size, bits, block):
+        raise ConfigError("out must be the uint8 bytes of one part of the shard")
+    _call(3, state, shadow, out, bits, block, protocol.SERVERS, seq, threads)
+
+
 def add_decoded(part: Any, out: Any, bits: int, block: int, seq: Optional[int] = None,
                 threads: int = 0) -> None:  # fmt: skip
     """``out += decode(part)``, after checking every scale and code (and, with ``seq``, that

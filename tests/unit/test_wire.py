@@ -363,3 +363,28 @@ def test_the_servers_codec_is_the_numpy_codec():
             with pytest.raises(ConfigError, match="scale"):
                 wire_host.add_decoded(bad, out, bits, 128)
             np.testing.assert_array_equal(out, decoded)  # a bad part changed nothing
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_the_servers_reply_in_one_pass_is_the_numpy_codec_of_the_change(bits):
+    """encode_change: the part of ``state - shadow`` and ``shadow += decoded``, byte for byte and
+    bit for bit the numpy codec's (what a leader then adds to its copy)."""
+    from hvd_ps.ps import wire_host
+
+    rng = np.random.RandomState(6)
+    for n in (1, 129, 70_001):
+        state = rng.normal(size=n).astype(np.float32)
+        shadow = (state + rng.normal(size=n) * 0.1).astype(np.float32)
+        want, decoded = codec.encode(state - shadow, bits, 128, protocol.SERVERS, 7)
+        out = np.empty(protocol.part_bytes(n, bits, 128), np.uint8)
+        moved = shadow.copy()
+        wire_host.encode_change(state, moved, out, bits, 128, 7)
+        np.testing.assert_array_equal(out, want)
+        copy = shadow.copy()
+        wire_host.add_decoded(out, copy, bits, 128, 7)  # the leader's side
+        np.testing.assert_array_equal(moved, copy)
+        np.testing.assert_array_equal(moved, shadow + decoded)
+    with pytest.raises(ConfigError, match="shadow must be a contiguous float32 array"):
+        wire_host.encode_change(state, shadow[:-1], out, bits, 128, 7)
+    with pytest.raises(ConfigError, match="out must be the uint8 bytes of one part"):
+        wire_host.encode_change(state, shadow, out[:-1], bits, 128, 7)
