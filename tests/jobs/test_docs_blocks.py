@@ -108,9 +108,18 @@ COMMANDS: Dict[str, Entry] = {
     # docs/install.md: the whole block, in a fresh virtualenv
     "pip install numpy==1.23.5 mxnet==1.9.1 mpi4py==4.1.2 cmake==3.31.10 setuptools==65.5.0 "
     "wheel==0.48.0": Covered("test_install.py", "test_install_into_a_fresh_environment", INSTALL),
+    "pip download --no-deps --no-binary :all: horovod==0.28.1": Covered(
+        "test_install.py", "test_install_into_a_fresh_environment", INSTALL
+    ),
+    "tar -xzf horovod-0.28.1.tar.gz": Covered(
+        "test_install.py", "test_install_into_a_fresh_environment", INSTALL
+    ),
+    "python /path/to/hvd_ps/scripts/patch_horovod.py horovod-0.28.1": Covered(
+        "test_install.py", "test_install_into_a_fresh_environment", INSTALL
+    ),
     "HOROVOD_WITH_MXNET=1 HOROVOD_WITH_MPI=1 HOROVOD_WITHOUT_TENSORFLOW=1 "
     "HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_GLOO=1 CMAKE_POLICY_VERSION_MINIMUM=3.5 pip "
-    "install --no-build-isolation horovod==0.28.1": Covered(
+    "install --no-build-isolation ./horovod-0.28.1": Covered(
         "test_install.py", "test_install_into_a_fresh_environment", INSTALL
     ),
     "pip install --no-build-isolation /path/to/hvd_ps": Covered(
