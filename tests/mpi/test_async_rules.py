@@ -26,6 +26,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import reference as ref  # noqa: E402
 from dense_model import reference_net  # noqa: E402
+from strategy_spec import strategy  # noqa: E402
 
 LR = 0.1
 
@@ -48,24 +49,6 @@ CASES = {  # spec, steps, the servers' SGD momentum (GradientPush)
     "EASGD-overlap": ({"name": "EASGD", "period": 3, "alpha": 0.3, "overlap": 2}, 8, 0.0),
     "DiLoCo-overlap": (dict(DILOCO, overlap=1), 10, 0.0),
 }
-
-
-def _strategy(spec):
-    import hvd_ps
-
-    name, overlap = spec["name"], spec.get("overlap", 0)
-    if name == "GradientPush":
-        return hvd_ps.GradientPush(mode="async")
-    if name == "EASGD":
-        return hvd_ps.EASGD(spec["period"], spec["alpha"], mode="async", overlap=overlap)
-    return hvd_ps.DiLoCo(
-        period=spec["period"],
-        outer_lr=spec["outer_lr"],
-        momentum=spec["momentum"],
-        nesterov=spec["nesterov"],
-        mode="async",
-        overlap=overlap,
-    )
 
 
 def _close(got, want, what, tol):
@@ -91,7 +74,9 @@ def _trainer(tag, spec, momentum, load=None):
     optim = {"learning_rate": LR}
     if momentum:
         optim["momentum"] = momentum
-    trainer = hvd_ps.DistributedTrainer(net.collect_params(), "sgd", optim, sync=_strategy(spec))
+    trainer = hvd_ps.DistributedTrainer(
+        net.collect_params(), "sgd", optim, sync=strategy(spec, "async")
+    )
     if load is not None:  # sets the trainer up (an exchange in flight stays in flight)
         trainer.load_checkpoint(load)
         return net, trainer

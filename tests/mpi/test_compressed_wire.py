@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import reference as ref  # noqa: E402
 import wire_reference as wref  # noqa: E402
 from dense_model import reference_net  # noqa: E402
+from strategy_spec import strategy  # noqa: E402
 
 LR = 0.1
 DILOCO = {"name": "DiLoCo", "period": 3, "outer_lr": 0.7, "momentum": 0.9, "nesterov": True}
@@ -70,26 +71,6 @@ def wire_client(rt):
 def async_wire_client(rt):
     """This rank's PS client on a compressed async tier (None on non-leaders)."""
     return _client(rt, "async")
-
-
-def _strategy(spec, mode="sync"):
-    import hvd_ps
-
-    name, overlap = spec["name"], spec.get("overlap", 0)
-    if name == "GradientPush":
-        return hvd_ps.GradientPush(mode=mode)
-    if name == "ModelAverage":
-        return hvd_ps.ModelAverage(period=spec["period"], overlap=overlap)
-    if name == "EASGD":
-        return hvd_ps.EASGD(spec["period"], spec["alpha"], mode=mode, overlap=overlap)
-    return hvd_ps.DiLoCo(
-        period=spec["period"],
-        outer_lr=spec["outer_lr"],
-        momentum=spec["momentum"],
-        nesterov=spec["nesterov"],
-        mode=mode,
-        overlap=overlap,
-    )
 
 
 def _step(net, trainer, rank, t):
@@ -150,7 +131,7 @@ def test_compressed_wire_matches_numpy_reference_bit_for_bit(rt, wire_client, ca
     net = reference_net(f"wire_{case.replace('-', '_')}")
     hvd_ps.broadcast_parameters(net.collect_params())
     trainer = hvd_ps.DistributedTrainer(
-        net.collect_params(), "sgd", {"learning_rate": LR}, sync=_strategy(spec)
+        net.collect_params(), "sgd", {"learning_rate": LR}, sync=strategy(spec)
     )
     gid = hvd_ps.group_id()
     before = trainer.stats()  # the client's counters are the job's, over every trainer
@@ -192,7 +173,7 @@ def test_async_compressed_wire_matches_numpy_reference_bit_for_bit(rt, async_wir
     net = reference_net(f"awire_{case.replace('-', '_')}")
     hvd_ps.broadcast_parameters(net.collect_params())
     trainer = hvd_ps.DistributedTrainer(
-        net.collect_params(), "sgd", {"learning_rate": LR}, sync=_strategy(spec, "async")
+        net.collect_params(), "sgd", {"learning_rate": LR}, sync=strategy(spec, "async")
     )
     with trainer.global_model():  # the set-up (collective over all ranks) first
         pass
@@ -245,14 +226,7 @@ def test_a_resumed_compressed_run_equals_the_uninterrupted_one(rt, wire_client, 
     gid, tag = hvd_ps.group_id(), f"rwire_{case.replace('-', '_')}"
     path = _shared_path(tag)
     for resumed in (False, True):
-        net = reference_net(tag, shifted=resumed)  # shifted: only the checkpoint is right
-        trainer = hvd_ps.DistributedTrainer(
-            net.collect_params(), "sgd", {"learning_rate": LR}, sync=_strategy(spec)
-        )
-        if resumed:
-            trainer.load_checkpoint(path)
-        else:
-            hvd_ps.broadcast_parameters(net.collect_params())
+        net, trainer = _resume_trainer(tag, spec, "sync", path, resumed)
         for t in range(k + 1 if resumed else 1, steps + 1):
             _step(net, trainer, hvd.rank(), t)
             if t == k and not resumed:
@@ -261,6 +235,26 @@ def test_a_resumed_compressed_run_equals_the_uninterrupted_one(rt, wire_client, 
             np.testing.assert_array_equal(_flat(net), want[t - 1]["x"][gid], err_msg=what)
         with trainer.global_model():
             np.testing.assert_array_equal(_flat(net), want[-1]["global"], err_msg=f"{case}")
+
+
+def _resume_trainer(tag, spec, mode, path, resumed):
+    """A resume test's model and trainer: loaded from ``path`` (from shifted parameters: only
+    the checkpoint is right), or broadcast and set up (async: the set-up, collective over all
+    ranks, before the groups take turns)."""
+    import hvd_ps
+
+    net = reference_net(tag, shifted=resumed)
+    trainer = hvd_ps.DistributedTrainer(
+        net.collect_params(), "sgd", {"learning_rate": LR}, sync=strategy(spec, mode)
+    )
+    if resumed:
+        trainer.load_checkpoint(path)
+        return net, trainer
+    hvd_ps.broadcast_parameters(net.collect_params())
+    if mode == "async":
+        with trainer.global_model():
+            pass
+    return net, trainer
 
 
 ASYNC_RESUME = {"GradientPush": 2, "EASGD": 4, "DiLoCo": 4, "EASGD-overlap": 4, "DiLoCo-overlap": 5}
@@ -282,16 +276,7 @@ def test_a_resumed_async_compressed_run_equals_the_uninterrupted_one(rt, async_w
     gid, tag = hvd_ps.group_id(), f"rawire_{case.replace('-', '_')}"
     path = _shared_path(tag)
     for resumed in (False, True):
-        net = reference_net(tag, shifted=resumed)
-        trainer = hvd_ps.DistributedTrainer(
-            net.collect_params(), "sgd", {"learning_rate": LR}, sync=_strategy(spec, "async")
-        )
-        if resumed:
-            trainer.load_checkpoint(path)
-        else:
-            hvd_ps.broadcast_parameters(net.collect_params())
-            with trainer.global_model():  # the set-up (collective over all ranks) first
-                pass
+        net, trainer = _resume_trainer(tag, spec, "async", path, resumed)
         for t in range(k + 1 if resumed else 1, steps + 1):
             _step_in_turns(rt, net, trainer, t, f"rawire.{case}.{resumed}")
             if t == k and not resumed:
@@ -355,7 +340,7 @@ def test_the_trainers_wire_argument_wins_over_the_environment(rt, wire_client):
     net = reference_net(f"wirearg_{other}")
     hvd_ps.broadcast_parameters(net.collect_params())
     trainer = hvd_ps.DistributedTrainer(
-        net.collect_params(), "sgd", {"learning_rate": LR}, sync=_strategy(spec), wire=other
+        net.collect_params(), "sgd", {"learning_rate": LR}, sync=strategy(spec), wire=other
     )
     for t in range(1, steps + 1):
         _step(net, trainer, hvd.rank(), t)

@@ -24,6 +24,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import reference as ref  # noqa: E402
+from strategy_spec import strategy  # noqa: E402
 
 LR = 0.1
 
@@ -43,27 +44,6 @@ def _cases(num_groups: int):
             6,
         ),
     }
-
-
-def _strategy(spec):
-    import hvd_ps
-
-    if spec["name"] == "GradientPush":
-        return hvd_ps.GradientPush(mode="sync")
-    overlap = spec.get("overlap", 0)
-    if spec["name"] == "ModelAverage":
-        return hvd_ps.ModelAverage(period=spec["period"], overlap=overlap)
-    if spec["name"] == "EASGD":
-        return hvd_ps.EASGD(
-            period=spec["period"], alpha=spec["alpha"], mode="sync", overlap=overlap
-        )
-    return hvd_ps.DiLoCo(
-        period=spec["period"],
-        outer_lr=spec["outer_lr"],
-        momentum=spec["momentum"],
-        nesterov=spec["nesterov"],
-        overlap=overlap,
-    )
 
 
 def _close(got, want, what, tol):
@@ -98,7 +78,7 @@ def _train(rt, name: str, spec, steps: int, on_step=None, broadcast=None, **trai
     net.bias.set_data(mx.nd.array(b0))
     (broadcast or hvd_ps.broadcast_parameters)(net.collect_params())
     trainer = hvd_ps.DistributedTrainer(
-        net.collect_params(), "sgd", {"learning_rate": LR}, sync=_strategy(spec), **trainer_args
+        net.collect_params(), "sgd", {"learning_rate": LR}, sync=strategy(spec), **trainer_args
     )
     for t in range(1, steps + 1):
         x, y = ref.batch(hvd.rank(), t)

@@ -1,0 +1,26 @@
+"""The MPI tests' strategies: a reference spec (tests/reference.py's dict) as an hvd_ps value."""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+
+def strategy(spec: Dict[str, Any], mode: str = "sync") -> Any:
+    """The hvd_ps strategy ``spec`` names, in ``mode`` (ModelAverage is sync only)."""
+    import hvd_ps
+
+    name, overlap = spec["name"], spec.get("overlap", 0)
+    if name == "GradientPush":
+        return hvd_ps.GradientPush(mode=mode)
+    if name == "ModelAverage":
+        return hvd_ps.ModelAverage(period=spec["period"], overlap=overlap)
+    if name == "EASGD":
+        return hvd_ps.EASGD(spec["period"], spec["alpha"], mode=mode, overlap=overlap)
+    return hvd_ps.DiLoCo(
+        period=spec["period"],
+        outer_lr=spec["outer_lr"],
+        momentum=spec["momentum"],
+        nesterov=spec["nesterov"],
+        mode=mode,
+        overlap=overlap,
+    )
