@@ -39,7 +39,7 @@ fi
 # is a session of its own (tests/mpi/conftest.py reads HVD_PS_TEST_GROUPS).
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MXNET_CPU_WORKER_NTHREADS="${MXNET_CPU_WORKER_NTHREADS:-1}"
 export HVD_PS_TIMEOUT="${HVD_PS_TIMEOUT:-60}"
-# np | groups | wire dtype | HVD_PS_BUCKET_MB | tier mode | tests
+# np | groups | wire dtype | HVD_PS_BUCKET_MB | tier mode | tests (paths, space-separated)
 # (the float16 run also splits every parameter into a PS key of its own; a tier runs in one
 # mode per job, so the async rules have sessions of their own; so do the compressed wires,
 # whose sessions use blocks of 8 values and two servers, so a bucket spans several shards)
@@ -50,11 +50,11 @@ runs=(
   "4|[[0],[1,2,3]]|float32|4|sync|tests/mpi"
   "4|[[0],[1],[2],[3]]|float32|4|sync|tests/mpi"
   "4|[[0,1],[2,3]]|float16|0.00001|sync|tests/mpi/test_strategies.py"
-  "1|[[0]]|float32|4|async|tests/mpi/test_async_rules.py"
-  "2|[[0],[1]]|float32|4|async|tests/mpi/test_async_rules.py"
-  "4|[[0,1],[2,3]]|float32|4|async|tests/mpi/test_async_rules.py"
-  "4|[[0],[1,2,3]]|float32|4|async|tests/mpi/test_async_rules.py"
-  "4|[[0],[1],[2],[3]]|float32|4|async|tests/mpi/test_async_rules.py"
+  "1|[[0]]|float32|4|async|tests/mpi/test_async_rules.py tests/mpi/test_staleness.py"
+  "2|[[0],[1]]|float32|4|async|tests/mpi/test_async_rules.py tests/mpi/test_staleness.py"
+  "4|[[0,1],[2,3]]|float32|4|async|tests/mpi/test_async_rules.py tests/mpi/test_staleness.py"
+  "4|[[0],[1,2,3]]|float32|4|async|tests/mpi/test_async_rules.py tests/mpi/test_staleness.py"
+  "4|[[0],[1],[2],[3]]|float32|4|async|tests/mpi/test_async_rules.py tests/mpi/test_staleness.py"
   "1|[[0]]|int4|4|sync|tests/mpi/test_compressed_wire.py"
   "2|[[0],[1]]|int8|4|sync|tests/mpi/test_compressed_wire.py"
   "4|[[0,1],[2,3]]|int4|4|sync|tests/mpi/test_compressed_wire.py"
@@ -71,6 +71,7 @@ for run in "${runs[@]}"; do
   if [ -n "${HVD_PS_TEST_MPI_RUNS:-}" ] && ! grep -qE "$HVD_PS_TEST_MPI_RUNS" <<< "$tag"; then
     continue
   fi
+  paths=(); for t in $tests; do paths+=("$ROOT/$t"); done
   extra=()
   case "$wire" in int8|int4) extra=(-x HVD_PS_WIRE_BLOCK=8 -x HVD_PS_NUM_SERVERS=2) ;; esac
   step "MPI tests, world size $np, groups $groups, wire $wire, buckets of $bucket MB, $mode tier (mpirun + pytest-mpi)"
@@ -78,7 +79,7 @@ for run in "${runs[@]}"; do
     -x MXNET_CPU_WORKER_NTHREADS -x PATH -x HVD_PS_TIMEOUT -x HVD_PS_TEST_GROUPS="$groups" \
     -x HVD_PS_WIRE_DTYPE="$wire" -x HVD_PS_BUCKET_MB="$bucket" -x HVD_PS_TEST_MODE="$mode" \
     -x OMPI_MCA_mpi_yield_when_idle "${extra[@]}" \
-    "$ROOT/scripts/mpi_rank.sh" "$OUT/$tag" -p no:cacheprovider --with-mpi "$ROOT/$tests" "$@"
+    "$ROOT/scripts/mpi_rank.sh" "$OUT/$tag" -p no:cacheprovider --with-mpi "${paths[@]}" "$@"
   rc=$?; [ $rc -eq 0 ] || { status=1; echo "mpirun -np $np ($groups, $wire) exited $rc"; }
 done
 

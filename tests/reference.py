@@ -191,6 +191,79 @@ class OuterSGD:
         return w - self.lr * (d if v_old is None else d + self.m * v_old)
 
 
+class AsyncModel:
+    """The async rules in numpy, one group step at a time in whatever order a caller picks
+    (:func:`run_async`: in turns; :func:`run_in_order`: an order of exchanges). Arguments
+    as :func:`run_async`'s."""
+
+    def __init__(
+        self,
+        strategy: Dict,
+        groups: List[List[int]],
+        lr: float,
+        momentum: float = 0.0,
+        share: Optional[float] = None,
+    ) -> None:
+        self.strategy, self.groups, self.lr = strategy, groups, lr
+        self.name, self.period = strategy["name"], strategy.get("period", 1)
+        share = 1.0 / len(groups) if share is None else share
+        delay = max(1, round(1.0 / share))
+        x0 = initial()
+        self.xs = [x0 for _ in groups]
+        self.starts = [x0 for _ in groups]
+        self.c = x0
+        self.outer: Optional[List[OuterSGD]] = None
+        if self.name == "DiLoCo":
+            s = strategy
+            self.outer = [
+                OuterSGD(s["outer_lr"], s["momentum"], s["nesterov"], share, delay)
+                for _ in range(2)
+            ]
+        if self.name == "GradientPush":  # sgd on the servers: delayed Nesterov, lr / G a push
+            self.outer = [OuterSGD(lr, momentum, True, share, delay) for _ in range(2)]
+        self.tau = strategy.get("overlap", 0)
+        self.pending: List[Optional[Tuple[int, Params, Params]]] = [None for _ in groups]
+
+    def step(self, g: int, t: int) -> None:
+        """Group ``g``'s step ``t``: its local update, and its exchange if ``t`` has one
+        (applied at once: the servers move now)."""
+        name, strategy, lr = self.name, self.strategy, self.lr
+        gg = group_grad(self.xs[g], self.groups[g], t)
+        if name == "GradientPush":
+            assert self.outer is not None
+            self.c = tuple(o.step(self.c[i], gg[i]) for i, o in enumerate(self.outer))
+            self.xs[g] = self.c
+            return
+        self.xs[g] = axpy(-lr, gg, self.xs[g])
+        if t % self.period == 0:
+            snap = self.xs[g]  # overlap: the exchange starts from x_t, the servers move now
+            c = self.c
+            if name == "EASGD":
+                a = strategy["alpha"]
+                d = (a * (snap[0] - c[0]), a * (snap[1] - c[1]))
+                c = axpy(1.0, d, c)
+                change = axpy(-1.0, d, snap)  # x_t - d
+            elif name == "DiLoCo":
+                assert self.outer is not None
+                start = self.starts[g]
+                c = tuple(o.step(c[i], start[i] - snap[i]) for i, o in enumerate(self.outer))
+                change = c  # x = w (+ the steps since x_t), x_start = w
+            else:
+                raise ValueError(name)
+            self.c = c
+            self.pending[g] = (t + self.tau, snap, change)
+        job = self.pending[g]
+        if job is not None and job[0] == t:  # applied at the end of step t + tau
+            _, snap, change = job
+            self.xs[g] = axpy(1.0, change, axpy(-1.0, snap, self.xs[g]))
+            if name == "DiLoCo":
+                self.starts[g] = change
+            self.pending[g] = None
+
+    def record(self) -> Dict:
+        return {"x": [(x[0].copy(), x[1].copy()) for x in self.xs], "global": self.c}
+
+
 def run_async(
     strategy: Dict,
     groups: List[List[int]],
@@ -218,53 +291,60 @@ def run_async(
 
     Returns one record per step: {"x": [params of each group], "global": the servers' value}.
     """
-    name, period, n = strategy["name"], strategy.get("period", 1), len(groups)
-    share = 1.0 / n if share is None else share
-    delay = max(1, round(1.0 / share))
-    x0 = initial()
-    xs = [x0 for _ in groups]
-    starts = [x0 for _ in groups]
-    c = x0
-    outer = None
-    if name == "DiLoCo":
-        outer = [
-            OuterSGD(strategy["outer_lr"], strategy["momentum"], strategy["nesterov"], share, delay)
-            for _ in range(2)
-        ]
-    if name == "GradientPush":  # sgd on the servers: delayed Nesterov, lr / G a push
-        outer = [OuterSGD(lr, momentum, True, share, delay) for _ in range(2)]
-    tau = strategy.get("overlap", 0)
-    pending: List[Optional[Tuple[int, Params, Params]]] = [None for _ in groups]
+    model = AsyncModel(strategy, groups, lr, momentum, share)
     out = []
     for t in range(1, steps + 1):
-        for g, members in enumerate(groups):  # the fixed push order
-            gg = group_grad(xs[g], members, t)
-            if name == "GradientPush":
-                assert outer is not None
-                c = tuple(o.step(c[i], gg[i]) for i, o in enumerate(outer))
-                xs[g] = c
-                continue
-            xs[g] = axpy(-lr, gg, xs[g])
-            if t % period == 0:
-                snap = xs[g]  # overlap: the exchange starts from x_t, the servers move now
-                if name == "EASGD":
-                    a = strategy["alpha"]
-                    d = (a * (snap[0] - c[0]), a * (snap[1] - c[1]))
-                    c = axpy(1.0, d, c)
-                    change = axpy(-1.0, d, snap)  # x_t - d
-                elif name == "DiLoCo":
-                    assert outer is not None
-                    c = tuple(o.step(c[i], starts[g][i] - snap[i]) for i, o in enumerate(outer))
-                    change = c  # x = w (+ the steps since x_t), x_start = w
-                else:
-                    raise ValueError(name)
-                pending[g] = (t + tau, snap, change)
-            job = pending[g]
-            if job is not None and job[0] == t:  # applied at the end of step t + tau
-                _, snap, change = job
-                xs[g] = axpy(1.0, change, axpy(-1.0, snap, xs[g]))
-                if name == "DiLoCo":
-                    starts[g] = change
-                pending[g] = None
-        out.append({"x": [(x[0].copy(), x[1].copy()) for x in xs], "global": c})
+        for g in range(len(groups)):  # the fixed push order
+            model.step(g, t)
+        out.append(model.record())
     return out
+
+
+def run_in_order(
+    strategy: Dict, groups: List[List[int]], order: Sequence[int], lr: float, momentum: float = 0.0
+) -> Dict:
+    """The async rules (blocking exchanges) when the groups' exchanges reach the servers in
+    ``order`` (a group id per exchange): each group takes its ``period`` steps up to its next
+    exchange in its turn. Returns the last record (as :func:`run_async`'s)."""
+    model = AsyncModel(strategy, groups, lr, momentum)
+    assert not model.tau, "run_in_order models blocking exchanges"
+    t = [0 for _ in groups]
+    for g in order:
+        for _ in range(model.period):
+            t[g] += 1
+            model.step(g, t[g])
+    return model.record()
+
+
+def ssp_order(seconds: Sequence[float], period: int, exchanges: int, bound: Optional[int]) -> List:
+    """The order in which groups complete their exchanges under bounded staleness
+    (:mod:`hvd_ps.ps.clock`): group ``g`` takes ``seconds[g]`` a step and exchanges every
+    ``period`` steps, ``exchanges`` times; exchange ``k`` waits until ``k - c_j <= bound`` for
+    every other group ``j`` still training (``c_j`` its completed exchanges; None: no wait).
+    Exchanges take no time; a tie goes to the lower group id (a test avoids ties).
+
+    Returns ``(order, staleness)``: a group id per exchange, and the staleness each started with.
+    """
+    n = len(seconds)
+    done = [0] * n
+    ready = [period * s for s in seconds]  # when each group's next exchange is ready
+    order: List[int] = []
+    stale: List[int] = []
+
+    def gap(g: int) -> int:
+        others = [done[j] for j in range(n) if j != g and done[j] < exchanges]
+        return max(0, done[g] + 1 - min(others)) if others else 0
+
+    while len(order) < n * exchanges:
+        free = [g for g in range(n) if done[g] < exchanges and (bound is None or gap(g) <= bound)]
+        g = min(free, key=lambda j: (ready[j], j))
+        now = ready[g]
+        blocked = [j for j in range(n) if done[j] < exchanges and j not in free]
+        stale.append(gap(g))
+        done[g] += 1
+        order.append(g)
+        ready[g] = now + period * seconds[g]
+        for j in blocked:  # a group released now starts its exchange now, not earlier
+            if bound is None or gap(j) <= bound:
+                ready[j] = max(ready[j], now)
+    return order, stale

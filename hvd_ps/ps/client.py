@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from .. import addresses, config, private_api
 from ..deadline import deadline
 from ..errors import ConfigError, TierError
 from . import protocol
+from .clock import Clock
 from .roster import Lease
 
 
@@ -77,6 +78,8 @@ class Client:
     #: called after every wait: the trainer raises here what failed on MXNet's engine
     #: meanwhile (its fused ops), so a failed op is an error, never stale numbers
     after_wait: Optional[Callable[[], None]] = None
+    #: the group clocks of this leader's async trainers (:mod:`hvd_ps.ps.clock`)
+    clocks: List[Clock] = field(default_factory=list)
 
     @property
     def rejoined(self) -> bool:
@@ -271,6 +274,24 @@ class Client:
         if self.after_wait is not None:
             self.after_wait()
         self.stats.seconds += time.perf_counter() - start
+
+    def clock(self, name: str, bound: Optional[int]) -> Clock:
+        """A new group clock (PS key ``name``) of an async trainer, waiting at most ``bound``
+        exchanges ahead of the slowest live group (None: never); :meth:`finish` ends it."""
+        made = Clock(self, name, self.group_id, self.num_groups, bound, self.live_groups)
+        self.clocks.append(made)
+        return made
+
+    def live_groups(self) -> Optional[Set[int]]:
+        """The groups the tier's roster counts live (None: no roster, or no answer)."""
+        if self.lease is None:
+            return None
+        return self.lease.live_groups(min(10.0, self.cfg.settings.timeout))
+
+    def finish(self) -> None:
+        """This group trains no more: its clocks hold no other group back."""
+        for c in self.clocks:
+            c.finish()
 
     def close(self) -> None:
         """Leave the tier: ps-lite's exit barrier over all leaders, except for async groups

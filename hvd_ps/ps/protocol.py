@@ -35,6 +35,8 @@ WireKey       what a leader pushes to a compressed shard, decoded and applied to
 WireRejoin    a rejoin request of a group for the compressed shard ``base`` (async): its shadow
               becomes the state, its sequence starts afresh, ``w`` becomes the state and the
               request
+Clock         ``w = max(w, g)`` elementwise: ``w[i]`` the exchanges group ``i`` completed
+              (:class:`Clock`; a push carries one group's count, ``-1`` elsewhere)
 CopyState     ``w`` is a checkpoint's copy of the state of key ``source`` (its optimizer's or
               its momentum's array number ``leaf``): a push (of anything) copies that state
               into ``w`` (``load=False``), or ``w`` into that state and sets the optimizer's
@@ -222,6 +224,29 @@ class Nesterov:
         return ("v",) if self.delay == 1 else ("v", "a")
 
 
+#: a group's clock once it has finished training: it holds no other group back
+CLOCK_DONE = float(2**24)
+
+
+@dataclass(frozen=True)
+class Clock:
+    """The clocks of an async tier's ``groups`` groups, one float32 element each: how many
+    exchanges each completed (a leader pushes its count after its exchange's pull returned,
+    so the exchange was applied). A push holds one group's count and ``-1`` elsewhere, and
+    the servers keep the elementwise maximum, so a push repeated or reordered changes
+    nothing. :data:`CLOCK_DONE` marks a group that finished. Counts are whole numbers below
+    ``2**24`` (float32 holds them exactly)."""
+
+    groups: int
+    updater: ClassVar[str] = "clock"
+
+    def __post_init__(self) -> None:
+        arguments.integer("groups", self.groups, low=1, high=SERVERS - 1, high_name="65534")
+
+    def state_layout(self) -> Tuple[str, ...]:
+        return ()
+
+
 @dataclass(frozen=True)
 class CopyState:
     """Checkpoints: copy one array of key ``source``'s server state to or from this key.
@@ -385,11 +410,11 @@ class WireRejoin:
         return ()
 
 
-Rule = Union[Assign, Add, Optimizer, Nesterov, CopyState, WireState, WireKey, WireRejoin]
+Rule = Union[Assign, Add, Optimizer, Nesterov, Clock, CopyState, WireState, WireKey, WireRejoin]
 #: every updater a server knows, by the name a command carries
 UPDATERS: Dict[str, Type[Any]] = {
     r.updater: r
-    for r in (Assign, Add, Optimizer, Nesterov, CopyState, WireState, WireKey, WireRejoin)
+    for r in (Assign, Add, Optimizer, Nesterov, Clock, CopyState, WireState, WireKey, WireRejoin)
 }
 
 

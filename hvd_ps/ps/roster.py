@@ -20,6 +20,8 @@ no node is dead yet is never answered. The roster fills both gaps:
   :mod:`hvd_ps.ps.scheduler`, which takes any number.) A
   rejoining leader skips everything that would disturb the others (the barriers, the keys'
   initial values and rules) and starts from the PS's state (:mod:`hvd_ps.train.core.schedule`).
+* a leader held back by ``max_staleness`` asks which groups are ``live``: a group that died
+  or left stops counting (:mod:`hvd_ps.ps.clock`).
 * every leader reports the PS keys it registers (name, size, dtype), so a rejoining job that
   builds another model is refused before it pulls a key the servers do not have.
 * the tier ends when every group has left (0), or when no group is alive and a dead one has
@@ -140,6 +142,8 @@ class Roster:
         elif "key" in msg and self.conns.get(conn) is not None:
             entry = [msg.get("name"), msg.get("size"), msg.get("dtype")]
             self.keys.setdefault(str(msg["key"]), entry)
+        elif "live" in msg and self.conns.get(conn) is not None:
+            self._send(conn, {"live": [g for g, s in self.groups.items() if s.state == "live"]})
         elif "mode" in msg and self.conns.get(conn) is not None:
             self.modes.add(str(msg["mode"]))
         elif "leave" in msg and self.conns.get(conn) is not None:
@@ -292,6 +296,18 @@ class Lease:
             f"{dtype} elements) where the tier has {there}: a job that rejoins must build the "
             "same model and trainers, in the same order, as the jobs that started the tier"
         )
+
+    def live_groups(self, timeout: float) -> Optional[Set[int]]:
+        """The global group ids the roster counts live now (None: it did not answer)."""
+        try:
+            messages.send(self.sock, {"live": 1})
+            reply = messages.receive(self.sock, timeout)
+        except (OSError, ValueError):
+            return None
+        live = reply.get("live")
+        if not isinstance(live, list) or not all(isinstance(g, int) for g in live):
+            return None
+        return set(live)
 
     def report_mode(self, mode: str) -> None:
         self._tell({"mode": mode})

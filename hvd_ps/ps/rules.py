@@ -146,6 +146,25 @@ class Nesterov(Rule):
         self.k = count % self.record.delay  # where the key stands in its cycle of pushes
 
 
+class Clock(Rule):
+    """``w = max(w, g)`` elementwise (:class:`hvd_ps.ps.protocol.Clock`): each element a group's
+    count of completed exchanges. A push that is not ``groups`` whole numbers in ``-1 ..
+    CLOCK_DONE`` is refused."""
+
+    def update(self, g: Any, w: Any) -> None:
+        got = g.asnumpy().ravel()
+        n = self.record.groups
+        if got.size != n or w.size != n:
+            raise ValueError(f"a clock push of {got.size} elements to a clock of {n} groups")
+        if not (
+            np.all(np.isfinite(got))
+            and np.all(got == np.floor(got))
+            and np.all((got >= -1) & (got <= protocol.CLOCK_DONE))
+        ):
+            raise ValueError("a clock push that is not whole counts in -1 .. 2**24")
+        w[:] = np.maximum(w.asnumpy().ravel(), got).reshape(w.shape)
+
+
 class CopyState(Rule):
     """Checkpoints: a push copies key ``source``'s state array ``leaf`` into ``w``, or (with
     ``load``) ``w`` into that state; ``rule_of`` finds another key's rule on this server."""
@@ -342,6 +361,7 @@ RULES: Dict[Type[Any], Type[Rule]] = {
     protocol.Add: Add,
     protocol.Optimizer: Optimizer,
     protocol.Nesterov: Nesterov,
+    protocol.Clock: Clock,
     protocol.CopyState: CopyState,
     protocol.WireState: WireState,
     protocol.WireKey: WireKey,

@@ -358,7 +358,10 @@ class DistributedTrainer(hvd.DistributedTrainer):  # type: ignore[misc]  # no st
         applying, broadcasting to the group). ``ps_wait_s``, part of it, is how long the
         group's leader was blocked waiting for the PS tier in ``step()`` (the rest of the group
         waits with it, in the broadcast that follows); 0 on other members. ``exchanges``
-        counts exchanges started.
+        counts exchanges started. Async leaders also report ``max_staleness_seen``, the most
+        exchanges ahead of the slowest live other group that the group started one with, and
+        ``staleness_wait_s``, the seconds it waited for ``max_staleness`` (not part of
+        ``ps_wait_s``; :mod:`hvd_ps.ps.clock`); 0 in sync mode and on other members.
         """
         out: Dict[str, float] = {"steps": self._t}
         out.update(self._sched.stats())

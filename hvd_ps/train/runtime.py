@@ -229,6 +229,8 @@ def shutdown() -> None:
             return
         with calls.call("hvd_ps.shutdown"):
             rt.in_flight.complete_all("hvd_ps.shutdown (completing the exchange in flight)")
+            if rt.client is not None:  # async groups still training must not wait for ours
+                rt.client.finish()
             barrier("hvd_ps.shutdown on every rank")
         calls.stop()
         if rt.local is not None:

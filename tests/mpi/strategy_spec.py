@@ -10,12 +10,15 @@ def strategy(spec: Dict[str, Any], mode: str = "sync") -> Any:
     import hvd_ps
 
     name, overlap = spec["name"], spec.get("overlap", 0)
+    bound = spec.get("max_staleness")
     if name == "GradientPush":
-        return hvd_ps.GradientPush(mode=mode)
+        return hvd_ps.GradientPush(mode=mode, max_staleness=bound)
     if name == "ModelAverage":
         return hvd_ps.ModelAverage(period=spec["period"], overlap=overlap)
     if name == "EASGD":
-        return hvd_ps.EASGD(spec["period"], spec["alpha"], mode=mode, overlap=overlap)
+        return hvd_ps.EASGD(
+            spec["period"], spec["alpha"], mode=mode, overlap=overlap, max_staleness=bound
+        )
     return hvd_ps.DiLoCo(
         period=spec["period"],
         outer_lr=spec["outer_lr"],
@@ -23,4 +26,5 @@ def strategy(spec: Dict[str, Any], mode: str = "sync") -> Any:
         nesterov=spec["nesterov"],
         mode=mode,
         overlap=overlap,
+        max_staleness=bound,
     )

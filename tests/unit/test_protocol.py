@@ -19,6 +19,7 @@ RULES = [
     protocol.Nesterov(lr=0.7, momentum=0.9, nesterov=False, scale=0.5),
     protocol.Nesterov(lr=1),
     protocol.CopyState(source=3, leaf=1, load=True, count=12),
+    protocol.Clock(groups=4),
 ]
 
 
@@ -76,6 +77,8 @@ def test_the_wire_format_is_the_documented_one():
         (lambda: protocol.CopyState(source=-1, leaf=0), "source"),
         (lambda: protocol.CopyState(source=0, leaf=0, load=1), "load"),
         (lambda: protocol.Command(-1, protocol.Add()), "key"),
+        (lambda: protocol.Clock(groups=0), "groups"),
+        (lambda: protocol.Clock(groups=2.0), "groups"),
         (lambda: protocol.Command(True, protocol.Add()), "key"),
     ],
 )

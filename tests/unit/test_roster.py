@@ -78,6 +78,7 @@ def test_a_death_is_reported_and_the_group_rejoins_after_the_heartbeat_timeout(
     leases[0].report_key(0, "hvd_ps1.float32.0", 18, "float32")
     leases[2].sock.close()  # the process died: no leave
     tier.until(lambda: any("group 2 died" in ln for ln in tier.lines))
+    assert leases[1].live_groups(5.0) == {0, 1}  # the dead group stops counting
     (line,) = tier.lines
     assert line.startswith("group 2 died: its leader (pid ")
     assert "keeps serving the other groups ([0, 1])" in line
@@ -92,6 +93,7 @@ def test_a_death_is_reported_and_the_group_rejoins_after_the_heartbeat_timeout(
     with pytest.raises(TierError, match="where the tier has no such key"):
         again.check_key(1, "hvd_ps1.float32.1", 4, "float32")
     assert "group 2 rejoins the tier (it had died); the others go on" in tier.lines[-1]
+    assert leases[0].live_groups(5.0) == {0, 1, 2}  # what a leader held back asks
     again.sock.close()  # dies again, and comes back again: no limit on rejoins
     tier.until(lambda: tier.roster.groups[2].state == "dead")
     assert tier.lease(2).rejoin

@@ -27,6 +27,11 @@ from hvd_ps.errors import ConfigError
         (lambda: hvd_ps.DiLoCo(period=8, momentum=-0.1), "momentum"),
         (lambda: hvd_ps.DiLoCo(period=8, nesterov="yes"), "nesterov"),
         (lambda: hvd_ps.DiLoCo(period=8, mode="eventually"), "mode"),
+        (lambda: hvd_ps.EASGD(period=4, mode="async", max_staleness=0), "max_staleness"),
+        (lambda: hvd_ps.DiLoCo(period=8, mode="async", max_staleness=1.5), "max_staleness"),
+        (lambda: hvd_ps.GradientPush(mode="async", max_staleness=True), "max_staleness"),
+        (lambda: hvd_ps.EASGD(period=4, max_staleness=2), "max_staleness"),
+        (lambda: hvd_ps.ModelAverage(period=4, max_staleness=2), "max_staleness"),
     ],
 )
 def test_bad_argument_names_itself(make, arg):
@@ -205,7 +210,7 @@ def test_overlapped_reference_reduces_to_the_blocking_one_at_tau_0(spec):
         (
             lambda: hvd_ps.EASGD(peroid=4),
             "EASGD has no argument 'peroid': did you mean 'period'? "
-            "(its arguments: period, alpha, mode, overlap)",
+            "(its arguments: period, alpha, mode, overlap, max_staleness)",
         ),
         (
             lambda: hvd_ps.DiLoCo(8, outerlr=0.5),
@@ -213,7 +218,7 @@ def test_overlapped_reference_reduces_to_the_blocking_one_at_tau_0(spec):
         ),
         (lambda: hvd_ps.GradientPush(period=1), "GradientPush has no argument 'period'"),
         (lambda: hvd_ps.ModelAverage(4, period=4), "ModelAverage: period given twice"),
-        (lambda: hvd_ps.EASGD(4, 0.1, "sync", 0, 9), "EASGD takes at most 4 arguments"),
+        (lambda: hvd_ps.EASGD(4, 0.1, "async", 0, 2, 9), "EASGD takes at most 5 arguments"),
         (
             lambda: hvd_ps.ModelAverage(period=4, mode="async"),
             "mode must be one of sync, got 'async': ModelAverage has no async mode; "
@@ -229,3 +234,14 @@ def test_a_wrong_argument_names_the_right_one(make, message) -> None:
     with pytest.raises(ConfigError) as err:
         make()
     assert str(err.value).startswith(message), str(err.value)
+
+
+def test_max_staleness_is_async_only_and_kept():
+    with pytest.raises(ConfigError, match="in mode='sync' every round waits for every group"):
+        hvd_ps.DiLoCo(period=8, max_staleness=2)
+    assert hvd_ps.DiLoCo(period=8, mode="async", max_staleness=2).max_staleness == 2
+    assert hvd_ps.EASGD(period=4, mode="async").max_staleness is None
+    bounded = hvd_ps.GradientPush(mode="async", max_staleness=3)
+    assert repr(bounded) == "GradientPush(mode='async', max_staleness=3)"
+    assert repr(hvd_ps.GradientPush()) == "GradientPush(mode='sync')"
+    assert bounded != hvd_ps.GradientPush(mode="async")  # groups compare strategies

@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Protocol
 
 from ... import config, topology
 from ...ps import protocol
+from ...ps.clock import Clock
 
 
 class PSClient(Protocol):
@@ -67,6 +68,10 @@ class PSClient(Protocol):
     def wait(self, arrays: List[Any], what: str) -> None: ...
 
     def barrier(self, what: str) -> None: ...
+
+    def clock(self, name: str, bound: Optional[int]) -> Clock:
+        """An async trainer's group clock (:mod:`hvd_ps.ps.clock`) on PS key ``name``."""
+        ...
 
 
 class Flat(Protocol):

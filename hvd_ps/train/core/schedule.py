@@ -37,6 +37,7 @@ import mxnet as mx
 from ...deadline import deadline
 from ...errors import ConfigError, HvdPsError, NonFiniteError
 from ...ps import protocol
+from ...ps.clock import Clock
 from . import finite
 from .buckets import Bucket, plan_buckets
 from .fusion import FusedBuffer
@@ -128,6 +129,8 @@ class Schedule:
         self.ps_wait_s = 0.0
         #: the compressed wire's buckets (leaders of an int8/int4 trainer), else None
         self.wire_io: Optional[Wire] = None
+        #: an async leader's group clock (staleness, ``max_staleness``), else None
+        self.clock: Optional[Clock] = None
 
     @property
     def wire(self) -> Optional[str]:
@@ -269,6 +272,8 @@ class Schedule:
                     b.snap_buf = FusedBuffer([b.snap], threads=threads)
         if self.wire_io is not None:
             self.wire_io.start()
+        if topo.is_leader and sync.mode == "async":
+            self.clock = self.client().clock(f"{self.prefix}clock", sync.max_staleness)
         self.status = mx.nd.zeros((1,))
         self.buckets = buckets
         if self.rt.rejoined:
@@ -291,6 +296,8 @@ class Schedule:
         if topo.is_leader:
             client = self.client()
             refused = self._refusal(t, None)
+        if topo.is_leader and refused is None and self.clock is not None:
+            self.clock.gate(f"the PS exchange at step {t}")
         if topo.is_leader and refused is None and self.wire_io is not None:
             seq, what = self.exchanges + 1, f"PS exchange at step {t}"
             self.wire_io.push(self.bound(), self.all(), seq, blocking=True)
@@ -301,6 +308,8 @@ class Schedule:
             for b in self.all():
                 self.bound().exchange(b, client)
             self._wait_ps(client, f"PS exchange at step {t}")
+        if topo.is_leader and refused is None and self.clock is not None:
+            self.clock.tick()
         self.exchanges += 1
         self.group_broadcast(f"exchange at step {t}", refused, t)
 
@@ -312,6 +321,8 @@ class Schedule:
             for b in self.all():
                 b.params.pack(out=b.snap)
             self.refused = self._refusal(t, [b.snap for b in self.all()])
+            if self.refused is None and self.clock is not None:
+                self.clock.gate(f"the PS exchange at step {t}")
             if self.wire_io is not None:
                 self.wire_io.pulled = False
                 if self.refused is None:
@@ -339,6 +350,8 @@ class Schedule:
             self._wait_ps(client, f"PS exchange started at step {self.launched}")
             for b in self.all():
                 self.bound().apply(b)
+        if topo.is_leader and refused is None and self.clock is not None:
+            self.clock.tick()
         self.group_broadcast(why, refused, self.launched)
 
     def _refusal(self, t: int, flats: Optional[List[Any]]) -> Optional[str]:
@@ -461,4 +474,10 @@ class Schedule:
                 b.params.unpack(flat)
 
     def stats(self) -> Dict[str, float]:
-        return {"exchanges": self.exchanges, "ps_wait_s": self.ps_wait_s}
+        clock = self.clock
+        return {
+            "exchanges": self.exchanges,
+            "ps_wait_s": self.ps_wait_s,
+            "max_staleness_seen": clock.max_seen if clock is not None else 0,
+            "staleness_wait_s": clock.wait_s if clock is not None else 0.0,
+        }

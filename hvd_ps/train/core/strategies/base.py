@@ -63,6 +63,8 @@ class Strategy(metaclass=_CheckedArguments):
     period = 1
     mode = "sync"
     overlap = 0
+    #: async: the most exchanges a group may run ahead of the slowest live one (None: any)
+    max_staleness: Optional[int] = None
     #: the modes the strategy has
     modes: ClassVar[Tuple[str, ...]] = MODES
     #: whether the trainer's own optimizer updates the parameters every step
@@ -93,6 +95,16 @@ class Strategy(metaclass=_CheckedArguments):
         self.validate(num_groups)
         return entry.make(self, num_groups, wire, optimizer)
 
+    def __repr__(self) -> str:
+        """Its arguments by name (a strategy's repr is also what a checkpoint records);
+        ``max_staleness`` only when set, so a repr reads as it did before that argument."""
+        shown = [
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            if not (f.name == "max_staleness" and self.max_staleness is None)
+        ]
+        return f"{type(self).__name__}({', '.join(shown)})"
+
     def describe(self) -> str:
         """One line for logs: the strategy with its arguments."""
         return repr(self)
@@ -103,6 +115,20 @@ class Strategy(metaclass=_CheckedArguments):
         store(self, period=period, mode=_mode(self))
         overlap = arguments.integer("overlap", self.overlap, low=0, high=period, high_name="period")
         store(self, overlap=overlap)
+        self._check_staleness()
+
+    def _check_staleness(self) -> None:
+        """Check ``max_staleness`` (after ``mode``): None, or a whole number >= 1, async only."""
+        if self.max_staleness is None:
+            return
+        s = arguments.integer("max_staleness", self.max_staleness, low=1)
+        if self.mode != "async":
+            raise ConfigError(
+                f"max_staleness={s} bounds how far async groups run ahead of each other; in "
+                f"mode={self.mode!r} every round waits for every group already: drop it, or "
+                "use mode='async'"
+            )
+        store(self, max_staleness=s)
 
 
 def store(obj: Any, **values: Any) -> None:

@@ -13,7 +13,7 @@ from ..interfaces import Flat, PSClient
 from .base import Exchange, Send, ServerOptimizer, Strategy, register, store
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)  # Strategy.__repr__
 class DiLoCo(Strategy):
     """DiLoCo (Douillard et al. 2023): groups take ``period`` inner steps, then push the
     pseudo-gradient ``D = x_start - x``; the servers run outer Nesterov SGD on ``w`` (PyTorch's
@@ -39,6 +39,7 @@ class DiLoCo(Strategy):
     nesterov: bool = True
     mode: str = "sync"
     overlap: int = 0
+    max_staleness: Optional[int] = None
 
     def __post_init__(self) -> None:
         self._check_common()

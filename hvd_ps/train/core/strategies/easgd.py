@@ -13,7 +13,7 @@ from ..interfaces import Flat, PSClient
 from .base import Exchange, Send, ServerOptimizer, Strategy, register, store
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)  # Strategy.__repr__
 class EASGD(Strategy):
     """Elastic averaging SGD (Zhang, Choromanska, LeCun 2015). Every ``period`` steps the
     leader pulls the centre ``c``, computes ``d = alpha (x - c)``, sets ``x -= d`` and pushes
@@ -33,6 +33,7 @@ class EASGD(Strategy):
     alpha: Optional[float] = None
     mode: str = "sync"
     overlap: int = 0
+    max_staleness: Optional[int] = None
 
     def __post_init__(self) -> None:
         self._check_common()

@@ -31,14 +31,17 @@ class GradientPush(Strategy):
     """
 
     mode: str = "sync"
+    max_staleness: Optional[int] = None
     local_update: ClassVar[bool] = False
     server_optimizer: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         store(self, mode=_mode(self))
+        self._check_staleness()
 
     def __repr__(self) -> str:
-        return f"GradientPush(mode={self.mode!r})"
+        bound = "" if self.max_staleness is None else f", max_staleness={self.max_staleness}"
+        return f"GradientPush(mode={self.mode!r}{bound})"
 
 
 #: what async GradientPush's delayed Nesterov takes of an ``sgd``/``nag`` optimizer's arguments

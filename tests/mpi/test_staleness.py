@@ -1,0 +1,115 @@
+"""Bounded staleness (``max_staleness``) under a fixed schedule of group speeds.
+
+The last group is slow: each of its ranks sleeps :data:`SLOW` seconds before every step, the
+others do not. With ``max_staleness=s`` the fast groups must wait for it, and the order in
+which the exchanges reach the servers is then the one tests/reference.py's
+:func:`ssp_order` gives: with two groups there are no ties (the fast group's exchange always
+lands a whole slow step away from the slow one's), so the run must equal
+:func:`run_in_order`'s numpy model of the async rules in that order to 1e-5. With more groups
+the fast ones are released together, in no fixed order, so only the bound is checked: every
+group's ``max_staleness_seen`` is at most ``s``, and the fast ones waited. Without a bound the
+fast groups run far ahead, which the same statistics show (the test can fail).
+
+Needs an async tier: scripts/test.sh runs this file in the async sessions.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import reference as ref  # noqa: E402
+from dense_model import reference_net  # noqa: E402
+from strategy_spec import strategy  # noqa: E402
+
+LR = 0.1
+#: seconds the slow group's ranks sleep before each step
+SLOW = 0.25
+EXCHANGES = 5
+CASES = {  # spec, max_staleness
+    "EASGD-s1": ({"name": "EASGD", "period": 2, "alpha": 0.3}, 1),
+    "DiLoCo-s2": (
+        {"name": "DiLoCo", "period": 2, "outer_lr": 0.7, "momentum": 0.9, "nesterov": True},
+        2,
+    ),
+    "EASGD-unbounded": ({"name": "EASGD", "period": 2, "alpha": 0.3}, None),
+}
+
+
+def _barrier(tag: str) -> None:
+    import horovod.mxnet as hvd
+    import mxnet as mx
+
+    mx.nd.waitall()
+    hvd.allreduce(mx.nd.zeros((1,)), name=tag).wait_to_read()
+
+
+@pytest.mark.mpi(min_size=1)
+@pytest.mark.parametrize("case", list(CASES))
+def test_bounded_staleness_order_and_math_match_the_numpy_model(rt, async_client, case):
+    import horovod.mxnet as hvd
+    import mxnet as mx
+
+    import hvd_ps
+
+    groups = rt.topo.groups
+    spec, bound = CASES[case]
+    n, period = len(groups), spec["period"]
+    seconds = [0.0] * (n - 1) + [SLOW]
+    order, stale = ref.ssp_order(seconds, period, EXCHANGES, bound)
+    net = reference_net(f"ssp_{case.replace('-', '_').lower()}")
+    sync = strategy(dict(spec, mode="async", max_staleness=bound), "async")
+    trainer = hvd_ps.DistributedTrainer(
+        net.collect_params(), "sgd", {"learning_rate": LR}, sync=sync
+    )
+    hvd_ps.broadcast_parameters(net.collect_params())
+    with trainer.global_model():  # the set-up (collective over all ranks) first
+        pass
+    _barrier(f"ssp.{case}.start")
+    gid, rank = hvd_ps.group_id(), hvd.rank()
+    for t in range(1, period * EXCHANGES + 1):
+        if gid == n - 1:
+            time.sleep(SLOW)
+        x, y = ref.batch(rank, t)
+        with mx.autograd.record():
+            loss = 0.5 * ((net(mx.nd.array(x)) - mx.nd.array(y)) ** 2).sum(axis=1)
+        loss.backward()
+        trainer.step(ref.BATCH)
+    stats = trainer.stats()
+    _barrier(f"ssp.{case}.trained")
+    assert stats["exchanges"] == EXCHANGES
+    if hvd_ps.is_leader():
+        mine = [s for g, s in zip(order, stale) if g == gid]
+        if bound is not None:
+            assert stats["max_staleness_seen"] <= bound, stats
+            if gid < n - 1 and n > 1:  # a fast group waited for the slow one
+                assert stats["staleness_wait_s"] > SLOW, stats
+                assert stats["max_staleness_seen"] == max(mine) == bound, (stats, mine)
+        elif gid < n - 1:  # unbounded: the fast groups ran ahead of the slow one
+            assert stats["max_staleness_seen"] >= 3, stats
+            assert stats["staleness_wait_s"] == 0.0, stats
+        if gid == n - 1:
+            assert stats["staleness_wait_s"] == 0.0, stats
+    if n <= 2:  # no ties: the order is the model's, and so is every number
+        want = ref.run_in_order(dict(spec, mode="async"), groups, order, LR)
+        w, b = want["x"][gid]
+        np.testing.assert_allclose(net.weight.data().asnumpy(), w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(net.bias.data().asnumpy(), b, rtol=1e-5, atol=1e-6)
+        trainer.pull_global(net.collect_params())
+        gw, gb = want["global"]
+        np.testing.assert_allclose(net.weight.data().asnumpy(), gw, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(net.bias.data().asnumpy(), gb, rtol=1e-5, atol=1e-6)
+        if n == 2 and bound is not None:  # and the bound changed the order (it can fail)
+            free = ref.run_in_order(
+                dict(spec, mode="async"),
+                groups,
+                ref.ssp_order(seconds, period, EXCHANGES, None)[0],
+                LR,
+            )
+            assert np.max(np.abs(free["global"][0] - gw)) > 1e-4
+    _barrier(f"ssp.{case}.end")
