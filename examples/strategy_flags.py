@@ -1,6 +1,6 @@
 """The strategy flags the examples share: ``--sync``, ``--mode``, ``--period``, ``--alpha``,
-``--outer-lr``, ``--outer-momentum``, ``--group-size``, ``--wire``; and the strategy they
-describe."""
+``--outer-lr``, ``--outer-momentum``, ``--group-size``, ``--wire``, ``--max-staleness``; and
+the strategy they describe."""
 
 from __future__ import annotations
 
@@ -44,6 +44,13 @@ def add(p: argparse.ArgumentParser, outer_momentum: float = 0.9, outer_lr: float
         help="the PS wire (default: HVD_PS_WIRE_DTYPE, else float32); int8 and int4 send "
         "blockwise scaled codes with error feedback",
     )
+    p.add_argument(
+        "--max-staleness",
+        type=int,
+        default=None,
+        help="async: the most exchanges a group may run ahead of the slowest live one "
+        "(default: no bound)",
+    )
 
 
 def finish(args: argparse.Namespace) -> argparse.Namespace:
@@ -55,15 +62,20 @@ def finish(args: argparse.Namespace) -> argparse.Namespace:
 
 def make_strategy(args: argparse.Namespace) -> hvd_ps.Strategy:
     """The hvd_ps strategy the flags describe (not for ``--sync horovod``)."""
+    bound = {} if args.max_staleness is None else {"max_staleness": args.max_staleness}
     if args.sync == "gradient_push":
-        return hvd_ps.GradientPush(mode=args.mode)
-    if args.sync == "model_average":
-        return hvd_ps.ModelAverage(period=args.period, mode=args.mode)
+        return hvd_ps.GradientPush(mode=args.mode, **bound)
+    if args.sync == "model_average":  # (it has no async mode: a bound is refused by name)
+        return hvd_ps.ModelAverage(period=args.period, mode=args.mode, **bound)
     if args.sync == "easgd":
-        return hvd_ps.EASGD(period=args.period, alpha=args.alpha, mode=args.mode)
+        return hvd_ps.EASGD(period=args.period, alpha=args.alpha, mode=args.mode, **bound)
     if args.sync == "diloco":
         return hvd_ps.DiLoCo(
-            period=args.period, outer_lr=args.outer_lr, momentum=args.outer_momentum, mode=args.mode
+            period=args.period,
+            outer_lr=args.outer_lr,
+            momentum=args.outer_momentum,
+            mode=args.mode,
+            **bound,
         )
     raise ValueError(f"--sync {args.sync} has no hvd_ps strategy")
 

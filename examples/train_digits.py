@@ -35,6 +35,7 @@ import console  # noqa: E402  (examples/console.py)
 import horovod.mxnet as hvd  # noqa: E402
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
+import straggler  # noqa: E402  (examples/straggler.py)
 import strategy_flags  # noqa: E402  (examples/strategy_flags.py)
 
 import hvd_ps  # noqa: E402
@@ -43,6 +44,7 @@ import hvd_ps  # noqa: E402
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     strategy_flags.add(p, outer_momentum=0.5, outer_lr=0.5)
+    straggler.add(p)
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--lr", type=float, default=0.1, help="learning rate of the local SGD")
     p.add_argument("--momentum", type=float, default=0.9, help="momentum of the local SGD")
@@ -73,6 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     strategy_flags.finish(args)
+    straggler.check(p, args)
     if args.checkpoint_dir and args.sync == "horovod":
         p.error("--checkpoint-dir needs an hvd_ps strategy (--sync horovod has no PS to save)")
     if args.checkpoint_every < 0:
@@ -220,6 +223,11 @@ def main(argv=None) -> int:
     history = []
     train_start = time.perf_counter()
     rng = np.random.RandomState(args.seed + 1000 * shard)
+    # --sync horovod has no groups: the straggler is then ranks [G k, G k + k) for k = group size
+    me = rank // (args.group_size or 1) if baseline else gid
+    slow = straggler.Straggler(args.slow_group, args.slowdown, me)
+    if args.slow_group is not None:
+        out.line(straggler.describe(args.slow_group, args.slowdown))
     for epoch in range(1, args.epochs + 1):
         t0 = time.perf_counter()
         order = rng.permutation(len(x_tr))  # drawn for skipped epochs too: the same data order
@@ -231,10 +239,13 @@ def main(argv=None) -> int:
             for i in range(skip, steps):
                 idx = order[i * args.batch_size : (i + 1) * args.batch_size]
                 x, y = mx.nd.array(x_tr[idx]), mx.nd.array(y_tr[idx])
+                slow.start()
                 with mx.autograd.record():
                     loss = loss_fn(net(x), y)
                 loss.backward()
                 trainer.step(args.batch_size)
+                loss.wait_to_read()  # the step's time, for an emulated straggler
+                slow.finish()
                 if ckpt and trainer.t % every == 0:
                     trainer.save_checkpoint(ckpt)
                 total += float(loss.mean().asscalar())
@@ -269,6 +280,12 @@ def main(argv=None) -> int:
 
     train_time = time.perf_counter() - train_start
     stats = {} if baseline else trainer.stats()
+    # every group leader's counters (staleness differs by group), in group order
+    mine = dict(stats, group=gid, straggler_sleep_s=slow.slept) if leader else None
+    leaders = sorted(
+        (r for r in hvd.allgather_object(mine, name="digits.stats") if r is not None),
+        key=lambda r: r["group"],
+    )
     if rank == 0:
         final = history[-1]["test_acc"] if history else float("nan")
         out.line(
@@ -295,6 +312,7 @@ def main(argv=None) -> int:
                 "total_time_s": time.perf_counter() - start,
                 "history": history,
                 "stats": stats,
+                "group_stats": leaders,
                 "args": vars(args),
             }
             with open(args.json, "w") as f:

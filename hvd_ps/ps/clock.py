@@ -106,16 +106,18 @@ class Clock:
         if self.bound is not None and gap > self.bound:
             start = asked = time.monotonic()
             pause, live = FIRST_POLL, None
-            while gap > self.bound:
+            while True:  # the view may be old: read the clocks afresh before any pause
+                self.client.exchange(self.key, None, self.view, wait=True)
+                gap = self._gap(k, live)
+                if gap <= self.bound:
+                    break
                 now = time.monotonic()
                 if now - start > self.timeout:
                     self._stalled(k, live)
-                time.sleep(pause)
-                pause = min(2 * pause, LAST_POLL)
                 if now - asked >= ASK_ROSTER:
                     live, asked = self.live(), now
-                self.client.exchange(self.key, None, self.view, wait=True)
-                gap = self._gap(k, live)
+                time.sleep(pause)
+                pause = min(2 * pause, LAST_POLL)
             self.wait_s += time.monotonic() - start
         self.max_seen = max(self.max_seen, gap)
 

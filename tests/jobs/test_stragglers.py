@@ -1,0 +1,93 @@
+"""A straggler as a user meets one: examples/train_digits.py with ``--slow-group 1 --slowdown
+3`` (group 1's ranks sleep twice each step's time), two async EASGD groups of one rank each,
+launched with ``hvdps-run``, the servers auditing every update (``HVD_PS_AUDIT_DIR``).
+
+With ``--max-staleness 1`` the servers' audit of the group clock shows every count a group
+pushed, with the others' counts before it: no exchange started more than one exchange ahead of
+the other group, each group's counts are 1, 2, ... then the finished mark, and every model key
+took exactly one push per group and exchange (nothing lost, nothing applied twice). The fast
+group reports the wait. Without the bound the fast group runs ahead, which the same
+statistics show.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List
+
+import job_run
+import pytest
+
+from hvd_ps.ps import protocol
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "examples" / "train_digits.py"
+EPOCHS, PERIOD, TIMEOUT = 3, 4, 150
+pytestmark = pytest.mark.slow
+
+
+def _run(tmp: Path, name: str, *flags: str) -> dict:
+    audit, out = tmp / f"audit-{name}", tmp / f"{name}.json"
+    cmd = job_run.launcher(
+        "-np", "2", "--group-size", "1",
+        "python", str(SCRIPT), "--epochs", str(EPOCHS), "--sync", "easgd", "--mode", "async",
+        "--period", str(PERIOD), "--slow-group", "1", "--slowdown", "3", "--quiet",
+        "--json", str(out), *flags,
+    )  # fmt: skip
+    env = job_run.env(HVD_PS_AUDIT_DIR=str(audit))
+    proc = job_run.run(job_run.bounded(cmd, TIMEOUT), env, TIMEOUT + 15)
+    tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+    assert proc.returncode == 0, f"{name}: exit code {proc.returncode}\n{tail}"
+    assert "straggler (emulated): group 1's ranks take 3x as long per step" in proc.stdout
+    result = json.loads(out.read_text())
+    result["audit"] = [
+        json.loads(line) for f in sorted(audit.glob("server-*.jsonl")) for line in f.open()
+    ]
+    return result
+
+
+def _clock_pushes(audit: List[dict], groups: int) -> List[dict]:
+    """The audit's lines of the group clock: ``groups`` elements, one count, -1 elsewhere."""
+    return [
+        a
+        for a in audit
+        if len(a["received"]) == groups
+        and sorted(a["received"])[: groups - 1] == [-1.0] * (groups - 1)
+    ]
+
+
+def test_a_bounded_straggler_run_holds_the_bound_and_loses_nothing(tmp_path: Path) -> None:
+    r = _run(tmp_path, "bounded", "--max-staleness", "1")
+    exchanges = r["steps_per_epoch"] * EPOCHS // PERIOD
+    fast, slow = r["group_stats"]
+    assert (fast["group"], slow["group"]) == (0, 1)
+    for g in (fast, slow):
+        assert g["exchanges"] == exchanges and g["max_staleness_seen"] <= 1, g
+    assert fast["staleness_wait_s"] > 0.2 and fast["straggler_sleep_s"] == 0.0, fast
+    assert slow["straggler_sleep_s"] > 0.0, slow
+    assert r["final_test_accuracy"] >= 0.9, r["history"]
+
+    clocks = _clock_pushes(r["audit"], 2)
+    counts: Dict[int, List[float]] = {0: [], 1: []}
+    for line in clocks:
+        g = max(range(2), key=lambda j: line["received"][j])
+        count, other = line["received"][g], line["before"][1 - g]
+        counts[g].append(count)
+        if count < protocol.CLOCK_DONE and other < protocol.CLOCK_DONE:
+            assert count - other <= 1, f"group {g} completed exchange {count} at {other}"
+    for g in (0, 1):  # 1, 2, ... in order, each once, then the finished mark
+        assert counts[g] == [float(k) for k in range(1, exchanges + 1)] + [protocol.CLOCK_DONE]
+    # every model key: one push per group and exchange (the initial value is no update)
+    per_key: Dict[int, int] = {}
+    for line in r["audit"]:
+        if line not in clocks:
+            per_key[line["key"]] = per_key.get(line["key"], 0) + 1
+    assert per_key and set(per_key.values()) == {2 * exchanges}, per_key
+
+
+def test_without_a_bound_the_fast_group_runs_ahead(tmp_path: Path) -> None:
+    r = _run(tmp_path, "free")
+    fast, slow = r["group_stats"]
+    assert fast["max_staleness_seen"] >= 3, fast
+    assert fast["staleness_wait_s"] == 0.0 and slow["staleness_wait_s"] == 0.0
