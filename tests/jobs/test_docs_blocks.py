@@ -82,6 +82,13 @@ class Fragment:
 
 Entry = Union[Runs, Cheap, Covered, Long, Suite, Fragment]
 
+STRAGGLER = (  # test_stragglers.py's command, as it spells it
+    'job_run.launcher(\n        "-np", "2", "--group-size", "1",',
+    '"--sync", "easgd", "--mode", "async",',
+    '"--slow-group", "1", "--slowdown", "3"',
+    '"--max-staleness", "1"',
+    "EPOCHS, PERIOD, TIMEOUT = 6, 4, 150",
+)
 MIGRATION = ('GUIDE = "docs/migrating.md"',)  # test_migration.py reads its blocks from there
 INSTALL = ('GUIDE = "docs/install.md"', "block()")  # test_install.py runs the page's block
 LAUNCH_HOSTS_CMD = (
@@ -153,6 +160,14 @@ COMMANDS: Dict[str, Entry] = {
         "test_servers_on_both_hosts_grouping_in_the_script",
         LAUNCH_HOSTS_CMD,
     ),
+    # docs/stragglers.md
+    "hvdps-run -np 2 --group-size 1 python examples/train_digits.py --sync easgd --mode async "
+    "--period 4 --max-staleness 1 --slow-group 1 --slowdown 3 --epochs 6 --json "
+    "straggler.json": Covered(
+        "test_stragglers.py",
+        "test_a_bounded_straggler_run_holds_the_bound_and_loses_nothing",
+        STRAGGLER,
+    ),
     # docs/migrating.md
     "OMP_NUM_THREADS=1 horovodrun -np 4 python examples/train_digits_horovod.py": Covered(
         "test_migration.py", "test_guide_command_trains", MIGRATION
@@ -183,6 +198,9 @@ BLOCKS: Dict[Tuple[str, str], Entry] = {
         "the quick start; the loop's data and model are yours"
     ),
     ("docs/using.md", "import mxnet as mx"): Fragment("a training script around your model"),
+    ("docs/stragglers.md", 'sync = hvd_ps.DiLoCo(period=16, mode="async", max_staleness=2)'): (
+        Fragment("three strategies with a bound; the trainer around them is yours")
+    ),
     ("docs/using.md", "if hvd.rank() == 0:"): Covered(
         "test_strategies.py",
         "test_global_model_on_a_leader_alone_needs_no_collective",

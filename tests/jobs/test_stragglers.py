@@ -23,7 +23,7 @@ from hvd_ps.ps import protocol
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "train_digits.py"
-EPOCHS, PERIOD, TIMEOUT = 3, 4, 150
+EPOCHS, PERIOD, TIMEOUT = 6, 4, 150
 pytestmark = pytest.mark.slow
 
 
@@ -66,7 +66,7 @@ def test_a_bounded_straggler_run_holds_the_bound_and_loses_nothing(tmp_path: Pat
         assert g["exchanges"] == exchanges and g["max_staleness_seen"] <= 1, g
     assert fast["staleness_wait_s"] > 0.2 and fast["straggler_sleep_s"] == 0.0, fast
     assert slow["straggler_sleep_s"] > 0.0, slow
-    assert r["final_test_accuracy"] >= 0.9, r["history"]
+    assert r["final_test_accuracy"] >= 0.92, r["history"]
 
     clocks = _clock_pushes(r["audit"], 2)
     counts: Dict[int, List[float]] = {0: [], 1: []}
