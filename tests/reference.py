@@ -224,9 +224,10 @@ class AsyncModel:
         self.tau = strategy.get("overlap", 0)
         self.pending: List[Optional[Tuple[int, Params, Params]]] = [None for _ in groups]
 
-    def step(self, g: int, t: int) -> None:
+    def step(self, g: int, t: int, exchange: Optional[bool] = None, weight: float = 1.0) -> None:
         """Group ``g``'s step ``t``: its local update, and its exchange if ``t`` has one
-        (applied at once: the servers move now)."""
+        (``exchange``; by default every ``period`` steps), applied at once: the servers move
+        now. DiLoCo pushes ``weight * D`` (``period='auto'``: its local steps over the base)."""
         name, strategy, lr = self.name, self.strategy, self.lr
         gg = group_grad(self.xs[g], self.groups[g], t)
         if name == "GradientPush":
@@ -235,7 +236,7 @@ class AsyncModel:
             self.xs[g] = self.c
             return
         self.xs[g] = axpy(-lr, gg, self.xs[g])
-        if t % self.period == 0:
+        if (t % self.period == 0) if exchange is None else exchange:
             snap = self.xs[g]  # overlap: the exchange starts from x_t, the servers move now
             c = self.c
             if name == "EASGD":
@@ -246,7 +247,9 @@ class AsyncModel:
             elif name == "DiLoCo":
                 assert self.outer is not None
                 start = self.starts[g]
-                c = tuple(o.step(c[i], start[i] - snap[i]) for i, o in enumerate(self.outer))
+                c = tuple(
+                    o.step(c[i], weight * (start[i] - snap[i])) for i, o in enumerate(self.outer)
+                )
                 change = c  # x = w (+ the steps since x_t), x_start = w
             else:
                 raise ValueError(name)
@@ -301,19 +304,39 @@ def run_async(
 
 
 def run_in_order(
-    strategy: Dict, groups: List[List[int]], order: Sequence[int], lr: float, momentum: float = 0.0
+    strategy: Dict,
+    groups: List[List[int]],
+    order: Sequence[int],
+    lr: float,
+    momentum: float = 0.0,
+    steps: Optional[Sequence[int]] = None,
+    weights: Optional[Sequence[float]] = None,
 ) -> Dict:
     """The async rules (blocking exchanges) when the groups' exchanges reach the servers in
-    ``order`` (a group id per exchange): each group takes its ``period`` steps up to its next
-    exchange in its turn. Returns the last record (as :func:`run_async`'s)."""
+    ``order`` (a group id per exchange): each group takes its local steps up to its next
+    exchange in its turn, ``period`` of them or (``period='auto'``) ``steps[i]`` before the
+    ``i``-th exchange of ``order``, whose push DiLoCo weights by ``weights[i]``. Returns the
+    last record (as :func:`run_async`'s)."""
     model = AsyncModel(strategy, groups, lr, momentum)
     assert not model.tau, "run_in_order models blocking exchanges"
     t = [0 for _ in groups]
-    for g in order:
-        for _ in range(model.period):
+    for i, g in enumerate(order):
+        h = model.period if steps is None else steps[i]
+        for j in range(h):
             t[g] += 1
-            model.step(g, t[g])
+            w = 1.0 if weights is None else weights[i]
+            model.step(g, t[g], exchange=j == h - 1, weight=w)
     return model.record()
+
+
+def auto_period(base: int, low: int, high: int, pace: float, others: Sequence[float]) -> int:
+    """``period='auto'``: a group's next local steps at its own ``pace`` (seconds per step),
+    the other groups' paces ``others`` (0: unknown): ``base`` times the fastest pace over its
+    own, rounded, within ``low .. high``; ``base`` while its own pace is unknown."""
+    if pace <= 0:
+        return base
+    fastest = min([pace] + [p for p in others if p > 0])
+    return int(min(high, max(low, round(base * fastest / pace))))
 
 
 def ssp_order(seconds: Sequence[float], period: int, exchanges: int, bound: Optional[int]) -> List:

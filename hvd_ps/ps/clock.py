@@ -1,10 +1,10 @@
 """Group clocks of an async tier: how many exchanges each group has completed, how far ahead of
 the others a leader's next exchange would be, and the wait that bounds it (``max_staleness``).
 
-Every async trainer has one clock key (:class:`hvd_ps.ps.protocol.Clock`, one float32 element
-per group of the tier). A leader pushes its count once an exchange is complete (its pull
-returned, so the servers had applied its push), and pulls every group's count with it, without
-waiting; the next exchange reads that pull.
+Every async trainer has one clock key (:class:`hvd_ps.ps.protocol.Clock`: per group of the
+tier a count and a pace). A leader pushes its count once an exchange is complete (its pull
+returned, so the servers had applied its push), with its pace (seconds per local step), and
+pulls every group's with it, without waiting; the next exchange reads that pull.
 
 The *staleness* of a group's exchange number ``k`` is how many exchanges it is ahead of the
 slowest live other group when it starts it: ``k - min_j c_j`` over the other groups ``j``
@@ -24,6 +24,12 @@ Groups that stop counting: a group that finished training pushes :data:`~.protoc
 the roster does not count live (it died or left) is left out once a wait has lasted a second.
 A group that rejoins starts at the larger of its predecessor's count and the slowest live
 other group's, so the others never wait for the exchanges it missed.
+
+Speed-adaptive periods (``period='auto'``): :meth:`Clock.period` gives a group's next number of
+local steps, ``H = clamp(round(P * p_min / p), min_period, max_period)``, with ``P =
+max_period`` (the base), ``p`` the group's own pace and ``p_min`` the smallest pace of the
+live groups as of its previous exchange: the fastest group keeps ``P``, and every group
+exchanges about every ``P * p_min`` seconds.
 """
 
 from __future__ import annotations
@@ -61,10 +67,13 @@ class Clock:
 
         self.client, self.gid, self.groups, self.bound, self.live = client, gid, groups, bound, live
         self.timeout = float(client.cfg.settings.timeout)
-        #: the counts as last pulled, and what this leader pushes (its count, -1 elsewhere)
-        self.view = mx.nd.zeros((groups,))
-        self.send = mx.nd.full((groups,), -1.0)
-        initial = mx.nd.zeros((groups,))
+        #: the counts and paces as last pulled, and what this leader pushes (its count and
+        #: pace, -1 elsewhere)
+        self.view = mx.nd.zeros((2 * groups,))
+        self.send = mx.nd.full((2 * groups,), -1.0)
+        initial = mx.nd.zeros((2 * groups,))
+        #: this group's seconds per local step (0: not measured yet)
+        self.pace = 0.0
         self.key = client.register(name, initial, protocol.Clock(groups), out=self.view)
         #: exchanges this group completed (a rejoined group continues the count)
         self.count = 0
@@ -72,7 +81,7 @@ class Clock:
         self.wait_s = 0.0
         self.finished = False
         if client.rejoined:  # the view holds the tier's clocks now
-            counts = self.view.asnumpy()
+            counts = self.view.asnumpy()[:groups]
             own = counts[gid] if counts[gid] < protocol.CLOCK_DONE else 0.0
             others = self._others(counts, None)
             self.count = int(max(own, min(others) if others else 0.0))
@@ -87,13 +96,32 @@ class Clock:
 
     def _gap(self, k: int, live: Optional[Set[int]]) -> int:
         """How many exchanges exchange ``k`` is ahead of the slowest live other group."""
-        others = self._others(self.view.asnumpy(), live)
+        others = self._others(self.view.asnumpy()[: self.groups], live)
         return max(0, k - int(min(others))) if others else 0
 
+    def period(self, base: int, low: int, high: int, pace: float) -> int:
+        """``period='auto'``: this group's next number of local steps (the module's
+        docstring) at its own ``pace``: ``base`` scaled by the fastest group's pace over
+        ``pace`` (``base`` while ``pace`` is unknown, 0). Paces are as last published; a
+        finished group's are left out."""
+        if pace <= 0.0:
+            return base
+        view = self.view.asnumpy()
+        counts, paces = view[: self.groups], view[self.groups :]
+        known = [
+            float(p)
+            for j, (c, p) in enumerate(zip(counts, paces))
+            if j != self.gid and p > 0.0 and c < protocol.CLOCK_DONE
+        ]
+        fastest = min([pace] + known)
+        return int(min(high, max(low, round(base * fastest / pace))))
+
     def _push(self, value: float) -> None:
-        """Push ``value`` as this group's count and pull every count, without waiting."""
-        row = np.full((self.groups,), -1.0, np.float32)
+        """Push ``value`` as this group's count (and its pace) and pull every group's,
+        without waiting."""
+        row = np.full((2 * self.groups,), -1.0, np.float32)
         row[self.gid] = value
+        row[self.groups + self.gid] = min(self.pace, protocol.MAX_PACE)
         self.send[:] = row  # on MXNet's engine: after the previous push read it
         self.client.exchange(self.key, self.send, self.view, wait=False)
 
@@ -122,7 +150,7 @@ class Clock:
         self.max_seen = max(self.max_seen, gap)
 
     def _stalled(self, k: int, live: Optional[Set[int]]) -> None:
-        counts = self.view.asnumpy()
+        counts = self.view.asnumpy()[: self.groups]
         assert self.bound is not None
         behind = [
             f"{j} (at {int(c)})"
@@ -136,9 +164,11 @@ class Clock:
             "is that group stalled? (raise HVD_PS_TIMEOUT or max_staleness for groups this slow)"
         )
 
-    def tick(self) -> None:
-        """This group completed an exchange: push its count (and pull every group's)."""
+    def tick(self, pace: float = 0.0) -> None:
+        """This group completed an exchange: push its count and ``pace`` (seconds per local
+        step; 0: unknown) and pull every group's."""
         self.count += 1
+        self.pace = pace
         self._push(float(self.count))
 
     def finish(self) -> None:

@@ -35,8 +35,9 @@ WireKey       what a leader pushes to a compressed shard, decoded and applied to
 WireRejoin    a rejoin request of a group for the compressed shard ``base`` (async): its shadow
               becomes the state, its sequence starts afresh, ``w`` becomes the state and the
               request
-Clock         ``w = max(w, g)`` elementwise: ``w[i]`` the exchanges group ``i`` completed
-              (:class:`Clock`; a push carries one group's count, ``-1`` elsewhere)
+Clock         the groups' clocks (:class:`Clock`): ``w[i] = max(w[i], g[i])``, the exchanges
+              group ``i`` completed, and ``w[G + i] = g[G + i]`` where ``g[G + i] >= 0``,
+              its seconds per step; a push carries one group's, ``-1`` elsewhere
 CopyState     ``w`` is a checkpoint's copy of the state of key ``source`` (its optimizer's or
               its momentum's array number ``leaf``): a push (of anything) copies that state
               into ``w`` (``load=False``), or ``w`` into that state and sets the optimizer's
@@ -226,16 +227,20 @@ class Nesterov:
 
 #: a group's clock once it has finished training: it holds no other group back
 CLOCK_DONE = float(2**24)
+#: the most seconds per local step a clock carries
+MAX_PACE = 1.0e6
 
 
 @dataclass(frozen=True)
 class Clock:
-    """The clocks of an async tier's ``groups`` groups, one float32 element each: how many
-    exchanges each completed (a leader pushes its count after its exchange's pull returned,
-    so the exchange was applied). A push holds one group's count and ``-1`` elsewhere, and
-    the servers keep the elementwise maximum, so a push repeated or reordered changes
-    nothing. :data:`CLOCK_DONE` marks a group that finished. Counts are whole numbers below
-    ``2**24`` (float32 holds them exactly)."""
+    """The clocks of an async tier's ``groups`` groups: ``2 G`` float32 elements. The first
+    ``G`` are how many exchanges each group completed (a leader pushes its count after its
+    exchange's pull returned, so the exchange was applied); the servers keep the elementwise
+    maximum, so a push repeated or reordered changes nothing. :data:`CLOCK_DONE` marks a group
+    that finished. Counts are whole numbers below ``2**24`` (float32 holds them exactly). The
+    next ``G`` are each group's seconds per local step as it last measured them (``period=
+    'auto'``), at most :data:`MAX_PACE`; 0 until known. A push holds one group's count and
+    pace and ``-1`` elsewhere."""
 
     groups: int
     updater: ClassVar[str] = "clock"

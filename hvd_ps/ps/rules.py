@@ -147,22 +147,30 @@ class Nesterov(Rule):
 
 
 class Clock(Rule):
-    """``w = max(w, g)`` elementwise (:class:`hvd_ps.ps.protocol.Clock`): each element a group's
-    count of completed exchanges. A push that is not ``groups`` whole numbers in ``-1 ..
-    CLOCK_DONE`` is refused."""
+    """The groups' clocks (:class:`hvd_ps.ps.protocol.Clock`): the counts of completed
+    exchanges keep their maximum, the paces (seconds per step) take each push's non-negative
+    values. A push that is not ``G`` whole counts in ``-1 .. CLOCK_DONE`` and ``G`` paces in
+    ``-1 .. MAX_PACE`` is refused."""
 
     def update(self, g: Any, w: Any) -> None:
         got = g.asnumpy().ravel()
         n = self.record.groups
-        if got.size != n or w.size != n:
+        if got.size != 2 * n or w.size != 2 * n:
             raise ValueError(f"a clock push of {got.size} elements to a clock of {n} groups")
+        counts, paces = got[:n], got[n:]
         if not (
             np.all(np.isfinite(got))
-            and np.all(got == np.floor(got))
-            and np.all((got >= -1) & (got <= protocol.CLOCK_DONE))
+            and np.all(counts == np.floor(counts))
+            and np.all((counts >= -1) & (counts <= protocol.CLOCK_DONE))
+            and np.all((paces >= -1) & (paces <= protocol.MAX_PACE))
         ):
-            raise ValueError("a clock push that is not whole counts in -1 .. 2**24")
-        w[:] = np.maximum(w.asnumpy().ravel(), got).reshape(w.shape)
+            raise ValueError(
+                "a clock push that is not whole counts in -1 .. 2**24 and paces in -1 .. 1e6"
+            )
+        now = w.asnumpy().ravel()
+        now[:n] = np.maximum(now[:n], counts)
+        now[n:] = np.where(paces >= 0, paces, now[n:])
+        w[:] = now.reshape(w.shape)
 
 
 class CopyState(Rule):

@@ -11,13 +11,14 @@ def strategy(spec: Dict[str, Any], mode: str = "sync") -> Any:
 
     name, overlap = spec["name"], spec.get("overlap", 0)
     bound = spec.get("max_staleness")
+    auto = {k: spec[k] for k in ("min_period", "max_period") if k in spec}
     if name == "GradientPush":
         return hvd_ps.GradientPush(mode=mode, max_staleness=bound)
     if name == "ModelAverage":
         return hvd_ps.ModelAverage(period=spec["period"], overlap=overlap)
     if name == "EASGD":
         return hvd_ps.EASGD(
-            spec["period"], spec["alpha"], mode=mode, overlap=overlap, max_staleness=bound
+            spec["period"], spec["alpha"], mode=mode, overlap=overlap, max_staleness=bound, **auto
         )
     return hvd_ps.DiLoCo(
         period=spec["period"],
@@ -27,4 +28,5 @@ def strategy(spec: Dict[str, Any], mode: str = "sync") -> Any:
         mode=mode,
         overlap=overlap,
         max_staleness=bound,
+        **auto,
     )

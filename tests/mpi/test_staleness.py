@@ -112,4 +112,87 @@ def test_bounded_staleness_order_and_math_match_the_numpy_model(rt, async_client
                 LR,
             )
             assert np.max(np.abs(free["global"][0] - gw)) > 1e-4
-    _barrier(f"ssp.{case}.end")
+
+
+AUTO_STEPS = 12  # every group's local steps
+AUTO = {  # spec (period='auto', max_period 4, min_period 1)
+    "DiLoCo-auto": {
+        "name": "DiLoCo", "period": "auto", "max_period": 4, "min_period": 1,
+        "outer_lr": 0.7, "momentum": 0.9, "nesterov": True,
+    },
+    "EASGD-auto": {"name": "EASGD", "period": "auto", "max_period": 4, "min_period": 1,
+                   "alpha": 0.3},
+}  # fmt: skip
+
+
+def auto_schedule(n: int):
+    """The exchanges of :data:`AUTO_STEPS` steps when the last of ``n`` groups is slow (a
+    quarter-second a step, the others ~100 times faster): every fast group exchanges every
+    4 steps; the slow one at step 4 (no pace known yet), at step 8 (its peers' paces arrived
+    with its first exchange's pull: 4 * p_fast / p_slow rounds to 0, so min_period 1 next),
+    then every step, its pushes weighted 1/4. With two groups the fast one's exchanges all
+    land before the slow one's first. Returns (order, steps, weights) as
+    :func:`reference.run_in_order` takes them, and each group's (exchanges, last period)."""
+    fast = [4, 8, 12]
+    slow = [4, 8, 9, 10, 11, 12] if n > 1 else fast
+    order, steps, weights = [], [], []
+    for g in range(n):
+        mine = slow if g == n - 1 else fast
+        for k, t in enumerate(mine):
+            h = t - (mine[k - 1] if k else 0)
+            order.append(g)
+            steps.append(h)
+            weights.append(h / 4)
+    expect = {g: (len(fast), 4) for g in range(n - 1)}
+    expect[n - 1] = (len(slow), 1 if n > 1 else 4)
+    return order, steps, weights, expect
+
+
+@pytest.mark.mpi(min_size=1)
+@pytest.mark.parametrize("case", list(AUTO))
+def test_auto_periods_follow_the_paces_and_the_math_matches_the_numpy_model(rt, async_client, case):
+    import horovod.mxnet as hvd
+    import mxnet as mx
+
+    import hvd_ps
+
+    groups = rt.topo.groups
+    spec, n = AUTO[case], len(rt.topo.groups)
+    order, steps, weights, expect = auto_schedule(n)
+    assert ref.auto_period(4, 1, 4, 0.25, [0.0025]) == 1  # the slow group's choice, in numpy
+    net = reference_net(f"auto_{case.replace('-', '_').lower()}")
+    sync = strategy(spec, "async")
+    assert sync.adaptive and sync.base_period == 4
+    trainer = hvd_ps.DistributedTrainer(
+        net.collect_params(), "sgd", {"learning_rate": LR}, sync=sync
+    )
+    hvd_ps.broadcast_parameters(net.collect_params())
+    with trainer.global_model():
+        pass
+    _barrier(f"auto.{case}.start")
+    gid, rank = hvd_ps.group_id(), hvd.rank()
+    for t in range(1, AUTO_STEPS + 1):
+        if gid == n - 1:
+            time.sleep(SLOW)
+        x, y = ref.batch(rank, t)
+        with mx.autograd.record():
+            loss = 0.5 * ((net(mx.nd.array(x)) - mx.nd.array(y)) ** 2).sum(axis=1)
+        loss.backward()
+        trainer.step(ref.BATCH)
+    stats = trainer.stats()
+    _barrier(f"auto.{case}.trained")
+    got = (stats["exchanges"], stats["period"])
+    if n <= 2 or gid == n - 1:
+        assert got == expect[gid], (stats, expect)
+    else:  # the fast groups' paces differ a little too: a period of their own
+        assert stats["period"] > 1 and stats["exchanges"] >= 3, stats
+    if n <= 2:
+        want = ref.run_in_order(dict(spec, period=4), groups, order, LR, steps=steps,
+                                weights=weights if spec["name"] == "DiLoCo" else None)  # fmt: skip
+        w, b = want["x"][gid]
+        np.testing.assert_allclose(net.weight.data().asnumpy(), w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(net.bias.data().asnumpy(), b, rtol=1e-5, atol=1e-6)
+        trainer.pull_global(net.collect_params())
+        gw, gb = want["global"]
+        np.testing.assert_allclose(net.weight.data().asnumpy(), gw, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(net.bias.data().asnumpy(), gb, rtol=1e-5, atol=1e-6)

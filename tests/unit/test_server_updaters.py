@@ -586,15 +586,32 @@ def test_copy_state_of_adam_carries_both_moments_and_the_update_count(up):
         up.update(8, nd([0.0]), nd([0.0]))
 
 
-def test_a_clock_keeps_each_groups_largest_count_and_refuses_anything_else(up):
+def test_a_clock_keeps_each_groups_largest_count_its_last_pace_and_refuses_anything_else(up):
     up.command(CONTROLLER_HEAD, rec(5, protocol.Clock(groups=3)))
-    w = nd([0, 0, 0])
-    np.testing.assert_array_equal(push(up, 5, nd([-1, 2, -1]), w), [0, 2, 0])
-    np.testing.assert_array_equal(push(up, 5, nd([1, -1, -1]), w), [1, 2, 0])
-    np.testing.assert_array_equal(push(up, 5, nd([-1, 1, -1]), w), [1, 2, 0])  # late: kept 2
+    w = nd([0, 0, 0, 0, 0, 0])  # counts, then seconds per step
+    np.testing.assert_array_equal(
+        push(up, 5, nd([-1, 2, -1, -1, 0.5, -1]), w), [0, 2, 0, 0, 0.5, 0]
+    )
+    np.testing.assert_array_equal(
+        push(up, 5, nd([1, -1, -1, 0.25, -1, -1]), w), [1, 2, 0, 0.25, 0.5, 0]
+    )
+    # a late count is kept at the larger one; a pace is the last one pushed
+    np.testing.assert_array_equal(
+        push(up, 5, nd([-1, 1, -1, -1, 0.75, -1]), w), [1, 2, 0, 0.25, 0.75, 0]
+    )
     done = protocol.CLOCK_DONE
-    np.testing.assert_array_equal(push(up, 5, nd([-1, -1, done]), w), [1, 2, done])
-    for bad in ([1, 2], [0.5, -1, -1], [-2, -1, -1], [np.nan, -1, -1], [done * 2, -1, -1]):
+    np.testing.assert_array_equal(
+        push(up, 5, nd([-1, -1, done, -1, -1, 2]), w), [1, 2, done, 0.25, 0.75, 2]
+    )
+    for bad in (
+        [1, 2, 3],
+        [0.5, -1, -1, -1, -1, -1],
+        [-2, -1, -1, -1, -1, -1],
+        [np.nan, -1, -1, -1, -1, -1],
+        [done * 2, -1, -1, -1, -1, -1],
+        [-1, -1, -1, -1, 2e6, -1],
+        [-1, -1, -1, np.inf, -1, -1],
+    ):
         with pytest.raises(Fatal, match="clock"):
             push(up, 5, nd(bad), w)
-    np.testing.assert_array_equal(w.asnumpy(), [1, 2, done])  # nothing refused was applied
+    np.testing.assert_array_equal(w.asnumpy(), [1, 2, done, 0.25, 0.75, 2])  # none applied

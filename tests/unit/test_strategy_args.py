@@ -32,6 +32,16 @@ from hvd_ps.errors import ConfigError
         (lambda: hvd_ps.GradientPush(mode="async", max_staleness=True), "max_staleness"),
         (lambda: hvd_ps.EASGD(period=4, max_staleness=2), "max_staleness"),
         (lambda: hvd_ps.ModelAverage(period=4, max_staleness=2), "max_staleness"),
+        (lambda: hvd_ps.DiLoCo(period="auto"), "period='auto'"),
+        (lambda: hvd_ps.DiLoCo(period="fast", mode="async"), "period"),
+        (lambda: hvd_ps.DiLoCo(period="auto", mode="async", min_period=0), "min_period"),
+        (lambda: hvd_ps.EASGD(period="auto", mode="async", max_period=2.5), "max_period"),
+        (
+            lambda: hvd_ps.EASGD(period="auto", mode="async", min_period=4, max_period=2),
+            "min_period",
+        ),
+        (lambda: hvd_ps.DiLoCo(period=8, mode="async", min_period=2), "min_period"),
+        (lambda: hvd_ps.DiLoCo(period="auto", mode="async", min_period=2, overlap=2), "overlap"),
     ],
 )
 def test_bad_argument_names_itself(make, arg):
@@ -210,7 +220,7 @@ def test_overlapped_reference_reduces_to_the_blocking_one_at_tau_0(spec):
         (
             lambda: hvd_ps.EASGD(peroid=4),
             "EASGD has no argument 'peroid': did you mean 'period'? "
-            "(its arguments: period, alpha, mode, overlap, max_staleness)",
+            "(its arguments: period, alpha, mode, overlap, max_staleness, min_period, max_period)",
         ),
         (
             lambda: hvd_ps.DiLoCo(8, outerlr=0.5),
@@ -218,7 +228,7 @@ def test_overlapped_reference_reduces_to_the_blocking_one_at_tau_0(spec):
         ),
         (lambda: hvd_ps.GradientPush(period=1), "GradientPush has no argument 'period'"),
         (lambda: hvd_ps.ModelAverage(4, period=4), "ModelAverage: period given twice"),
-        (lambda: hvd_ps.EASGD(4, 0.1, "async", 0, 2, 9), "EASGD takes at most 5 arguments"),
+        (lambda: hvd_ps.EASGD(4, 0.1, "async", 0, 2, 1, 4, 9), "EASGD takes at most 7 arguments"),
         (
             lambda: hvd_ps.ModelAverage(period=4, mode="async"),
             "mode must be one of sync, got 'async': ModelAverage has no async mode; "
@@ -245,3 +255,17 @@ def test_max_staleness_is_async_only_and_kept():
     assert repr(bounded) == "GradientPush(mode='async', max_staleness=3)"
     assert repr(hvd_ps.GradientPush()) == "GradientPush(mode='sync')"
     assert bounded != hvd_ps.GradientPush(mode="async")  # groups compare strategies
+
+
+def test_auto_period_defaults_and_repr():
+    d = hvd_ps.DiLoCo(period="auto", mode="async")
+    assert d.adaptive and (d.min_period, d.max_period, d.base_period) == (1, 16, 16)
+    e = hvd_ps.EASGD(period="auto", mode="async", min_period=2, overlap=1)
+    assert (e.min_period, e.max_period, e.base_period, e.overlap) == (2, 4, 4, 1)
+    assert repr(e) == (
+        "EASGD(period='auto', alpha=None, mode='async', overlap=1, min_period=2, max_period=4)"
+    )
+    fixed = hvd_ps.DiLoCo(period=8, mode="async")
+    assert not fixed.adaptive and fixed.base_period == 8 and fixed.min_period is None
+    with pytest.raises(ConfigError, match="min_period=2 goes with period='auto'"):
+        hvd_ps.DiLoCo(period=8, mode="async", min_period=2)

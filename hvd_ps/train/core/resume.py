@@ -263,7 +263,11 @@ def _save_leader(fe: FrontEnd, path: str, g: int) -> Tuple[Any, Dict[str, Any], 
     if flight:  # kept in flight: applied at its step after a resume
         sched.settle_flight()  # a compressed sync wire pulls its reply now
         client.wait([b.pulled for b in sched.all()], "checkpoint: the exchange in flight")
-    info = {"group": g, "exchanges": sched.state().exchanges, **fe.optimizer_counts()}
+    state = sched.state()
+    info = {"group": g, "exchanges": state.exchanges, **fe.optimizer_counts()}
+    if state.period is not None:  # period='auto': each group's own schedule
+        info.update(period=state.period, last_at=state.last_at, pending=state.pending)
+        info["launched"] = state.launched
     # MXNet's dist KVStore pulls a key into the CPU array pushed to it last (its comm_buf_,
     # to save a copy), here what the exchange in flight pushed, which EASGD applies later
     pushed = {name: a for name, a in flight.items() if name.endswith("/out")}
@@ -375,7 +379,12 @@ def load(fe: FrontEnd, path: str) -> None:
     fe.setup([arrays[f"ps/{i}"] for i in range(len(meta["buckets"]))])
     checkpoint.expect(path, meta, "buckets", _signature(fe)["buckets"])
     fe.set_step(int(meta["step"]))
-    sched.restore(State(int(mine["exchanges"]), meta["pending"], int(meta["launched"])))
+    if "period" in mine:  # period='auto': each group's own schedule
+        own = State(int(mine["exchanges"]), mine["pending"], int(mine["launched"]),
+                    int(mine["period"]), int(mine["last_at"]))  # fmt: skip
+    else:
+        own = State(int(mine["exchanges"]), meta["pending"], int(meta["launched"]))
+    sched.restore(own)
     if topo.is_leader:
         _load_leader(fe, arrays, meta, g)
 

@@ -28,9 +28,11 @@ only once the previous round closed, so a leader never pushes a key twice in one
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import mxnet as mx
 
@@ -44,6 +46,9 @@ from .fusion import FusedBuffer
 from .interfaces import Flat, Fuse, Group, Job, PSClient
 from .strategies import Exchange, ServerOptimizer, Strategy
 from .wire_exchange import Wire
+
+#: how many of its last local steps a group's pace is the median of
+PACE_WINDOW = 8
 
 
 def wait_arrays(arrays: List[Any], what: str, timeout: float) -> None:
@@ -84,6 +89,10 @@ class State:
     pending: Optional[int]
     #: the step the exchange in flight started at
     launched: int
+    #: ``period='auto'``: the group's local steps until its next exchange, and the step of
+    #: its last exchange (None: the strategy's fixed schedule)
+    period: Optional[int] = None
+    last_at: int = 0
 
 
 class Schedule:
@@ -131,6 +140,15 @@ class Schedule:
         self.wire_io: Optional[Wire] = None
         #: an async leader's group clock (staleness, ``max_staleness``), else None
         self.clock: Optional[Clock] = None
+        #: the group's local steps between exchanges now (``period='auto'`` changes it at
+        #: every exchange), the step of its last exchange, and what its leader picked for
+        #: the next one (sent to the group with the exchange's broadcast)
+        self.period = sync.base_period
+        self.last_at = 0
+        self.period_next = self.period
+        #: the group's last seconds per local step, between two calls of on_step
+        self.step_times: Deque[float] = deque(maxlen=PACE_WINDOW)
+        self._left_at: Optional[float] = None
 
     @property
     def wire(self) -> Optional[str]:
@@ -159,12 +177,17 @@ class Schedule:
     # -- checkpoints ----------------------------------------------------------------------------
     def state(self) -> State:
         """The counters a checkpoint keeps."""
-        return State(self.exchanges, self.pending, self.launched)
+        auto = self.sync.adaptive
+        period = self.period if auto else None
+        return State(self.exchanges, self.pending, self.launched, period, self.last_at)
 
     def restore(self, state: State) -> None:
         """Continue from a checkpoint's counters (after :meth:`setup`); an exchange that was in
         flight is applied at its step, as without the stop."""
         self.exchanges, self.pending, self.launched = state.exchanges, state.pending, state.launched
+        if self.sync.adaptive and state.period is not None:
+            self.period = self.period_next = state.period
+            self.last_at = state.last_at
         if self.pending is not None:
             self.rt.in_flight.add(self)
             if self.wire_io is not None:
@@ -274,7 +297,7 @@ class Schedule:
             self.wire_io.start()
         if topo.is_leader and sync.mode == "async":
             self.clock = self.client().clock(f"{self.prefix}clock", sync.max_staleness)
-        self.status = mx.nd.zeros((1,))
+        self.status = mx.nd.zeros((2,))  # the leader refused (1); the next period
         self.buckets = buckets
         if self.rt.rejoined:
             self.group_broadcast("rejoining the PS tier (the model it holds)")
@@ -282,13 +305,52 @@ class Schedule:
     # -- training steps -------------------------------------------------------------------------
     def on_step(self, t: int) -> None:
         """After step ``t``'s local update: apply an exchange due now, start one if due."""
+        now = time.perf_counter()
+        if self._left_at is not None:  # a local step: from the end of the last call to now
+            self.step_times.append(now - self._left_at)
         if self.pending == t:
             self.complete(f"the exchange started at step {self.launched}, applied at step {t}")
-        if t % self.sync.period == 0:
+        if self.due(t):
             if self.sync.overlap:
                 self.launch(t)
             else:
                 self.blocking(t)
+        self._left_at = time.perf_counter()
+
+    def due(self, t: int) -> bool:
+        """Whether step ``t`` starts an exchange: every ``period`` steps, or (``period=
+        'auto'``) the group's current period after its last exchange."""
+        if self.sync.adaptive:
+            return t >= self.last_at + self.period
+        return t % self.period == 0
+
+    def pace(self) -> float:
+        """This group's seconds per local step: the median of its last steps (0: none yet)."""
+        return statistics.median(self.step_times) if self.step_times else 0.0
+
+    def _plan(self, t: int) -> None:
+        """Leader, at the exchange of step ``t``: the weight of its push (its local steps over
+        the base period) and, with ``period='auto'``, the group's next period."""
+        s, run = self.sync, self.bound()
+        if not s.adaptive:
+            return
+        run.weight = (t - self.last_at) / s.base_period
+        if self.clock is not None:
+            assert s.min_period is not None and s.max_period is not None
+            self.period_next = self.clock.period(
+                s.base_period, s.min_period, s.max_period, self.pace()
+            )
+
+    def _replan(self, step: int) -> None:
+        """Every rank, after the broadcast that follows the exchange of ``step``: the next
+        period, as the leader picked it."""
+        if not self.sync.adaptive:
+            return
+        if self.rt.topo.is_leader or self.rt.topo.group_size == 1:
+            period = self.period_next
+        else:
+            period = int(round(float(self.status.asnumpy()[1])))
+        self.period, self.last_at = period, step
 
     def blocking(self, t: int) -> None:
         topo = self.rt.topo
@@ -298,6 +360,8 @@ class Schedule:
             refused = self._refusal(t, None)
         if topo.is_leader and refused is None and self.clock is not None:
             self.clock.gate(f"the PS exchange at step {t}")
+        if topo.is_leader and refused is None:
+            self._plan(t)
         if topo.is_leader and refused is None and self.wire_io is not None:
             seq, what = self.exchanges + 1, f"PS exchange at step {t}"
             self.wire_io.push(self.bound(), self.all(), seq, blocking=True)
@@ -309,9 +373,10 @@ class Schedule:
                 self.bound().exchange(b, client)
             self._wait_ps(client, f"PS exchange at step {t}")
         if topo.is_leader and refused is None and self.clock is not None:
-            self.clock.tick()
+            self.clock.tick(self.pace())
         self.exchanges += 1
         self.group_broadcast(f"exchange at step {t}", refused, t)
+        self._replan(t)
 
     def launch(self, t: int) -> None:
         """Start the exchange from a snapshot of the parameters; nobody waits."""
@@ -323,6 +388,8 @@ class Schedule:
             self.refused = self._refusal(t, [b.snap for b in self.all()])
             if self.refused is None and self.clock is not None:
                 self.clock.gate(f"the PS exchange at step {t}")
+            if self.refused is None:
+                self._plan(t)
             if self.wire_io is not None:
                 self.wire_io.pulled = False
                 if self.refused is None:
@@ -351,8 +418,9 @@ class Schedule:
             for b in self.all():
                 self.bound().apply(b)
         if topo.is_leader and refused is None and self.clock is not None:
-            self.clock.tick()
+            self.clock.tick(self.pace())
         self.group_broadcast(why, refused, self.launched)
+        self._replan(self.launched)
 
     def _refusal(self, t: int, flats: Optional[List[Any]]) -> Optional[str]:
         """Leader: why the push of step ``t`` must not happen (NaN or inf), or None. ``flats``:
@@ -451,7 +519,7 @@ class Schedule:
         if self.group is None:
             raise HvdPsError("the trainer's schedule has no group broadcast (Schedule(group=))")
         if topo.is_leader:
-            self.status[:] = 0.0 if refused is None else 1.0
+            self.status[:] = mx.nd.array([0.0 if refused is None else 1.0, self.period_next])
             for b, flat in zip(self.all(), self.bcast):
                 b.params.pack(out=flat)
         names = [f"{self.prefix}status"] + [
@@ -478,6 +546,7 @@ class Schedule:
         return {
             "exchanges": self.exchanges,
             "ps_wait_s": self.ps_wait_s,
+            "period": self.period,
             "max_staleness_seen": clock.max_seen if clock is not None else 0,
             "staleness_wait_s": clock.wait_s if clock is not None else 0.0,
         }

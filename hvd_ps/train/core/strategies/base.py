@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Type, Union
 
 from .... import arguments
 from ....errors import ConfigError, HvdPsError, same_on_every_rank
@@ -60,11 +60,14 @@ class Strategy(metaclass=_CheckedArguments):
     for the ones a strategy does not take.
     """
 
-    period = 1
+    period: Union[int, str] = 1
     mode = "sync"
     overlap = 0
     #: async: the most exchanges a group may run ahead of the slowest live one (None: any)
     max_staleness: Optional[int] = None
+    #: ``period='auto'`` (async): the fewest and the most local steps between exchanges
+    min_period: Optional[int] = None
+    max_period: Optional[int] = None
     #: the modes the strategy has
     modes: ClassVar[Tuple[str, ...]] = MODES
     #: whether the trainer's own optimizer updates the parameters every step
@@ -97,11 +100,13 @@ class Strategy(metaclass=_CheckedArguments):
 
     def __repr__(self) -> str:
         """Its arguments by name (a strategy's repr is also what a checkpoint records);
-        ``max_staleness`` only when set, so a repr reads as it did before that argument."""
+        ``max_staleness``, ``min_period`` and ``max_period`` only when set, so a repr reads
+        as it did before those arguments."""
         shown = [
             f"{f.name}={getattr(self, f.name)!r}"
             for f in dataclasses.fields(self)  # type: ignore[arg-type]
-            if not (f.name == "max_staleness" and self.max_staleness is None)
+            if f.name not in ("max_staleness", "min_period", "max_period")
+            or getattr(self, f.name) is not None
         ]
         return f"{type(self).__name__}({', '.join(shown)})"
 
@@ -109,13 +114,56 @@ class Strategy(metaclass=_CheckedArguments):
         """One line for logs: the strategy with its arguments."""
         return repr(self)
 
+    @property
+    def adaptive(self) -> bool:
+        """``period='auto'``: each group picks its local steps from the groups' paces."""
+        return self.period == "auto"
+
+    @property
+    def base_period(self) -> int:
+        """The period of a fixed schedule; with ``period='auto'``, ``max_period``: the
+        fastest group's, and every group's until the paces are known."""
+        return int(self.max_period if self.adaptive else self.period)  # type: ignore[arg-type]
+
     def _check_common(self) -> None:
-        """Check and normalise ``period``, ``mode`` and ``overlap`` (in ``__post_init__``)."""
-        period = arguments.integer("period", self.period, low=1)
-        store(self, period=period, mode=_mode(self))
-        overlap = arguments.integer("overlap", self.overlap, low=0, high=period, high_name="period")
+        """Check and normalise ``period``, ``mode`` and ``overlap`` (in ``__post_init__``);
+        ``period='auto'`` with ``min_period`` and ``max_period``."""
+        store(self, mode=_mode(self))
+        if self.adaptive:
+            self._check_auto()
+            high, high_name = int(self.min_period or 1), "min_period"
+        else:
+            for name in ("min_period", "max_period"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(
+                        f"{name}={getattr(self, name)!r} goes with period='auto' (each group "
+                        f"picks its local steps); with period={self.period!r} drop it"
+                    )
+            period = arguments.integer(
+                "period", self.period, low=1, hint="or 'auto' (async: from the groups' paces)"
+            )
+            store(self, period=period)
+            high, high_name = period, "period"
+        overlap = arguments.integer("overlap", self.overlap, low=0, high=high, high_name=high_name)
         store(self, overlap=overlap)
         self._check_staleness()
+
+    def _check_auto(self) -> None:
+        """``period='auto'``: async only; ``1 <= min_period <= max_period`` (``max_period``
+        defaults to the strategy's default period)."""
+        if self.mode != "async":
+            raise ConfigError(
+                f"period='auto' lets async groups take local steps by their pace; in "
+                f"mode={self.mode!r} every round needs one period: give a number, or use "
+                "mode='async'"
+            )
+        default = next(f.default for f in dataclasses.fields(self) if f.name == "period")  # type: ignore[arg-type]
+        low = arguments.integer("min_period", 1 if self.min_period is None else self.min_period, 1)
+        high = default if self.max_period is None else self.max_period
+        high = arguments.integer("max_period", high, low=1)
+        if low > high:
+            raise ConfigError(f"min_period={low} must be <= max_period={high}")
+        store(self, min_period=low, max_period=high)
 
     def _check_staleness(self) -> None:
         """Check ``max_staleness`` (after ``mode``): None, or a whole number >= 1, async only."""
@@ -191,6 +239,9 @@ class Exchange:
         self.rule: protocol.Rule = protocol.Assign()
         #: ``pull_global`` sets ``x = global_scale * (value on the PS)``
         self.global_scale = 1.0
+        #: what this exchange's push is weighted by: 1, or with ``period='auto'`` its local
+        #: steps over the base period (set by the schedule; DiLoCo's math reads it)
+        self.weight = 1.0
 
     def initial(self, b: Bucket) -> Any:
         """The key's initial value on the PS (default: the parameters)."""

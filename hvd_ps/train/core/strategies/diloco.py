@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from .... import arguments
 from ....ps import protocol
@@ -33,13 +33,15 @@ class DiLoCo(Strategy):
         sync = hvd_ps.DiLoCo(period=64, overlap=16)
     """
 
-    period: int = 16
+    period: Union[int, str] = 16
     outer_lr: float = 0.7
     momentum: float = 0.9
     nesterov: bool = True
     mode: str = "sync"
     overlap: int = 0
     max_staleness: Optional[int] = None
+    min_period: Optional[int] = None
+    max_period: Optional[int] = None
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -88,19 +90,21 @@ class DiLoCoExchange(Exchange):
 
     def exchange(self, b: Bucket, client: PSClient) -> None:
         start, _ = self.start[b.index]
-        b.params.pack_axpby(start, -1.0, 1.0, dtype=self.wire, out=b.out)  # D = x_start - x
+        w = self.weight  # D = w (x_start - x): 1, or with period='auto' its local steps / P
+        b.params.pack_axpby(start, -w, w, dtype=self.wire, out=b.out)
         client.exchange(b.key, b.out, b.pulled, wait=False)
         b.params.unpack(b.pulled)  # x = w
         b.params.pack(out=start)  # x_start = w
 
     def launch(self, b: Bucket, client: PSClient) -> None:
         start, _ = self.start[b.index]
-        b.snapshot().pack_axpby(start, -1.0, 1.0, dtype=self.wire, out=b.out)  # D = x_start - x_t
+        w = self.weight  # D = w (x_start - x_t)
+        b.snapshot().pack_axpby(start, -w, w, dtype=self.wire, out=b.out)
         client.exchange(b.key, b.out, b.pulled, wait=False)
 
     def wire_send(self, b: Bucket, src: Flat, blocking: bool) -> Optional[Send]:
         start, _ = self.start[b.index]
-        return Send(src, start, -1.0, 1.0)  # D = x_start - x
+        return Send(src, start, -self.weight, self.weight)  # D = w (x_start - x)
 
     def wire_apply(self, b: Bucket, blocking: bool) -> None:
         if blocking:

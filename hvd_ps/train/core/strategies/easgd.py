@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 from .... import arguments
 from ....errors import ConfigError
@@ -29,11 +29,13 @@ class EASGD(Strategy):
         sync = hvd_ps.EASGD(period=16, overlap=8)
     """
 
-    period: int = 4
+    period: Union[int, str] = 4
     alpha: Optional[float] = None
     mode: str = "sync"
     overlap: int = 0
     max_staleness: Optional[int] = None
+    min_period: Optional[int] = None
+    max_period: Optional[int] = None
 
     def __post_init__(self) -> None:
         self._check_common()
