@@ -4,7 +4,8 @@ Two groups of one rank each train digits (benchmarks/straggler_job.py: the MLP o
 examples/train_digits.py, 12 epochs, DiLoCo period 8 with the example's outer step); group 1
 is slowed ``F`` times (examples/straggler.py's emulation) for each ``F`` of ``--slowdowns``,
 ``F = 1`` being the all-fast twin. Modes: Horovod (allreduce every step), DiLoCo's plain sync
-rounds, async DiLoCo without a bound and with ``max_staleness`` 2 and 1. The modes and
+rounds, async DiLoCo without a bound, with ``max_staleness`` 2 and 1, and with ``period='auto'``
+(the fast group's 8 steps, the slow one's fewer). The modes and
 slowdowns run interleaved, once per seed, so load from elsewhere hits them alike.
 
 Per mode and slowdown, over the seeds: the time until the global model first reached 95%
@@ -40,6 +41,7 @@ MODES = {  # name -> (label, flags of straggler_job.py)
     "async": ("DiLoCo async", ASYNC),
     "async_s2": ("DiLoCo async, max_staleness 2", ASYNC + ["--max-staleness", "2"]),
     "async_s1": ("DiLoCo async, max_staleness 1", ASYNC + ["--max-staleness", "1"]),
+    "async_auto": ("DiLoCo async, period auto (8 at most)", ASYNC + ["--period", "auto"]),
 }
 
 

@@ -63,6 +63,7 @@ def main(argv=None) -> int:
     net.initialize(mx.init.Xavier())
     net.hybridize()
     params = net.collect_params()
+    grads = [p.grad() for p in params.values() if p.grad_req != "null"]
     trainer, desc = strategy_flags.make_trainer(
         args, params, {"learning_rate": 0.1, "momentum": 0.9}
     )
@@ -86,6 +87,7 @@ def main(argv=None) -> int:
             with mx.autograd.record():
                 loss = loss_fn(net(x), y)
             loss.backward()
+            slow.computed(grads)
             trainer.step(batch)
             loss.wait_to_read()
             slow.finish()

@@ -1,6 +1,6 @@
 """The strategy flags the examples share: ``--sync``, ``--mode``, ``--period``, ``--alpha``,
-``--outer-lr``, ``--outer-momentum``, ``--group-size``, ``--wire``, ``--max-staleness``; and
-the strategy they describe."""
+``--outer-lr``, ``--outer-momentum``, ``--group-size``, ``--wire``, ``--max-staleness``,
+``--min-period``, ``--max-period``; and the strategy they describe."""
 
 from __future__ import annotations
 
@@ -18,10 +18,18 @@ def add(p: argparse.ArgumentParser, outer_momentum: float = 0.9, outer_lr: float
     p.add_argument("--mode", choices=("sync", "async"), default="sync")
     p.add_argument(
         "--period",
-        type=int,
+        type=_period,
         default=None,
         help="steps between PS exchanges (default: 4 easgd and model_average, 8 diloco, "
-        "1 gradient_push)",
+        "1 gradient_push), or 'auto' (async easgd and diloco: each group's own, from the "
+        "groups' paces, between --min-period and --max-period)",
+    )
+    p.add_argument("--min-period", type=int, default=None, help="--period auto: fewest steps")
+    p.add_argument(
+        "--max-period",
+        type=int,
+        default=None,
+        help="--period auto: most steps, the fastest group's (default: the strategy's period)",
     )
     p.add_argument("--alpha", type=float, default=None, help="EASGD alpha (default 0.9 / groups)")
     p.add_argument(
@@ -53,16 +61,31 @@ def add(p: argparse.ArgumentParser, outer_momentum: float = 0.9, outer_lr: float
     )
 
 
+def _period(text: str):
+    """``--period``: a number of steps, or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of steps or 'auto', got {text!r}") from None
+
+
 def finish(args: argparse.Namespace) -> argparse.Namespace:
     """Fill in the defaults that depend on other flags."""
     if args.period is None:
         args.period = DEFAULT_PERIOD[args.sync]
+    if args.period == "auto" and args.max_period is None:
+        args.max_period = DEFAULT_PERIOD[args.sync]
     return args
 
 
 def make_strategy(args: argparse.Namespace) -> hvd_ps.Strategy:
     """The hvd_ps strategy the flags describe (not for ``--sync horovod``)."""
     bound = {} if args.max_staleness is None else {"max_staleness": args.max_staleness}
+    for name in ("min_period", "max_period"):  # (refused by name without --period auto)
+        if getattr(args, name) is not None:
+            bound[name] = getattr(args, name)
     if args.sync == "gradient_push":
         return hvd_ps.GradientPush(mode=args.mode, **bound)
     if args.sync == "model_average":  # (it has no async mode: a bound is refused by name)

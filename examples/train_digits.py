@@ -200,6 +200,7 @@ def main(argv=None) -> int:
     net.initialize(mx.init.Xavier())
     net.hybridize()
     params = net.collect_params()
+    grads = [p.grad() for p in params.values() if p.grad_req != "null"]
     optim = {"learning_rate": args.lr, "momentum": args.momentum}
     trainer, sync_desc = strategy_flags.make_trainer(args, params, optim)
     loss_fn = mx.gluon.loss.SoftmaxCrossEntropyLoss()
@@ -243,6 +244,7 @@ def main(argv=None) -> int:
                 with mx.autograd.record():
                     loss = loss_fn(net(x), y)
                 loss.backward()
+                slow.computed(grads)
                 trainer.step(args.batch_size)
                 loss.wait_to_read()  # the step's time, for an emulated straggler
                 slow.finish()

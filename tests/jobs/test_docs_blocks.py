@@ -201,6 +201,10 @@ BLOCKS: Dict[Tuple[str, str], Entry] = {
     ("docs/stragglers.md", 'sync = hvd_ps.DiLoCo(period=16, mode="async", max_staleness=2)'): (
         Fragment("three strategies with a bound; the trainer around them is yours")
     ),
+    (
+        "docs/stragglers.md",
+        'sync = hvd_ps.DiLoCo(period="auto", max_period=16, min_period=2, mode="async")',
+    ): Fragment("two strategies with speed-adaptive periods; the trainer around them is yours"),
     ("docs/using.md", "if hvd.rank() == 0:"): Covered(
         "test_strategies.py",
         "test_global_model_on_a_leader_alone_needs_no_collective",

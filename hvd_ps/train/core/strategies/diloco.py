@@ -27,6 +27,11 @@ class DiLoCo(Strategy):
     applies the servers' ``w`` ``tau`` steps later: ``x = w + (x_{t+tau} - x_t)``,
     ``x_start = w``.
 
+    With ``mode='async'``: ``max_staleness=s`` (a group waits rather than run more than ``s``
+    exchanges ahead of the slowest live one) and ``period='auto'`` with ``min_period`` and
+    ``max_period`` (each group's local steps ``H`` from its pace, the fastest group's
+    ``max_period`` ``P``; each push is weighted by ``H / P``): docs/stragglers.md.
+
     Example::
 
         sync = hvd_ps.DiLoCo(period=16, outer_lr=0.7, momentum=0.9)

@@ -23,6 +23,11 @@ class EASGD(Strategy):
     ``overlap=tau`` (``0 <= tau < period``) computes and pushes ``d = alpha (x_t - c)`` from a
     snapshot ``x_t`` and subtracts it ``tau`` steps later: ``x = x_{t+tau} - d``.
 
+    With ``mode='async'``: ``max_staleness=s`` (a group waits rather than run more than ``s``
+    exchanges ahead of the slowest live one) and ``period='auto'`` with ``min_period`` and
+    ``max_period`` (each group's local steps from its pace, the fastest group's ``max_period``;
+    EASGD's ``d`` needs no weight): docs/stragglers.md.
+
     Example::
 
         sync = hvd_ps.EASGD(period=4, alpha=0.2, mode='async')

@@ -24,6 +24,9 @@ class GradientPush(Strategy):
     The trainer's optimizer and its ``optimizer_params`` (numbers only) run on the servers; no
     local update happens.
 
+    With ``mode='async'``, ``max_staleness=s``: a group waits rather than run more than ``s``
+    exchanges (here: steps) ahead of the slowest live one (docs/stragglers.md).
+
     Example::
 
         trainer = hvd_ps.DistributedTrainer(params, 'sgd', {'learning_rate': 0.1},
