@@ -49,11 +49,40 @@ def _barrier(tag: str) -> None:
     hvd.allreduce(mx.nd.zeros((1,)), name=tag).wait_to_read()
 
 
+def _trained(tag: str, sync, steps: int, slow: float):
+    """A Dense model and its trainer (``sync``), trained ``steps`` steps from the reference's
+    start, the last group's ranks sleeping ``slow`` seconds before each: (net, trainer,
+    stats), every rank past a barrier."""
+    import horovod.mxnet as hvd
+    import mxnet as mx
+
+    import hvd_ps
+
+    net = reference_net(tag)
+    trainer = hvd_ps.DistributedTrainer(
+        net.collect_params(), "sgd", {"learning_rate": LR}, sync=sync
+    )
+    hvd_ps.broadcast_parameters(net.collect_params())
+    with trainer.global_model():  # the set-up (collective over all ranks) first
+        pass
+    _barrier(f"{tag}.start")
+    slow_group = hvd_ps.group_id() == hvd_ps.num_groups() - 1
+    for t in range(1, steps + 1):
+        if slow_group:
+            time.sleep(slow)
+        x, y = ref.batch(hvd.rank(), t)
+        with mx.autograd.record():
+            loss = 0.5 * ((net(mx.nd.array(x)) - mx.nd.array(y)) ** 2).sum(axis=1)
+        loss.backward()
+        trainer.step(ref.BATCH)
+    stats = trainer.stats()
+    _barrier(f"{tag}.trained")
+    return net, trainer, stats
+
+
 @pytest.mark.mpi(min_size=1)
 @pytest.mark.parametrize("case", list(CASES))
 def test_bounded_staleness_order_and_math_match_the_numpy_model(rt, async_client, case):
-    import horovod.mxnet as hvd
-    import mxnet as mx
 
     import hvd_ps
 
@@ -62,26 +91,10 @@ def test_bounded_staleness_order_and_math_match_the_numpy_model(rt, async_client
     n, period = len(groups), spec["period"]
     seconds = [0.0] * (n - 1) + [SLOW]
     order, stale = ref.ssp_order(seconds, period, EXCHANGES, bound)
-    net = reference_net(f"ssp_{case.replace('-', '_').lower()}")
     sync = strategy(dict(spec, mode="async", max_staleness=bound), "async")
-    trainer = hvd_ps.DistributedTrainer(
-        net.collect_params(), "sgd", {"learning_rate": LR}, sync=sync
-    )
-    hvd_ps.broadcast_parameters(net.collect_params())
-    with trainer.global_model():  # the set-up (collective over all ranks) first
-        pass
-    _barrier(f"ssp.{case}.start")
-    gid, rank = hvd_ps.group_id(), hvd.rank()
-    for t in range(1, period * EXCHANGES + 1):
-        if gid == n - 1:
-            time.sleep(SLOW)
-        x, y = ref.batch(rank, t)
-        with mx.autograd.record():
-            loss = 0.5 * ((net(mx.nd.array(x)) - mx.nd.array(y)) ** 2).sum(axis=1)
-        loss.backward()
-        trainer.step(ref.BATCH)
-    stats = trainer.stats()
-    _barrier(f"ssp.{case}.trained")
+    tag = f"ssp_{case.replace('-', '_').lower()}"
+    net, trainer, stats = _trained(tag, sync, period * EXCHANGES, SLOW)
+    gid = hvd_ps.group_id()
     assert stats["exchanges"] == EXCHANGES
     if hvd_ps.is_leader():
         mine = [s for g, s in zip(order, stale) if g == gid]
@@ -115,6 +128,8 @@ def test_bounded_staleness_order_and_math_match_the_numpy_model(rt, async_client
 
 
 AUTO_STEPS = 12  # every group's local steps
+#: seconds the slow group sleeps a step here: the fast groups' steps must take < 1/8 of it
+AUTO_SLOW = 0.4
 AUTO = {  # spec (period='auto', max_period 4, min_period 1)
     "DiLoCo-auto": {
         "name": "DiLoCo", "period": "auto", "max_period": 4, "min_period": 1,
@@ -126,8 +141,8 @@ AUTO = {  # spec (period='auto', max_period 4, min_period 1)
 
 
 def auto_schedule(n: int):
-    """The exchanges of :data:`AUTO_STEPS` steps when the last of ``n`` groups is slow (a
-    quarter-second a step, the others ~100 times faster): every fast group exchanges every
+    """The exchanges of :data:`AUTO_STEPS` steps when the last of ``n`` groups is slow
+    (:data:`AUTO_SLOW` a step, the others ~100 times faster): every fast group exchanges every
     4 steps; the slow one at step 4 (no pace known yet), at step 8 (its peers' paces arrived
     with its first exchange's pull: 4 * p_fast / p_slow rounds to 0, so min_period 1 next),
     then every step, its pushes weighted 1/4. With two groups the fast one's exchanges all
@@ -151,36 +166,18 @@ def auto_schedule(n: int):
 @pytest.mark.mpi(min_size=1)
 @pytest.mark.parametrize("case", list(AUTO))
 def test_auto_periods_follow_the_paces_and_the_math_matches_the_numpy_model(rt, async_client, case):
-    import horovod.mxnet as hvd
-    import mxnet as mx
 
     import hvd_ps
 
     groups = rt.topo.groups
     spec, n = AUTO[case], len(rt.topo.groups)
     order, steps, weights, expect = auto_schedule(n)
-    assert ref.auto_period(4, 1, 4, 0.25, [0.0025]) == 1  # the slow group's choice, in numpy
-    net = reference_net(f"auto_{case.replace('-', '_').lower()}")
+    assert ref.auto_period(4, 1, 4, AUTO_SLOW, [0.004]) == 1  # the slow group's, in numpy
     sync = strategy(spec, "async")
     assert sync.adaptive and sync.base_period == 4
-    trainer = hvd_ps.DistributedTrainer(
-        net.collect_params(), "sgd", {"learning_rate": LR}, sync=sync
-    )
-    hvd_ps.broadcast_parameters(net.collect_params())
-    with trainer.global_model():
-        pass
-    _barrier(f"auto.{case}.start")
-    gid, rank = hvd_ps.group_id(), hvd.rank()
-    for t in range(1, AUTO_STEPS + 1):
-        if gid == n - 1:
-            time.sleep(SLOW)
-        x, y = ref.batch(rank, t)
-        with mx.autograd.record():
-            loss = 0.5 * ((net(mx.nd.array(x)) - mx.nd.array(y)) ** 2).sum(axis=1)
-        loss.backward()
-        trainer.step(ref.BATCH)
-    stats = trainer.stats()
-    _barrier(f"auto.{case}.trained")
+    tag = f"auto_{case.replace('-', '_').lower()}"
+    net, trainer, stats = _trained(tag, sync, AUTO_STEPS, AUTO_SLOW)
+    gid = hvd_ps.group_id()
     got = (stats["exchanges"], stats["period"])
     if n <= 2 or gid == n - 1:
         assert got == expect[gid], (stats, expect)
