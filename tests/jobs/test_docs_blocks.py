@@ -85,7 +85,7 @@ Entry = Union[Runs, Cheap, Covered, Long, Suite, Fragment]
 STRAGGLER = (  # test_stragglers.py's command, as it spells it
     'job_run.launcher(\n        "-np", "2", "--group-size", "1",',
     '"--sync", "easgd", "--mode", "async",',
-    '"--slow-group", "1", "--slowdown", "3"',
+    '"--slow-group", "1", "--slowdown", "5"',
     '"--max-staleness", "1"',
     "EPOCHS, PERIOD, TIMEOUT = 6, 4, 150",
 )
@@ -162,7 +162,7 @@ COMMANDS: Dict[str, Entry] = {
     ),
     # docs/stragglers.md
     "hvdps-run -np 2 --group-size 1 python examples/train_digits.py --sync easgd --mode async "
-    "--period 4 --max-staleness 1 --slow-group 1 --slowdown 3 --epochs 6 --json "
+    "--period 4 --max-staleness 1 --slow-group 1 --slowdown 5 --epochs 6 --json "
     "straggler.json": Covered(
         "test_stragglers.py",
         "test_a_bounded_straggler_run_holds_the_bound_and_loses_nothing",
