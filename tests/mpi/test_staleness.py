@@ -38,6 +38,7 @@ CASES = {  # spec, max_staleness
         2,
     ),
     "EASGD-unbounded": ({"name": "EASGD", "period": 2, "alpha": 0.3}, None),
+    "GradientPush-s1": ({"name": "GradientPush", "period": 1}, 1),  # an exchange every step
 }
 
 
