@@ -81,6 +81,19 @@ def _trained(tag: str, sync, steps: int, slow: float):
     return net, trainer, stats
 
 
+def _equal(net, params) -> None:
+    w, b = params
+    np.testing.assert_allclose(net.weight.data().asnumpy(), w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net.bias.data().asnumpy(), b, rtol=1e-5, atol=1e-6)
+
+
+def _matches(net, trainer, want, gid: int) -> None:
+    """This group's parameters, then the servers' (``pull_global``), equal the model's."""
+    _equal(net, want["x"][gid])
+    trainer.pull_global(net.collect_params())
+    _equal(net, want["global"])
+
+
 @pytest.mark.mpi(min_size=1)
 @pytest.mark.parametrize("case", list(CASES))
 def test_bounded_staleness_order_and_math_match_the_numpy_model(rt, async_client, case):
@@ -111,13 +124,8 @@ def test_bounded_staleness_order_and_math_match_the_numpy_model(rt, async_client
             assert stats["staleness_wait_s"] == 0.0, stats
     if n <= 2:  # no ties: the order is the model's, and so is every number
         want = ref.run_in_order(dict(spec, mode="async"), groups, order, LR)
-        w, b = want["x"][gid]
-        np.testing.assert_allclose(net.weight.data().asnumpy(), w, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(net.bias.data().asnumpy(), b, rtol=1e-5, atol=1e-6)
-        trainer.pull_global(net.collect_params())
-        gw, gb = want["global"]
-        np.testing.assert_allclose(net.weight.data().asnumpy(), gw, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(net.bias.data().asnumpy(), gb, rtol=1e-5, atol=1e-6)
+        _matches(net, trainer, want, gid)
+        gw = want["global"][0]
         if n == 2 and bound is not None:  # and the bound changed the order (it can fail)
             free = ref.run_in_order(
                 dict(spec, mode="async"),
@@ -187,10 +195,4 @@ def test_auto_periods_follow_the_paces_and_the_math_matches_the_numpy_model(rt, 
     if n <= 2:
         want = ref.run_in_order(dict(spec, period=4), groups, order, LR, steps=steps,
                                 weights=weights if spec["name"] == "DiLoCo" else None)  # fmt: skip
-        w, b = want["x"][gid]
-        np.testing.assert_allclose(net.weight.data().asnumpy(), w, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(net.bias.data().asnumpy(), b, rtol=1e-5, atol=1e-6)
-        trainer.pull_global(net.collect_params())
-        gw, gb = want["global"]
-        np.testing.assert_allclose(net.weight.data().asnumpy(), gw, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(net.bias.data().asnumpy(), gb, rtol=1e-5, atol=1e-6)
+        _matches(net, trainer, want, gid)
