@@ -312,13 +312,13 @@ def run_in_order(
     steps: Optional[Sequence[int]] = None,
     weights: Optional[Sequence[float]] = None,
 ) -> Dict:
-    """The async rules (blocking exchanges) when the groups' exchanges reach the servers in
-    ``order`` (a group id per exchange): each group takes its local steps up to its next
-    exchange in its turn, ``period`` of them or (``period='auto'``) ``steps[i]`` before the
-    ``i``-th exchange of ``order``, whose push DiLoCo weights by ``weights[i]``. Returns the
-    last record (as :func:`run_async`'s)."""
+    """The async rules when the groups' exchanges reach the servers in ``order`` (a group id
+    per exchange; an overlapped one when it starts, applied ``overlap`` steps later, in the
+    group's next turn): each group takes its local steps up to its next exchange in its turn,
+    ``period`` of them or (``period='auto'``) ``steps[i]`` before the ``i``-th exchange of
+    ``order``, whose push DiLoCo weights by ``weights[i]``. Returns the last record (as
+    :func:`run_async`'s)."""
     model = AsyncModel(strategy, groups, lr, momentum)
-    assert not model.tau, "run_in_order models blocking exchanges"
     t = [0 for _ in groups]
     for i, g in enumerate(order):
         h = model.period if steps is None else steps[i]

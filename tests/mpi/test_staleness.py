@@ -146,19 +146,26 @@ AUTO = {  # spec (period='auto', max_period 4, min_period 1)
     },
     "EASGD-auto": {"name": "EASGD", "period": "auto", "max_period": 4, "min_period": 1,
                    "alpha": 0.3},
+    # overlapped: launched at the period's step, applied one step later
+    "DiLoCo-auto-overlap": {
+        "name": "DiLoCo", "period": "auto", "max_period": 4, "min_period": 2, "overlap": 1,
+        "outer_lr": 0.7, "momentum": 0.9, "nesterov": True,
+    },
 }  # fmt: skip
 
 
-def auto_schedule(n: int):
+def auto_schedule(n: int, low: int):
     """The exchanges of :data:`AUTO_STEPS` steps when the last of ``n`` groups is slow
-    (:data:`AUTO_SLOW` a step, the others ~100 times faster): every fast group exchanges every
-    4 steps; the slow one at step 4 (no pace known yet), at step 8 (its peers' paces arrived
-    with its first exchange's pull: 4 * p_fast / p_slow rounds to 0, so min_period 1 next),
-    then every step, its pushes weighted 1/4. With two groups the fast one's exchanges all
-    land before the slow one's first. Returns (order, steps, weights) as
+    (:data:`AUTO_SLOW` a step, the others ~100 times faster) and ``min_period`` is ``low``:
+    every fast group exchanges every 4 steps; the slow one at step 4 (no pace known yet), at
+    step 8 (its peers' paces arrived with its first exchange's pull: 4 * p_fast / p_slow rounds
+    to 0, so ``low`` next), then every ``low`` steps, each push weighted by its steps / 4. An
+    overlapped exchange changes nothing here: its period is picked at its start, from the pull
+    that came with the previous exchange. With two groups the fast one's exchanges all land
+    before the slow one's first. Returns (order, steps, weights) as
     :func:`reference.run_in_order` takes them, and each group's (exchanges, last period)."""
     fast = [4, 8, 12]
-    slow = [4, 8, 9, 10, 11, 12] if n > 1 else fast
+    slow = [4, 8] + list(range(8 + low, AUTO_STEPS + 1, low)) if n > 1 else fast
     order, steps, weights = [], [], []
     for g in range(n):
         mine = slow if g == n - 1 else fast
@@ -168,7 +175,7 @@ def auto_schedule(n: int):
             steps.append(h)
             weights.append(h / 4)
     expect = {g: (len(fast), 4) for g in range(n - 1)}
-    expect[n - 1] = (len(slow), 1 if n > 1 else 4)
+    expect[n - 1] = (len(slow), low if n > 1 else 4)
     return order, steps, weights, expect
 
 
@@ -180,7 +187,7 @@ def test_auto_periods_follow_the_paces_and_the_math_matches_the_numpy_model(rt, 
 
     groups = rt.topo.groups
     spec, n = AUTO[case], len(rt.topo.groups)
-    order, steps, weights, expect = auto_schedule(n)
+    order, steps, weights, expect = auto_schedule(n, spec["min_period"])
     assert ref.auto_period(4, 1, 4, AUTO_SLOW, [0.004]) == 1  # the slow group's, in numpy
     sync = strategy(spec, "async")
     assert sync.adaptive and sync.base_period == 4
