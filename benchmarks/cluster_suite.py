@@ -41,6 +41,11 @@ compresses Horovod's allreduce to float16 (``hvd.Compression.fp16``, its best) a
 (``kv.set_gradient_compression({'type': '2bit', 'threshold': --twobit-threshold})``, through
 Gluon's ``Trainer(compression_params=...)``; it compresses the pushes only, the pulls stay
 float32). With ``float16`` dist_sync sends float32 (the stock KVStore has no float16 wire).
+``--ps-mode async`` (with ``--max-staleness``) runs hvd_ps's GradientPush, EASGD and DiLoCo
+async (ModelAverage has only sync). ``--slow-group H --slowdown F`` makes host ``H`` an
+emulated straggler in every run (examples/straggler.py: its forward and backward take ``F``
+times as long); a run's step time is its slowest rank's, so an async run's fast hosts count
+at the straggler's pace there (``benchmarks/bench_stragglers.py`` sums the groups instead).
 
 Needs root. Writes ``--out``.json, .md and plots (``_efficiency.png``, ``_model.png``,
 ``_accuracy.png``) under benchmarks/results. Full run::
@@ -172,6 +177,8 @@ def job_spec(spec: Dict, args: argparse.Namespace) -> Dict:
     mode = spec["mode"]
     run.update(mode=mode, batch=args.batch, seed=spec.get("seed", args.seed))
     run["fp16_allreduce"] = spec["method"] == "horovod" and args.wire != "float32"
+    run.update(ps_mode=args.ps_mode, max_staleness=args.max_staleness,
+               slow_group=args.slow_group, slowdown=args.slowdown)  # fmt: skip
     if spec["method"] == "dist_sync" and args.wire in ("int8", "int4"):
         run["twobit_threshold"] = args.twobit_threshold
     if mode == "throughput":
@@ -298,6 +305,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--twobit-threshold", type=float, default=0.5,
                     help="dist_sync's 2-bit compression threshold with --wire int8|int4 "
                     "(MXNet's documentation uses 0.5)")  # fmt: skip
+    ap.add_argument("--ps-mode", choices=("sync", "async"), default="sync",
+                    help="hvd_ps's mode (ModelAverage has only sync)")  # fmt: skip
+    ap.add_argument("--max-staleness", type=int, default=None,
+                    help="with --ps-mode async: the bound of every hvd_ps run")  # fmt: skip
+    ap.add_argument("--slow-group", type=int, default=None,
+                    help="an emulated straggler: this host's ranks compute --slowdown times as "
+                    "slowly, in every run (examples/straggler.py)")  # fmt: skip
+    ap.add_argument("--slowdown", type=float, default=2.0,
+                    help="with --slow-group: how many times as slowly (default 2)")  # fmt: skip
     ap.add_argument("--eval", action="store_true",
                     help="also evaluate the global model after each throughput window")  # fmt: skip
     ap.add_argument("--no-accuracy", action="store_true", help="skip time-to-accuracy")

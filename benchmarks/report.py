@@ -16,6 +16,19 @@ WIRE_BYTES = {"float32": 4.0, "float16": 2.0, "int8": 132 / 128, "int4": 68 / 12
 WIRED = ("horovod", "gradient_push") + model.PERIODIC
 
 
+def _setting(a: Dict) -> str:
+    """The hvd_ps mode and the emulated straggler of a suite run, as a sentence (or nothing)."""
+    text = ""
+    if a.get("ps_mode", "sync") != "sync":
+        bound = a.get("max_staleness")
+        text += f"hvd_ps mode {a['ps_mode']}" + (f", max_staleness {bound}" if bound else "")
+        text += " (ModelAverage stays sync). "
+    if a.get("slow_group") is not None:
+        text += (f"Straggler (emulated): host {a['slow_group']} computes {a['slowdown']:g} "
+                 "times as slowly in every run (forward and backward stretched). ")  # fmt: skip
+    return text
+
+
 def wire_bytes(method: str, wire: str) -> float:
     """Bytes per parameter a method's exchange carries under ``--wire``: hvd_ps's the wire's,
     Horovod's float16 for any compressed wire, dist_sync's float32 (its 2-bit compression
@@ -237,8 +250,9 @@ def markdown(results: Dict, elapsed: float) -> str:
         "apart; the initial parameters come from one seed on every rank (checked), not from a "
         "broadcast. "
         "`OMP_NUM_THREADS=1`, `OMPI_MCA_mpi_yield_when_idle=1` (4 ranks on 2 cores). "
-        f"overlap supported by this hvd_ps: {results['overlap_supported']}. Run "
-        f"{results['started']}, {elapsed / 60:.1f} min in all.",
+        f"overlap supported by this hvd_ps: {results['overlap_supported']}. "
+        + _setting(a)
+        + f"Run {results['started']}, {elapsed / 60:.1f} min in all.",
         "",
         "efficiency = bound time / method time; MB/step: what crossed the links (all hosts' "
         "sent bytes); compute = forward+backward; allreduce / PS wait / exchange per step from "

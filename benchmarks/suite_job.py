@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import resource
+import sys
 import time
 from pathlib import Path
 from typing import List
@@ -47,6 +48,9 @@ os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "1")
 
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import straggler  # noqa: E402  (examples/straggler.py)
 
 HVD_PS_METHODS = ("gradient_push", "model_average", "easgd", "diloco")
 METHODS = ("horovod", "bound", "dist_sync") + HVD_PS_METHODS
@@ -61,6 +65,9 @@ RUN_DEFAULTS = {
     "fp16_allreduce": False,
     # dist_sync: MXNet's 2-bit gradient compression with this threshold (None: none)
     "twobit_threshold": None,
+    # hvd_ps's mode ("async": GradientPush, EASGD, DiLoCo; ModelAverage stays sync) and its
+    # bound; an emulated straggler: host (group) slow_group computes slowdown times as slowly
+    "ps_mode": "sync", "max_staleness": None, "slow_group": None, "slowdown": 1.0,
 }  # fmt: skip
 
 
@@ -150,13 +157,16 @@ def strategy(run: argparse.Namespace, groups: int):
     import hvd_ps
 
     kw = {"overlap": run.overlap} if run.overlap else {}
-    if run.method == "gradient_push":
-        return hvd_ps.GradientPush()
-    if run.method == "model_average":
+    if run.method == "model_average":  # sync only
         return hvd_ps.ModelAverage(period=run.period, **kw)
+    mode = {"mode": run.ps_mode}
+    if run.max_staleness is not None:
+        mode["max_staleness"] = run.max_staleness
+    if run.method == "gradient_push":
+        return hvd_ps.GradientPush(**mode)
     if run.method == "easgd":
-        return hvd_ps.EASGD(period=run.period, alpha=0.9 / groups, **kw)
-    return hvd_ps.DiLoCo(period=run.period, outer_lr=0.7, momentum=0.5, **kw)
+        return hvd_ps.EASGD(period=run.period, alpha=0.9 / groups, **kw, **mode)
+    return hvd_ps.DiLoCo(period=run.period, outer_lr=0.7, momentum=0.5, **kw, **mode)
 
 
 class Job:
@@ -184,6 +194,7 @@ class Job:
                 self.host_set = next(s for s in sets if hvd.rank() in s.ranks)
             self.rank, self.size = hvd.rank(), hvd.size()
         self.hosts = self.size // ranks_per_host
+        self.ranks_per_host = ranks_per_host
 
     def trainer(self, run: argparse.Namespace, params, index: int):
         optim = {"learning_rate": run.lr, "momentum": run.momentum}
@@ -276,15 +287,21 @@ def one_run(job: Job, run: argparse.Namespace, index: int, dev: str) -> dict:
     out["set_up"] = time.time()  # data, model, trainer (hvd_ps registers its PS keys later,
     # in the first step)
     stats = (lambda: dict(trainer.stats())) if run.method in HVD_PS_METHODS else dict
+    # one group per host: an emulated straggler's group is its host (examples/straggler.py)
+    slow = straggler.Straggler(run.slow_group, run.slowdown, job.rank // job.ranks_per_host)
+    grads = [p.grad() for p in params.values()]
 
     def one_step(idx) -> float:
         t0 = time.perf_counter()
+        slow.start()
         x, y = mx.nd.array(x_tr[idx]), mx.nd.array(y_tr[idx])
         with mx.autograd.record():
             loss = loss_fn(net(x), y)
         loss.backward()
-        for p in params.values():
-            p.grad().wait_to_read()
+        for g in grads:
+            g.wait_to_read()
+        slow.computed(grads)
+        slow.finish()  # the straggler's extra time is part of its computation
         t1 = time.perf_counter()
         trainer.step(job.step_size(run))
         for a in arrays:
