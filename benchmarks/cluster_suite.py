@@ -44,8 +44,8 @@ float32). With ``float16`` dist_sync sends float32 (the stock KVStore has no flo
 ``--ps-mode async`` (with ``--max-staleness``) runs hvd_ps's GradientPush, EASGD and DiLoCo
 async (ModelAverage has only sync). ``--slow-group H --slowdown F`` makes host ``H`` an
 emulated straggler in every run (examples/straggler.py: its forward and backward take ``F``
-times as long); a run's step time is its slowest rank's, so an async run's fast hosts count
-at the straggler's pace there (``benchmarks/bench_stragglers.py`` sums the groups instead).
+times as long); a run's step time is then still its slowest rank's, and its samples/s the sum
+of every rank's own (an async run's fast hosts take more steps).
 
 Needs root. Writes ``--out``.json, .md and plots (``_efficiency.png``, ``_model.png``,
 ``_accuracy.png``) under benchmarks/results. Full run::

@@ -25,7 +25,8 @@ def _setting(a: Dict) -> str:
         text += " (ModelAverage stays sync). "
     if a.get("slow_group") is not None:
         text += (f"Straggler (emulated): host {a['slow_group']} computes {a['slowdown']:g} "
-                 "times as slowly in every run (forward and backward stretched). ")  # fmt: skip
+                 "times as slowly in every run (forward and backward stretched); s/step is the "
+                 "slowest rank's, samples/s the sum of every rank's own. ")  # fmt: skip
     return text
 
 
@@ -69,7 +70,10 @@ def throughput_row(spec: Dict, got: Dict, hosts: int, rpn: int, link: str, args)
         "wire_bytes": wire_bytes(spec["method"], args.wire),
         "server_hosts": hosts,
         "step_s": step_s,
-        "samples_per_s": hosts * rpn * args.batch / step_s,
+        # with a straggler every rank counts at its own pace (an async run's fast hosts do more)
+        "samples_per_s": sum(args.batch / s for s in per_rank)
+        if getattr(args, "slow_group", None) is not None
+        else hosts * rpn * args.batch / step_s,
         "link_bytes_per_step": sent / spec["steps"] if len(window) == hosts else None,
         "job_link_bytes": sum(
             r["run_counters_end"]["tx_bytes"] - r["run_counters_start"]["tx_bytes"]

@@ -90,3 +90,22 @@ def test_one_seed_keeps_the_single_run_table():
     lines = accuracy_table({"args": {"target": 0.95, "acc_hidden": "2048,2048", "epochs": 12},
                             "accuracy": rows}, (2, 2))  # fmt: skip
     assert lines[-1] == "| easgd k=16 overlap=15 | yes | 4.0 | x | 4 | 0.9800 | +1.0 |"
+
+
+def test_with_a_straggler_samples_per_s_sums_every_ranks_own_pace():
+    import argparse
+
+    from benchmarks.report import throughput_row
+
+    spec = {"name": "diloco k=16", "method": "diloco", "period": 16, "overlap": 0, "steps": 2}
+    ranks = [  # one warm-up step, then two timed ones: host 1 twice as slow
+        {"rank": 0, "steps": [9.0, 0.5, 0.5], "fwd_bwd": [1.0, 0.2, 0.2], "params": 10},
+        {"rank": 1, "steps": [9.0, 1.0, 1.0], "fwd_bwd": [1.0, 0.7, 0.7], "params": 10},
+    ]
+    got = {"ranks": ranks, "wall_s": 3.0}
+    args = argparse.Namespace(batch=32, wire="float32", slow_group=1)
+    slow = throughput_row(spec, got, 2, 1, "1gbit", args)
+    assert slow["step_s"] == 1.0 and slow["slowest_rank"] == 1  # the slowest rank's
+    assert slow["samples_per_s"] == pytest.approx(32 / 0.5 + 32 / 1.0)
+    even = throughput_row(spec, got, 2, 1, "1gbit", argparse.Namespace(batch=32, wire="float32"))
+    assert even["samples_per_s"] == pytest.approx(2 * 32 / 1.0)  # all at the slowest's pace
