@@ -28,8 +28,9 @@ other group's, so the others never wait for the exchanges it missed.
 Speed-adaptive periods (``period='auto'``): :meth:`Clock.period` gives a group's next number of
 local steps, ``H = clamp(round(P * p_min / p), min_period, max_period)``, with ``P =
 max_period`` (the base), ``p`` the group's own pace and ``p_min`` the smallest pace of the
-live groups as of its previous exchange: the fastest group keeps ``P``, and every group
-exchanges about every ``P * p_min`` seconds.
+groups still training, as published by their last exchanges before this group's previous
+one: the fastest group keeps ``P``, and every group exchanges about every ``P * p_min``
+seconds.
 """
 
 from __future__ import annotations

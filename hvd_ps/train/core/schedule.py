@@ -328,9 +328,12 @@ class Schedule:
         """This group's seconds per local step: the median of its last steps (0: none yet)."""
         return statistics.median(self.step_times) if self.step_times else 0.0
 
-    def _plan(self, t: int) -> None:
-        """Leader, at the exchange of step ``t``: the weight of its push (its local steps over
-        the base period) and, with ``period='auto'``, the group's next period."""
+    def _prepare(self, t: int) -> None:
+        """Leader, before the push of step ``t``: the wait of ``max_staleness`` (async), and
+        with ``period='auto'`` the push's weight (its local steps over the base period) and
+        the group's next period."""
+        if self.clock is not None:
+            self.clock.gate(f"the PS exchange at step {t}")
         s, run = self.sync, self.bound()
         if not s.adaptive:
             return
@@ -358,10 +361,8 @@ class Schedule:
         if topo.is_leader:
             client = self.client()
             refused = self._refusal(t, None)
-        if topo.is_leader and refused is None and self.clock is not None:
-            self.clock.gate(f"the PS exchange at step {t}")
         if topo.is_leader and refused is None:
-            self._plan(t)
+            self._prepare(t)
         if topo.is_leader and refused is None and self.wire_io is not None:
             seq, what = self.exchanges + 1, f"PS exchange at step {t}"
             self.wire_io.push(self.bound(), self.all(), seq, blocking=True)
@@ -386,10 +387,8 @@ class Schedule:
             for b in self.all():
                 b.params.pack(out=b.snap)
             self.refused = self._refusal(t, [b.snap for b in self.all()])
-            if self.refused is None and self.clock is not None:
-                self.clock.gate(f"the PS exchange at step {t}")
             if self.refused is None:
-                self._plan(t)
+                self._prepare(t)
             if self.wire_io is not None:
                 self.wire_io.pulled = False
                 if self.refused is None:
