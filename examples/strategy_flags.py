@@ -1,6 +1,6 @@
 """The strategy flags the examples share: ``--sync``, ``--mode``, ``--period``, ``--alpha``,
 ``--outer-lr``, ``--outer-momentum``, ``--group-size``, ``--wire``, ``--max-staleness``,
-``--min-period``, ``--max-period``; and the strategy they describe."""
+``--min-period``, ``--max-period``, ``--quorum``, ``--grace``; and the strategy they describe."""
 
 from __future__ import annotations
 
@@ -59,6 +59,19 @@ def add(p: argparse.ArgumentParser, outer_momentum: float = 0.9, outer_lr: float
         help="async: the most exchanges a group may run ahead of the slowest live one "
         "(default: no bound)",
     )
+    p.add_argument(
+        "--quorum",
+        type=int,
+        default=None,
+        help="sync, --wire int8 or int4: the groups a round needs to close (default: all)",
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        help="--quorum: seconds a round waits for the other groups once it has its quorum "
+        "(default: a tenth of the recent interval between rounds)",
+    )
 
 
 def _period(text: str):
@@ -83,7 +96,7 @@ def finish(args: argparse.Namespace) -> argparse.Namespace:
 def make_strategy(args: argparse.Namespace) -> hvd_ps.Strategy:
     """The hvd_ps strategy the flags describe (not for ``--sync horovod``)."""
     bound = {} if args.max_staleness is None else {"max_staleness": args.max_staleness}
-    for name in ("min_period", "max_period"):  # (refused by name without --period auto)
+    for name in ("min_period", "max_period", "quorum", "grace"):  # (refused by name if amiss)
         if getattr(args, name) is not None:
             bound[name] = getattr(args, name)
     if args.sync == "gradient_push":

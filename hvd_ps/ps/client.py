@@ -37,6 +37,7 @@ from ..errors import ConfigError, TierError
 from . import protocol
 from .clock import Clock
 from .roster import Lease
+from .rounds import Rounds
 
 
 @dataclass
@@ -80,6 +81,8 @@ class Client:
     after_wait: Optional[Callable[[], None]] = None
     #: the group clocks of this leader's async trainers (:mod:`hvd_ps.ps.clock`)
     clocks: List[Clock] = field(default_factory=list)
+    #: the rounds of this leader's quorum trainers (:mod:`hvd_ps.ps.rounds`)
+    quorums: List[Rounds] = field(default_factory=list)
 
     @property
     def rejoined(self) -> bool:
@@ -282,6 +285,13 @@ class Client:
         self.clocks.append(made)
         return made
 
+    def quorum_rounds(self, name: str, record: protocol.Rounds) -> Rounds:
+        """The rounds (PS key ``name``) of a sync trainer closed by a quorum;
+        :meth:`finish` tells them this group is done."""
+        made = Rounds(self, name, self.group_id, record)
+        self.quorums.append(made)
+        return made
+
     def live_groups(self) -> Optional[Set[int]]:
         """The groups the tier's roster counts live (None: no roster, or no answer)."""
         if self.lease is None:
@@ -289,9 +299,11 @@ class Client:
         return self.lease.live_groups(min(10.0, self.cfg.settings.timeout))
 
     def finish(self) -> None:
-        """This group trains no more: its clocks hold no other group back."""
+        """This group trains no more: its clocks and rounds hold no other group back."""
         for c in self.clocks:
             c.finish()
+        for r in self.quorums:
+            r.finish()
 
     def close(self) -> None:
         """Leave the tier: ps-lite's exit barrier over all leaders, except for async groups

@@ -38,6 +38,10 @@ WireRejoin    a rejoin request of a group for the compressed shard ``base`` (asy
 Clock         the groups' clocks (:class:`Clock`): ``w[i] = max(w[i], g[i])``, the exchanges
               group ``i`` completed, and ``w[G + i] = g[G + i]`` where ``g[G + i] >= 0``,
               its seconds per step; a push carries one group's, ``-1`` elsewhere
+Rounds        a quorum's sync rounds (:class:`Rounds`): which groups' pushes each round holds,
+              closed once ``quorum`` groups reported and ``grace`` seconds passed (or all did)
+WireCommit    apply the rounds :class:`Rounds` closed to the quorum shards ``bases`` of this
+              server, in order; ``w`` is the rounds' record as pushed
 CopyState     ``w`` is a checkpoint's copy of the state of key ``source`` (its optimizer's or
               its momentum's array number ``leaf``): a push (of anything) copies that state
               into ``w`` (``load=False``), or ``w`` into that state and sets the optimizer's
@@ -288,6 +292,9 @@ REJOIN_EXTRA = HEADER_BYTES // 4
 MAX_BLOCK = 32768
 #: the rules a compressed shard's state may run
 WIRE_INNER = ("add", "optimizer", "nesterov")
+#: how a compressed shard's rounds run: sync (MXNet-style: one push of every group), async
+#: (each push alone), quorum (sync rounds that :class:`Rounds` closes)
+WIRE_MODES = ("sync", "async", "quorum")
 
 
 def levels(bits: int) -> int:
@@ -350,8 +357,13 @@ def _record(value: Any, allowed: Tuple[str, ...], what: str) -> Any:
 @dataclass(frozen=True)
 class WireState:
     """A compressed shard's state key: the servers' float32 state of ``n`` elements under the
-    rule ``inner`` (:data:`WIRE_INNER`), the shadows of the leaders' copies (one in sync mode,
-    one per group of ``groups`` in async mode) and, in sync mode, the round being gathered.
+    rule ``inner`` (:data:`WIRE_INNER`), the shadows of the leaders' copies (one in ``sync``
+    mode, one per group of ``groups`` in ``async`` and ``quorum`` mode) and, in sync mode, the
+    round being gathered. ``quorum`` mode is a sync run whose rounds :class:`Rounds` closes
+    (a quorum of groups): each group pushes to its own wire key, a round is applied when a
+    :class:`WireCommit` names its members, and each member's reply is written then. With
+    ``mean`` a round of ``k < groups`` members is scaled by ``groups / k`` before ``inner``
+    (whose scale takes the mean of ``groups`` pushes), so it applies the members' mean.
     The first push to this key adopts ``w`` (its initial value) as the state; every later one
     copies the state into ``w`` (to read the global model)."""
 
@@ -361,19 +373,26 @@ class WireState:
     groups: int
     mode: str
     n: int
+    mean: bool = True
     updater: ClassVar[str] = "wire_state"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inner", _record(self.inner, WIRE_INNER, "inner"))
         check_wire(self.bits, self.block)
         arguments.integer("groups", self.groups, low=1, high=SERVERS - 1, high_name="65534")
-        if self.mode not in ("sync", "async"):
-            raise ConfigError(f"mode={self.mode!r} must be 'sync' or 'async'")
+        if self.mode not in WIRE_MODES:
+            raise ConfigError(f"mode={self.mode!r} must be one of {', '.join(WIRE_MODES)}")
         arguments.integer("n", self.n, low=1)
+        arguments.flag("mean", self.mean)
+
+    @property
+    def per_group(self) -> bool:
+        """Whether each group has its own wire key and shadow (async and quorum mode)."""
+        return self.mode != "sync"
 
     def state_layout(self) -> Tuple[str, ...]:
         shadows = (
-            ("shadow",) if self.mode == "sync" else tuple(f"shadow/{g}" for g in range(self.groups))
+            tuple(f"shadow/{g}" for g in range(self.groups)) if self.per_group else ("shadow",)
         )
         return ("state",) + shadows + tuple(f"inner/{x}" for x in self.inner.state_layout())
 
@@ -415,11 +434,120 @@ class WireRejoin:
         return ()
 
 
-Rule = Union[Assign, Add, Optimizer, Nesterov, Clock, CopyState, WireState, WireKey, WireRejoin]
+#: what a push to a :class:`Rounds` key asks: a poll (close a round whose grace ran out), a
+#: report (the sender's push of exchange ``seq`` is on every server), the sender is done
+ROUND_POLL, ROUND_REPORT, ROUND_DONE = 0, 1, 2
+#: the head of a :class:`Rounds` key: rounds closed, the first round the ring holds, the
+#: grace in use (seconds; -1: none yet, a round waits for every group), and one spare
+ROUND_HEAD = 4
+#: the rounds a :class:`Rounds` key remembers (its ring)
+ROUND_WINDOW = 16
+#: the auto grace: this fraction of the median interval between the last rounds' closes
+GRACE_FRACTION = 0.1
+#: how many closes the auto grace looks back on
+GRACE_HISTORY = 8
+
+
+def rounds_size(groups: int, window: int = ROUND_WINDOW) -> int:
+    """Float32 elements of a :class:`Rounds` key (and of a :class:`WireCommit` key)."""
+    return ROUND_HEAD + 2 * groups + window * groups
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """The sync rounds of ``groups`` groups closed by a quorum: one key of
+    :func:`rounds_size` float32 elements, on one server.
+
+    A push is ``[kind, group, seq, 0, ...]`` (:data:`ROUND_POLL`, :data:`ROUND_REPORT`,
+    :data:`ROUND_DONE`). A group reports its exchange ``seq`` (1, 2, ...: one more than its
+    last) once its pushes to every shard were applied; the report joins the open round. The
+    open round closes, at a push, when every group that is not done reported, or when
+    ``min(quorum, groups not done)`` did and ``grace`` seconds passed since the one that made
+    that count (``grace = -1``: :data:`GRACE_FRACTION` of the median interval between the last
+    :data:`GRACE_HISTORY` closes; until two closes are known, every group). ``w`` is, in
+    float32: the head (rounds closed ``R``, the first round of the ring ``r0``, the grace in
+    use, 0), per group the round its last report joined, per group its report in the open
+    round (its ``seq``, 0: none), then the ring: for round ``r`` in ``r0 .. R`` row
+    ``(r - 1) % window``, per group the ``seq`` its push in round ``r`` carried (0: none)."""
+
+    groups: int
+    quorum: int
+    grace: float = -1.0
+    window: int = ROUND_WINDOW
+    updater: ClassVar[str] = "rounds"
+
+    def __post_init__(self) -> None:
+        arguments.integer("groups", self.groups, low=1, high=SERVERS - 1, high_name="65534")
+        arguments.integer(
+            "quorum", self.quorum, low=1, high=self.groups + 1, high_name="groups + 1"
+        )
+        if self.grace != -1.0:
+            object.__setattr__(
+                self, "grace", number("grace", self.grace, 0.0, math.inf, open_low=False)
+            )
+        arguments.integer("window", self.window, low=2)
+
+    @property
+    def size(self) -> int:
+        return rounds_size(self.groups, self.window)
+
+    def state_layout(self) -> Tuple[str, ...]:
+        return ()
+
+
+@dataclass(frozen=True)
+class WireCommit:
+    """A server's commit key of one trainer's quorum shards: a push is the :class:`Rounds`
+    record of ``groups`` groups as a leader pulled it; each shard in ``bases`` (the state keys
+    of :class:`WireState` in quorum mode, on this server) applies the rounds it has not applied
+    yet, up to the record's ``R``, in order, with the members the ring names."""
+
+    bases: Tuple[int, ...]
+    groups: int
+    window: int = ROUND_WINDOW
+    updater: ClassVar[str] = "wire_commit"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bases, (list, tuple)) or not self.bases:
+            raise ConfigError(f"bases={self.bases!r} must be a non-empty list of keys")
+        bases = tuple(arguments.integer("bases", b, low=0) for b in self.bases)
+        object.__setattr__(self, "bases", bases)
+        arguments.integer("groups", self.groups, low=1, high=SERVERS - 1, high_name="65534")
+        arguments.integer("window", self.window, low=2)
+
+    def state_layout(self) -> Tuple[str, ...]:
+        return ()
+
+
+Rule = Union[
+    Assign,
+    Add,
+    Optimizer,
+    Nesterov,
+    Clock,
+    CopyState,
+    WireState,
+    WireKey,
+    WireRejoin,
+    Rounds,
+    WireCommit,
+]
 #: every updater a server knows, by the name a command carries
 UPDATERS: Dict[str, Type[Any]] = {
     r.updater: r
-    for r in (Assign, Add, Optimizer, Nesterov, Clock, CopyState, WireState, WireKey, WireRejoin)
+    for r in (
+        Assign,
+        Add,
+        Optimizer,
+        Nesterov,
+        Clock,
+        CopyState,
+        WireState,
+        WireKey,
+        WireRejoin,
+        Rounds,
+        WireCommit,
+    )  # fmt: skip
 }
 
 

@@ -12,7 +12,8 @@ writes ``w`` in place. MXNet is imported by the server before any rule is made.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Type
+import math
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Type
 
 import numpy as np
 
@@ -215,14 +216,18 @@ class WireState(Rule):
         self.seq: Dict[int, int] = {}
         self.resync = False  # after a checkpoint's load: a group's next push sets its sequence
         self.pending: Dict[int, Any] = {}  # sync: the round's decoded pushes
+        self.pushed: Dict[int, int] = {}  # quorum: the seq of each pending push
         self.rounds = 0
         #: what the inner rule applies (a push decoded, or a round's sum), and per group the
         #: buffers a sync round decodes into: allocated once, written in place
         self.arrived: Any = None
         self.decoded: Dict[int, Any] = {}
+        #: quorum mode: per group, its wire key's stored array (its reply is written there
+        #: when its round closes, at a commit)
+        self.outs: Dict[int, Any] = {}
 
     def _groups(self) -> List[int]:
-        return [-1] if self.record.mode == "sync" else list(range(self.record.groups))
+        return list(range(self.record.groups)) if self.record.per_group else [-1]
 
     def update(self, g: Any, w: Any) -> None:
         if self.state is None:  # the first push: w holds the initial value (kv.init's)
@@ -252,8 +257,10 @@ class WireState(Rule):
                 f"group {sender} pushed exchange {head.seq}, expected {expected} (a push "
                 "applied twice, or one lost)"
             )
-        if r.mode == "sync" and sender in self.pending:
-            raise codec.WireError(f"group {sender} pushed twice in round {self.rounds + 1}")
+        if r.mode != "async" and sender in self.pending:
+            raise codec.WireError(
+                f"group {sender} pushed twice before round {self.rounds + 1} closed"
+            )
         arrived = self._arrived()
         if r.mode == "async":
             values = arrived
@@ -268,13 +275,47 @@ class WireState(Rule):
             self._step(sender, head.seq, w)
             return
         self.pending[sender] = values
+        if r.mode == "quorum":  # applied at the commit of the round it joins
+            self.outs[sender] = w
+            self.pushed[sender] = head.seq
+            return
         if len(self.pending) == r.groups:  # the round's sum, in group order
-            np.copyto(arrived, self.pending[0])
-            for i in range(1, r.groups):
-                np.add(arrived, self.pending[i], out=arrived)
+            self._sum(sorted(self.pending))
             self.pending = {}
             self.rounds += 1
             self._step(-1, self.rounds, w)
+
+    def _sum(self, members: List[int]) -> None:
+        """The members' decoded pushes summed into the array the inner rule reads, in group
+        order; with ``mean``, a round of fewer than every group scaled to the members' mean."""
+        arrived = self._arrived()
+        np.copyto(arrived, self.pending[members[0]])
+        for i in members[1:]:
+            np.add(arrived, self.pending[i], out=arrived)
+        groups = self.record.groups
+        if self.record.mean and len(members) < groups:
+            np.multiply(arrived, np.float32(groups / len(members)), out=arrived)
+
+    def commit(self, closed: int, members: Dict[int, int]) -> None:
+        """Quorum mode: apply round ``closed`` (the next one) with ``members`` (group: the
+        ``seq`` of its push in it): their pushes summed, the rule, each member's reply written
+        into its wire key."""
+        if closed != self.rounds + 1:
+            raise ValueError(f"shard {self.key} applied {self.rounds} rounds, not {closed - 1}")
+        for g, seq in members.items():
+            if self.pushed.get(g) != seq or g not in self.pending:
+                raise codec.WireError(
+                    f"round {closed} holds group {g}'s push {seq}, but shard {self.key} has "
+                    f"{self.pushed.get(g) if g in self.pending else 'none'} of it pending"
+                )
+        order = sorted(members)
+        self._sum(order)
+        for g in order:
+            del self.pending[g]
+        self.rounds = closed
+        self.inner.update(self.arrived, self.state)
+        for g in order:
+            self._reply(g, members[g], self.outs[g])
 
     def _arrived(self) -> Any:
         """The array the inner rule reads, as numpy (its memory, once MXNet no longer reads
@@ -311,8 +352,13 @@ class WireState(Rule):
         """Apply what arrived to the state; the reply to ``group`` (or, -1, to every group of
         a sync round) into ``w``, in place: the encoded change of the state since its shadow,
         and the shadow moved on by it, in one pass."""
-        r = self.record
         self.inner.update(self.arrived, self.state)
+        self._reply(group, seq, w)
+
+    def _reply(self, group: int, seq: int, w: Any) -> None:
+        """The encoded change of the state since ``group``'s shadow into ``w``, and the shadow
+        moved on by it, in one pass."""
+        r = self.record
         state = private_api.ndarray_view(self.state)
         shadow = private_api.ndarray_view(self.shadow[group])
         out = codec.as_bytes(private_api.ndarray_view(w))
@@ -333,7 +379,7 @@ class WireState(Rule):
     def loaded(self, count: int) -> None:
         self.inner.loaded(count)
         self.rounds = count if self.record.mode == "sync" else 0
-        self.seq, self.resync, self.pending = {}, True, {}
+        self.seq, self.resync, self.pending, self.pushed = {}, True, {}, {}
 
 
 class WireKey(Rule):
@@ -363,6 +409,156 @@ class WireRejoin(Rule):
         base.rejoin(g, w)
 
 
+class Rounds(Rule):
+    """A quorum's sync rounds (:class:`hvd_ps.ps.protocol.Rounds`): reports join the open
+    round, which closes at a push once its quorum and grace allow; ``w`` is the record the
+    leaders pull. ``now`` is the server's clock (a test's, in unit tests)."""
+
+    def __init__(self, record: protocol.Rounds, key: int, rule_of: RuleOf) -> None:
+        super().__init__(record, key, rule_of)
+        import time
+
+        self.now: Callable[[], float] = time.monotonic
+        g, window = record.groups, record.window
+        self.closed = 0
+        self.placed = np.zeros(g, np.float32)  # the round each group's last report joined
+        self.last = np.zeros(g, np.int64)  # each group's last reported seq
+        self.open: Dict[int, int] = {}  # the open round's reports: group -> seq
+        self.ring = np.zeros((window, g), np.float32)
+        self.done: Set[int] = set()
+        self.quorum_at: Optional[float] = None  # when the open round reached its quorum
+        self.closes: List[float] = []
+
+    def grace(self) -> Optional[float]:
+        """Seconds the open round waits after its quorum (None: for every group)."""
+        if self.record.grace >= 0.0:
+            return float(self.record.grace)
+        if len(self.closes) < 2:
+            return None
+        gaps = np.diff(self.closes[-(protocol.GRACE_HISTORY + 1) :])
+        return float(protocol.GRACE_FRACTION * np.median(gaps))
+
+    def update(self, g: Any, w: Any) -> None:
+        r = self.record
+        got = g.asnumpy().ravel()
+        if got.size != r.size or w.size != r.size:
+            raise ValueError(f"a rounds push of {got.size} elements to a key of {r.size}")
+        kind, group, seq = (float(v) for v in got[:3])
+        if not all(math.isfinite(v) and v == math.floor(v) for v in (kind, group, seq)):
+            raise ValueError(f"a rounds push that is not whole numbers: {got[:3].tolist()}")
+        kind_i, group_i, seq_i = int(kind), int(group), int(seq)
+        if kind_i not in (protocol.ROUND_POLL, protocol.ROUND_REPORT, protocol.ROUND_DONE):
+            raise ValueError(f"a rounds push of kind {kind_i}")
+        if not 0 <= group_i < r.groups:
+            raise ValueError(f"group {group_i} is not one of the {r.groups} groups")
+        if kind_i == protocol.ROUND_REPORT:
+            self._report(group_i, seq_i)
+        elif kind_i == protocol.ROUND_DONE:
+            self.done.add(group_i)
+        self._close_if_due()
+        w[:] = self.view().reshape(w.shape)
+
+    def _report(self, group: int, seq: int) -> None:
+        if group in self.done:
+            raise ValueError(f"group {group} reported exchange {seq} after it finished")
+        if group in self.open:
+            raise ValueError(f"group {group} reported twice in round {self.closed + 1}")
+        if seq != self.last[group] + 1 or seq >= 2**24:
+            raise ValueError(
+                f"group {group} reported exchange {seq}, expected {self.last[group] + 1}"
+            )
+        self.last[group] = seq
+        self.open[group] = seq
+        self.placed[group] = self.closed + 1
+
+    def _close_if_due(self) -> None:
+        r = self.record
+        live = r.groups - len(self.done)
+        if not self.open:
+            return
+        quorum = min(r.quorum, live)
+        if self.quorum_at is None and len(self.open) >= quorum:
+            self.quorum_at = self.now()
+        grace = self.grace()
+        if len(self.open) >= live or (
+            self.quorum_at is not None
+            and grace is not None
+            and self.now() - self.quorum_at >= grace
+        ):
+            self.closed += 1
+            row = self.ring[(self.closed - 1) % r.window]
+            row[:] = 0.0
+            for group, seq in self.open.items():
+                row[group] = seq
+            self.open, self.quorum_at = {}, None
+            self.closes.append(self.now())
+            del self.closes[: -(protocol.GRACE_HISTORY + 1)]
+
+    def view(self) -> Any:
+        """The record as the leaders pull it (the layout of the protocol's record)."""
+        r, g = self.record, self.record.groups
+        out = np.zeros(r.size, np.float32)
+        grace = self.grace()
+        out[:4] = (
+            self.closed,
+            max(1, self.closed - r.window + 1),
+            -1.0 if grace is None else grace,
+            0,
+        )
+        out[4 : 4 + g] = self.placed
+        for group, seq in self.open.items():
+            out[4 + g + group] = seq
+        out[4 + 2 * g :] = self.ring.ravel()
+        return out
+
+
+def read_rounds(view: Any, groups: int, window: int) -> Tuple[int, int, Dict[int, Dict[int, int]]]:
+    """A :class:`hvd_ps.ps.protocol.Rounds` record (float32, as pulled or pushed): rounds
+    closed, the first round of the ring, and the members of each round the ring holds (round:
+    group: seq). ValueError if it is not one (the wrong size, counts that are not whole)."""
+    v = np.asarray(view, np.float32).ravel()
+    if v.size != protocol.rounds_size(groups, window):
+        raise ValueError(
+            f"a rounds record of {v.size} elements, not {protocol.rounds_size(groups, window)}"
+        )
+    if not np.all(np.isfinite(v)) or not np.all(v[:2] == np.floor(v[:2])):
+        raise ValueError("a rounds record whose counts are not whole numbers")
+    closed, first = int(v[0]), int(v[1])
+    if closed < 0 or first < 1 or first > max(1, closed) or closed - first >= window:
+        raise ValueError(f"a rounds record of rounds {first} .. {closed} in a ring of {window}")
+    ring = v[4 + 2 * groups :].reshape(window, groups)
+    members = {}
+    for r in range(first, closed + 1):
+        row = ring[(r - 1) % window]
+        if not np.all(row == np.floor(row)) or np.any(row < 0):
+            raise ValueError(f"round {r}'s members are not whole exchange numbers")
+        members[r] = {g: int(s) for g, s in enumerate(row) if s > 0}
+        if not members[r]:
+            raise ValueError(f"round {r} has no members")
+    return closed, first, members
+
+
+class WireCommit(Rule):
+    """A server's commit key of one trainer's quorum shards (:class:`hvd_ps.ps.protocol.
+    WireCommit`): each shard applies the rounds the pushed record closed that it has not."""
+
+    def update(self, g: Any, w: Any) -> None:
+        r = self.record
+        closed, first, members = read_rounds(g.asnumpy(), r.groups, r.window)
+        for base in r.bases:
+            shard = self.rule_of(base)
+            if not isinstance(shard, WireState) or shard.record.mode != "quorum":
+                raise ValueError(f"commit key {self.key}: key {base} is no quorum shard")
+            if shard.rounds + 1 < first and shard.rounds < closed:
+                raise ValueError(
+                    f"shard {base} applied {shard.rounds} rounds; the record starts at round "
+                    f"{first}: the members of round {shard.rounds + 1} are lost"
+                )
+            for round_ in range(shard.rounds + 1, closed + 1):
+                shard.commit(round_, members[round_])
+        w[:] = g
+
+
 #: the rule class of each protocol record
 RULES: Dict[Type[Any], Type[Rule]] = {
     protocol.Assign: Assign,
@@ -374,6 +570,8 @@ RULES: Dict[Type[Any], Type[Rule]] = {
     protocol.WireState: WireState,
     protocol.WireKey: WireKey,
     protocol.WireRejoin: WireRejoin,
+    protocol.Rounds: Rounds,
+    protocol.WireCommit: WireCommit,
 }
 
 

@@ -5,6 +5,7 @@ import pytest
 
 import hvd_ps
 from hvd_ps.errors import ConfigError
+from hvd_ps.ps import protocol
 
 
 @pytest.mark.parametrize(
@@ -42,6 +43,11 @@ from hvd_ps.errors import ConfigError
         ),
         (lambda: hvd_ps.DiLoCo(period=8, mode="async", min_period=2), "min_period"),
         (lambda: hvd_ps.DiLoCo(period="auto", mode="async", min_period=2, overlap=2), "overlap"),
+        (lambda: hvd_ps.DiLoCo(period=8, quorum=0), "quorum"),
+        (lambda: hvd_ps.DiLoCo(period=8, quorum=1.5), "quorum"),
+        (lambda: hvd_ps.EASGD(period=4, mode="async", quorum=1), "quorum"),
+        (lambda: hvd_ps.ModelAverage(period=4, grace=1.0), "grace"),
+        (lambda: hvd_ps.GradientPush(quorum=1, grace=-1.0), "grace"),
     ],
 )
 def test_bad_argument_names_itself(make, arg):
@@ -71,7 +77,6 @@ def test_easgd_default_alpha_is_0_9_over_groups(groups):
 
 
 def test_the_bound_strategy_names_the_servers_rule_for_the_job():
-    from hvd_ps.ps import protocol
 
     sgd = ("sgd", {"learning_rate": 0.1})
     assert hvd_ps.GradientPush("sync").bind(4, None, sgd).rule == protocol.Optimizer(
@@ -220,7 +225,8 @@ def test_overlapped_reference_reduces_to_the_blocking_one_at_tau_0(spec):
         (
             lambda: hvd_ps.EASGD(peroid=4),
             "EASGD has no argument 'peroid': did you mean 'period'? "
-            "(its arguments: period, alpha, mode, overlap, max_staleness, min_period, max_period)",
+            "(its arguments: period, alpha, mode, overlap, max_staleness, min_period, "
+            "max_period, quorum, grace)",
         ),
         (
             lambda: hvd_ps.DiLoCo(8, outerlr=0.5),
@@ -228,7 +234,10 @@ def test_overlapped_reference_reduces_to_the_blocking_one_at_tau_0(spec):
         ),
         (lambda: hvd_ps.GradientPush(period=1), "GradientPush has no argument 'period'"),
         (lambda: hvd_ps.ModelAverage(4, period=4), "ModelAverage: period given twice"),
-        (lambda: hvd_ps.EASGD(4, 0.1, "async", 0, 2, 1, 4, 9), "EASGD takes at most 7 arguments"),
+        (
+            lambda: hvd_ps.EASGD(4, 0.1, "sync", 0, None, None, None, 2, 1.0, 9),
+            "EASGD takes at most 9 arguments",
+        ),
         (
             lambda: hvd_ps.ModelAverage(period=4, mode="async"),
             "mode must be one of sync, got 'async': ModelAverage has no async mode; "
@@ -269,3 +278,22 @@ def test_auto_period_defaults_and_repr():
     assert not fixed.adaptive and fixed.base_period == 8 and fixed.min_period is None
     with pytest.raises(ConfigError, match="min_period=2 goes with period='auto'"):
         hvd_ps.DiLoCo(period=8, mode="async", min_period=2)
+
+
+def test_a_quorum_needs_a_compressed_wire_and_at_most_the_groups():
+    """``quorum`` below the groups binds a :class:`protocol.Rounds` (auto grace: -1) on a
+    compressed wire; with every group it is no quorum; float32 and float16 are refused, as
+    is a quorum above the groups; EASGD's partial rounds add the sum, the others the mean."""
+    run = hvd_ps.DiLoCo(8, quorum=3, grace=0.5).bind(4, "int8")
+    assert run.quorum == protocol.Rounds(4, 3, 0.5) and run.mean_rounds
+    run = hvd_ps.EASGD(4, quorum=1).bind(2, "int4")
+    assert run.quorum == protocol.Rounds(2, 1, -1.0) and not run.mean_rounds
+    assert hvd_ps.ModelAverage(4, quorum=4).bind(4, None).quorum is None
+    for wire in (None, "float16"):
+        with pytest.raises(ConfigError, match="quorum=3 needs a compressed wire"):
+            hvd_ps.DiLoCo(8, quorum=3).bind(4, wire)
+    with pytest.raises(ConfigError, match="quorum=5 is more than the 4 groups"):
+        hvd_ps.GradientPush(quorum=5).bind(4, "int8", ("sgd", {}))
+    assert repr(hvd_ps.ModelAverage(4, quorum=2)) == "ModelAverage(period=4, overlap=0, quorum=2)"
+    assert "quorum=3, grace=0.5" in repr(hvd_ps.DiLoCo(8, quorum=3, grace=0.5))
+    assert "quorum" not in repr(hvd_ps.DiLoCo(8))

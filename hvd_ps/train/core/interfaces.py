@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Protocol
 from ... import config, topology
 from ...ps import protocol
 from ...ps.clock import Clock
+from ...ps.rounds import Rounds
 
 
 class PSClient(Protocol):
@@ -71,6 +72,10 @@ class PSClient(Protocol):
 
     def clock(self, name: str, bound: Optional[int]) -> Clock:
         """An async trainer's group clock (:mod:`hvd_ps.ps.clock`) on PS key ``name``."""
+        ...
+
+    def quorum_rounds(self, name: str, record: protocol.Rounds) -> Rounds:
+        """A quorum trainer's sync rounds (:mod:`hvd_ps.ps.rounds`) on PS key ``name``."""
         ...
 
 

@@ -284,12 +284,26 @@ def _save_leader(fe: FrontEnd, path: str, g: int) -> Tuple[Any, Dict[str, Any], 
         return None, info, why
 
 
+def _refuse_quorum(fe: FrontEnd, what: str) -> None:
+    """Checkpoints of a run whose rounds close with a quorum are refused (a late group's
+    push may wait on the servers, outside any round)."""
+    if fe.schedule.bound().quorum is not None:
+        err = CheckpointError(
+            f"{what}: {fe.schedule.sync!r} closes its rounds with a quorum, and checkpoints "
+            "of such a run are not supported yet (a late group's push may be waiting on the "
+            "servers): train without quorum to checkpoint"
+        )
+        err.every_rank = True
+        raise err
+
+
 def save(fe: FrontEnd, path: str) -> None:
     """``trainer.save_checkpoint(path)``: collective; every leader writes its group's shard,
     then global rank 0 commits the manifest."""
     job, sched = fe.job, fe.schedule
     topo = job.topo
     fe.setup()
+    _refuse_quorum(fe, "save_checkpoint")
     entry, error, info = None, None, {}  # type: Tuple[Any, Optional[str], Dict[str, Any]]
     if topo.is_leader:
         entry, info, error = _save_leader(fe, path, topo.global_group_id)

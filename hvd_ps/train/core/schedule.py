@@ -32,7 +32,7 @@ import statistics
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import mxnet as mx
 
@@ -269,7 +269,7 @@ class Schedule:
             client = self.client()
             client.set_mode(sync.mode, rounds=not run.bits)
             if run.bits:
-                self.wire_io = Wire(client, sync.mode, run.bits)
+                self.wire_io = Wire(client, sync.mode, run.bits, run.quorum, run.mean_rounds)
             for b in buckets:
                 initial = run.initial(b)
                 if ps_initial is not None:
@@ -294,7 +294,7 @@ class Schedule:
                     b.snap = mx.nd.zeros((b.params.size,), dtype=b.params.dtype)
                     b.snap_buf = FusedBuffer([b.snap], threads=threads)
         if self.wire_io is not None:
-            self.wire_io.start()
+            self.wire_io.start(self.prefix)
         if topo.is_leader and sync.mode == "async":
             self.clock = self.client().clock(f"{self.prefix}clock", sync.max_staleness)
         self.status = mx.nd.zeros((2,))  # the leader refused (1); the next period
@@ -366,7 +366,7 @@ class Schedule:
         if topo.is_leader and refused is None and self.wire_io is not None:
             seq, what = self.exchanges + 1, f"PS exchange at step {t}"
             self.wire_io.push(self.bound(), self.all(), seq, blocking=True)
-            self.wire_io.finish(self.bound(), self.all(), seq, what, True, self._waiter(client))
+            self._wire_finish(client, seq, what, True)
         elif topo.is_leader and refused is None:
             # every bucket's transfers are queued on MXNet's engine first, so they overlap;
             # then one bounded wait for all of them
@@ -409,8 +409,8 @@ class Schedule:
         topo = self.rt.topo
         refused, self.refused = self.refused, None
         if topo.is_leader and refused is None and self.wire_io is not None:
-            what, wait = f"PS exchange started at step {self.launched}", self._waiter(self.client())
-            self.wire_io.finish(self.bound(), self.all(), self.exchanges, what, False, wait)
+            what = f"PS exchange started at step {self.launched}"
+            self._wire_finish(self.client(), self.exchanges, what, False)
         elif topo.is_leader and refused is None:
             client = self.client()
             self._wait_ps(client, f"PS exchange started at step {self.launched}")
@@ -445,8 +445,17 @@ class Schedule:
         client.wait([b.pulled for b in self.all()], what)
         self.ps_wait_s += time.perf_counter() - start
 
-    def _waiter(self, client: PSClient) -> Callable[[str], None]:
-        return lambda what: self._wait_ps(client, what)
+    def _wire_finish(self, client: PSClient, seq: int, what: str, blocking: bool) -> None:
+        """The compressed wire's end of exchange ``seq``; all of it counts as PS wait (a sync
+        round's barrier or quorum, the pulls), though the strategy's apply is queued only."""
+        assert self.wire_io is not None
+        start = time.perf_counter()
+
+        def wait(what: str) -> None:
+            client.wait([b.pulled for b in self.all()], what)
+
+        self.wire_io.finish(self.bound(), self.all(), seq, what, blocking, wait)
+        self.ps_wait_s += time.perf_counter() - start
 
     # -- the global model -----------------------------------------------------------------------
     def pull_global(self) -> None:
@@ -548,4 +557,14 @@ class Schedule:
             "period": self.period,
             "max_staleness_seen": clock.max_seen if clock is not None else 0,
             "staleness_wait_s": clock.wait_s if clock is not None else 0.0,
+            **self.quorum_stats(),
         }
+
+    def quorum_stats(self) -> Dict[str, float]:
+        """A quorum trainer's leader: its pushes that joined a later round than the one after
+        its previous push (``late_pushes``) and its seconds waiting for rounds to close
+        (``quorum_wait_s``); 0 elsewhere."""
+        rounds = None if self.wire_io is None else self.wire_io.rounds
+        if rounds is None:
+            return {"late_pushes": 0, "quorum_wait_s": 0.0}
+        return rounds.stats()

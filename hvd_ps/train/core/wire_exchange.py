@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional
 from ... import private_api
 from ...deadline import deadline
 from ...ps import protocol
+from ...ps.rounds import Rounds, commit_bases
 from .buckets import Bucket
 from .interfaces import PSClient
 from .strategies.base import Exchange
@@ -28,8 +29,20 @@ class Wire:
     """Every compressed bucket of one trainer on a leader, the sync rounds' barrier, and the
     steps of an exchange."""
 
-    def __init__(self, client: PSClient, mode: str, bits: int) -> None:
+    def __init__(
+        self,
+        client: PSClient,
+        mode: str,
+        bits: int,
+        quorum: Optional[protocol.Rounds] = None,
+        mean: bool = True,
+    ) -> None:
         self.client, self.mode, self.bits = client, mode, bits
+        #: sync rounds closed by a quorum (:mod:`hvd_ps.ps.rounds`): their record, then (at
+        #: :meth:`start`) the leader's rounds and the commit keys, one per server
+        self.quorum, self.mean = quorum, mean
+        self.rounds: Optional[Rounds] = None
+        self.commits: List[Any] = []
         self.channels: List[Channel] = []
         self.next_server = 0
         #: an overlapped sync exchange's round, settling on a thread of its own
@@ -40,15 +53,29 @@ class Wire:
     def open(
         self, name: str, initial: Any, inner: protocol.Rule, groups: int, group: int
     ) -> Channel:
-        args = (self.mode, groups, group, self.next_server, self.bits)
-        ch = Channel(self.client, name, initial, inner, *args)
+        mode = "quorum" if self.quorum is not None else self.mode
+        args = (mode, groups, group, self.next_server, self.bits)
+        ch = Channel(self.client, name, initial, inner, *args, mean=self.mean)
         self.next_server = (self.next_server + len(ch.cut)) % ch.servers
         self.channels.append(ch)
         return ch
 
-    def start(self) -> None:
-        """After every channel is open: ps-lite rank 0 adopts the initial values, and every
-        leader waits for that at a barrier (a rejoined leader finds them adopted long ago)."""
+    def start(self, name: str) -> None:
+        """After every channel is open: a quorum's rounds key (``name``) and commit keys;
+        ps-lite rank 0 adopts the initial values, and every leader waits for that at a
+        barrier (a rejoined leader finds them adopted long ago)."""
+        if self.quorum is not None:
+            import mxnet as mx
+
+            record = self.quorum
+            self.rounds = self.client.quorum_rounds(f"{name}rounds", record)
+            servers = [s for ch in self.channels for s in ch.shard_servers]
+            keys = [k for ch in self.channels for k in ch.state_keys]
+            for server, bases in sorted(commit_bases(servers, keys).items()):
+                rule = protocol.WireCommit(tuple(bases), record.groups, record.window)
+                zeros = mx.nd.zeros((record.size,))
+                key = self.client.register(f"{name}commit{server}", zeros, rule, server=server)
+                self.commits.append((key, mx.nd.zeros((record.size,)), zeros))
         if self.client.rejoined:
             return
         if self.client.ps_rank == 0:
@@ -63,15 +90,26 @@ class Wire:
     def timeout(self) -> float:
         return float(self.client.cfg.settings.timeout)
 
-    def settle(self, what: str) -> None:
-        """Sync: wait until this leader's pushes were applied, then meet the other leaders;
-        after it every shard has closed the round and holds its reply. Async: nothing."""
+    def settle(self, what: str, seq: int) -> None:
+        """Sync: wait until this leader's pushes (of exchange ``seq``) were applied, then
+        meet the other leaders; after it every shard has closed the round and holds its
+        reply. With a quorum: report the exchange, wait for its round to close, and have
+        every server apply the rounds closed (:mod:`hvd_ps.ps.rounds`). Async: nothing."""
         if self.mode != "sync":
             return
         with deadline(f"{what}: the servers' answer to this leader's pushes", self.timeout):
             for ch in self.channels:
                 private_api.wait_to_write(ch.sent)  # its pushes are done once answered
-        self.client.barrier(what)
+        if self.rounds is None:
+            self.client.barrier(what)
+            return
+        view = self.rounds.close(seq, what)
+        outs = []
+        for key, send, out in self.commits:
+            send[:] = view
+            self.client.exchange(key, send, out, wait=False)
+            outs.append(out)
+        self.client.wait(outs, f"{what}: the servers applying the rounds closed")
 
     @property
     def bytes_per_exchange(self) -> int:
@@ -116,7 +154,7 @@ class Wire:
         strategy applies the reply to every bucket."""
         pulled = self.join_settler() or (self.pulled and not blocking)
         if self.mode == "sync" and not pulled:
-            self.settle(what)
+            self.settle(what, seq)
             for ch in self.channels:
                 ch.pull(seq)
         wait(what)
@@ -133,7 +171,7 @@ class Wire:
         if self.join_settler():
             return
         if self.mode == "sync":
-            self.settle("checkpoint: the exchange in flight")
+            self.settle("checkpoint: the exchange in flight", seq)
             for ch in self.channels:
                 ch.pull(seq)
 
@@ -170,7 +208,7 @@ class Settler:
 
     def _run(self) -> None:
         try:
-            self.wire.settle(self.what)
+            self.wire.settle(self.what, self.seq)
             for ch in self.wire.channels:
                 ch.pull(self.seq)
         except BaseException as err:  # raised again by join(), on the training thread

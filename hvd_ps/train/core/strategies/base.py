@@ -68,6 +68,10 @@ class Strategy(metaclass=_CheckedArguments):
     #: ``period='auto'`` (async): the fewest and the most local steps between exchanges
     min_period: Optional[int] = None
     max_period: Optional[int] = None
+    #: sync: the groups a round needs to close (None: every group), and how many seconds it
+    #: waits for the others once it has them (None: the servers' adaptive grace)
+    quorum: Optional[int] = None
+    grace: Optional[float] = None
     #: the modes the strategy has
     modes: ClassVar[Tuple[str, ...]] = MODES
     #: whether the trainer's own optimizer updates the parameters every step
@@ -95,18 +99,21 @@ class Strategy(metaclass=_CheckedArguments):
         entry = _REGISTRY.get(type(self))
         if entry is None:
             raise ConfigError(f"sync: {self!r} is not one of hvd_ps's strategies")
+        if self.quorum is not None and self.quorum > num_groups:
+            raise ConfigError(
+                f"quorum={self.quorum} is more than the {num_groups} groups of the tier: a "
+                f"round can close with at most {num_groups} (drop quorum for every group)"
+            )
         self.validate(num_groups)
         return entry.make(self, num_groups, wire, optimizer)
 
     def __repr__(self) -> str:
-        """Its arguments by name (a strategy's repr is also what a checkpoint records);
-        ``max_staleness``, ``min_period`` and ``max_period`` only when set, so a repr reads
-        as it did before those arguments."""
+        """Its arguments by name (a strategy's repr is also what a checkpoint records); the
+        :data:`OPTIONAL` ones only when set, so a repr reads as it did before them."""
         shown = [
             f"{f.name}={getattr(self, f.name)!r}"
             for f in dataclasses.fields(self)  # type: ignore[arg-type]
-            if f.name not in ("max_staleness", "min_period", "max_period")
-            or getattr(self, f.name) is not None
+            if f.name not in OPTIONAL or getattr(self, f.name) is not None
         ]
         return f"{type(self).__name__}({', '.join(shown)})"
 
@@ -147,6 +154,7 @@ class Strategy(metaclass=_CheckedArguments):
         overlap = arguments.integer("overlap", self.overlap, low=0, high=high, high_name=high_name)
         store(self, overlap=overlap)
         self._check_staleness()
+        self._check_quorum()
 
     def _check_auto(self) -> None:
         """``period='auto'``: async only; ``1 <= min_period <= max_period`` (``max_period``
@@ -177,6 +185,32 @@ class Strategy(metaclass=_CheckedArguments):
                 "use mode='async'"
             )
         store(self, max_staleness=s)
+
+    def _check_quorum(self) -> None:
+        """Check ``quorum`` and ``grace`` (after ``mode``): sync only; ``quorum`` a whole
+        number >= 1 (at most the groups, checked at :meth:`bind`), ``grace`` seconds >= 0 or
+        None (adaptive), and only with a quorum."""
+        if self.quorum is None:
+            if self.grace is not None:
+                raise ConfigError(
+                    f"grace={self.grace!r} is how long a round waits for the other groups once "
+                    "it has its quorum: give quorum=q too (fewer than the groups), or drop it"
+                )
+            return
+        q = arguments.integer("quorum", self.quorum, low=1)
+        if self.mode != "sync":
+            raise ConfigError(
+                f"quorum={q} closes sync rounds without the slowest groups; in "
+                f"mode={self.mode!r} no group waits for a round: drop it (max_staleness bounds "
+                "how far async groups drift apart), or use mode='sync'"
+            )
+        store(self, quorum=q)
+        if self.grace is not None:
+            store(self, grace=arguments.number("grace", self.grace, 0.0, 1e6, open_low=False))
+
+
+#: the arguments a strategy's repr shows only when they are set
+OPTIONAL = ("max_staleness", "min_period", "max_period", "quorum", "grace")
 
 
 def store(obj: Any, **values: Any) -> None:
@@ -242,6 +276,21 @@ class Exchange:
         #: what this exchange's push is weighted by: 1, or with ``period='auto'`` its local
         #: steps over the base period (set by the schedule; DiLoCo's math reads it)
         self.weight = 1.0
+        #: sync rounds closed by a quorum of fewer than every group: their record (None:
+        #: every round waits for every group); whether a round of fewer groups applies the
+        #: members' mean (the rules whose scale takes a mean) or their sum (EASGD)
+        self.quorum: Optional[protocol.Rounds] = None
+        self.mean_rounds = True
+        q = strategy.quorum
+        if q is not None and q < num_groups:
+            if not self.bits:
+                raise ConfigError(
+                    f"quorum={q} needs a compressed wire (wire='int8' or 'int4'): MXNet's "
+                    f"servers close the rounds of {wire or 'float32'} keys, always with every "
+                    "group, and hvd_ps's rules close those of compressed ones"
+                )
+            grace = -1.0 if strategy.grace is None else float(strategy.grace)
+            self.quorum = protocol.Rounds(num_groups, q, grace)
 
     def initial(self, b: Bucket) -> Any:
         """The key's initial value on the PS (default: the parameters)."""

@@ -47,6 +47,8 @@ class DiLoCo(Strategy):
     max_staleness: Optional[int] = None
     min_period: Optional[int] = None
     max_period: Optional[int] = None
+    quorum: Optional[int] = None
+    grace: Optional[float] = None
 
     def __post_init__(self) -> None:
         self._check_common()

@@ -41,6 +41,8 @@ class EASGD(Strategy):
     max_staleness: Optional[int] = None
     min_period: Optional[int] = None
     max_period: Optional[int] = None
+    quorum: Optional[int] = None
+    grace: Optional[float] = None
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -68,6 +70,7 @@ class EASGDExchange(Exchange):
         super().__init__(s, groups, wire)
         self.rule = protocol.Add()  # c += d
         self.alpha = s.alpha_for(groups)
+        self.mean_rounds = False  # c += the members' sum of d, however many
 
     def exchange(self, b: Bucket, client: PSClient) -> None:
         # Pull c. In sync mode this pull is ordered after our previous push, whose round

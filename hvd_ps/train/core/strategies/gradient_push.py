@@ -35,16 +35,21 @@ class GradientPush(Strategy):
 
     mode: str = "sync"
     max_staleness: Optional[int] = None
+    quorum: Optional[int] = None
+    grace: Optional[float] = None
     local_update: ClassVar[bool] = False
     server_optimizer: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         store(self, mode=_mode(self))
         self._check_staleness()
+        self._check_quorum()
 
     def __repr__(self) -> str:
         bound = "" if self.max_staleness is None else f", max_staleness={self.max_staleness}"
-        return f"GradientPush(mode={self.mode!r}{bound})"
+        quorum = "" if self.quorum is None else f", quorum={self.quorum}"
+        grace = "" if self.grace is None else f", grace={self.grace!r}"
+        return f"GradientPush(mode={self.mode!r}{bound}{quorum}{grace})"
 
 
 #: what async GradientPush's delayed Nesterov takes of an ``sgd``/``nag`` optimizer's arguments

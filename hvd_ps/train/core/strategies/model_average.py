@@ -28,13 +28,17 @@ class ModelAverage(Strategy):
     period: int = 1
     mode: str = "sync"
     overlap: int = 0
+    quorum: Optional[int] = None
+    grace: Optional[float] = None
     modes: ClassVar[Tuple[str, ...]] = ("sync",)
 
     def __post_init__(self) -> None:
         self._check_common()
 
     def __repr__(self) -> str:
-        return f"ModelAverage(period={self.period}, overlap={self.overlap})"
+        quorum = "" if self.quorum is None else f", quorum={self.quorum}"
+        grace = "" if self.grace is None else f", grace={self.grace!r}"
+        return f"ModelAverage(period={self.period}, overlap={self.overlap}{quorum}{grace})"
 
 
 class ModelAverageExchange(Exchange):

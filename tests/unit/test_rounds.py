@@ -1,0 +1,148 @@
+"""The servers' rounds of a quorum (hvd_ps.ps.protocol.Rounds): which reports a round holds,
+when it closes (quorum, grace, every group, groups done), the auto grace, what it refuses."""
+
+from __future__ import annotations
+
+import re
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from hvd_ps.errors import ConfigError
+from hvd_ps.ps import protocol, rules
+
+
+class Tier:
+    """One rounds key as a server holds it, on a clock the test moves."""
+
+    def __init__(self, groups, quorum, grace=-1.0, window=protocol.ROUND_WINDOW):
+        self.record = protocol.Rounds(groups, quorum, grace, window)
+        self.rule = rules.make(self.record, 7, lambda key: None)
+        self.t = 100.0
+        self.rule.now = lambda: self.t
+        self.w = mx.nd.zeros((self.record.size,))
+
+    def push(self, kind, group, seq=0):
+        row = np.zeros(self.record.size, np.float32)
+        row[:3] = (kind, group, seq)
+        self.rule.update(mx.nd.array(row), self.w)
+        return self.w.asnumpy()
+
+    def report(self, group, seq):
+        return self.push(protocol.ROUND_REPORT, group, seq)
+
+    def poll(self, group=0):
+        return self.push(protocol.ROUND_POLL, group)
+
+    def rounds(self):
+        closed, _, members = rules.read_rounds(
+            self.w.asnumpy(), self.record.groups, self.record.window
+        )
+        return closed, members
+
+
+def test_a_round_closes_at_its_quorum_once_the_grace_passed_and_a_late_report_joins_the_next():
+    tier = Tier(groups=3, quorum=2, grace=0.5)
+    tier.report(0, 1)
+    tier.t += 10.0  # one report is no quorum, however long
+    view = tier.report(1, 1)
+    assert view[0] == 0 and list(view[4:7]) == [1, 1, 0]  # placed in round 1, still open
+    assert list(view[7:10]) == [1, 1, 0]  # the open round's reports
+    tier.t += 0.49
+    assert tier.poll()[0] == 0
+    tier.t += 0.02
+    view = tier.poll()
+    assert tier.rounds() == (1, {1: {0: 1, 1: 1}})
+    assert view[2] == 0.5  # the grace in use
+    view = tier.report(2, 1)  # late: joins round 2
+    assert view[4 + 2] == 2 and view[0] == 1
+    tier.report(0, 2)
+    tier.report(1, 2)  # every group: closes at once
+    assert tier.rounds() == (2, {1: {0: 1, 1: 1}, 2: {0: 2, 1: 2, 2: 1}})
+
+
+def test_grace_zero_closes_at_the_quorum_and_done_groups_are_not_waited_for():
+    tier = Tier(groups=3, quorum=3, grace=0.0)
+    tier.report(0, 1)
+    tier.report(1, 1)
+    assert tier.rounds()[0] == 0  # quorum 3: waits for group 2
+    tier.push(protocol.ROUND_DONE, 2)  # group 2 finished: 2 live groups, both reported
+    assert tier.rounds() == (1, {1: {0: 1, 1: 1}})
+    tier.push(protocol.ROUND_DONE, 1)
+    tier.report(0, 2)  # the last live group alone
+    assert tier.rounds()[1][2] == {0: 2}
+    with pytest.raises(ValueError, match="group 1 reported exchange 2 after it finished"):
+        tier.report(1, 2)
+
+
+def test_the_auto_grace_is_a_tenth_of_the_median_interval_between_closes():
+    tier = Tier(groups=2, quorum=1)
+    for k, gap in enumerate([2.0, 4.0, 3.0], start=1):
+        tier.t += gap
+        tier.report(0, k)
+        assert tier.rounds()[0] == k - 1  # every group until two closes are known ...
+        tier.report(1, k)
+        assert tier.rounds()[0] == k
+    assert tier.rule.grace() == pytest.approx(0.1 * 3.5)  # median of the gaps 4, 3
+    tier.report(0, 4)
+    tier.t += 0.3
+    assert tier.poll()[0] == 3
+    tier.t += 0.06
+    assert tier.poll()[0] == 4 and tier.rounds()[1][4] == {0: 4}
+
+
+def test_the_ring_keeps_the_last_window_rounds():
+    tier = Tier(groups=1, quorum=1, window=3)
+    for k in range(1, 6):
+        tier.report(0, k)
+    closed, members = tier.rounds()
+    assert closed == 5 and members == {3: {0: 3}, 4: {0: 4}, 5: {0: 5}}
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ((1, 0, 2), "reported exchange 2, expected 1"),
+        ((1, 5, 1), "group 5 is not one of the 2 groups"),
+        ((7, 0, 1), "a rounds push of kind 7"),
+        ((1, 0.5, 1), "not whole numbers"),
+        ((np.nan, 0, 1), "not whole numbers"),
+    ],
+)
+def test_a_bad_push_is_refused(row, message):
+    tier = Tier(groups=2, quorum=1)
+    with pytest.raises(ValueError, match=message):
+        tier.push(*row)
+
+
+def test_a_second_report_in_one_round_and_a_push_of_the_wrong_size_are_refused():
+    tier = Tier(groups=2, quorum=2)
+    tier.report(0, 1)
+    with pytest.raises(ValueError, match="group 0 reported twice in round 1"):
+        tier.report(0, 2)
+    with pytest.raises(ValueError, match="a rounds push of 3 elements"):
+        tier.rule.update(mx.nd.zeros((3,)), tier.w)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: protocol.Rounds(3, 4), "quorum must be an integer with 1 <= quorum < groups + 1"),
+        (lambda: protocol.Rounds(3, 0), "quorum must be an integer"),
+        (lambda: protocol.Rounds(3, 2, grace=-0.5), "grace must be"),
+        (lambda: protocol.WireCommit((), 3), "bases=() must be a non-empty list"),
+    ],
+)
+def test_the_records_check_their_fields(make, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        make()
+
+
+def test_a_rounds_record_that_is_not_one_is_refused():
+    with pytest.raises(ValueError, match="of 5 elements"):
+        rules.read_rounds(np.zeros(5), 2, 4)
+    bad = np.zeros(protocol.rounds_size(2, 4), np.float32)
+    bad[:2] = (3, 1)  # rounds 1..3, none with members
+    with pytest.raises(ValueError, match="round 1 has no members"):
+        rules.read_rounds(bad, 2, 4)
