@@ -315,3 +315,134 @@ def run_async(
             apply(g)
     out[-1]["final"] = [x.copy() for x in xs]
     return out
+
+
+def quorum_rounds(groups: int, exchanges: int, late: int) -> List[Dict[int, int]]:
+    """The rounds of a quorum run whose last group misses round ``late`` (the others close it
+    without it): each round's members, group -> its exchange number. From then on the last
+    group's exchange ``k`` joins round ``k + 1``, and its last exchange closes a round alone
+    (the others are done)."""
+    slow = groups - 1
+    out: List[Dict[int, int]] = []
+    for r in range(1, exchanges + 2):
+        members = {g: r for g in range(slow)} if r <= exchanges else {}
+        if r < late:
+            members[slow] = r
+        elif r > late:
+            members[slow] = r - 1
+        out.append(members)
+    return out
+
+
+def run_quorum(
+    spec: Dict,
+    groups: List[List[int]],
+    steps: int,
+    lr: float,
+    bits: int,
+    block: int,
+    bounds: Sequence[int],
+    rounds: List[Dict[int, int]],
+) -> Dict:
+    """A sync strategy on the compressed wire whose rounds close with a quorum: ``rounds``
+    lists each round's members (group -> its exchange number ``k``, pushed at step ``k *
+    period``). A round of ``m`` groups sums their decoded pushes in group order and, except
+    for EASGD, scales the sum by ``G / m`` before the rule (the members' mean); the servers
+    keep one shadow per group, and each member's reply is the change of the state since its
+    own shadow, after its round. Returns ``{"x": per group, its parameters after every step,
+    "final": per group, with an exchange in flight applied, "global": the servers' state}``."""
+    name, period, tau = spec["name"], spec.get("period", 1), spec.get("overlap", 0)
+    n = len(groups)
+    x0 = flat(*[a.astype(F) for a in ref.initial()])
+    srv = Servers(spec, x0, n, lr)
+    shadows = [x0.copy() for _ in groups]
+    xs = [x0.copy() for _ in groups]
+    copies = [x0.copy() for _ in groups]
+    starts = [x0.copy() for _ in groups]
+    res = [np.zeros_like(x0) for _ in groups]
+    done = [0] * n  # steps each group has taken
+    pending: List = [None] * n
+    hist: List[List[np.ndarray]] = [[] for _ in groups]
+
+    def grad(g: int, t: int) -> np.ndarray:
+        w, b = split(xs[g])
+        parts = [flat(*grad32(w, b, r, t)) for r in groups[g]]
+        total = parts[0]
+        for p in parts[1:]:
+            total = total + p
+        return F(1.0 / len(groups[g])) * total
+
+    def apply(g: int) -> None:
+        _, snap, send, change = pending[g]
+        copies[g] = copies[g] + change
+        if name == "EASGD":
+            xs[g] = xs[g] - send
+        else:
+            xs[g] = (copies[g] - snap) + xs[g]
+            starts[g] = copies[g].copy()
+        pending[g] = None
+
+    def step(g: int, t: int) -> None:
+        """Step ``t`` of group ``g`` that is no exchange: its local update, then an
+        exchange in flight due now."""
+        if name != "GradientPush":
+            xs[g] = xs[g] - F(lr) * grad(g, t)
+        if pending[g] is not None and pending[g][0] == t:
+            apply(g)
+        hist[g].append(xs[g].copy())
+        done[g] = t
+
+    def send(g: int, k: int) -> np.ndarray:
+        """Group ``g`` up to its exchange ``k``'s push: what it sends."""
+        t = k * period
+        for s in range(done[g] + 1, t):
+            step(g, s)
+        if name == "GradientPush":
+            return F(1.0) * grad(g, t)
+        xs[g] = xs[g] - F(lr) * grad(g, t)
+        src = xs[g].copy()
+        if name == "ModelAverage":
+            return src - copies[g]
+        if name == "DiLoCo":
+            return starts[g] - src
+        a = F(spec["alpha"])
+        if tau == 0:  # the fused elastic step: d = a (x - c), x -= d
+            d = a * (src - copies[g])
+            xs[g] = xs[g] - d
+            return d
+        return a * src + (-a) * copies[g]
+
+    for members in rounds:
+        sends = {g: send(g, k) for g, k in members.items()}
+        total = None
+        for g in sorted(members):
+            v = sends[g] + res[g]
+            d = quantize(v, bits, block, bounds)
+            res[g] = v - d
+            total = d if total is None else total + d
+        if name != "EASGD" and len(members) < n:
+            total = total * F(n / len(members))
+        srv.round(total)
+        for g, k in members.items():
+            change = quantize(srv.state - shadows[g], bits, block, bounds)
+            shadows[g] = shadows[g] + change
+            t = k * period
+            if tau == 0:
+                copies[g] = copies[g] + change
+                if name in ("ModelAverage", "DiLoCo", "GradientPush"):
+                    xs[g] = copies[g].copy()
+                    starts[g] = copies[g].copy()
+            else:
+                snap = xs[g].copy()
+                pending[g] = (t + tau, snap, sends[g], change)
+            hist[g].append(xs[g].copy())
+            done[g] = t
+    for g in range(n):
+        for t in range(done[g] + 1, steps + 1):
+            step(g, t)
+    final = []
+    for g in range(n):
+        if pending[g] is not None:
+            apply(g)
+        final.append(xs[g].copy())
+    return {"x": hist, "final": final, "global": srv.state.copy()}

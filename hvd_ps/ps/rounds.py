@@ -24,6 +24,7 @@ error names the groups that did not report.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Dict, List
 
@@ -54,13 +55,16 @@ class Rounds:
         self.late = 0
         self.wait_s = 0.0
         self.finished = False
+        #: an overlapped exchange reports and polls from a thread of its own
+        self.lock = threading.Lock()
 
     def _push(self, kind: int, seq: int = 0) -> Any:
         row = np.zeros(self.record.size, np.float32)
         row[:3] = (kind, self.gid, seq)
-        self.send[:] = row  # on MXNet's engine: after the previous push read it
-        self.client.exchange(self.key, self.send, self.view, wait=True)
-        return self.view.asnumpy()
+        with self.lock:
+            self.send[:] = row  # on MXNet's engine: after the previous push read it
+            self.client.exchange(self.key, self.send, self.view, wait=True)
+            return self.view.asnumpy()
 
     def close(self, seq: int, what: str) -> Any:
         """Report this group's exchange ``seq`` (its pushes are on every server) and wait
@@ -96,7 +100,8 @@ class Rounds:
         )
 
     def finish(self) -> None:
-        """This group trains no more: rounds stop waiting for it (idempotent)."""
+        """This group trains no more: rounds stop waiting for it (idempotent). After its
+        last exchange completed (a report after it is refused)."""
         if self.finished:
             return
         self.finished = True

@@ -205,6 +205,9 @@ BLOCKS: Dict[Tuple[str, str], Entry] = {
         "docs/stragglers.md",
         'sync = hvd_ps.DiLoCo(period="auto", max_period=16, min_period=2, mode="async")',
     ): Fragment("two strategies with speed-adaptive periods; the trainer around them is yours"),
+    ("docs/stragglers.md", "sync = hvd_ps.DiLoCo(period=16, quorum=3, grace=0.5)"): Fragment(
+        "two strategies with a quorum; the trainer around them is yours"
+    ),
     ("docs/using.md", "if hvd.rank() == 0:"): Covered(
         "test_strategies.py",
         "test_global_model_on_a_leader_alone_needs_no_collective",

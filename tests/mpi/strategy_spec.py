@@ -12,10 +12,12 @@ def strategy(spec: Dict[str, Any], mode: str = "sync") -> Any:
     name, overlap = spec["name"], spec.get("overlap", 0)
     bound = spec.get("max_staleness")
     auto = {k: spec[k] for k in ("min_period", "max_period") if k in spec}
+    quorum = {k: spec[k] for k in ("quorum", "grace") if k in spec}
+    auto.update(quorum)
     if name == "GradientPush":
-        return hvd_ps.GradientPush(mode=mode, max_staleness=bound)
+        return hvd_ps.GradientPush(mode=mode, max_staleness=bound, **quorum)
     if name == "ModelAverage":
-        return hvd_ps.ModelAverage(period=spec["period"], overlap=overlap)
+        return hvd_ps.ModelAverage(period=spec["period"], overlap=overlap, **quorum)
     if name == "EASGD":
         return hvd_ps.EASGD(
             spec["period"], spec["alpha"], mode=mode, overlap=overlap, max_staleness=bound, **auto

@@ -187,6 +187,82 @@ def test_async_compressed_wire_matches_numpy_reference_bit_for_bit(rt, async_wir
     np.testing.assert_array_equal(_flat(net), want[-1]["final"][gid], err_msg=f"{case}: final")
 
 
+#: quorum runs: spec, steps, the exchange the last group misses (its round closes without it)
+QUORUM_CASES = {
+    "DiLoCo": (dict(DILOCO, period=2), 8, 2),
+    "EASGD": ({"name": "EASGD", "period": 2, "alpha": 0.2}, 8, 2),
+    "ModelAverage-overlap": ({"name": "ModelAverage", "period": 3, "overlap": 2}, 9, 2),
+    "GradientPush": ({"name": "GradientPush"}, 5, 2),
+}
+#: the quorum runs' grace: every group reaches a round within it, but the held one
+GRACE = 2.0
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("case", list(QUORUM_CASES))
+def test_a_quorum_round_closes_without_the_held_group_and_its_push_joins_the_next(
+    rt, wire_client, case
+):
+    """``quorum = G - 1``: the last group is held (at a barrier of all ranks) before its push
+    of exchange ``late`` until the others' round closed without it (after the grace); its
+    push then joins the next round, and its last one a round of its own once the others are
+    done. Every group's parameters after every step, its final ones and the servers' state
+    equal :func:`wire_reference.run_quorum`'s bit for bit, and only the held group counts a
+    late push."""
+    import horovod.mxnet as hvd
+
+    import hvd_ps
+
+    groups = [list(m) for m in rt.topo.groups]
+    if len(groups) < 2:
+        pytest.skip("a quorum needs two groups or more")
+    spec, steps, late = QUORUM_CASES[case]
+    spec = dict(spec, quorum=len(groups) - 1, grace=GRACE)
+    period = spec.get("period", 1)
+    rounds = wref.quorum_rounds(len(groups), steps // period, late)
+    bits, bounds = _bounds(rt, ref.OUT * ref.IN + ref.OUT)
+    want = wref.run_quorum(
+        spec, groups, steps, LR, bits, rt.cfg.settings.wire_block, bounds, rounds
+    )
+    net = reference_net(f"quorum_{case.replace('-', '_')}")
+    hvd_ps.broadcast_parameters(net.collect_params())
+    trainer = hvd_ps.DistributedTrainer(
+        net.collect_params(), "sgd", {"learning_rate": LR}, sync=strategy(spec)
+    )
+    with trainer.global_model():  # the set-up (collective over all ranks) first
+        pass
+    gid = hvd_ps.group_id()
+    held = gid == len(groups) - 1
+    hold = f"quorum.{case}.hold"
+    for t in range(1, steps + 1):
+        if held and t == late * period:
+            _barrier(hold)  # until the others' round closed without this group
+        _step(net, trainer, hvd.rank(), t)
+        if not held and t == late * period + spec.get("overlap", 0):
+            _barrier(hold)  # this group's exchange ``late`` is complete: its round closed
+        np.testing.assert_array_equal(_flat(net), want["x"][gid][t - 1], err_msg=f"step {t}")
+    stats = trainer.stats()
+    rt.in_flight.complete_all("the end of training")  # as hvd_ps.shutdown does, then done:
+    if hvd_ps.is_leader() and not held:
+        rt.client.finish()  # the held group's last round closes without the others
+    _barrier(f"quorum.{case}.done")  # every group trained: the servers hold the last round
+    with trainer.global_model():
+        np.testing.assert_array_equal(_flat(net), want["global"], err_msg=f"{case}: global")
+    np.testing.assert_array_equal(_flat(net), want["final"][gid], err_msg=f"{case}: final")
+    if hvd_ps.is_leader():
+        assert stats["late_pushes"] == (1 if held else 0), stats
+        if not held:  # the round it held closed after the grace, not before
+            assert stats["quorum_wait_s"] >= GRACE * 0.9, stats
+
+
+def _barrier(tag):
+    import horovod.mxnet as hvd
+    import mxnet as mx
+
+    mx.nd.waitall()
+    hvd.allreduce(mx.nd.zeros((1,)), name=tag).wait_to_read()
+
+
 RESUME = {  # case: the step after which the run saves (overlapped: with an exchange in flight)
     "GradientPush": 2,
     "ModelAverage": 4,
