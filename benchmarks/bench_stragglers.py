@@ -4,13 +4,15 @@ Two groups of one rank each train digits (benchmarks/straggler_job.py: the MLP o
 examples/train_digits.py, 12 epochs, DiLoCo period 8 with the example's outer step); group 1
 is slowed ``F`` times (examples/straggler.py's emulation) for each ``F`` of ``--slowdowns``,
 ``F = 1`` being the all-fast twin. Modes: Horovod (allreduce every step), DiLoCo's plain sync
-rounds, async DiLoCo without a bound, with ``max_staleness`` 2 and 1, and with ``period='auto'``
+rounds (float32, and int8), sync DiLoCo on int8 whose rounds close with a quorum of one group,
+async DiLoCo without a bound, with ``max_staleness`` 2 and 1, and with ``period='auto'``
 (the fast group's 8 steps, the slow one's fewer). The modes and
 slowdowns run interleaved, once per seed, so load from elsewhere hits them alike.
 
 Per mode and slowdown, over the seeds: the time until the global model first reached 95%
 (as the fast group's leader saw it after each of its epochs), the final accuracy, and the
-throughput (samples per second summed over the groups, each over its own training time). The
+throughput (samples per second summed over the groups, each over its own training time), and
+the fast group's seconds waiting for the PS per step (``ps_wait_s`` over its steps). The
 ratios divide by the same mode at ``F = 1`` and by the fastest all-fast mode. Writes
 ``benchmarks/results/stragglers.{json,md,png}``.
 
@@ -38,6 +40,8 @@ ASYNC = DILOCO + ["--mode", "async"]
 MODES = {  # name -> (label, flags of straggler_job.py)
     "horovod": ("Horovod allreduce", ["--sync", "horovod"]),
     "sync": ("DiLoCo sync rounds", DILOCO),
+    "sync_int8": ("DiLoCo sync rounds, int8", DILOCO + ["--wire", "int8"]),
+    "quorum": ("DiLoCo sync, int8, quorum 1", DILOCO + ["--wire", "int8", "--quorum", "1"]),
     "async": ("DiLoCo async", ASYNC),
     "async_s2": ("DiLoCo async, max_staleness 2", ASYNC + ["--max-staleness", "2"]),
     "async_s1": ("DiLoCo async, max_staleness 1", ASYNC + ["--max-staleness", "1"]),
@@ -69,6 +73,14 @@ def throughput(result: dict) -> float:
     return sum(g["samples"] / g["train_s"] for g in result["groups"])
 
 
+def fast_wait_ms(result: dict) -> Optional[float]:
+    """Group 0's (a fast group's) milliseconds waiting for the PS per step (None: no PS)."""
+    g = next(g for g in result["groups"] if g["group"] == 0)
+    if "ps_wait_s" not in g:
+        return None
+    return 1000.0 * g["ps_wait_s"] / (g["samples"] / 32)
+
+
 def summarize(runs: List[dict], modes: List[str], slowdowns: List[float]) -> List[dict]:
     rows = []
     for mode in modes:
@@ -87,6 +99,7 @@ def summarize(runs: List[dict], modes: List[str], slowdowns: List[float]) -> Lis
                 "max_staleness_seen": max(
                     g.get("max_staleness_seen", 0) for r in mine for g in r["result"]["groups"]
                 ),
+                "fast_wait_ms": _mean([fast_wait_ms(r["result"]) for r in mine]),
             })  # fmt: skip
     fastest = min(
         (r["time_to_95_s"] for r in rows if r["slowdown"] == 1.0 and r["time_to_95_s"]),
@@ -97,7 +110,13 @@ def summarize(runs: List[dict], modes: List[str], slowdowns: List[float]) -> Lis
         r["time_vs_own_all_fast"] = _ratio(r["time_to_95_s"], twin["time_to_95_s"])
         r["time_vs_best_all_fast"] = _ratio(r["time_to_95_s"], fastest)
         r["throughput_vs_own_all_fast"] = _ratio(r["throughput"], twin["throughput"])
+        r["fast_wait_vs_own_all_fast"] = _ratio(r["fast_wait_ms"], twin["fast_wait_ms"])
     return rows
+
+
+def _mean(xs: List[Optional[float]]) -> Optional[float]:
+    known = [x for x in xs if x is not None]
+    return statistics.mean(known) if known else None
 
 
 def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
@@ -111,8 +130,9 @@ def _fmt(x: Optional[float], spec: str) -> str:
 def table(rows: List[dict]) -> str:
     lines = [
         "| mode | slowdown | time to 95% (s) | vs its all-fast | vs best all-fast | final acc "
-        "(min) | throughput vs its all-fast | max staleness seen |",
-        "|---|---|---|---|---|---|---|---|",
+        "(min) | throughput vs its all-fast | max staleness seen | fast group's PS wait per "
+        "step (ms) | vs its all-fast |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
@@ -120,7 +140,8 @@ def table(rows: List[dict]) -> str:
             f"({r['reached']}/{r['runs']}) | {_fmt(r['time_vs_own_all_fast'], '.2f')}x | "
             f"{_fmt(r['time_vs_best_all_fast'], '.2f')}x | {100 * r['final_accuracy']:.2f}% "
             f"({100 * r['final_min']:.2f}%) | {_fmt(r['throughput_vs_own_all_fast'], '.2f')}x | "
-            f"{r['max_staleness_seen']} |"
+            f"{r['max_staleness_seen']} | {_fmt(r['fast_wait_ms'], '.2f')} | "
+            f"{_fmt(r['fast_wait_vs_own_all_fast'], '.2f')}x |"
         )
     return "\n".join(lines)
 

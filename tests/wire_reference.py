@@ -17,7 +17,7 @@ state and reply with the encoded change since the copy the leaders hold (their s
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import reference as ref
@@ -343,14 +343,18 @@ def run_quorum(
     block: int,
     bounds: Sequence[int],
     rounds: List[Dict[int, int]],
+    answered: Optional[Dict[Tuple[int, int], Sequence[int]]] = None,
 ) -> Dict:
     """A sync strategy on the compressed wire whose rounds close with a quorum: ``rounds``
     lists each round's members (group -> its exchange number ``k``, pushed at step ``k *
-    period``). A round of ``m`` groups sums their decoded pushes in group order and, except
-    for EASGD, scales the sum by ``G / m`` before the rule (the members' mean); the servers
-    keep one shadow per group, and each member's reply is the change of the state since its
-    own shadow, after its round. Returns ``{"x": per group, its parameters after every step,
-    "final": per group, with an exchange in flight applied, "global": the servers' state}``."""
+    period``); ``answered[(g, k)]`` is, per shard of ``bounds``, how many rounds its server
+    had applied when group ``g``'s exchange ``k`` got its reply (default: up to the round it
+    joined; a late push is answered before its round). A round sums its members' decoded
+    pushes in group order, and the rule takes the sum as that of a full round (the others'
+    pushes zero); the servers keep one shadow per group, and a reply is the
+    change of the state since that group's shadow. Returns ``{"x": per group, its parameters
+    after every step, "final": per group, with an exchange in flight applied, "global": the
+    servers' state}``."""
     name, period, tau = spec["name"], spec.get("period", 1), spec.get("overlap", 0)
     n = len(groups)
     x0 = flat(*[a.astype(F) for a in ref.initial()])
@@ -363,6 +367,16 @@ def run_quorum(
     done = [0] * n  # steps each group has taken
     pending: List = [None] * n
     hist: List[List[np.ndarray]] = [[] for _ in groups]
+    decoded: Dict[Tuple[int, int], np.ndarray] = {}
+    sent: Dict[Tuple[int, int], np.ndarray] = {}
+    replies: Dict[int, List[Tuple[int, int]]] = {}
+    shards = len(bounds) - 1
+    after: Dict[Tuple[int, int], Sequence[int]] = {}
+    for r, members in enumerate(rounds, start=1):
+        for g, k in members.items():
+            after[(g, k)] = (answered or {}).get((g, k), [r] * shards)
+            replies.setdefault(max(after[(g, k)]), []).append((g, k))
+    states = [x0.copy()]  # the servers' state after each round
 
     def grad(g: int, t: int) -> np.ndarray:
         w, b = split(xs[g])
@@ -412,31 +426,45 @@ def run_quorum(
             return d
         return a * src + (-a) * copies[g]
 
-    for members in rounds:
-        sends = {g: send(g, k) for g, k in members.items()}
+    def push(g: int, k: int) -> None:
+        if (g, k) in decoded:
+            return
+        sent[(g, k)] = send(g, k)
+        v = sent[(g, k)] + res[g]
+        decoded[(g, k)] = d = quantize(v, bits, block, bounds)
+        res[g] = v - d
+
+    def reply(g: int, k: int) -> None:
+        push(g, k)
+        change = np.empty_like(x0)
+        for j, r in enumerate(after[(g, k)]):
+            lo, hi = bounds[j], bounds[j + 1]
+            diff = states[r][lo:hi] - shadows[g][lo:hi]
+            change[lo:hi] = quantize(diff, bits, block, [0, hi - lo])
+        shadows[g] = shadows[g] + change
+        t = k * period
+        if tau == 0:
+            copies[g] = copies[g] + change
+            if name in ("ModelAverage", "DiLoCo", "GradientPush"):
+                xs[g] = copies[g].copy()
+                starts[g] = copies[g].copy()
+        else:
+            pending[g] = (t + tau, xs[g].copy(), sent[(g, k)], change)
+        hist[g].append(xs[g].copy())
+        done[g] = t
+
+    for g, k in replies.get(0, []):
+        reply(g, k)
+    for r, members in enumerate(rounds, start=1):
         total = None
         for g in sorted(members):
-            v = sends[g] + res[g]
-            d = quantize(v, bits, block, bounds)
-            res[g] = v - d
+            push(g, members[g])
+            d = decoded[(g, members[g])]
             total = d if total is None else total + d
-        if name != "EASGD" and len(members) < n:
-            total = total * F(n / len(members))
         srv.round(total)
-        for g, k in members.items():
-            change = quantize(srv.state - shadows[g], bits, block, bounds)
-            shadows[g] = shadows[g] + change
-            t = k * period
-            if tau == 0:
-                copies[g] = copies[g] + change
-                if name in ("ModelAverage", "DiLoCo", "GradientPush"):
-                    xs[g] = copies[g].copy()
-                    starts[g] = copies[g].copy()
-            else:
-                snap = xs[g].copy()
-                pending[g] = (t + tau, snap, sends[g], change)
-            hist[g].append(xs[g].copy())
-            done[g] = t
+        states.append(srv.state.copy())
+        for g, k in replies.get(r, []):
+            reply(g, k)
     for g in range(n):
         for t in range(done[g] + 1, steps + 1):
             step(g, t)

@@ -361,9 +361,9 @@ class WireState:
     mode, one per group of ``groups`` in ``async`` and ``quorum`` mode) and, in sync mode, the
     round being gathered. ``quorum`` mode is a sync run whose rounds :class:`Rounds` closes
     (a quorum of groups): each group pushes to its own wire key, a round is applied when a
-    :class:`WireCommit` names its members, and each member's reply is written then. With
-    ``mean`` a round of ``k < groups`` members is scaled by ``groups / k`` before ``inner``
-    (whose scale takes the mean of ``groups`` pushes), so it applies the members' mean.
+    :class:`WireCommit` names its members, and a leader's reply is written when it asks (a
+    round of fewer than every group applies the sum of its members' pushes, as a full round
+    would with the others' zero: each push weighs the same whichever round it joins).
     The first push to this key adopts ``w`` (its initial value) as the state; every later one
     copies the state into ``w`` (to read the global model)."""
 
@@ -373,7 +373,6 @@ class WireState:
     groups: int
     mode: str
     n: int
-    mean: bool = True
     updater: ClassVar[str] = "wire_state"
 
     def __post_init__(self) -> None:
@@ -383,7 +382,6 @@ class WireState:
         if self.mode not in WIRE_MODES:
             raise ConfigError(f"mode={self.mode!r} must be one of {', '.join(WIRE_MODES)}")
         arguments.integer("n", self.n, low=1)
-        arguments.flag("mean", self.mean)
 
     @property
     def per_group(self) -> bool:
@@ -437,8 +435,9 @@ class WireRejoin:
 #: what a push to a :class:`Rounds` key asks: a poll (close a round whose grace ran out), a
 #: report (the sender's push of exchange ``seq`` is on every server), the sender is done
 ROUND_POLL, ROUND_REPORT, ROUND_DONE = 0, 1, 2
-#: the head of a :class:`Rounds` key: rounds closed, the first round the ring holds, the
-#: grace in use (seconds; -1: none yet, a round waits for every group), and one spare
+#: the head of a :class:`Rounds` record: rounds closed, the first round the ring holds, the
+#: grace in use (seconds; -1: none yet, a round waits for every group), and, in a record a
+#: leader pushes to a commit key, its group + 1 (0 in the record the servers keep)
 ROUND_HEAD = 4
 #: the rounds a :class:`Rounds` key remembers (its ring)
 ROUND_WINDOW = 16
@@ -450,7 +449,7 @@ GRACE_HISTORY = 8
 
 def rounds_size(groups: int, window: int = ROUND_WINDOW) -> int:
     """Float32 elements of a :class:`Rounds` key (and of a :class:`WireCommit` key)."""
-    return ROUND_HEAD + 2 * groups + window * groups
+    return ROUND_HEAD + 3 * groups + window * groups
 
 
 @dataclass(frozen=True)
@@ -467,8 +466,9 @@ class Rounds:
     :data:`GRACE_HISTORY` closes; until two closes are known, every group). ``w`` is, in
     float32: the head (rounds closed ``R``, the first round of the ring ``r0``, the grace in
     use, 0), per group the round its last report joined, per group its report in the open
-    round (its ``seq``, 0: none), then the ring: for round ``r`` in ``r0 .. R`` row
-    ``(r - 1) % window``, per group the ``seq`` its push in round ``r`` carried (0: none)."""
+    round (its ``seq``, 0: none), per group its last reported ``seq``, then the ring: for round
+    ``r`` in ``r0 .. R`` row ``(r - 1) % window``, per group the ``seq`` its push in round
+    ``r`` carried (0: none)."""
 
     groups: int
     quorum: int
@@ -497,10 +497,15 @@ class Rounds:
 
 @dataclass(frozen=True)
 class WireCommit:
-    """A server's commit key of one trainer's quorum shards: a push is the :class:`Rounds`
-    record of ``groups`` groups as a leader pulled it; each shard in ``bases`` (the state keys
-    of :class:`WireState` in quorum mode, on this server) applies the rounds it has not applied
-    yet, up to the record's ``R``, in order, with the members the ring names."""
+    """A server's commit key of one trainer's quorum shards (one per group, each pushed by its
+    own leader only, so that what it pulls answers its own push): a push is the :class:`Rounds`
+    record of ``groups`` groups as a leader pulled it, its head's last element the leader's
+    group + 1 (0: none); each shard in ``bases`` (the state keys of :class:`WireState` in
+    quorum mode, on this server) applies the rounds it has not applied yet, up to the record's
+    ``R``, in order, with the members the ring names, then writes the leader's reply (the
+    change of the state since its shadow) into that group's wire key. ``w`` becomes the record
+    pushed with ``R`` replaced by the rounds this server's shards have applied (possibly
+    more: a later record may have come first)."""
 
     bases: Tuple[int, ...]
     groups: int

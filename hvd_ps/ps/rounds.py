@@ -2,23 +2,32 @@
 
 A sync trainer with ``quorum=q`` (fewer than its groups) has one rounds key on the servers
 (:class:`hvd_ps.ps.protocol.Rounds`), which decides which groups' pushes each round holds, and
-one commit key per server (:class:`hvd_ps.ps.protocol.WireCommit`), which applies the rounds it
-decided to that server's shards. An exchange of such a trainer, on its leader:
+per server one commit key per group (:class:`hvd_ps.ps.protocol.WireCommit`), which applies the
+rounds it decided to that server's shards and answers the leader that pushed to it. Exchange
+``k`` of such a trainer, on its leader:
 
-1. pushes its parts to its own wire keys (the shards keep them pending) and waits until every
-   server has them;
-2. reports the exchange to the rounds key, which puts it in the open round;
-3. polls the rounds key (1 to 50 ms apart) until that round is closed. The open round closes
-   when every group still training reported, or when ``q`` of them did and the grace passed
-   since the ``q``-th report; each poll is a push, so the servers' clock is read then;
-4. pushes the rounds record it pulled to every commit key: each server applies the rounds it
-   has not applied, in order, with the members the record names, and writes each member's
-   reply into its wire key;
-5. pulls its replies.
+1. waits until the round that holds its previous push closed, and has the servers apply it
+   (:meth:`Rounds.before_push`): a group has at most one push waiting on the servers;
+2. pushes its parts to its own wire keys (the shards keep them until a round applies them)
+   and waits until every server has them;
+3. reports exchange ``k`` to the rounds key, which puts it in the open round;
+4. waits, polling the rounds key 1 to 50 ms apart, until that round is closed, unless a group
+   is *ahead* of it: one that reported exchange ``k`` in a round closed already, or a later
+   exchange. The open round closes when every group still training reported, or when ``q``
+   of them did and the grace passed since the ``q``-th report; each poll is a push, so the
+   servers read their clock then;
+5. pushes the rounds record to every commit key: each server applies the rounds closed that it
+   has not applied, in order, with the members the record names, then writes this leader's
+   reply (the change of the state since its copy) into its wire key;
+6. pulls its replies.
 
-A group whose report arrives after its round closed is *late*: its push waits on the servers
-and joins the open round, so it is applied exactly once, in the next round that closes, and
-its leader gets the state after that round. Every wait is bounded by ``HVD_PS_TIMEOUT``; the
+A group that stopped waiting at 4 because another was ahead is *late*: its push joins the open
+round and is applied there, exactly once, with that round's members, and its leader takes the
+state as of the rounds closed so far. Groups that are ahead never wait for one that is behind,
+and a group waits only for groups that will push the same exchange before it (a script's
+collective across groups after a step can therefore never hold a round open). A group done
+training (``hvd_ps.shutdown``) no longer counts, and its leader applies the rounds closed
+then, so the last late push is applied too. Every wait is bounded by ``HVD_PS_TIMEOUT``; the
 error names the groups that did not report.
 """
 
@@ -26,19 +35,21 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..errors import TierError
 from . import protocol
 from .clock import FIRST_POLL, LAST_POLL
-from .rules import read_rounds
 
 
 class Rounds:
     """One quorum trainer's rounds on a leader: group ``gid`` of ``record.groups``, the key
-    ``name`` registered through ``client`` (:class:`hvd_ps.ps.client.Client`) on server 0."""
+    ``name`` registered through ``client`` (:class:`hvd_ps.ps.client.Client`) on server 0.
+    ``commit(view, answer)`` pushes a rounds record to every commit key and waits (with
+    ``answer``, asking for this leader's replies), returning per shard the rounds its server
+    had applied; the trainer's wire sets it."""
 
     def __init__(self, client: Any, name: str, gid: int, record: protocol.Rounds) -> None:
         import mxnet as mx
@@ -49,12 +60,16 @@ class Rounds:
         self.view = mx.nd.zeros((size,))
         self.send = mx.nd.zeros((size,))
         self.key = client.register(name, mx.nd.zeros((size,)), record, out=self.view, server=0)
+        self.commit: Optional[Callable[[Any, bool], List[int]]] = None
         #: the round this group's last report joined
         self.placed = 0
-        #: pushes that joined a later round than the one after their group's previous push
+        #: its pushes that did not wait for their round (a group was ahead)
         self.late = 0
         self.wait_s = 0.0
         self.finished = False
+        #: per exchange: its seq, the round it joined, and per shard the rounds applied when
+        #: its reply was written
+        self.history: List[Tuple[int, int, Tuple[int, ...]]] = []
         #: an overlapped exchange reports and polls from a thread of its own
         self.lock = threading.Lock()
 
@@ -66,27 +81,50 @@ class Rounds:
             self.client.exchange(self.key, self.send, self.view, wait=True)
             return self.view.asnumpy()
 
-    def close(self, seq: int, what: str) -> Any:
-        """Report this group's exchange ``seq`` (its pushes are on every server) and wait
-        until the round it joined closed. Returns the rounds record pulled then (float32),
-        for the commit keys."""
-        start = time.monotonic()
-        view = self._push(protocol.ROUND_REPORT, seq)
-        g = self.record.groups
-        placed = int(view[protocol.ROUND_HEAD + self.gid])
-        if self.placed and placed > self.placed + 1:
-            self.late += 1
-        self.placed = placed
-        pause = FIRST_POLL
-        while int(view[0]) < placed:
+    def _wait(self, until: Callable[[Any], bool], seq: int, what: str, start: float) -> Any:
+        """Poll the rounds key until ``until(view)``; the view then."""
+        view, pause = self._push(protocol.ROUND_POLL), FIRST_POLL
+        while not until(view):
             if time.monotonic() - start > self.timeout:
                 self._stalled(view, seq, what)
             time.sleep(pause)
             pause = min(2 * pause, LAST_POLL)
             view = self._push(protocol.ROUND_POLL)
-        self.wait_s += time.monotonic() - start
-        read_rounds(view, g, self.record.window)  # what the commit keys will read, checked
         return view
+
+    def before_push(self, seq: int, what: str) -> None:
+        """Before exchange ``seq``'s pushes: the round holding this group's previous push
+        closed and applied on every server (at most one push of a group waits there)."""
+        if not self.placed:
+            return
+        start, placed = time.monotonic(), self.placed
+        view = self._wait(lambda v: int(v[0]) >= placed, seq, what, start)
+        assert self.commit is not None
+        self.commit(view, False)
+        self.wait_s += time.monotonic() - start
+
+    def ahead(self, view: Any, seq: int) -> bool:
+        """Whether another group reported exchange ``seq`` in a closed round, or a later one."""
+        g, head = self.record.groups, protocol.ROUND_HEAD
+        open_, last = view[head + g : head + 2 * g], view[head + 2 * g : head + 3 * g]
+        return any(
+            last[j] > seq or (last[j] == seq and open_[j] == 0) for j in range(g) if j != self.gid
+        )
+
+    def close(self, seq: int, what: str) -> None:
+        """Report this group's exchange ``seq`` (its pushes are on every server), wait until
+        the round it joined closed (or a group is ahead), then have every server apply the
+        rounds closed and answer this leader."""
+        start = time.monotonic()
+        view = self._push(protocol.ROUND_REPORT, seq)
+        self.placed = placed = int(view[protocol.ROUND_HEAD + self.gid])
+        view = self._wait(lambda v: int(v[0]) >= placed or self.ahead(v, seq), seq, what, start)
+        if int(view[0]) < placed:
+            self.late += 1
+        assert self.commit is not None
+        applied = self.commit(view, True)
+        self.history.append((seq, placed, tuple(applied)))
+        self.wait_s += time.monotonic() - start
 
     def _stalled(self, view: Any, seq: int, what: str) -> None:
         g = self.record.groups
@@ -100,12 +138,15 @@ class Rounds:
         )
 
     def finish(self) -> None:
-        """This group trains no more: rounds stop waiting for it (idempotent). After its
-        last exchange completed (a report after it is refused)."""
+        """This group trains no more: rounds stop waiting for it, and the servers apply the
+        rounds closed (idempotent). After its last exchange completed (a report after it is
+        refused)."""
         if self.finished:
             return
         self.finished = True
-        self._push(protocol.ROUND_DONE)
+        view = self._push(protocol.ROUND_DONE)
+        if self.commit is not None:
+            self.commit(view, False)
 
     def stats(self) -> Dict[str, float]:
         return {"late_pushes": self.late, "quorum_wait_s": self.wait_s}

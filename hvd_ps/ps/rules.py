@@ -287,19 +287,16 @@ class WireState(Rule):
 
     def _sum(self, members: List[int]) -> None:
         """The members' decoded pushes summed into the array the inner rule reads, in group
-        order; with ``mean``, a round of fewer than every group scaled to the members' mean."""
+        order (a round of fewer than every group is no more than their sum: each push counts
+        as in a full round)."""
         arrived = self._arrived()
         np.copyto(arrived, self.pending[members[0]])
         for i in members[1:]:
             np.add(arrived, self.pending[i], out=arrived)
-        groups = self.record.groups
-        if self.record.mean and len(members) < groups:
-            np.multiply(arrived, np.float32(groups / len(members)), out=arrived)
 
     def commit(self, closed: int, members: Dict[int, int]) -> None:
         """Quorum mode: apply round ``closed`` (the next one) with ``members`` (group: the
-        ``seq`` of its push in it): their pushes summed, the rule, each member's reply written
-        into its wire key."""
+        ``seq`` of its push in it): their pushes summed, the rule."""
         if closed != self.rounds + 1:
             raise ValueError(f"shard {self.key} applied {self.rounds} rounds, not {closed - 1}")
         for g, seq in members.items():
@@ -314,8 +311,13 @@ class WireState(Rule):
             del self.pending[g]
         self.rounds = closed
         self.inner.update(self.arrived, self.state)
-        for g in order:
-            self._reply(g, members[g], self.outs[g])
+
+    def answer(self, group: int) -> None:
+        """Quorum mode: ``group``'s reply to its last push, into its wire key: the change of
+        the state since its shadow (whether its push was applied yet or still waits)."""
+        if group not in self.outs:
+            raise codec.WireError(f"group {group} asked shard {self.key} for a reply, unpushed")
+        self._reply(group, self.pushed[group], self.outs[group])
 
     def _arrived(self) -> Any:
         """The array the inner rule reads, as numpy (its memory, once MXNet no longer reads
@@ -499,16 +501,14 @@ class Rounds(Rule):
         r, g = self.record, self.record.groups
         out = np.zeros(r.size, np.float32)
         grace = self.grace()
-        out[:4] = (
-            self.closed,
-            max(1, self.closed - r.window + 1),
-            -1.0 if grace is None else grace,
-            0,
-        )
-        out[4 : 4 + g] = self.placed
+        head = protocol.ROUND_HEAD
+        first = max(1, self.closed - r.window + 1)
+        out[:head] = (self.closed, first, -1.0 if grace is None else grace, 0)
+        out[head : head + g] = self.placed
         for group, seq in self.open.items():
-            out[4 + g + group] = seq
-        out[4 + 2 * g :] = self.ring.ravel()
+            out[head + g + group] = seq
+        out[head + 2 * g : head + 3 * g] = self.last
+        out[head + 3 * g :] = self.ring.ravel()
         return out
 
 
@@ -526,7 +526,7 @@ def read_rounds(view: Any, groups: int, window: int) -> Tuple[int, int, Dict[int
     closed, first = int(v[0]), int(v[1])
     if closed < 0 or first < 1 or first > max(1, closed) or closed - first >= window:
         raise ValueError(f"a rounds record of rounds {first} .. {closed} in a ring of {window}")
-    ring = v[4 + 2 * groups :].reshape(window, groups)
+    ring = v[protocol.ROUND_HEAD + 3 * groups :].reshape(window, groups)
     members = {}
     for r in range(first, closed + 1):
         row = ring[(r - 1) % window]
@@ -540,11 +540,17 @@ def read_rounds(view: Any, groups: int, window: int) -> Tuple[int, int, Dict[int
 
 class WireCommit(Rule):
     """A server's commit key of one trainer's quorum shards (:class:`hvd_ps.ps.protocol.
-    WireCommit`): each shard applies the rounds the pushed record closed that it has not."""
+    WireCommit`): each shard applies the rounds the pushed record closed that it has not, then
+    answers the leader that pushed it."""
 
     def update(self, g: Any, w: Any) -> None:
         r = self.record
-        closed, first, members = read_rounds(g.asnumpy(), r.groups, r.window)
+        got = g.asnumpy()
+        closed, first, members = read_rounds(got, r.groups, r.window)
+        asker = float(got.ravel()[protocol.ROUND_HEAD - 1])
+        if asker != math.floor(asker) or not 0 <= asker <= r.groups:
+            raise ValueError(f"a commit for group {asker - 1:g}, not one of the {r.groups}")
+        applied = []
         for base in r.bases:
             shard = self.rule_of(base)
             if not isinstance(shard, WireState) or shard.record.mode != "quorum":
@@ -556,7 +562,12 @@ class WireCommit(Rule):
                 )
             for round_ in range(shard.rounds + 1, closed + 1):
                 shard.commit(round_, members[round_])
-        w[:] = g
+            if asker > 0:
+                shard.answer(int(asker) - 1)
+            applied.append(shard.rounds)
+        out = got.ravel().copy()
+        out[0] = min(applied)  # the rounds this server's shards applied (all the same)
+        w[:] = out.reshape(w.shape)
 
 
 #: the rule class of each protocol record

@@ -204,11 +204,15 @@ def test_a_quorum_round_closes_without_the_held_group_and_its_push_joins_the_nex
     rt, wire_client, case
 ):
     """``quorum = G - 1``: the last group is held (at a barrier of all ranks) before its push
-    of exchange ``late`` until the others' round closed without it (after the grace); its
-    push then joins the next round, and its last one a round of its own once the others are
-    done. Every group's parameters after every step, its final ones and the servers' state
-    equal :func:`wire_reference.run_quorum`'s bit for bit, and only the held group counts a
-    late push."""
+    of exchange ``late`` until the others' round closed without it (after the grace), and the
+    others then until its exchange is complete: its push joins the next round, and it takes
+    the state as of the rounds closed (the others are ahead: it does not wait). From then on
+    its exchange ``k`` joins round ``k + 1``, its last one a round of its own, closed once
+    the others are done; when each exchange was answered depends on timing, and each
+    leader's record of it goes into the reference. The rounds every leader
+    saw are those (:func:`wire_reference.quorum_rounds`), and every group's parameters after
+    every step, its final ones and the servers' state equal
+    :func:`wire_reference.run_quorum`'s for them, bit for bit; only the held group is late."""
     import horovod.mxnet as hvd
 
     import hvd_ps
@@ -219,11 +223,6 @@ def test_a_quorum_round_closes_without_the_held_group_and_its_push_joins_the_nex
     spec, steps, late = QUORUM_CASES[case]
     spec = dict(spec, quorum=len(groups) - 1, grace=GRACE)
     period = spec.get("period", 1)
-    rounds = wref.quorum_rounds(len(groups), steps // period, late)
-    bits, bounds = _bounds(rt, ref.OUT * ref.IN + ref.OUT)
-    want = wref.run_quorum(
-        spec, groups, steps, LR, bits, rt.cfg.settings.wire_block, bounds, rounds
-    )
     net = reference_net(f"quorum_{case.replace('-', '_')}")
     hvd_ps.broadcast_parameters(net.collect_params())
     trainer = hvd_ps.DistributedTrainer(
@@ -234,23 +233,47 @@ def test_a_quorum_round_closes_without_the_held_group_and_its_push_joins_the_nex
     gid = hvd_ps.group_id()
     held = gid == len(groups) - 1
     hold = f"quorum.{case}.hold"
+    got = []
     for t in range(1, steps + 1):
         if held and t == late * period:
             _barrier(hold)  # until the others' round closed without this group
         _step(net, trainer, hvd.rank(), t)
-        if not held and t == late * period + spec.get("overlap", 0):
-            _barrier(hold)  # this group's exchange ``late`` is complete: its round closed
-        np.testing.assert_array_equal(_flat(net), want["x"][gid][t - 1], err_msg=f"step {t}")
-    stats = trainer.stats()
+        if t == late * period + spec.get("overlap", 0):
+            if not held:  # this group's exchange ``late`` is complete: its round closed
+                _barrier(hold)
+            _barrier(f"{hold}.late")  # the others report no more until the held one did
+        got.append(_flat(net))
     rt.in_flight.complete_all("the end of training")  # as hvd_ps.shutdown does, then done:
-    if hvd_ps.is_leader() and not held:
-        rt.client.finish()  # the held group's last round closes without the others
-    _barrier(f"quorum.{case}.done")  # every group trained: the servers hold the last round
-    with trainer.global_model():
-        np.testing.assert_array_equal(_flat(net), want["global"], err_msg=f"{case}: global")
-    np.testing.assert_array_equal(_flat(net), want["final"][gid], err_msg=f"{case}: final")
+    stats = trainer.stats()
+    mine = None
     if hvd_ps.is_leader():
-        assert stats["late_pushes"] == (1 if held else 0), stats
+        mine = (gid, rt.client.quorums[-1].history)
+        rt.client.finish()  # the held group's last round closes without the others
+    seen = [m for m in hvd.allgather_object(mine, name=f"quorum.{case}.seen") if m is not None]
+    rounds: dict = {}
+    answered = {}
+    for g, history in seen:
+        for seq, joined, answer in history:
+            rounds.setdefault(joined, {})[g] = seq
+            answered[(g, seq)] = answer
+    expected = wref.quorum_rounds(len(groups), steps // period, late)
+    bits, bounds = _bounds(rt, ref.OUT * ref.IN + ref.OUT)
+    want = wref.run_quorum(
+        spec, groups, steps, LR, bits, rt.cfg.settings.wire_block, bounds, expected, answered
+    )
+    _barrier(f"quorum.{case}.done")  # every group done: the servers applied the last round
+    with trainer.global_model():
+        global_ = _flat(net)
+    # every collective is done: a failure below cannot leave another rank waiting
+    record = f"each leader's (seq, round, rounds applied per shard): {seen}"
+    assert [rounds.get(r) for r in range(1, len(expected) + 1)] == expected, record
+    assert set(answered[(len(groups) - 1, late)]) == {late}, record  # before its round
+    for t, x in enumerate(got, start=1):
+        np.testing.assert_array_equal(x, want["x"][gid][t - 1], err_msg=f"step {t}; {record}")
+    np.testing.assert_array_equal(global_, want["global"], err_msg=f"global; {record}")
+    np.testing.assert_array_equal(_flat(net), want["final"][gid], err_msg=f"final; {record}")
+    if hvd_ps.is_leader():
+        assert (stats["late_pushes"] >= 1) == held, stats
         if not held:  # the round it held closed after the grace, not before
             assert stats["quorum_wait_s"] >= GRACE * 0.9, stats
 

@@ -49,6 +49,7 @@ def test_a_round_closes_at_its_quorum_once_the_grace_passed_and_a_late_report_jo
     view = tier.report(1, 1)
     assert view[0] == 0 and list(view[4:7]) == [1, 1, 0]  # placed in round 1, still open
     assert list(view[7:10]) == [1, 1, 0]  # the open round's reports
+    assert list(view[10:13]) == [1, 1, 0]  # each group's last report
     tier.t += 0.49
     assert tier.poll()[0] == 0
     tier.t += 0.02
@@ -146,3 +147,73 @@ def test_a_rounds_record_that_is_not_one_is_refused():
     bad[:2] = (3, 1)  # rounds 1..3, none with members
     with pytest.raises(ValueError, match="round 1 has no members"):
         rules.read_rounds(bad, 2, 4)
+
+
+class FakeClient:
+    """Leaders' PS clients sharing one server's rounds key in-process (what
+    :class:`hvd_ps.ps.rounds.Rounds` calls of a client)."""
+
+    class cfg:
+        class settings:
+            timeout = 0.5
+
+    def __init__(self, tier: Tier):
+        self.tier = tier
+
+    def register(self, name, initial, record, out=None, server=None):
+        assert record == self.tier.record and server == 0
+        return 7
+
+    def exchange(self, key, push, pull, wait=True):
+        self.tier.rule.update(push, self.tier.w)
+        pull[:] = self.tier.w
+
+
+def test_a_leader_waits_for_its_round_unless_a_group_is_ahead_and_names_the_missing_groups():
+    from hvd_ps.errors import TierError
+    from hvd_ps.ps.rounds import Rounds
+
+    tier = Tier(groups=3, quorum=2, grace=1.0)  # (the tier's clock moves only when told)
+    leader = Rounds(FakeClient(tier), "r", 2, tier.record)  # group 2's; the others by hand
+    commits = []
+
+    def commit(view, answer):
+        commits.append((int(view[0]), answer))
+        return [int(view[0]), int(view[0])]  # two shards, each with the rounds closed
+
+    leader.commit = commit
+    tier.report(1, 1)
+    tier.report(0, 1)
+    leader.close(1, "exchange 1")  # every group: round 1 closes at once
+    assert commits[-1] == (1, True) and leader.history == [(1, 1, (1, 1))] and leader.late == 0
+    tier.report(0, 2)
+    tier.report(1, 2)
+    tier.t += 2.0
+    tier.poll()  # round 2 closes without group 2
+    tier.report(0, 3)  # round 3 opens with group 0
+    leader.before_push(2, "exchange 2")  # its previous round closed long ago: no wait
+    assert commits[-1] == (2, False)
+    leader.close(2, "exchange 2")  # round 3 has its quorum but not its grace; group 1
+    assert leader.history[-1] == (2, 3, (2, 2)) and leader.late == 1  # is ahead: no wait
+    assert commits[-1] == (2, True)
+    tier.report(1, 3)  # round 3: every group, closed
+    leader.before_push(3, "exchange 3")
+    assert commits[-1] == (3, False)
+    tier.report(1, 4)
+    tier.report(0, 4)
+    leader.close(3, "exchange 3")  # round 4 with every group: closed at once
+    assert leader.history[-1] == (3, 4, (4, 4)) and leader.late == 1
+    leader.finish()
+    leader.finish()  # once
+    assert tier.rule.done == {2} and commits[-1] == (4, False)
+
+    tier = Tier(groups=3, quorum=3, grace=0.0)
+    leader = Rounds(FakeClient(tier), "r", 2, tier.record)
+    leader.commit = lambda view, answer: []
+    tier.report(1, 1)
+    message = (
+        r"exchange 1: group 2's exchange 1 waited 0.5 s \(HVD_PS_TIMEOUT\) for round 1 to "
+        r"close: it needs 3 group\(s\), and group\(s\) 0 did not report"
+    )
+    with pytest.raises(TierError, match=message):
+        leader.close(1, "exchange 1")

@@ -283,11 +283,11 @@ def test_auto_period_defaults_and_repr():
 def test_a_quorum_needs_a_compressed_wire_and_at_most_the_groups():
     """``quorum`` below the groups binds a :class:`protocol.Rounds` (auto grace: -1) on a
     compressed wire; with every group it is no quorum; float32 and float16 are refused, as
-    is a quorum above the groups; EASGD's partial rounds add the sum, the others the mean."""
+    is a quorum above the groups."""
     run = hvd_ps.DiLoCo(8, quorum=3, grace=0.5).bind(4, "int8")
-    assert run.quorum == protocol.Rounds(4, 3, 0.5) and run.mean_rounds
+    assert run.quorum == protocol.Rounds(4, 3, 0.5)
     run = hvd_ps.EASGD(4, quorum=1).bind(2, "int4")
-    assert run.quorum == protocol.Rounds(2, 1, -1.0) and not run.mean_rounds
+    assert run.quorum == protocol.Rounds(2, 1, -1.0)
     assert hvd_ps.ModelAverage(4, quorum=4).bind(4, None).quorum is None
     for wire in (None, "float16"):
         with pytest.raises(ConfigError, match="quorum=3 needs a compressed wire"):

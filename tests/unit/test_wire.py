@@ -142,8 +142,8 @@ class Server:
     """One server's rules of one compressed shard: a state key 0 and wire keys 1.. (as the
     server's Updaters would hold them), with the stored arrays MXNet would pass."""
 
-    def __init__(self, inner, mode, groups, n=300, bits=8, block=128, x0=None, mean=True):
-        self.record = protocol.WireState(inner, bits, block, groups, mode, n, mean)
+    def __init__(self, inner, mode, groups, n=300, bits=8, block=128, x0=None):
+        self.record = protocol.WireState(inner, bits, block, groups, mode, n)
         self.rules = {}
         self.rules[0] = rules.make(self.record, 0, self.rules.get)
         wires = [-1] if mode == "sync" else list(range(groups))
@@ -390,12 +390,14 @@ def test_the_servers_reply_in_one_pass_is_the_numpy_codec_of_the_change(bits):
         wire_host.encode_change(state, shadow, out[:-1], bits, 128, 7)
 
 
-def _commit(srv, rounds, groups, window=protocol.ROUND_WINDOW):
-    """Push a rounds record (round: {group: seq}, rounds 1..) to a commit key of ``srv``."""
+def _commit(srv, rounds, groups, window=protocol.ROUND_WINDOW, asker=None):
+    """Push a rounds record (round: {group: seq}, rounds 1..) to a commit key of ``srv``, for
+    group ``asker``'s reply (None: no reply)."""
     record = np.zeros(protocol.rounds_size(groups, window), np.float32)
     closed = max(rounds)
     record[:2] = (closed, max(1, closed - window + 1))
-    ring = record[protocol.ROUND_HEAD + 2 * groups :].reshape(window, groups)
+    record[protocol.ROUND_HEAD - 1] = 0 if asker is None else asker + 1
+    ring = record[protocol.ROUND_HEAD + 3 * groups :].reshape(window, groups)
     for r, members in rounds.items():
         for g, seq in members.items():
             ring[(r - 1) % window, g] = seq
@@ -407,46 +409,54 @@ def _commit(srv, rounds, groups, window=protocol.ROUND_WINDOW):
     srv.push(key, record.view(np.uint8))
 
 
-@pytest.mark.parametrize("mean", [True, False])
-def test_a_quorum_round_applies_its_members_at_the_commit_and_a_late_push_the_round_after(mean):
+@pytest.mark.parametrize("scale", [1.0 / 3, 1.0])
+def test_a_quorum_round_applies_its_members_at_the_commit_and_a_late_push_the_round_after(scale):
     """Quorum mode: pushes wait on the shard; a commit applies each round it names, in order:
-    the members' decoded pushes summed in group order (with ``mean``, times G / members);
-    each member's reply is the change of the state since its own shadow, written into its
-    wire key; a late push joins the next round and is applied once."""
+    the members' decoded pushes summed in group order (the rule's scale as for a full round), then
+    answers the group that pushed it: the change of the state since that group's own shadow,
+    into its wire key, whether its push was applied yet or not; a late push joins the next
+    round and is applied once."""
     rng = np.random.RandomState(5)
     n, g = 300, 3
     x0 = rng.normal(size=n).astype(np.float32)
-    inner = protocol.Add(scale=1.0 / g) if mean else protocol.Add()
-    srv = Server(inner, "quorum", g, n=n, x0=x0, mean=mean)
+    srv = Server(protocol.Add(scale=scale), "quorum", g, n=n, x0=x0)
     sends = {(i, s): rng.normal(size=n).astype(np.float32) for i in range(g) for s in (1, 2)}
     parts = {k: codec.encode(v, 8, 128, k[0], k[1]) for k, v in sends.items()}
     for i in (0, 1, 2):  # group 2 pushes too, but round 1 closes without it
         srv.push(1 + i, parts[(i, 1)][0])
     state = srv.rules[0].state.asnumpy().copy()
     np.testing.assert_array_equal(state, x0)  # nothing applied before a commit
-    _commit(srv, {1: {0: 1, 1: 1}}, g)
+    _commit(srv, {1: {0: 1, 1: 1}}, g, asker=0)
     total = parts[(0, 1)][1] + parts[(1, 1)][1]
-    scale = np.float32(1.0 / g)
-    want = x0 + (total * np.float32(g / 2)) * scale if mean else x0 + total
+    want = x0 + total * np.float32(scale) if scale != 1.0 else x0 + total
     np.testing.assert_allclose(srv.rules[0].state.asnumpy(), want, rtol=0, atol=1e-6)
-    for i in (0, 1):
+
+    def reply(i, seq):
         head, change = codec.decode(codec.as_bytes(srv.stored[1 + i].asnumpy()), 8, 128, n)
-        assert head.seq == 1
-        np.testing.assert_array_equal(srv.rules[0].shadow[i].asnumpy(), x0 + change)
-    late = codec.as_bytes(srv.stored[3].asnumpy())
-    assert codec.decode(late, 8, 128, n)[0].seq == 0  # group 2 has no reply yet
-    _commit(srv, {1: {0: 1, 1: 1}}, g)  # the same record again applies nothing
+        assert head.seq == seq
+        return change
+
+    change0 = reply(0, 1)
+    np.testing.assert_array_equal(srv.rules[0].shadow[0].asnumpy(), x0 + change0)
+    reply(1, 0)  # group 1 did not ask yet: its wire key holds no reply
+    assert srv.stored[99].asnumpy()[0] == 1  # the rounds this server applied
+    _commit(srv, {1: {0: 1, 1: 1}}, g, asker=1)  # the same rounds again: nothing applied
     np.testing.assert_allclose(srv.rules[0].state.asnumpy(), want, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(reply(1, 1), change0)
+    _commit(srv, {1: {0: 1, 1: 1}}, g, asker=2)  # late: the state after round 1, unapplied
+    change2 = reply(2, 1)
+    np.testing.assert_array_equal(change2, change0)
     srv.push(1, parts[(0, 2)][0])
-    _commit(srv, {1: {0: 1, 1: 1}, 2: {0: 2, 2: 1}}, g)  # group 2's push joins round 2
+    _commit(srv, {1: {0: 1, 1: 1}, 2: {0: 2, 2: 1}}, g, asker=0)  # group 2's push: round 2
     total2 = parts[(0, 2)][1] + parts[(2, 1)][1]
-    want2 = want + (total2 * np.float32(g / 2)) * scale if mean else want + total2
+    want2 = want + total2 * np.float32(scale) if scale != 1.0 else want + total2
     np.testing.assert_allclose(srv.rules[0].state.asnumpy(), want2, rtol=0, atol=1e-5)
-    head, change = codec.decode(codec.as_bytes(srv.stored[3].asnumpy()), 8, 128, n)
-    assert head.seq == 1  # group 2's reply answers its push 1, after round 2
-    np.testing.assert_array_equal(srv.rules[0].shadow[2].asnumpy(), x0 + change)
+    shadow0 = srv.rules[0].shadow[0].asnumpy()
+    np.testing.assert_array_equal(shadow0, x0 + change0 + reply(0, 2))
     with pytest.raises(ValueError, match="round 3 holds group 1's push 2, but shard 0 has none"):
         _commit(srv, {1: {0: 1, 1: 1}, 2: {0: 2, 2: 1}, 3: {1: 2}}, g)
+    with pytest.raises(ValueError, match="a commit for group 5, not one of the 3"):
+        _commit(srv, {1: {0: 1, 1: 1}}, g, asker=5)
 
 
 def test_a_quorum_shard_refuses_a_second_push_before_its_round_closed_and_a_lost_round():

@@ -269,7 +269,7 @@ class Schedule:
             client = self.client()
             client.set_mode(sync.mode, rounds=not run.bits)
             if run.bits:
-                self.wire_io = Wire(client, sync.mode, run.bits, run.quorum, run.mean_rounds)
+                self.wire_io = Wire(client, sync.mode, run.bits, run.quorum)
             for b in buckets:
                 initial = run.initial(b)
                 if ps_initial is not None:
@@ -561,8 +561,8 @@ class Schedule:
         }
 
     def quorum_stats(self) -> Dict[str, float]:
-        """A quorum trainer's leader: its pushes that joined a later round than the one after
-        its previous push (``late_pushes``) and its seconds waiting for rounds to close
+        """A quorum trainer's leader: its pushes that were late, answered before the round they
+        joined closed (``late_pushes``), and its seconds waiting for rounds to close
         (``quorum_wait_s``); 0 elsewhere."""
         rounds = None if self.wire_io is None else self.wire_io.rounds
         if rounds is None:

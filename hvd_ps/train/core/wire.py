@@ -55,7 +55,6 @@ class Channel:
         group: int,
         first_server: int,
         bits: int,
-        mean: bool = True,
     ) -> None:
         settings = client.cfg.settings
         self.bits = bits  # the trainer's wire (its wire= argument, else HVD_PS_WIRE_DTYPE)
@@ -91,7 +90,7 @@ class Channel:
         self.cut = cut
         for j, (lo, hi) in enumerate(cut):
             server = (first_server + j) % self.servers
-            record = protocol.WireState(inner, self.bits, self.block, groups, mode, hi - lo, mean)
+            record = protocol.WireState(inner, self.bits, self.block, groups, mode, hi - lo)
             state = client.register(f"{name}.{j}", self.initial[lo:hi], record, server=server)
             self.state_keys.append(state)
             self.records.append(record)

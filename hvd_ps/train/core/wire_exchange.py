@@ -15,6 +15,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Dict, List, Optional
 
+import numpy as np
+
 from ... import private_api
 from ...deadline import deadline
 from ...ps import protocol
@@ -35,14 +37,14 @@ class Wire:
         mode: str,
         bits: int,
         quorum: Optional[protocol.Rounds] = None,
-        mean: bool = True,
     ) -> None:
         self.client, self.mode, self.bits = client, mode, bits
         #: sync rounds closed by a quorum (:mod:`hvd_ps.ps.rounds`): their record, then (at
         #: :meth:`start`) the leader's rounds and the commit keys, one per server
-        self.quorum, self.mean = quorum, mean
+        self.quorum = quorum
         self.rounds: Optional[Rounds] = None
         self.commits: List[Any] = []
+        self.servers: List[int] = []  # the server of each commit key
         self.channels: List[Channel] = []
         self.next_server = 0
         #: an overlapped sync exchange's round, settling on a thread of its own
@@ -55,7 +57,7 @@ class Wire:
     ) -> Channel:
         mode = "quorum" if self.quorum is not None else self.mode
         args = (mode, groups, group, self.next_server, self.bits)
-        ch = Channel(self.client, name, initial, inner, *args, mean=self.mean)
+        ch = Channel(self.client, name, initial, inner, *args)
         self.next_server = (self.next_server + len(ch.cut)) % ch.servers
         self.channels.append(ch)
         return ch
@@ -69,13 +71,21 @@ class Wire:
 
             record = self.quorum
             self.rounds = self.client.quorum_rounds(f"{name}rounds", record)
+            self.rounds.commit = self.commit
             servers = [s for ch in self.channels for s in ch.shard_servers]
             keys = [k for ch in self.channels for k in ch.state_keys]
+            self.servers = sorted(commit_bases(servers, keys))
+            group = self.channels[0].group
             for server, bases in sorted(commit_bases(servers, keys).items()):
                 rule = protocol.WireCommit(tuple(bases), record.groups, record.window)
-                zeros = mx.nd.zeros((record.size,))
-                key = self.client.register(f"{name}commit{server}", zeros, rule, server=server)
-                self.commits.append((key, mx.nd.zeros((record.size,)), zeros))
+                # one per group, so that what a leader pulls answers its own push (every leader
+                # registers every key, so all agree on the ids)
+                for g in range(record.groups):
+                    zeros = mx.nd.zeros((record.size,))
+                    name_g = f"{name}commit{server}.{g}"
+                    key = self.client.register(name_g, zeros, rule, server=server)
+                    if g == group:
+                        self.commits.append((key, mx.nd.zeros((record.size,)), zeros))
         if self.client.rejoined:
             return
         if self.client.ps_rank == 0:
@@ -103,13 +113,23 @@ class Wire:
         if self.rounds is None:
             self.client.barrier(what)
             return
-        view = self.rounds.close(seq, what)
+        self.rounds.close(seq, what)
+
+    def commit(self, view: Any, answer: bool) -> List[int]:
+        """Push a rounds record (as pulled) to every commit key: each server applies the
+        rounds closed that it has not, and with ``answer`` writes this leader's replies.
+        Returns, per shard (in the channels' order), the rounds its server had applied."""
+        assert self.rounds is not None
+        record = np.asarray(view, np.float32).copy()
+        record[protocol.ROUND_HEAD - 1] = self.rounds.gid + 1 if answer else 0
         outs = []
         for key, send, out in self.commits:
-            send[:] = view
+            send[:] = record
             self.client.exchange(key, send, out, wait=False)
             outs.append(out)
-        self.client.wait(outs, f"{what}: the servers applying the rounds closed")
+        self.client.wait(outs, "the servers applying the rounds closed")
+        applied = {server: int(out[0].asscalar()) for server, out in zip(self.servers, outs)}
+        return [applied[s] for ch in self.channels for s in ch.shard_servers]
 
     @property
     def bytes_per_exchange(self) -> int:
@@ -119,7 +139,10 @@ class Wire:
     def push(self, run: Exchange, buckets: List[Bucket], seq: int, blocking: bool) -> None:
         """Exchange ``seq``: what each bucket sends, encoded and pushed (from the parameters if
         ``blocking``, else from the snapshot); async: the pulls of the replies queued behind;
-        overlapped sync: a :class:`Settler` for the round."""
+        overlapped sync: a :class:`Settler` for the round. With a quorum, first the round of
+        this leader's previous push (:meth:`~hvd_ps.ps.rounds.Rounds.before_push`)."""
+        if self.rounds is not None:
+            self.rounds.before_push(seq, f"PS exchange {seq} (its previous round)")
         for b, ch in zip(buckets, self.channels):
             send = run.wire_send(b, b.params if blocking else b.snapshot(), blocking)
             if send is None:  # the strategy left it in b.out

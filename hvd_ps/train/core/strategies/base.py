@@ -277,10 +277,8 @@ class Exchange:
         #: steps over the base period (set by the schedule; DiLoCo's math reads it)
         self.weight = 1.0
         #: sync rounds closed by a quorum of fewer than every group: their record (None:
-        #: every round waits for every group); whether a round of fewer groups applies the
-        #: members' mean (the rules whose scale takes a mean) or their sum (EASGD)
+        #: every round waits for every group)
         self.quorum: Optional[protocol.Rounds] = None
-        self.mean_rounds = True
         q = strategy.quorum
         if q is not None and q < num_groups:
             if not self.bits:

@@ -70,7 +70,6 @@ class EASGDExchange(Exchange):
         super().__init__(s, groups, wire)
         self.rule = protocol.Add()  # c += d
         self.alpha = s.alpha_for(groups)
-        self.mean_rounds = False  # c += the members' sum of d, however many
 
     def exchange(self, b: Bucket, client: PSClient) -> None:
         # Pull c. In sync mode this pull is ordered after our previous push, whose round
