@@ -84,8 +84,8 @@ Entry = Union[Runs, Cheap, Covered, Long, Suite, Fragment]
 
 STRAGGLER = (  # test_stragglers.py's command, as it spells it
     'job_run.launcher(\n        "-np", "2", "--group-size", "1",',
-    '"--sync", "easgd", "--mode", "async",',
-    '"--slow-group", "1", "--slowdown", "5"',
+    '("--sync", "easgd", "--mode", "async", "--slowdown", "5")',
+    '"--slow-group", "1"',
     '"--max-staleness", "1"',
     "EPOCHS, PERIOD, TIMEOUT = 6, 4, 150",
 )
