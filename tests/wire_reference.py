@@ -38,6 +38,17 @@ def flat(w: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.concatenate([b.ravel(), w.ravel()]).astype(F)
 
 
+def group_grad(x: np.ndarray, members: Sequence[int], step: int) -> np.ndarray:
+    """A group's gradient at its flat parameters ``x``: its ranks' :func:`grad32` summed in
+    rank order, times ``1 / len(members)`` (float32, as Horovod's average of one or two)."""
+    w, b = split(x)
+    parts = [flat(*grad32(w, b, r, step)) for r in members]
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    return F(1.0 / len(members)) * total
+
+
 def split(v: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return v[ref.OUT :].reshape(ref.OUT, ref.IN), v[: ref.OUT]
 
@@ -154,14 +165,7 @@ def run(
         raise ValueError(name)
 
     for t in range(1, steps + 1):
-        gs = []
-        for x, members in zip(xs, groups):
-            w, b = split(x)
-            parts = [flat(*grad32(w, b, r, t)) for r in members]
-            total = parts[0]
-            for p in parts[1:]:
-                total = total + p
-            gs.append(F(1.0 / len(members)) * total)
+        gs = [group_grad(x, members, t) for x, members in zip(xs, groups)]
         if name == "GradientPush":
             change = push([F(1.0) * g for g in gs])  # the leader packs rescale * g (rescale 1)
             copy = copy + change
@@ -278,12 +282,7 @@ def run_async(
 
     for t in range(1, steps + 1):
         for g, members in enumerate(groups):
-            w, b = split(xs[g])
-            parts = [flat(*grad32(w, b, r, t)) for r in members]
-            total = parts[0]
-            for p in parts[1:]:
-                total = total + p
-            grad = F(1.0 / len(members)) * total
+            grad = group_grad(xs[g], members, t)
             if name == "GradientPush":
                 copies[g] = copies[g] + push(g, F(1.0) * grad)
                 xs[g] = copies[g].copy()
@@ -379,12 +378,7 @@ def run_quorum(
     states = [x0.copy()]  # the servers' state after each round
 
     def grad(g: int, t: int) -> np.ndarray:
-        w, b = split(xs[g])
-        parts = [flat(*grad32(w, b, r, t)) for r in groups[g]]
-        total = parts[0]
-        for p in parts[1:]:
-            total = total + p
-        return F(1.0 / len(groups[g])) * total
+        return group_grad(xs[g], groups[g], t)
 
     def apply(g: int) -> None:
         _, snap, send, change = pending[g]

@@ -108,7 +108,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type, Union
+from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type, Union, get_args
 
 from .. import arguments
 from ..arguments import number
@@ -538,22 +538,7 @@ Rule = Union[
     WireCommit,
 ]
 #: every updater a server knows, by the name a command carries
-UPDATERS: Dict[str, Type[Any]] = {
-    r.updater: r
-    for r in (
-        Assign,
-        Add,
-        Optimizer,
-        Nesterov,
-        Clock,
-        CopyState,
-        WireState,
-        WireKey,
-        WireRejoin,
-        Rounds,
-        WireCommit,
-    )  # fmt: skip
-}
+UPDATERS: Dict[str, Type[Any]] = {r.updater: r for r in get_args(Rule)}
 
 
 @dataclass(frozen=True)
