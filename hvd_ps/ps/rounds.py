@@ -35,13 +35,17 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..errors import TierError
 from . import protocol
 from .clock import FIRST_POLL, LAST_POLL
+
+#: how many exchanges a leader remembers the rounds of (:attr:`Rounds.history`)
+HISTORY = 4096
 
 
 class Rounds:
@@ -67,9 +71,9 @@ class Rounds:
         self.late = 0
         self.wait_s = 0.0
         self.finished = False
-        #: per exchange: its seq, the round it joined, and per shard the rounds applied when
-        #: its reply was written
-        self.history: List[Tuple[int, int, Tuple[int, ...]]] = []
+        #: per exchange (the last :data:`HISTORY`): its seq, the round it joined, and per shard
+        #: the rounds applied when its reply was written
+        self.history: Deque[Tuple[int, int, Tuple[int, ...]]] = deque(maxlen=HISTORY)
         #: an overlapped exchange reports and polls from a thread of its own
         self.lock = threading.Lock()
 
