@@ -42,10 +42,11 @@ compresses Horovod's allreduce to float16 (``hvd.Compression.fp16``, its best) a
 Gluon's ``Trainer(compression_params=...)``; it compresses the pushes only, the pulls stay
 float32). With ``float16`` dist_sync sends float32 (the stock KVStore has no float16 wire).
 ``--ps-mode async`` (with ``--max-staleness``) runs hvd_ps's GradientPush, EASGD and DiLoCo
-async (ModelAverage has only sync). ``--slow-group H --slowdown F`` makes host ``H`` an
-emulated straggler in every run (examples/straggler.py: its forward and backward take ``F``
-times as long); a run's step time is then still its slowest rank's, and its samples/s the sum
-of every rank's own (an async run's fast hosts take more steps).
+async (ModelAverage has only sync). ``--quorum q`` (with ``--grace``; sync, ``--wire int8``
+or ``int4``) closes hvd_ps's rounds with ``q`` groups. ``--slow-group H --slowdown F`` makes
+host ``H`` an emulated straggler in every run (examples/straggler.py: its forward and backward
+take ``F`` times as long); a run's step time is then still its slowest rank's, and its samples/s
+the sum of every rank's own (an async run's fast hosts take more steps).
 
 Needs root. Writes ``--out``.json, .md and plots (``_efficiency.png``, ``_model.png``,
 ``_accuracy.png``) under benchmarks/results. Full run::
@@ -178,7 +179,8 @@ def job_spec(spec: Dict, args: argparse.Namespace) -> Dict:
     run.update(mode=mode, batch=args.batch, seed=spec.get("seed", args.seed))
     run["fp16_allreduce"] = spec["method"] == "horovod" and args.wire != "float32"
     run.update(ps_mode=args.ps_mode, max_staleness=args.max_staleness,
-               slow_group=args.slow_group, slowdown=args.slowdown)  # fmt: skip
+               slow_group=args.slow_group, slowdown=args.slowdown,
+               quorum=args.quorum, grace=args.grace)  # fmt: skip
     if spec["method"] == "dist_sync" and args.wire in ("int8", "int4"):
         run["twobit_threshold"] = args.twobit_threshold
     if mode == "throughput":
@@ -309,6 +311,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="hvd_ps's mode (ModelAverage has only sync)")  # fmt: skip
     ap.add_argument("--max-staleness", type=int, default=None,
                     help="with --ps-mode async: the bound of every hvd_ps run")  # fmt: skip
+    ap.add_argument("--quorum", type=int, default=None,
+                    help="sync hvd_ps runs on --wire int8|int4: the groups a round needs "
+                    "(default: all)")  # fmt: skip
+    ap.add_argument("--grace", type=float, default=None,
+                    help="with --quorum: seconds a round waits for the rest "
+                    "(default: adaptive)")  # fmt: skip
     ap.add_argument("--slow-group", type=int, default=None,
                     help="an emulated straggler: this host's ranks compute --slowdown times as "
                     "slowly, in every run (examples/straggler.py)")  # fmt: skip

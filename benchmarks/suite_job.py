@@ -68,6 +68,8 @@ RUN_DEFAULTS = {
     # hvd_ps's mode ("async": GradientPush, EASGD, DiLoCo; ModelAverage stays sync) and its
     # bound; an emulated straggler: host (group) slow_group computes slowdown times as slowly
     "ps_mode": "sync", "max_staleness": None, "slow_group": None, "slowdown": 1.0,
+    # sync hvd_ps on a compressed wire: rounds closed by this many groups, with this grace
+    "quorum": None, "grace": None,
 }  # fmt: skip
 
 
@@ -157,13 +159,16 @@ def strategy(run: argparse.Namespace, groups: int):
     import hvd_ps
 
     kw = {"overlap": run.overlap} if run.overlap else {}
+    if run.quorum is not None and run.ps_mode == "sync":
+        kw.update(quorum=run.quorum, grace=run.grace)
     if run.method == "model_average":  # sync only
         return hvd_ps.ModelAverage(period=run.period, **kw)
     mode = {"mode": run.ps_mode}
     if run.max_staleness is not None:
         mode["max_staleness"] = run.max_staleness
     if run.method == "gradient_push":
-        return hvd_ps.GradientPush(**mode)
+        quorum = {k: kw[k] for k in ("quorum", "grace") if k in kw}
+        return hvd_ps.GradientPush(**mode, **quorum)
     if run.method == "easgd":
         return hvd_ps.EASGD(period=run.period, alpha=0.9 / groups, **kw, **mode)
     return hvd_ps.DiLoCo(period=run.period, outer_lr=0.7, momentum=0.5, **kw, **mode)

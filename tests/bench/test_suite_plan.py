@@ -33,7 +33,8 @@ def suite_args(**kw):
     base = dict(methods=["horovod", "dist_sync", "gradient_push", "model_average", "bound"],
                 period=16, overlap=15, steps=16, slow_steps=2, warmup=1, seed=3, acc_seeds=2,
                 acc_methods=["horovod", "model_average", "bound", "dist_sync"],
-                ps_mode="sync", max_staleness=None, slow_group=None, slowdown=2.0)  # fmt: skip
+                ps_mode="sync", max_staleness=None, slow_group=None, slowdown=2.0,
+                quorum=None, grace=None)  # fmt: skip
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -96,7 +97,9 @@ def test_a_job_spec_carries_the_window_and_the_wire():
     from benchmarks.suite_job import RUN_DEFAULTS
 
     assert set(ov) <= set(RUN_DEFAULTS) and set(acc) <= set(RUN_DEFAULTS)
-    assert (ov["ps_mode"], ov["slow_group"]) == ("sync", None)
+    assert (ov["ps_mode"], ov["slow_group"], ov["quorum"]) == ("sync", None, None)
+    quorum = job_spec(by_name["horovod"], suite_args(**dict(vars(args), quorum=1, grace=0.5)))
+    assert (quorum["quorum"], quorum["grace"]) == (1, 0.5)
     slow = job_spec(by_name["horovod"], suite_args(**dict(vars(args), ps_mode="async",
                     max_staleness=2, slow_group=1, slowdown=3.0)))  # fmt: skip
     assert (slow["ps_mode"], slow["max_staleness"], slow["slow_group"], slow["slowdown"]) == (
