@@ -223,7 +223,7 @@ class WireState(Rule):
         self.arrived: Any = None
         self.decoded: Dict[int, Any] = {}
         #: quorum mode: per group, its wire key's stored array (its reply is written there
-        #: when its round closes, at a commit)
+        #: when its leader asks, at a commit)
         self.outs: Dict[int, Any] = {}
 
     def _groups(self) -> List[int]:

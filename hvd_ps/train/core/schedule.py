@@ -365,7 +365,7 @@ class Schedule:
             self._prepare(t)
         if topo.is_leader and refused is None and self.wire_io is not None:
             seq, what = self.exchanges + 1, f"PS exchange at step {t}"
-            self.wire_io.push(self.bound(), self.all(), seq, blocking=True)
+            self._wire_push(seq, True)
             self._wire_finish(client, seq, what, True)
         elif topo.is_leader and refused is None:
             # every bucket's transfers are queued on MXNet's engine first, so they overlap;
@@ -392,7 +392,7 @@ class Schedule:
             if self.wire_io is not None:
                 self.wire_io.pulled = False
                 if self.refused is None:
-                    self.wire_io.push(self.bound(), self.all(), self.exchanges + 1, False)
+                    self._wire_push(self.exchanges + 1, False)
             for b in self.all() if self.refused is None and self.wire_io is None else []:
                 self.bound().launch(b, client)
         self.pending = t + self.sync.overlap
@@ -443,6 +443,14 @@ class Schedule:
     def _wait_ps(self, client: PSClient, what: str) -> None:
         start = time.perf_counter()
         client.wait([b.pulled for b in self.all()], what)
+        self.ps_wait_s += time.perf_counter() - start
+
+    def _wire_push(self, seq: int, blocking: bool) -> None:
+        """The compressed wire's push of exchange ``seq`` (queued); a quorum's wait there for
+        the round of this leader's previous push counts as PS wait."""
+        assert self.wire_io is not None
+        start = time.perf_counter()
+        self.wire_io.push(self.bound(), self.all(), seq, blocking)
         self.ps_wait_s += time.perf_counter() - start
 
     def _wire_finish(self, client: PSClient, seq: int, what: str, blocking: bool) -> None:

@@ -40,11 +40,11 @@ class Wire:
     ) -> None:
         self.client, self.mode, self.bits = client, mode, bits
         #: sync rounds closed by a quorum (:mod:`hvd_ps.ps.rounds`): their record, then (at
-        #: :meth:`start`) the leader's rounds and the commit keys, one per server
+        #: :meth:`start`) the leader's rounds and its commit keys, one per server: (server,
+        #: key, what it pushes, what it pulls)
         self.quorum = quorum
         self.rounds: Optional[Rounds] = None
         self.commits: List[Any] = []
-        self.servers: List[int] = []  # the server of each commit key
         self.channels: List[Channel] = []
         self.next_server = 0
         #: an overlapped sync exchange's round, settling on a thread of its own
@@ -74,7 +74,6 @@ class Wire:
             self.rounds.commit = self.commit
             servers = [s for ch in self.channels for s in ch.shard_servers]
             keys = [k for ch in self.channels for k in ch.state_keys]
-            self.servers = sorted(commit_bases(servers, keys))
             group = self.channels[0].group
             for server, bases in sorted(commit_bases(servers, keys).items()):
                 rule = protocol.WireCommit(tuple(bases), record.groups, record.window)
@@ -85,7 +84,7 @@ class Wire:
                     name_g = f"{name}commit{server}.{g}"
                     key = self.client.register(name_g, zeros, rule, server=server)
                     if g == group:
-                        self.commits.append((key, mx.nd.zeros((record.size,)), zeros))
+                        self.commits.append((server, key, mx.nd.zeros((record.size,)), zeros))
         if self.client.rejoined:
             return
         if self.client.ps_rank == 0:
@@ -123,12 +122,12 @@ class Wire:
         record = np.asarray(view, np.float32).copy()
         record[protocol.ROUND_HEAD - 1] = self.rounds.gid + 1 if answer else 0
         outs = []
-        for key, send, out in self.commits:
+        for _, key, send, out in self.commits:
             send[:] = record
             self.client.exchange(key, send, out, wait=False)
             outs.append(out)
         self.client.wait(outs, "the servers applying the rounds closed")
-        applied = {server: int(out[0].asscalar()) for server, out in zip(self.servers, outs)}
+        applied = {c[0]: int(out[0].asscalar()) for c, out in zip(self.commits, outs)}
         return [applied[s] for ch in self.channels for s in ch.shard_servers]
 
     @property
