@@ -122,7 +122,10 @@ def test_a_quorum_run_closes_rounds_without_the_straggler_and_loses_nothing(tmp_
     fast, slow = r["group_stats"]
     assert fast["exchanges"] == slow["exchanges"] == exchanges
     assert slow["late_pushes"] >= 1, slow
-    assert r["final_test_accuracy"] >= 0.9, r["history"]
+    # the rounds' timing sets which pushes are late, so the accuracy moves between runs: 0.92 to
+    # 0.96 here on a loaded machine, 0.867 once in CI; scaling a partial round to its members'
+    # mean (the rejected rule) reached 0.617, and a broken round stays near chance (0.1)
+    assert r["final_test_accuracy"] >= 0.8, r["history"]
     size = protocol.rounds_size(2)
     sized = [a for a in r["audit"] if len(a["received"]) == size]
     key = min(a["key"] for a in sized)  # the rounds key is registered before the commit keys
