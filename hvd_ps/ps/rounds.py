@@ -6,16 +6,17 @@ per server one commit key per group (:class:`hvd_ps.ps.protocol.WireCommit`), wh
 rounds it decided to that server's shards and answers the leader that pushed to it. Exchange
 ``k`` of such a trainer, on its leader:
 
-1. waits until the round that holds its previous push closed, and has the servers apply it
+1. if the round that holds its previous push was still open at that exchange's step 5 (the
+   push was late), waits until it closed and has the servers apply it
    (:meth:`Rounds.before_push`): a group has at most one push waiting on the servers;
 2. pushes its parts to its own wire keys (the shards keep them until a round applies them)
    and waits until every server has them;
 3. reports exchange ``k`` to the rounds key, which puts it in the open round;
-4. waits, polling the rounds key 1 to 50 ms apart, until that round is closed, unless a group
-   is *ahead* of it: one that reported exchange ``k`` in a round closed already, or a later
-   exchange. The open round closes when every group still training reported, or when ``q``
-   of them did and the grace passed since the ``q``-th report; each poll is a push, so the
-   servers read their clock then;
+4. waits, looking at the report's answer, then polling the rounds key 1 to 50 ms apart,
+   until that round is closed, unless a group is *ahead* of it: one that reported exchange
+   ``k`` in a round closed already, or a later exchange. The open round closes when every
+   group still training reported, or when ``q`` of them did and the grace passed since the
+   ``q``-th report; each poll is a push, so the servers read their clock then;
 5. pushes the rounds record to every commit key: each server applies the rounds closed that it
    has not applied, in order, with the members the record names, then writes this leader's
    reply (the change of the state since its copy) into its wire key;
@@ -67,6 +68,8 @@ class Rounds:
         self.commit: Optional[Callable[[Any, bool], List[int]]] = None
         #: the round this group's last report joined
         self.placed = 0
+        #: whether the round of this group's last push was applied on every server already
+        self.settled = True
         #: its pushes that did not wait for their round (a group was ahead)
         self.late = 0
         self.wait_s = 0.0
@@ -85,9 +88,14 @@ class Rounds:
             self.client.exchange(self.key, self.send, self.view, wait=True)
             return self.view.asnumpy()
 
-    def _wait(self, until: Callable[[Any], bool], seq: int, what: str, start: float) -> Any:
-        """Poll the rounds key until ``until(view)``; the view then."""
-        view, pause = self._push(protocol.ROUND_POLL), FIRST_POLL
+    def _wait(
+        self, until: Callable[[Any], bool], seq: int, what: str, start: float, view: Any = None
+    ) -> Any:
+        """Poll the rounds key until ``until(view)`` (``view``, if given, is the key's state
+        just read: no poll then if it already holds); the view then."""
+        if view is None:
+            view = self._push(protocol.ROUND_POLL)
+        pause = FIRST_POLL
         while not until(view):
             if time.monotonic() - start > self.timeout:
                 self._stalled(view, seq, what)
@@ -98,13 +106,15 @@ class Rounds:
 
     def before_push(self, seq: int, what: str) -> None:
         """Before exchange ``seq``'s pushes: the round holding this group's previous push
-        closed and applied on every server (at most one push of a group waits there)."""
-        if not self.placed:
+        closed and applied on every server (at most one push of a group waits there). Costs
+        nothing when that round had closed at the previous exchange's commit."""
+        if self.settled:
             return
         start, placed = time.monotonic(), self.placed
         view = self._wait(lambda v: int(v[0]) >= placed, seq, what, start)
         assert self.commit is not None
         self.commit(view, False)
+        self.settled = True
         self.wait_s += time.monotonic() - start
 
     def ahead(self, view: Any, seq: int) -> bool:
@@ -122,8 +132,13 @@ class Rounds:
         start = time.monotonic()
         view = self._push(protocol.ROUND_REPORT, seq)
         self.placed = placed = int(view[protocol.ROUND_HEAD + self.gid])
-        view = self._wait(lambda v: int(v[0]) >= placed or self.ahead(v, seq), seq, what, start)
-        if int(view[0]) < placed:
+        view = self._wait(
+            lambda v: int(v[0]) >= placed or self.ahead(v, seq), seq, what, start, view
+        )
+        # the commit below applies every round closed, so the next push waits for nothing
+        # unless this one's round is still open (a late push)
+        self.settled = int(view[0]) >= placed
+        if not self.settled:
             self.late += 1
         assert self.commit is not None
         applied = self.commit(view, True)

@@ -159,12 +159,14 @@ class FakeClient:
 
     def __init__(self, tier: Tier):
         self.tier = tier
+        self.pushes = 0  # round trips to the rounds key
 
     def register(self, name, initial, record, out=None, server=None):
         assert record == self.tier.record and server == 0
         return 7
 
     def exchange(self, key, push, pull, wait=True):
+        self.pushes += 1
         self.tier.rule.update(push, self.tier.w)
         pull[:] = self.tier.w
 
@@ -174,7 +176,8 @@ def test_a_leader_waits_for_its_round_unless_a_group_is_ahead_and_names_the_miss
     from hvd_ps.ps.rounds import Rounds
 
     tier = Tier(groups=3, quorum=2, grace=1.0)  # (the tier's clock moves only when told)
-    leader = Rounds(FakeClient(tier), "r", 2, tier.record)  # group 2's; the others by hand
+    client = FakeClient(tier)
+    leader = Rounds(client, "r", 2, tier.record)  # group 2's; the others by hand
     commits = []
 
     def commit(view, answer):
@@ -184,23 +187,24 @@ def test_a_leader_waits_for_its_round_unless_a_group_is_ahead_and_names_the_miss
     leader.commit = commit
     tier.report(1, 1)
     tier.report(0, 1)
-    leader.close(1, "exchange 1")  # every group: round 1 closes at once
+    leader.close(1, "exchange 1")  # every group: round 1 closes at its report, no poll
     assert (
         commits[-1] == (1, True) and list(leader.history) == [(1, 1, (1, 1))] and leader.late == 0
     )
+    assert client.pushes == 1
     tier.report(0, 2)
     tier.report(1, 2)
     tier.t += 2.0
     tier.poll()  # round 2 closes without group 2
     tier.report(0, 3)  # round 3 opens with group 0
-    leader.before_push(2, "exchange 2")  # its previous round closed long ago: no wait
-    assert commits[-1] == (2, False)
+    leader.before_push(2, "exchange 2")  # its previous round was applied at its close:
+    assert commits[-1] == (1, True) and client.pushes == 1  # nothing to wait for or apply
     leader.close(2, "exchange 2")  # round 3 has its quorum but not its grace; group 1
     assert leader.history[-1] == (2, 3, (2, 2)) and leader.late == 1  # is ahead: no wait
     assert commits[-1] == (2, True)
     tier.report(1, 3)  # round 3: every group, closed
-    leader.before_push(3, "exchange 3")
-    assert commits[-1] == (3, False)
+    leader.before_push(3, "exchange 3")  # its late push's round: one poll, then applied
+    assert commits[-1] == (3, False) and client.pushes == 3  # (exchange 2: its report only)
     tier.report(1, 4)
     tier.report(0, 4)
     leader.close(3, "exchange 3")  # round 4 with every group: closed at once
