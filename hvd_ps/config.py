@@ -43,7 +43,11 @@ variable                   default      meaning
                                         ``DMLC_NUM_WORKER``, else this job's number of groups
 ``HVD_PS_LAUNCHER``        unset        ``host:port`` where ``hvdps-run`` waits to hear the job's
                                         number of groups before it starts the tier (set by it)
-``HVD_PS_LAUNCHER_TOKEN``  unset        the secret rank 0 sends with it (set by ``hvdps-run``)
+``HVD_PS_SECRET_FILE``     unset        the tier's secret (a file only its owner may read, at
+                                        the same path on every host of the job): rank 0 and the
+                                        leaders prove they hold it to ``hvdps-run`` and to the
+                                        roster (set by ``hvdps-run``; printed by
+                                        ``hvdps-run --servers-only``)
 ``HVD_PS_ROSTER``          unset        ``host:port`` of the roster of a shared tier (printed by
                                         ``hvdps-run --servers-only``): leaders hold a lease there,
                                         so the tier sees a group die and a restarted job rejoin
@@ -118,7 +122,7 @@ class Wiring:
     group_offset: Optional[int] = None
     total_groups: Optional[int] = None
     launcher: Optional[Tuple[str, int]] = None
-    launcher_token: str = ""
+    secret_file: Optional[str] = None
     roster: Optional[Tuple[str, int]] = None
     own_scheduler: bool = False
 
@@ -168,8 +172,20 @@ def _launcher(env: Mapping[str, str]) -> Optional[Tuple[str, int]]:
     address = _address(env, "HVD_PS_LAUNCHER")
     if address is None:
         return None
-    if not env.get("HVD_PS_LAUNCHER_TOKEN"):
-        raise ConfigError("HVD_PS_LAUNCHER is set but HVD_PS_LAUNCHER_TOKEN is not")
+    if not env.get("HVD_PS_SECRET_FILE"):
+        raise ConfigError(
+            "HVD_PS_LAUNCHER is set but HVD_PS_SECRET_FILE is not: both are set by hvdps-run"
+        )
+    return address
+
+
+def _roster(env: Mapping[str, str]) -> Optional[Tuple[str, int]]:
+    address = _address(env, "HVD_PS_ROSTER")
+    if address is not None and not env.get("HVD_PS_SECRET_FILE"):
+        raise ConfigError(
+            "HVD_PS_ROSTER is set but HVD_PS_SECRET_FILE is not: export every line "
+            "'hvdps-run --servers-only' printed, HVD_PS_SECRET_FILE included"
+        )
     return address
 
 
@@ -249,8 +265,8 @@ def load(environ: Optional[Mapping[str, str]] = None) -> Config:
         group_offset=_optional_int(env, "HVD_PS_GROUP_OFFSET", minimum=0),
         total_groups=_optional_int(env, "HVD_PS_TOTAL_GROUPS"),
         launcher=_launcher(env),
-        launcher_token=env.get("HVD_PS_LAUNCHER_TOKEN", ""),
-        roster=_address(env, "HVD_PS_ROSTER"),
+        secret_file=env.get("HVD_PS_SECRET_FILE") or None,
+        roster=_roster(env),
         own_scheduler=_flag(env, "HVD_PS_OWN_SCHEDULER"),
     )
     return Config(settings, wiring)
@@ -345,7 +361,7 @@ def remote_server_environment(ps: Mapping[str, str]) -> Dict[str, str]:
 
 #: variables of an outer launch that must not leak into a job ``hvdps-run`` starts (others,
 #: e.g. ``DMLC_INTERFACE``, are the user's and pass through); prefixes, so that
-#: ``HVD_PS_LAUNCHER`` also drops ``HVD_PS_LAUNCHER_TOKEN``
+#: ``HVD_PS_LAUNCHER`` also drops any ``HVD_PS_LAUNCHER_...``
 _OUTER_LAUNCH = (
     "DMLC_ROLE",
     "DMLC_PS_ROOT_URI",
@@ -358,6 +374,7 @@ _OUTER_LAUNCH = (
     "HVD_PS_GROUP_OFFSET",  # a tier hvdps-run starts for a job serves that job alone
     "HVD_PS_TOTAL_GROUPS",
     "HVD_PS_ROSTER",
+    "HVD_PS_SECRET_FILE",  # hvdps-run hands its own tier's secret to the job
 )
 
 

@@ -30,7 +30,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import psutil
 import pytest
@@ -274,12 +274,15 @@ def exports(text: str) -> Dict[str, str]:
 class Tier:
     """``hvdps-run --servers-only`` for ``workers`` groups (``timeout``-bounded, in a session
     of its own): its process, the exports it printed, its PS PIDs. ``env`` adds to its
-    environment (:func:`env`'s, with ``HVD_PS_TIMEOUT`` 30 s)."""
+    environment (:func:`env`'s, with ``HVD_PS_TIMEOUT`` 30 s), ``args`` to its flags."""
 
-    def __init__(self, tmp: Path, workers: int, limit: float = 240, **env_extra: str) -> None:
+    def __init__(
+        self, tmp: Path, workers: int, limit: float = 240, args: Sequence[str] = (),
+        **env_extra: str,
+    ) -> None:  # fmt: skip
         self.pidfile = tmp / "tier.pids"
         cmd = launcher("--servers-only", "--num-workers", str(workers), "--pidfile",
-                       str(self.pidfile))  # fmt: skip
+                       str(self.pidfile), *args)  # fmt: skip
         self.proc = start(bounded(cmd, limit), env(**{"HVD_PS_TIMEOUT": "30", **env_extra}))
         try:
             self.exports = exports(read_until(self.proc, r"^# and in each job", limit=60))

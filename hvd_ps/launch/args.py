@@ -86,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
         "its first group)",
     )
     p.add_argument(
+        "--secret-file",
+        help="the tier's secret (a file of 16 to 4096 bytes that only its owner may read: mode "
+        "600); default: a new random one, removed at the end. Give one to a --servers-only "
+        "tier that jobs on other hosts join: they need the same file",
+    )
+    p.add_argument(
         "--ssh-cmd",
         default="ssh -o BatchMode=yes",
         help="remote shell for servers on remote hosts (default: %(default)s)",

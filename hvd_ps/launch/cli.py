@@ -25,9 +25,15 @@ remote hosts the scheduler binds ``--ps-host``, which is then required.
 SIGINT/SIGTERM or until all ``--num-workers`` groups, possibly from several independent
 ``horovodrun`` jobs, have left (or no group is alive and a dead one has not rejoined within
 ``HVD_PS_TIMEOUT``: exit 1). The exports include ``HVD_PS_TOTAL_GROUPS`` (= ``--num-workers``,
-the groups of all jobs) and ``HVD_PS_ROSTER``, where each leader holds a lease so that the tier
-reports a group's death and lets a restarted async job rejoin (:mod:`hvd_ps.ps.roster`); each job
-adds its own ``HVD_PS_GROUP_OFFSET``, the global id of its first group.
+the groups of all jobs), ``HVD_PS_ROSTER``, where each leader holds a lease so that the tier
+reports a group's death and lets a restarted async job rejoin (:mod:`hvd_ps.ps.roster`), and
+``HVD_PS_SECRET_FILE``; each job adds its own ``HVD_PS_GROUP_OFFSET``, the global id of its
+first group.
+
+Every tier has a secret (:mod:`hvd_ps.secret`): a new random one, in a file only this user may
+read, removed at the end, or the file ``--secret-file`` names (mode 600 checked). The job gets
+its path in ``HVD_PS_SECRET_FILE``; rank 0 and the leaders prove they hold it before the
+rendezvous and the roster act on what they say (:mod:`hvd_ps.authentication`).
 
 Exit codes: the job's own; 2 for bad flags; 1 when the tier cannot start; 75 when a PS
 process dies during the job; 127 when ``horovodrun`` is missing; 128+N after signal N.
@@ -37,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import shlex
 import shutil
 import signal
@@ -48,7 +53,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .. import addresses, config
+from .. import addresses, config, secret
 from ..deadline import EXIT_CODE as TIER_DIED
 from ..errors import ConfigError, HvdPsError, TierError
 from ..ps.roster import Roster
@@ -219,6 +224,7 @@ class Launch:
 
     plan: Plan
     opts: argparse.Namespace
+    secret: secret.Held
     tier: Optional[Tier] = None
 
     def start(self, num_workers: int) -> Tier:
@@ -235,6 +241,7 @@ def job_environment(launch: Launch) -> Tuple[Dict[str, str], Optional[rendezvous
     """The job's environment, and the listener for rank 0 when the tier waits for the job."""
     plan = launch.plan
     env = config.job_environment()
+    env["HVD_PS_SECRET_FILE"] = launch.secret.path
     if plan.group_size is not None:
         env["HVD_PS_GROUP_SIZE"] = str(plan.group_size)
     if launch.opts.timeout is not None:
@@ -243,12 +250,11 @@ def job_environment(launch: Launch) -> Tuple[Dict[str, str], Optional[rendezvous
         env.update(ps_exports(plan, launch.tier))
         env["HVD_PS_NUM_GROUPS"] = str(launch.tier.local.num_workers)
         return env, None
-    token = secrets.token_hex(16)
     try:
-        listener = rendezvous.Listener(plan.ps_host, token)
+        listener = rendezvous.Listener(plan.ps_host, launch.secret.key)
     except OSError as err:
         raise HvdPsError(f"cannot listen on --ps-host {plan.ps_host}: {err.strerror}") from None
-    env.update(node_host(plan), HVD_PS_LAUNCHER=listener.address, HVD_PS_LAUNCHER_TOKEN=token)
+    env.update(node_host(plan), HVD_PS_LAUNCHER=listener.address)
     return env, listener
 
 
@@ -304,22 +310,27 @@ def run_job(launch: Launch, forward: List[str], command: List[str], sigs: Signal
         processes.stop_groups([job], grace=3.0)
 
 
-def serve(tier: Tier, plan: Plan, sigs: Signals) -> int:
+def serve(tier: Tier, plan: Plan, held: secret.Held, sigs: Signals) -> int:
     """``--servers-only``: print the exports, serve until a signal, until the servers finish
     (sync jobs stop them when all leaders have left) or until the roster says every group has
     left (async groups leave alone) or died for good (:mod:`hvd_ps.ps.roster`).
 
     Besides the tier's address every job gets ``HVD_PS_TOTAL_GROUPS`` (the groups of all
-    jobs) and ``HVD_PS_ROSTER``; a comment line says that each job also sets
-    ``HVD_PS_GROUP_OFFSET``, the global id of its first group (see :mod:`hvd_ps.ps.placement`)."""
+    jobs), ``HVD_PS_ROSTER`` and ``HVD_PS_SECRET_FILE`` (the roster admits only leaders that
+    prove they hold the secret: :mod:`hvd_ps.authentication`); a comment line says that each
+    job also sets ``HVD_PS_GROUP_OFFSET``, the global id of its first group (see
+    :mod:`hvd_ps.ps.placement`)."""
     total = tier.local.num_workers
     cfg = config.load()
     try:
-        roster = Roster(plan.ps_host, total, cfg.settings.heartbeat, cfg.settings.timeout, say)
+        roster = Roster(
+            plan.ps_host, total, cfg.settings.heartbeat, cfg.settings.timeout, say, held.key
+        )
     except OSError as err:
         raise HvdPsError(f"cannot listen on --ps-host {plan.ps_host}: {err.strerror}") from None
     print(f"export HVD_PS_TOTAL_GROUPS={total}")
-    for k, v in {**ps_exports(plan, tier), "HVD_PS_ROSTER": roster.address}.items():
+    exports = {"HVD_PS_ROSTER": roster.address, "HVD_PS_SECRET_FILE": held.path}
+    for k, v in {**ps_exports(plan, tier), **exports}.items():
         print(f"export {k}={shlex.quote(v)}")
     print(
         f"# and in each job: export HVD_PS_GROUP_OFFSET=<global id of its first group, "
@@ -392,14 +403,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "with MPI support, or pass --horovodrun PATH"
         )
         return 127
+    try:
+        held = secret.Held(opts.secret_file)
+    except (OSError, HvdPsError) as err:
+        say(f"HvdPsError: {err}")
+        return 2 if isinstance(err, HvdPsError) else 1
     sigs = Signals()
-    launch = Launch(plan, opts)
+    launch = Launch(plan, opts, held)
     code = 1
     try:
         if plan.num_workers is not None:  # known now; else rank 0 tells us (run_job)
             launch.start(plan.num_workers)
         if launch.tier is not None and opts.servers_only:
-            code = serve(launch.tier, plan, sigs)
+            code = serve(launch.tier, plan, held, sigs)
         else:
             code = run_job(launch, forward, command, sigs)
     except HvdPsError as err:
@@ -407,6 +423,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         code = 1
     finally:  # after a clean end the servers are finishing by themselves: give them time
         launch.stop(grace=5.0 if code == 0 and sigs.received is None else 0.5)
+        held.remove()
     return code
 
 

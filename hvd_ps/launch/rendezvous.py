@@ -9,11 +9,12 @@ when its scheduler and servers start. The grouping is said once, in either place
 * **in the script**: ``hvd_ps.init(group_size=N)`` (or ``groups=``, or the default of one group
   per host) and no grouping flag. hvdps-run cannot know the count, so it starts the tier
   only when the job tells it: it listens on a TCP port of the scheduler's address and puts
-  ``HVD_PS_LAUNCHER=host:port`` and a random ``HVD_PS_LAUNCHER_TOKEN`` in the job's
-  environment. Global rank 0's ``hvd_ps.init`` sends the token and the number of groups
-  (:func:`ask`); hvdps-run starts the scheduler and servers for exactly that many workers
-  and answers with the scheduler's address, which rank 0 broadcasts to every rank (as in the
-  embedded mode). :class:`Listener` is hvdps-run's side.
+  ``HVD_PS_LAUNCHER=host:port`` and ``HVD_PS_SECRET_FILE`` (the tier's secret) in the job's
+  environment. Global rank 0's ``hvd_ps.init`` proves that it holds the secret
+  (:mod:`hvd_ps.authentication`) and sends the number of groups (:func:`ask`); hvdps-run
+  starts the scheduler and servers for exactly that many workers and answers with the
+  scheduler's address, which rank 0 broadcasts to every rank (as in the embedded mode).
+  :class:`Listener` is hvdps-run's side.
 
 When hvdps-run was told a count (``--num-groups`` or ``--group-size``), a script whose own
 grouping differs fails in ``hvd_ps.init`` on every rank, before any training (:func:`check`).
@@ -21,16 +22,16 @@ grouping differs fails in ``hvd_ps.init`` on every rank, before any training (:f
 
 from __future__ import annotations
 
-import hmac
 import select
 import socket
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from .. import config, messages, topology
+from .. import authentication, config, secret, topology
 from ..errors import ConfigError, TierError
 
-#: the largest request or reply (one JSON line)
+#: seconds a peer of the listener has for its handshake and request
+REQUEST_TIME = 5.0
 
 
 def grouping(
@@ -64,24 +65,16 @@ def check(cfg: config.Config, topo: topology.Topology) -> None:
 
 def ask(cfg: config.Config, num_groups: int, world_size: int) -> Tuple[str, int, int]:
     """Rank 0: tell hvdps-run the job's number of groups; returns (uri, port, num_servers)."""
-    assert cfg.wiring.launcher is not None
+    assert cfg.wiring.launcher is not None and cfg.wiring.secret_file is not None
     host, port = cfg.wiring.launcher
     where = f"hvdps-run at {host}:{port} (HVD_PS_LAUNCHER)"
+    key = secret.load(cfg.wiring.secret_file)
+    timeout = cfg.settings.timeout
     try:
-        with socket.create_connection(
-            (host, port), timeout=min(30.0, cfg.settings.timeout)
-        ) as sock:
-            messages.send(
-                sock,
-                {
-                    "token": cfg.wiring.launcher_token,
-                    "num_groups": num_groups,
-                    "world_size": world_size,
-                },
-            )
-            reply = messages.receive(
-                sock, cfg.settings.timeout
-            )  # hvdps-run starts the tier meanwhile
+        with socket.create_connection((host, port), timeout=min(30.0, timeout)) as sock:
+            channel = authentication.connect(sock, key, min(30.0, timeout))
+            channel.send({"num_groups": num_groups, "world_size": world_size})
+            reply = channel.receive(timeout)  # hvdps-run starts the tier meanwhile
     except (OSError, ValueError) as err:
         raise TierError(f"asking {where} to start the PS tier failed: {err}") from None
     if "error" in reply:
@@ -96,24 +89,27 @@ def ask(cfg: config.Config, num_groups: int, world_size: int) -> Tuple[str, int,
 class Request:
     """Rank 0's request, held open until :meth:`answer`."""
 
-    conn: socket.socket
+    channel: authentication.Channel
     num_groups: int
     world_size: int
 
     def answer(self, message: Dict[str, Any]) -> None:
         try:
-            messages.send(self.conn, message)
+            self.channel.send(message)
         except OSError:
             pass  # rank 0 is gone: the job fails on its own
         finally:
-            self.conn.close()
+            self.channel.sock.close()
 
 
 class Listener:
-    """hvdps-run's side: waits for rank 0's request on ``host`` (a free port)."""
+    """hvdps-run's side: waits for rank 0's request on ``host`` (a free port). A peer that
+    does not prove it holds ``key`` (the tier's secret) within :data:`REQUEST_TIME` is
+    dropped, and counted in :attr:`refused`."""
 
-    def __init__(self, host: str, token: str) -> None:
-        self.token = token
+    def __init__(self, host: str, key: bytes) -> None:
+        self.key = key
+        self.refused = 0
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind((host, 0))
         self.sock.listen(4)
@@ -126,18 +122,14 @@ class Listener:
             return None
         conn, _ = self.sock.accept()
         try:
-            msg = messages.receive(conn, 10.0)
-            token = str(msg.get("token", ""))
+            channel = authentication.admit(conn, self.key, REQUEST_TIME)
+            msg = channel.receive(REQUEST_TIME)
             groups, world = msg.get("num_groups"), msg.get("world_size")
-            if (
-                hmac.compare_digest(token.encode(), self.token.encode())
-                and isinstance(groups, int)
-                and isinstance(world, int)
-                and 0 < groups <= world
-            ):
-                return Request(conn, groups, world)
+            if isinstance(groups, int) and isinstance(world, int) and 0 < groups <= world:
+                return Request(channel, groups, world)
         except (OSError, ValueError):
             pass
+        self.refused += 1
         conn.close()
         return None
 

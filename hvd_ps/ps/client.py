@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Set
 
 import numpy as np
 
-from .. import addresses, config, private_api
+from .. import addresses, config, private_api, secret
 from ..deadline import deadline
 from ..errors import ConfigError, TierError
 from . import protocol
@@ -106,7 +106,11 @@ class Client:
         )
         what = f"group {self.group_id}'s leader connecting to the {self.where}"
         if roster is not None:
-            self.lease = Lease(roster, self.group_id, self.num_groups, self.cfg.settings.timeout)
+            assert self.cfg.wiring.secret_file is not None  # (config refuses a roster without)
+            key = secret.load(self.cfg.wiring.secret_file)
+            self.lease = Lease(
+                roster, self.group_id, self.num_groups, self.cfg.settings.timeout, key
+            )
             if self.lease.rejoin:
                 # ps-lite answers a node that registers only once it counts the old one dead
                 sys.stderr.write(

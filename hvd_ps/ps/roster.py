@@ -27,12 +27,16 @@ no node is dead yet is never answered. The roster fills both gaps:
 * the tier ends when every group has left (0), or when no group is alive and a dead one has
   not rejoined within ``HVD_PS_TIMEOUT`` (non-zero, naming it).
 
-Messages are JSON lines (:mod:`hvd_ps.launch.rendezvous`'s framing).
+Messages are JSON lines (:mod:`hvd_ps.messages`). A connection must prove within
+:data:`PROOF_TIME` that it holds the tier's secret (:mod:`hvd_ps.authentication`), and every
+line after that is sealed: until then the roster tells it nothing about the job and acts on
+nothing it says. It holds at most :data:`MAX_PEERS` connections; a send that blocks for
+:data:`SEND_TIME` (a peer that does not read) drops that peer; lines whose seal is wrong are
+dropped and counted.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import socket
@@ -40,7 +44,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from .. import messages
+from .. import authentication
 from ..errors import TierError, TopologyError
 from ..messages import MAX_MESSAGE
 
@@ -53,6 +57,12 @@ SYNC = (
 #: seconds, beyond ps-lite's dead-node timeout, that a rejoining leader waits (heartbeat times
 #: are whole seconds, and the dead node's last one may be a second late)
 MARGIN = 2.0
+#: connections the roster holds at once (leases, and peers still proving themselves)
+MAX_PEERS = 256
+#: seconds a new connection has to prove that it holds the tier's secret
+PROOF_TIME = 5.0
+#: seconds a send to a peer may block before the roster drops that peer
+SEND_TIME = 5.0
 
 
 def keepalive(sock: socket.socket) -> None:
@@ -78,6 +88,17 @@ class Group:
 
 
 @dataclass
+class Peer:
+    """One connection to the roster."""
+
+    endpoint: authentication.Endpoint
+    since: float  # monotonic time it was accepted
+    session: Optional[authentication.Session] = None  # once it proved it holds the secret
+    gid: Optional[int] = None  # once it joined
+    buffer: bytes = b""
+
+
+@dataclass
 class Roster:
     """``hvdps-run --servers-only``'s side. ``report(line)`` prints what happens."""
 
@@ -86,12 +107,14 @@ class Roster:
     dead_after: int  # the scheduler's PS_HEARTBEAT_TIMEOUT
     timeout: float  # how long a dead group may take to come back once no group is alive
     report: Callable[[str], None]
+    key: bytes  # the tier's secret
     groups: Dict[int, Group] = field(default_factory=dict)
     keys: Dict[str, List[Any]] = field(default_factory=dict)
     modes: Set[Any] = field(default_factory=set)  # the trainers' modes the leaders reported
     recoveries: int = 0  # rejoins granted
-    conns: Dict[socket.socket, Optional[int]] = field(default_factory=dict)
-    buffers: Dict[socket.socket, bytes] = field(default_factory=dict)
+    conns: Dict[socket.socket, Peer] = field(default_factory=dict)
+    refused: int = 0  # connections dropped before they proved they hold the secret
+    dropped: int = 0  # lines of proven peers dropped: wrong seal, or not a message
 
     def __post_init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -105,14 +128,34 @@ class Roster:
         ready, _, _ = select.select([self.sock, *self.conns], [], [], timeout)
         for sock in ready:
             if sock is self.sock:
-                conn, _ = self.sock.accept()
-                keepalive(conn)
-                self.conns[conn] = None
-                self.buffers[conn] = b""
-            else:
+                self._accept()
+            elif sock in self.conns:  # (an earlier one's handling may have dropped it)
                 self._read(sock)
+        now = time.monotonic()
+        for conn, peer in list(self.conns.items()):
+            if peer.session is None and now - peer.since > PROOF_TIME:
+                self._refuse(conn, "it did not prove in time that it holds the tier's secret")
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        if len(self.conns) >= MAX_PEERS:
+            conn.close()
+            self._count_refusal(f"it is one connection more than the {MAX_PEERS} the roster holds")
+            return
+        keepalive(conn)
+        conn.settimeout(SEND_TIME)
+        peer = Peer(authentication.Endpoint(self.key), time.monotonic())
+        self.conns[conn] = peer
+        try:
+            conn.sendall(peer.endpoint.hello())
+        except OSError:
+            self._gone(conn)
 
     def _read(self, conn: socket.socket) -> None:
+        peer = self.conns[conn]
         try:
             chunk = conn.recv(65536)
         except OSError:
@@ -120,40 +163,69 @@ class Roster:
         if not chunk:
             self._gone(conn)
             return
-        data = self.buffers[conn] + chunk
-        *lines, rest = data.split(b"\n")
-        self.buffers[conn] = rest
-        if len(rest) > MAX_MESSAGE:
-            self._gone(conn)
-            return
+        *lines, peer.buffer = (peer.buffer + chunk).split(b"\n")
         for line in lines:
+            if peer.session is None:
+                try:
+                    reply, peer.session = peer.endpoint.check(line)
+                    conn.sendall(reply)
+                except authentication.Refused:
+                    self._refuse(conn, "it did not prove that it holds the tier's secret")
+                    return
+                except OSError:
+                    self._gone(conn)
+                    return
+                continue
             try:
-                message = json.loads(line)
-                if not isinstance(message, dict):
-                    raise ValueError("not an object")
+                message = peer.session.open(line)
             except ValueError:
-                self._gone(conn)
-                return
+                self.dropped += 1
+                continue
             self._handle(conn, message)
+            if conn not in self.conns:
+                return
+        limit = MAX_MESSAGE if peer.session is not None else authentication.HANDSHAKE_LIMIT
+        if len(peer.buffer) > limit:
+            if peer.session is None:
+                self._refuse(conn, "its first line is too long")
+            else:
+                self._gone(conn)
+
+    def _refuse(self, conn: socket.socket, why: str) -> None:
+        """Drop a connection that has not proved it holds the secret (it hears nothing more
+        than that it was refused)."""
+        self.conns.pop(conn, None)
+        try:
+            conn.sendall(authentication.refusal())
+        except OSError:
+            pass
+        conn.close()
+        self._count_refusal(why)
+
+    def _count_refusal(self, why: str) -> None:
+        self.refused += 1
+        if self.refused == 1:
+            self.report(f"the roster refused a connection: {why} (later refusals are only counted)")
 
     def _handle(self, conn: socket.socket, msg: Dict[str, Any]) -> None:
+        gid = self.conns[conn].gid
         if "join" in msg:
             self._send(conn, self._join(conn, msg))
-        elif "key" in msg and self.conns.get(conn) is not None:
+        elif "key" in msg and gid is not None:
             entry = [msg.get("name"), msg.get("size"), msg.get("dtype")]
             self.keys.setdefault(str(msg["key"]), entry)
-        elif "live" in msg and self.conns.get(conn) is not None:
+        elif "live" in msg and gid is not None:
             self._send(conn, {"live": [g for g, s in self.groups.items() if s.state == "live"]})
-        elif "mode" in msg and self.conns.get(conn) is not None:
+        elif "mode" in msg and gid is not None:
             self.modes.add(str(msg["mode"]))
-        elif "leave" in msg and self.conns.get(conn) is not None:
-            gid = self.conns.pop(conn)
-            assert gid is not None
+        elif "leave" in msg and gid is not None:
+            self.conns.pop(conn)
             self.groups[gid].live -= 1
             if not self.groups[gid].live:
                 self._set(gid, "left")
-            self.buffers.pop(conn, None)
             conn.close()
+        else:
+            self.dropped += 1
 
     @property
     def started(self) -> bool:
@@ -174,7 +246,7 @@ class Roster:
             group.joins += 1
             group.live += 1
             group.who = f"pid {msg.get('pid')} on {msg.get('host')}"
-            self.conns[conn] = gid
+            self.conns[conn].gid = gid
             self._set(gid, "live")
             return {"ok": True, "rejoin": False, "wait": 0, "keys": self.keys}
         if total != self.total:
@@ -182,7 +254,7 @@ class Roster:
                 "error": f"the job counts {total} groups in all, the tier serves {self.total} "
                 f"(its --num-workers): give every job HVD_PS_TOTAL_GROUPS={self.total}"
             }
-        if group.state == "live" or self.conns.get(conn) is not None:
+        if group.state == "live" or self.conns[conn].gid is not None:
             return {
                 "error": f"global group id {gid} is taken by a live leader ({group.who}); give "
                 "each job its own HVD_PS_GROUP_OFFSET, or wait until that job ends"
@@ -196,7 +268,7 @@ class Roster:
         group.who = f"pid {msg.get('pid')} on {msg.get('host')}"
         group.joins += 1
         group.live += 1
-        self.conns[conn] = gid
+        self.conns[conn].gid = gid
         self._set(gid, "live")
         if rejoin:
             how = "died" if was == "dead" else "left"
@@ -204,15 +276,17 @@ class Roster:
         return {"ok": True, "rejoin": rejoin, "wait": wait, "keys": self.keys}
 
     def _send(self, conn: socket.socket, message: Dict[str, Any]) -> None:
+        session = self.conns[conn].session
+        assert session is not None  # (only proven peers' messages are handled)
         try:
-            messages.send(conn, message)
-        except OSError:
+            conn.sendall(session.seal(message))
+        except OSError:  # (a peer that does not read: the send timed out)
             self._gone(conn)
 
     def _gone(self, conn: socket.socket) -> None:
-        gid = self.conns.pop(conn, None)
-        self.buffers.pop(conn, None)
+        peer = self.conns.pop(conn, None)
         conn.close()
+        gid = None if peer is None else peer.gid
         if gid is None:
             return
         group = self.groups[gid]
@@ -254,6 +328,12 @@ class Roster:
         )
 
     def close(self) -> None:
+        if self.refused or self.dropped:
+            self.report(
+                f"the roster refused {self.refused} connection(s) that did not prove they hold "
+                f"the tier's secret, and dropped {self.dropped} line(s) of its leaders that "
+                "were not sealed right"
+            )
         for conn in list(self.conns):
             conn.close()
         self.sock.close()
@@ -265,15 +345,18 @@ class Roster:
 class Lease:
     """A leader's place on the roster, held from ``hvd_ps.init`` to its end."""
 
-    def __init__(self, address: Tuple[str, int], gid: int, total: int, timeout: float) -> None:
+    def __init__(
+        self, address: Tuple[str, int], gid: int, total: int, timeout: float, key: bytes
+    ) -> None:
         self.where = f"the PS tier's roster at {address[0]}:{address[1]} (HVD_PS_ROSTER)"
         self.gid = gid
         try:
             self.sock = socket.create_connection(address, timeout=min(30.0, timeout))
             keepalive(self.sock)
+            self.channel = authentication.connect(self.sock, key, min(30.0, timeout))
             me = {"join": gid, "total": total, "pid": os.getpid(), "host": socket.gethostname()}
-            messages.send(self.sock, me)
-            reply = messages.receive(self.sock, timeout)
+            self.channel.send(me)
+            reply = self.channel.receive(timeout)
         except (OSError, ValueError) as err:
             raise TierError(f"group {gid}'s leader could not join {self.where}: {err}") from None
         if "error" in reply:
@@ -300,8 +383,8 @@ class Lease:
     def live_groups(self, timeout: float) -> Optional[Set[int]]:
         """The global group ids the roster counts live now (None: it did not answer)."""
         try:
-            messages.send(self.sock, {"live": 1})
-            reply = messages.receive(self.sock, timeout)
+            self.channel.send({"live": 1})
+            reply = self.channel.receive(timeout)
         except (OSError, ValueError):
             return None
         live = reply.get("live")
@@ -318,6 +401,6 @@ class Lease:
 
     def _tell(self, message: Dict[str, Any]) -> None:
         try:
-            messages.send(self.sock, message)
+            self.channel.send(message)
         except OSError:
             pass  # the tier is gone: the PS calls themselves report it

@@ -147,6 +147,18 @@ COMMANDS: Dict[str, Entry] = {
     "HVD_PS_GROUP_OFFSET=1 horovodrun -np 2 python examples/train_digits.py --group-size 2": (
         Runs("test_shared_tier_block")
     ),
+    # docs/security.md: a secret file of one's own, a tier that uses it
+    "head -c 32 /dev/urandom | od -An -tx1 | tr -d  \\n > tier.secret && chmod 600 "
+    "tier.secret": Covered(
+        "test_shared_tier.py",
+        "test_a_tier_with_its_own_secret_file_admits_only_jobs_that_hold_it",
+        ("MAKE_SECRET", "head -c 32 /dev/urandom | od -An -tx1 | tr -d"),
+    ),
+    "hvdps-run --servers-only --num-workers 2 --secret-file tier.secret > tier.env &": Covered(
+        "test_shared_tier.py",
+        "test_a_tier_with_its_own_secret_file_admits_only_jobs_that_hold_it",
+        ('"--servers-only"', '"--secret-file"'),
+    ),
     # docs/machines.md: two hosts, emulated by the test (its interface and address for eth1
     # and 10.0.0.1); needs root
     "export OMPI_MCA_oob_tcp_if_include=eth1": Covered(

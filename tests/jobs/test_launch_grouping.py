@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 import job_run
 import pytest
 
-from hvd_ps import config, topology
+from hvd_ps import authentication, config, secret, topology
 from hvd_ps.errors import ConfigError, TierError
 from hvd_ps.launch import cli as launch
 from hvd_ps.launch import rendezvous
@@ -86,14 +86,16 @@ def test_job_environment_with_the_grouping_left_to_the_script(monkeypatch) -> No
         monkeypatch.setenv(k, v)  # an outer launch's leftovers must not reach this job
     monkeypatch.setenv("DMLC_INTERFACE", "eth1")  # the user's own ps-lite setting stays
     opts = launch._parser().parse_args(["-np", "4"])
-    job = launch.Launch(launch.make_plan(opts, config.load({})), opts)
+    held = secret.Held(None)
+    job = launch.Launch(launch.make_plan(opts, config.load({})), opts, held)
     env, listener = launch.job_environment(job)
     assert listener is not None
     try:
+        assert env["HVD_PS_SECRET_FILE"] == held.path and secret.load(held.path) == held.key
         assert env["DMLC_INTERFACE"] == "eth1"
         assert env["HVD_PS_LAUNCHER"] == listener.address
         assert re.fullmatch(r"127\.0\.0\.1:\d+", listener.address)
-        assert len(env["HVD_PS_LAUNCHER_TOKEN"]) == 32 and env["DMLC_NODE_HOST"] == "127.0.0.1"
+        assert len(held.key) == 2 * secret.SIZE and env["DMLC_NODE_HOST"] == "127.0.0.1"
         for k in (
             "DMLC_PS_ROOT_URI",
             "DMLC_PS_ROOT_PORT",
@@ -104,13 +106,18 @@ def test_job_environment_with_the_grouping_left_to_the_script(monkeypatch) -> No
         cfg = config.load(env)  # what the ranks' hvd_ps.init reads
         assert cfg.wiring.launcher == ("127.0.0.1", int(listener.address.split(":")[1]))
         assert not cfg.wiring.external_tier and cfg.wiring.launch_group_size is None
+        assert cfg.wiring.secret_file == held.path
     finally:
         listener.close()
+        held.remove()
+    assert not Path(held.path).exists()
 
 
 def test_job_environment_with_group_size_flag() -> None:
     opts = launch._parser().parse_args(["-np", "4", "--group-size", "2"])
-    job = launch.Launch(launch.make_plan(opts, config.load({})), opts)
+    held = secret.Held(None)
+    job = launch.Launch(launch.make_plan(opts, config.load({})), opts, held)
+    held.remove()  # (this job never reads it)
     job.start(2)
     try:
         env, listener = launch.job_environment(job)
@@ -133,8 +140,9 @@ def test_job_environment_with_group_size_flag() -> None:
     [
         ({"HVD_PS_GROUP_SIZE": "0"}, "HVD_PS_GROUP_SIZE"),
         ({"HVD_PS_NUM_GROUPS": "two"}, "HVD_PS_NUM_GROUPS"),
-        ({"HVD_PS_LAUNCHER": "nohost", "HVD_PS_LAUNCHER_TOKEN": "t"}, "HVD_PS_LAUNCHER"),
-        ({"HVD_PS_LAUNCHER": "h:1"}, "HVD_PS_LAUNCHER_TOKEN"),
+        ({"HVD_PS_LAUNCHER": "nohost", "HVD_PS_SECRET_FILE": "f"}, "HVD_PS_LAUNCHER"),
+        ({"HVD_PS_LAUNCHER": "h:1"}, "HVD_PS_SECRET_FILE"),
+        ({"HVD_PS_ROSTER": "h:1"}, "HVD_PS_SECRET_FILE"),
     ],
 )
 def test_bad_launcher_variables(env: Dict[str, str], name: str) -> None:
@@ -170,44 +178,74 @@ def _serve_once(listener: rendezvous.Listener, answer: Optional[dict], got: list
         request.answer(answer)
 
 
-def _ask(token: str, listener: rendezvous.Listener, timeout: str = "10"):
-    cfg = config.load({"HVD_PS_LAUNCHER": listener.address, "HVD_PS_LAUNCHER_TOKEN": token,
+def _ask(path: str, listener: rendezvous.Listener, timeout: str = "10"):
+    cfg = config.load({"HVD_PS_LAUNCHER": listener.address, "HVD_PS_SECRET_FILE": path,
                        "HVD_PS_TIMEOUT": timeout})  # fmt: skip
     return rendezvous.ask(cfg, num_groups=2, world_size=4)
 
 
-def test_rank0_rendezvous_round_trip_and_refusals() -> None:
-    listener = rendezvous.Listener("127.0.0.1", "secret")
+def test_rank0_rendezvous_round_trip_and_refusals(tmp_path: Path) -> None:
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "theirs").mkdir()
+    ours, theirs = secret.create(str(tmp_path / "ours")), secret.create(str(tmp_path / "theirs"))
+    listener = rendezvous.Listener("127.0.0.1", secret.load(ours))
     try:
         got: list = []
         t = threading.Thread(target=_serve_once, args=(listener, {"uri": "127.0.0.1",
                              "port": 4242, "num_servers": 2}, got))  # fmt: skip
         t.start()
-        assert _ask("secret", listener) == ("127.0.0.1", 4242, 2)
+        assert _ask(ours, listener) == ("127.0.0.1", 4242, 2)
         t.join(10)
         assert got[1] == (2, 4)
-        # a wrong token is dropped without an answer
+        # another secret: refused before its request is read, and told so
         got = []
         t = threading.Thread(target=_serve_once, args=(listener, None, got))
         t.start()
-        with pytest.raises(TierError, match="closed"):
-            _ask("wrong", listener)
+        with pytest.raises(TierError, match="does not hold the tier's secret.*HVD_PS_SECRET"):
+            _ask(theirs, listener)
         t.join(10)
-        assert got == [None]
+        assert got == [None] and listener.refused == 1
         # hvdps-run's error reaches rank 0
         t = threading.Thread(target=_serve_once, args=(listener, {"error": "port in use"}, []))
         t.start()
         with pytest.raises(TierError, match="could not start the PS tier: port in use"):
-            _ask("secret", listener)
+            _ask(ours, listener)
         t.join(10)
     finally:
         listener.close()
     with socket.socket() as s:  # nobody listening: a clear error, not a hang
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = config.load({"HVD_PS_LAUNCHER": f"127.0.0.1:{port}", "HVD_PS_LAUNCHER_TOKEN": "x"})
+    cfg = config.load({"HVD_PS_LAUNCHER": f"127.0.0.1:{port}", "HVD_PS_SECRET_FILE": ours})
     with pytest.raises(TierError, match="HVD_PS_LAUNCHER"):
         rendezvous.ask(cfg, 1, 1)
+
+
+def test_a_stranger_at_the_rendezvous_is_dropped_within_its_time_and_learns_nothing(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A peer that says nothing, or plain JSON without the proof, holds hvdps-run's listener
+    for at most REQUEST_TIME and hears only the hello (a nonce) and the refusal."""
+    monkeypatch.setattr(rendezvous, "REQUEST_TIME", 0.5)
+    listener = rendezvous.Listener("127.0.0.1", secret.load(secret.create(str(tmp_path))))
+    host, port = listener.address.split(":")
+    try:
+        for say in (b"", b'{"num_groups": 1, "world_size": 1, "token": ""}\n'):
+            with socket.create_connection((host, int(port)), timeout=5) as s:
+                s.sendall(say)
+                assert listener.poll(5.0) is None
+                heard = b""
+                while True:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    heard += chunk
+            lines = [json.loads(x) for x in heard.splitlines()]
+            assert set(lines[0]) == {"hello", "nonce"}, heard
+            assert lines[1:] in ([], [{"error": authentication.REFUSED}]), heard
+        assert listener.refused == 2
+    finally:
+        listener.close()
 
 
 # -- real jobs on one host -------------------------------------------------------------------

@@ -17,6 +17,7 @@ Every process is bounded by ``timeout`` and checked gone by PID afterwards.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -307,3 +308,47 @@ def test_servers_only_prints_the_total_and_asks_for_the_offset(tmp_path: Path) -
         assert tier.exports["DMLC_NUM_WORKER"] == "3"
     finally:
         assert tier.stop() == 0
+
+
+#: docs/security.md: a secret file of one's own (run as written, in the test's directory)
+MAKE_SECRET = (
+    "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > tier.secret && chmod 600 tier.secret"
+)
+
+
+def test_a_tier_with_its_own_secret_file_admits_only_jobs_that_hold_it(tmp_path: Path) -> None:
+    """``--secret-file``: a file others may read stops hvdps-run before it starts anything; the
+    tier prints the file's path; a job holding another secret fails in ``hvd_ps.init`` with one
+    line naming HVD_PS_SECRET_FILE, before it registers with ps-lite, so the job holding the
+    right one then trains on the tier as usual and the tier ends with 0."""
+    subprocess.run(["bash", "-c", MAKE_SECRET], cwd=tmp_path, check=True, timeout=30)
+    path = tmp_path / "tier.secret"
+    assert path.stat().st_mode & 0o777 == 0o600 and len(path.read_text()) == 64
+    loose = tmp_path / "loose.secret"
+    loose.write_text(path.read_text())
+    loose.chmod(0o644)
+    cmd = job_run.launcher("--servers-only", "--num-workers", "1", "--secret-file", str(loose))
+    proc = job_run.complete(job_run.bounded(cmd, 30), job_run.env(), timeout=40)
+    assert proc.returncode == 2 and f"chmod 600 {loose}" in proc.stderr, proc.stderr
+    other = tmp_path / "other.secret"
+    other.write_text("f" * 64)
+    other.chmod(0o600)
+
+    tier = job_run.Tier(tmp_path, 1, args=["--secret-file", str(path)])
+    try:
+        assert tier.exports["HVD_PS_SECRET_FILE"] == str(path)
+        ((code, so, se),) = job_run.finish_all(
+            [_job(tmp_path, 1, limit=90, **{**tier.exports, "HVD_PS_SECRET_FILE": str(other)})],
+            100,
+        )
+        assert code != 0 and "Traceback" not in se, se[-3000:]
+        assert "hvd_ps: TierError: group 0's leader could not join the PS tier's roster" in se
+        assert "does not hold the tier's secret (HVD_PS_SECRET_FILE must name" in se, se[-3000:]
+        ((code, so, se),) = job_run.finish_all([_job(tmp_path, 1, **tier.exports)], 170)
+        assert code == 0, so + se[-3000:]
+        _, err = tier.proc.communicate(timeout=30)  # its one group has left
+        assert tier.proc.returncode == 0, err
+        assert "the roster refused a connection" in err and "refused 1 connection(s)" in err
+    finally:
+        assert tier.stop() == 0
+    job_run.assert_gone([], token=str(tmp_path))

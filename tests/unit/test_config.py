@@ -246,7 +246,7 @@ def test_job_environment_drops_an_outer_launch(monkeypatch):
         "DMLC_NUM_SERVER": "2",
         "DMLC_NUM_WORKER": "2",
         "HVD_PS_LAUNCHER": "10.9.9.9:5",
-        "HVD_PS_LAUNCHER_TOKEN": "secret",
+        "HVD_PS_SECRET_FILE": "/tmp/their-secret",
         "HVD_PS_GROUP_SIZE": "2",
         "HVD_PS_NUM_GROUPS": "2",
         "HVD_PS_GROUP_OFFSET": "1",

@@ -19,12 +19,14 @@ from hvd_ps.errors import TierError, TopologyError
 from hvd_ps.ps import roster
 
 DEAD_AFTER = 3
+#: the tier's secret (the roster and its leaders hold it)
+KEY = b"0123456789abcdef0123456789abcdef"
 
 
 class Running:
     def __init__(self, total: int, timeout: float = 60.0) -> None:
         self.lines: List[str] = []
-        self.roster = roster.Roster("127.0.0.1", total, DEAD_AFTER, timeout, self.lines.append)
+        self.roster = roster.Roster("127.0.0.1", total, DEAD_AFTER, timeout, self.lines.append, KEY)
         host, port = self.roster.address.split(":")
         self.address = (host, int(port))
         self.stop = False
@@ -35,8 +37,8 @@ class Running:
         while not self.stop:
             self.roster.poll(0.02)
 
-    def lease(self, gid: int, total: int = 0) -> roster.Lease:
-        return roster.Lease(self.address, gid, total or self.roster.total, 10.0)
+    def lease(self, gid: int, total: int = 0, key: bytes = KEY) -> roster.Lease:
+        return roster.Lease(self.address, gid, total or self.roster.total, 10.0, key)
 
     def until(self, what, limit: float = 5.0) -> None:
         end = time.monotonic() + limit
@@ -144,7 +146,7 @@ def test_a_dead_group_that_never_comes_back_ends_the_tier_non_zero() -> None:
 
 def test_an_unreachable_roster_is_a_tier_error() -> None:
     with pytest.raises(TierError, match="could not join the PS tier's roster at 127.0.0.1:1"):
-        roster.Lease(("127.0.0.1", 1), 0, 1, 2.0)
+        roster.Lease(("127.0.0.1", 1), 0, 1, 2.0, KEY)
 
 
 def test_in_sync_mode_a_death_says_the_others_fail_and_no_rejoin_is_granted(
@@ -161,3 +163,99 @@ def test_in_sync_mode_a_death_says_the_others_fail_and_no_rejoin_is_granted(
     with pytest.raises(TopologyError, match="global group id 0 cannot rejoin: The groups of"):
         tier.lease(0)
     assert tier.roster.recoveries == 0
+
+
+# -- strangers: peers that do not hold the tier's secret ------------------------------------
+
+
+def _stranger(tier: Running, say: bytes, read: bool = True) -> List[dict]:
+    """A raw connection that sends ``say``; what it heard until the roster closed it."""
+    import json
+    import socket
+
+    with socket.create_connection(tier.address, timeout=10) as s:
+        s.sendall(say)
+        heard = b""
+        while read:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:  # (closed with our bytes unread: what came is all)
+                break
+            if not chunk:
+                break
+            heard += chunk
+    return [json.loads(line) for line in heard.splitlines()]
+
+
+def _states(tier: Running) -> dict:
+    return {g: (x.state, x.joins, x.live) for g, x in tier.roster.groups.items()}
+
+
+def test_a_stranger_changes_nothing_and_hears_nothing_about_the_job(tier: Running) -> None:
+    """Without the secret: a plain join (the attack that squatted an id), a forged proof, a
+    line too long, and a wrong secret through a real lease are each refused; the roster's
+    groups, keys and modes stay as they were, and the stranger hears a nonce and the refusal,
+    no pid, host, group or key."""
+    from hvd_ps import authentication
+
+    leases = [tier.lease(0)]
+    leases[0].report_key(3, "w", 10, "float32")
+    leases[0].report_mode("async")
+    tier.until(lambda: tier.roster.keys and tier.roster.modes)
+    before = (_states(tier), dict(tier.roster.keys), set(tier.roster.modes))
+    refusal = [{"error": authentication.REFUSED}]
+    attempts = [
+        b'{"join": 1, "total": 3, "pid": 1, "host": "x"}\n',
+        b'{"nonce": "' + b"00" * 16 + b'", "proof": "' + b"ab" * 32 + b'"}\n',
+        b"x" * 100_000,  # no newline: refused once past the handshake's limit
+        b'{"leave": 0}\n{"live": 1}\n{"key": 9, "name": "evil"}\n',
+    ]
+    for say in attempts:
+        heard = _stranger(tier, say)
+        assert heard and set(heard[0]) == {"hello", "nonce"}, heard
+        assert heard[1:] in ([], refusal), heard  # (the refusal may be lost to a reset)
+    with pytest.raises(TierError, match="does not hold the tier's secret.*HVD_PS_SECRET_FILE"):
+        tier.lease(1, key=b"another secret of sixteen+ bytes")
+    tier.until(lambda: tier.roster.refused == len(attempts) + 1)
+    assert (_states(tier), dict(tier.roster.keys), set(tier.roster.modes)) == before
+    assert len(tier.lines) == 1 and "refused a connection" in tier.lines[0]  # once
+    assert tier.lease(1).rejoin is False  # the real leaders still join
+
+
+def test_silent_or_surplus_connections_cannot_stall_the_roster(tier: Running, monkeypatch) -> None:
+    """Connections that never speak are dropped after PROOF_TIME; past MAX_PEERS a new one is
+    closed at once; a leader that joins meanwhile is answered all the same."""
+    import socket
+
+    monkeypatch.setattr(roster, "PROOF_TIME", 0.5)
+    monkeypatch.setattr(roster, "MAX_PEERS", 4)
+    idle = [socket.create_connection(tier.address, timeout=10) for _ in range(4)]
+    tier.until(lambda: len(tier.roster.conns) == 4)
+    surplus = _stranger(tier, b"")  # the fifth: closed without a word
+    assert surplus == [] and tier.roster.refused >= 1
+    tier.until(lambda: not tier.roster.conns, limit=5.0)  # the silent four: dropped
+    assert tier.roster.refused == 5
+    start = time.monotonic()
+    lease = tier.lease(0)
+    assert time.monotonic() - start < 2.0 and _states(tier)[0] == ("live", 1, 1)
+    for s in idle:
+        s.close()
+    lease.leave()
+
+
+def test_a_tampered_or_replayed_line_on_a_lease_is_dropped_and_the_lease_goes_on(
+    tier: Running,
+) -> None:
+    """Lines injected into a leader's connection (a forged ``leave``, a replay of its own
+    sealed ``live`` request) are dropped and counted: the group stays live, and its next real
+    request is answered."""
+    lease = tier.lease(0)
+    sealed = lease.channel.session.seal({"live": 1})
+    lease.sock.sendall(sealed)
+    assert lease.channel.receive(5.0) == {"live": [0]}
+    lease.sock.sendall(sealed)  # the same line again: its number is spent
+    lease.sock.sendall(b"0" * 64 + b' {"leave": 0}\n')  # a forged seal
+    lease.sock.sendall(b'{"leave": 0}\n')  # no seal at all
+    tier.until(lambda: tier.roster.dropped == 3)
+    assert _states(tier)[0] == ("live", 1, 1)
+    assert lease.live_groups(5.0) == {0}
