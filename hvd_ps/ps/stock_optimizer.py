@@ -22,7 +22,8 @@ from typing import Any, Callable, Dict, Tuple
 
 from ..errors import HvdPsError
 
-#: MXNet 1.9.1's registered optimizers (all but the test-only ``Test``), by module and name.
+#: MXNet 1.9.1's registered optimizers, by module and name. ``Test`` (w += rescale_grad * g,
+#: its state a copy of w) is what MXNet's nightly ``dist_sync_kvstore.py`` sends.
 OPTIMIZER_CLASSES: Tuple[Tuple[str, str], ...] = tuple(
     ("mxnet.optimizer.optimizer", name)
     for name in (
@@ -43,6 +44,7 @@ OPTIMIZER_CLASSES: Tuple[Tuple[str, str], ...] = tuple(
         "Ftrl",
         "Adamax",
         "Nadam",
+        "Test",
     )
 ) + (("mxnet.optimizer.contrib", "GroupAdaGrad"),)
 
