@@ -21,14 +21,23 @@ at every recovery:
 ``hvdps-run --servers-only`` runs it (``python -m hvd_ps.server`` with ``DMLC_ROLE=scheduler``
 and ``HVD_PS_OWN_SCHEDULER=1``); the embedded tier and ``hvdps-run``'s job mode keep ps-lite's.
 It runs until it is stopped: the tier ends it when every group has left.
+
+Whatever arrives is untrusted, and nothing a peer sends stops it: a message longer than
+:data:`MAX_MESSAGE` is refused by ZeroMQ, and a message that does not decode, a registration
+with an address or role no ps-lite node has, a barrier request or heartbeat from a sender that
+is not a registered node (of that barrier's group), a second request of one node for the same
+barrier, or a command a scheduler does not take is dropped and counted (:attr:`dropped`; the
+first is logged). ps-lite's sender ids are the peer's own claim (its ZeroMQ identity): a peer
+that claims a registered node's id is not detected here.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Set, Tuple, Union
 
 log = logging.getLogger("hvd_ps.ps.scheduler")
 
@@ -36,6 +45,10 @@ SERVER, WORKER, SCHEDULER = 0, 1, 2  # Node::Role
 TERMINATE, ADD_NODE, BARRIER, HEARTBEAT = 1, 2, 3, 5  # Control::Command
 SCHEDULER_ID, SERVER_GROUP, WORKER_GROUP = 1, 2, 4
 EMPTY = 2**31 - 1  # ps-lite's kEmpty
+#: the longest message the scheduler takes (a node list is ~30 bytes a node)
+MAX_MESSAGE = 1 << 20
+#: a node's host as ps-lite advertises it: a name or an IPv4/IPv6 address
+HOST = re.compile(r"[A-Za-z0-9._:-]{1,253}")
 
 
 # -- protobuf (proto2) for the few fields a scheduler reads and writes ---------------------------
@@ -185,8 +198,9 @@ class Scheduler:
     nodes: Dict[int, Node] = field(default_factory=dict)  # id -> node, once started
     pending: List[Node] = field(default_factory=list)  # registrations before the start
     heartbeats: Dict[int, float] = field(default_factory=dict)
-    barriers: Dict[int, int] = field(default_factory=dict)
+    barriers: Dict[int, Set[int]] = field(default_factory=dict)  # group -> the ids that asked
     recoveries: int = 0
+    dropped: int = 0  # messages dropped (see the module's docstring)
 
     def __post_init__(self) -> None:
         import zmq
@@ -194,6 +208,7 @@ class Scheduler:
         self.zmq = zmq
         self.context = zmq.Context()
         self.receiver = self.context.socket(zmq.ROUTER)
+        self.receiver.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         self.receiver.bind(f"tcp://{self.host}:{self.port}")
         self.senders: Dict[int, object] = {}
         self.me = Node(SCHEDULER, self.host, self.port, SCHEDULER_ID)
@@ -202,18 +217,46 @@ class Scheduler:
         end = None if stop_after is None else time.monotonic() + stop_after
         while end is None or time.monotonic() < end:
             if self.receiver.poll(200):
-                frames = self.receiver.recv_multipart()
-                self.handle(frames[0], Meta.decode(frames[1]))
+                self.receive(self.receiver.recv_multipart())
+
+    def receive(self, frames: List[bytes]) -> None:
+        """One message as the ROUTER socket hands it over: the sender's identity, then the
+        ``PBMeta`` (data frames after it, which a scheduler never needs)."""
+        try:
+            if len(frames) < 2:
+                raise ValueError("no message frame")
+            meta = Meta.decode(frames[1])
+        except (ValueError, IndexError) as err:  # (a truncated varint: IndexError)
+            self._drop(f"a message that is not a ps-lite control message ({err})")
+            return
+        try:
+            self.handle(frames[0], meta)
+        except Exception as err:  # the last line: a message never stops the scheduler
+            self._drop(f"a message whose handling failed ({type(err).__name__}: {err})")
 
     def handle(self, identity: bytes, meta: Meta) -> None:
         sender = _node_id(identity)
         if meta.cmd == ADD_NODE and meta.nodes:
-            self._add(meta.nodes[0])
+            why = _invalid(meta.nodes[0])
+            if why:
+                self._drop(f"a registration of {why}")
+            else:
+                self._add(meta.nodes[0])
         elif meta.cmd == BARRIER and meta.request:
-            self._barrier(meta)
-        elif meta.cmd == HEARTBEAT and sender is not None:
+            self._barrier(sender, meta)
+        elif meta.cmd == HEARTBEAT and sender in self.nodes:
             self.heartbeats[sender] = time.monotonic()
             self._send(sender, Meta(HEARTBEAT, [self.me]))
+        else:
+            who = "an unregistered sender" if sender not in self.nodes else f"node {sender}"
+            self._drop(f"command {meta.cmd} from {who}")
+
+    def _drop(self, what: str) -> None:
+        self.dropped += 1
+        if self.dropped == 1:
+            log.warning("dropped %s (later drops are only counted)", what)
+        else:
+            log.debug("dropped %s", what)
 
     def _add(self, node: Node) -> None:
         if len(self.nodes) < self.num_servers + self.num_workers:
@@ -266,13 +309,17 @@ class Scheduler:
             ids += [i for i, n in self.nodes.items() if n.role == WORKER]
         return ids
 
-    def _barrier(self, meta: Meta) -> None:
+    def _barrier(self, sender: Optional[int], meta: Meta) -> None:
         group = meta.barrier_group
-        self.barriers[group] = self.barriers.get(group, 0) + 1
         members = self._group(group)
-        if self.barriers[group] < len(members):
+        asked = self.barriers.setdefault(group, set())
+        if sender not in members or sender in asked:
+            self._drop(f"a request for barrier {group} from {sender} (not a member, or again)")
             return
-        self.barriers[group] = 0
+        asked.add(sender)
+        if len(asked) < len(members):
+            return
+        self.barriers[group] = set()
         for i in members:
             self._send(i, Meta(BARRIER, request=False, app_id=meta.app_id,
                                customer_id=meta.customer_id, barrier_group=group))  # fmt: skip
@@ -295,6 +342,17 @@ class Scheduler:
             sock.send(meta.encode(), self.zmq.NOBLOCK)  # type: ignore[attr-defined]
         except self.zmq.Again:
             log.warning("node %d does not take messages (dead?): dropped one", node_id)
+
+
+def _invalid(node: Node) -> str:
+    """Why ``node`` (a registration) cannot be a ps-lite server or worker ('' if it can)."""
+    if node.role not in (SERVER, WORKER):
+        return f"role {node.role}"
+    if not 0 < node.port < 65536:
+        return f"port {node.port}"
+    if not HOST.fullmatch(node.hostname):
+        return f"host {node.hostname[:64]!r}"
+    return ""
 
 
 def _node_id(identity: bytes) -> Optional[int]:

@@ -120,3 +120,105 @@ def test_a_registration_with_no_dead_node_is_ignored(started) -> None:
     started.sent.clear()
     _register(started, sch.WORKER, 7200)
     assert started.sent == [] and started.recoveries == 0
+
+
+# -- what strangers send ---------------------------------------------------------------------
+
+
+def test_malformed_messages_are_dropped_and_counted_never_fatal(started) -> None:
+    """The attack that ended the scheduler (one frame that is not protobuf: ``protobuf wire
+    type 7``, exit 1) and its relatives: each dropped and counted, nothing sent, nothing
+    changed."""
+    before = dict(started.nodes)
+    started.sent.clear()
+    junk = [
+        [b"id", b"\x0f"],  # wire type 7
+        [b"id", b"\x08"],  # a varint cut short
+        [b"id", b"\x1a\x05\xff\xfe"],  # a length past the end, then a bad varint
+        [b"only an identity"],
+        [b"id", sch._field(3, sch._field(1, sch.ADD_NODE) + sch._field(2, sch._field(3, b"\xff")))],
+    ]
+    for frames in junk:
+        started.receive(frames)
+    assert started.dropped == len(junk) and started.sent == [] and started.nodes == before
+
+
+@pytest.mark.parametrize(
+    "node",
+    [
+        sch.Node(sch.SCHEDULER, "127.0.0.1", 7300),
+        sch.Node(sch.WORKER, "127.0.0.1", 0),
+        sch.Node(sch.WORKER, "127.0.0.1", 70000),
+        sch.Node(sch.WORKER, "", 7300),
+        sch.Node(sch.WORKER, "a b;rm", 7300),
+    ],
+)
+def test_a_registration_no_ps_lite_node_could_send_is_dropped(node) -> None:
+    s = Recorder("127.0.0.1", 9000, num_servers=1, num_workers=1, dead_after=0.2)
+    s.receive([b"x", sch.Meta(sch.ADD_NODE, [node]).encode()])
+    assert s.pending == [] and s.dropped == 1
+
+
+def test_only_registered_members_count_toward_a_barrier_each_once(started) -> None:
+    """Requests from a sender that is not registered, from a node outside the group, or the
+    same node again do not count: the workers' barrier is answered when ps9 and ps11 asked."""
+    started.sent.clear()
+    ask = sch.Meta(sch.BARRIER, barrier_group=sch.WORKER_GROUP, request=True)
+    for who in (b"\x00stranger", b"ps8", b"ps77", b"ps9", b"ps9"):
+        started.receive([who, ask.encode()])
+    assert started.sent == [] and started.dropped == 4
+    started.receive([b"ps11", ask.encode()])
+    assert sorted(i for i, _ in started.sent) == [9, 11]
+
+
+def test_heartbeats_of_unregistered_senders_are_not_answered(started) -> None:
+    started.sent.clear()
+    started.receive([b"ps77", sch.Meta(sch.HEARTBEAT, [started.me]).encode()])
+    started.receive([b"\x00x", sch.Meta(sch.HEARTBEAT, [started.me]).encode()])
+    assert started.sent == [] and 77 not in started.heartbeats and started.dropped == 2
+
+
+def test_the_real_socket_refuses_an_oversized_message_and_serves_on() -> None:
+    """On loopback: garbage and a message past MAX_MESSAGE arrive first; the scheduler keeps
+    running and starts the tier when its one server and one worker register."""
+    import threading
+
+    import zmq
+
+    from hvd_ps import addresses
+
+    port = addresses.free_port("127.0.0.1")
+    s = sch.Scheduler("127.0.0.1", port, num_servers=1, num_workers=1, dead_after=5.0)
+    t = threading.Thread(target=s.run, kwargs={"stop_after": 3.0}, daemon=True)
+    t.start()
+    ctx = zmq.Context()
+    try:
+        nodes, ports = [], []
+        for _ in range(2):
+            inbox = ctx.socket(zmq.ROUTER)  # where the scheduler answers this node
+            ports.append(inbox.bind_to_random_port("tcp://127.0.0.1"))
+            nodes.append(inbox)
+        out = ctx.socket(zmq.DEALER)
+        out.setsockopt(zmq.LINGER, 0)
+        out.connect(f"tcp://127.0.0.1:{port}")
+        out.send(b"\x0f")
+        out.send(b"\x00" * (sch.MAX_MESSAGE + 1))  # ZeroMQ closes this connection
+        out.close()
+        reg = ctx.socket(zmq.DEALER)
+        reg.setsockopt(zmq.LINGER, 0)
+        reg.connect(f"tcp://127.0.0.1:{port}")
+        for role, at in zip((sch.SERVER, sch.WORKER), ports):
+            reg.send(sch.Meta(sch.ADD_NODE, [sch.Node(role, "127.0.0.1", at)]).encode())
+        for inbox in nodes:
+            assert inbox.poll(2000), "the scheduler did not start the tier"
+            frames = inbox.recv_multipart()
+            got = sch.Meta.decode(frames[-1])
+            assert got.cmd == sch.ADD_NODE and {n.id for n in got.nodes} == {1, 8, 9}
+        reg.close()
+        for inbox in nodes:
+            inbox.close(linger=0)
+    finally:
+        t.join(5)
+        s.context.destroy(linger=0)
+        ctx.term()
+    assert s.dropped == 1  # the junk; the oversized message never reached it
