@@ -54,6 +54,11 @@ variable                   default      meaning
 ``HVD_PS_HEARTBEAT``       ``6``        ``hvdps-run --servers-only``: seconds without a ps-lite
                                         heartbeat after which the scheduler counts a node dead and
                                         gives its place to a node that rejoins
+``HVD_PS_ANNOUNCED``       unset        ``server,worker`` (or ``server``): hvd_ps's scheduler
+                                        registers a node of these roles only once the process
+                                        that started it announced the node (a leader through
+                                        its roster lease, hvdps-run for its servers); set by
+                                        ``hvdps-run --servers-only``
 ``HVD_PS_OWN_SCHEDULER``   unset        ``1``: a scheduler started with ``DMLC_ROLE=scheduler`` is
                                         hvd_ps's (:mod:`hvd_ps.ps.scheduler`), not ps-lite's; set
                                         by ``hvdps-run --servers-only``
@@ -125,6 +130,7 @@ class Wiring:
     secret_file: Optional[str] = None
     roster: Optional[Tuple[str, int]] = None
     own_scheduler: bool = False
+    announced_roles: Tuple[str, ...] = ()
 
     @property
     def external_tier(self) -> bool:
@@ -187,6 +193,14 @@ def _roster(env: Mapping[str, str]) -> Optional[Tuple[str, int]]:
             "'hvdps-run --servers-only' printed, HVD_PS_SECRET_FILE included"
         )
     return address
+
+
+def _roles(env: Mapping[str, str], name: str) -> Tuple[str, ...]:
+    raw = (env.get(name) or "").strip()
+    roles = tuple(r for r in raw.split(",") if r)
+    if any(r not in ("server", "worker") for r in roles):
+        raise ConfigError(f"{name}={raw!r} must list server and/or worker (it is set by hvdps-run)")
+    return roles
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
@@ -268,6 +282,7 @@ def load(environ: Optional[Mapping[str, str]] = None) -> Config:
         secret_file=env.get("HVD_PS_SECRET_FILE") or None,
         roster=_roster(env),
         own_scheduler=_flag(env, "HVD_PS_OWN_SCHEDULER"),
+        announced_roles=_roles(env, "HVD_PS_ANNOUNCED"),
     )
     return Config(settings, wiring)
 
@@ -319,6 +334,17 @@ def set_worker_environment(
     )
     if heartbeats:
         os.environ["PS_HEARTBEAT_INTERVAL"] = str(HEARTBEAT_INTERVAL)
+
+
+def node_port(port: int) -> Dict[str, str]:
+    """ps-lite's ``PORT``: the port a server or worker node binds and advertises (ps-lite
+    picks another if it is taken)."""
+    return {"PORT": str(port)}
+
+
+def set_node_port(port: int) -> None:
+    """Set ps-lite's ``PORT`` (:func:`node_port`) in this process's environment."""
+    os.environ.update(node_port(port))
 
 
 def set_node_host(address: str) -> None:

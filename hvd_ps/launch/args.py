@@ -86,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
         "its first group)",
     )
     p.add_argument(
+        "--allow-stock-workers",
+        action="store_true",
+        help="--servers-only: let stock MXNet workers (no roster lease, no secret) register; "
+        "by default the scheduler registers only the workers of leaders that proved they hold "
+        "the tier's secret",
+    )
+    p.add_argument(
         "--secret-file",
         help="the tier's secret (a file of 16 to 4096 bytes that only its owner may read: mode "
         "600); default: a new random one, removed at the end. Give one to a --servers-only "
@@ -214,6 +221,11 @@ def make_plan(opts: argparse.Namespace, cfg: config.Config) -> Plan:
         raise UsageError(f"--num-groups/--num-workers must be >= 1, got {workers}")
     if opts.servers_only and opts.num_workers is None:
         raise UsageError("--servers-only needs --num-workers (total PS workers of all jobs)")
+    if opts.allow_stock_workers and not opts.servers_only:
+        raise UsageError(
+            "--allow-stock-workers is for a --servers-only tier (a job's tier takes its own "
+            "ranks only)"
+        )
     if opts.servers_only and opts.group_size is not None:
         raise UsageError("--group-size is for a job; with --servers-only give --num-workers")
     if not opts.servers_only and opts.num_proc is None:

@@ -123,6 +123,7 @@ def start_tier(plan: Plan, opts: argparse.Namespace, num_workers: int) -> Tier:
         port=plan.port,
         timeout=plan.timeout,
         env_extra=total,
+        announced=opts.servers_only,
     )
     tier = Tier(local)
     try:
@@ -140,14 +141,14 @@ def _start_remote(tier: Tier, plan: Plan, opts: argparse.Namespace, num_workers:
     for i, host in enumerate(plan.servers):
         if host is None:
             continue
+        address = socket.gethostbyname(host)
         ps = config.ps_environment(
-            "server",
-            plan.ps_host,
-            tier.local.port,
-            len(plan.servers),
-            num_workers,
-            socket.gethostbyname(host),
+            "server", plan.ps_host, tier.local.port, len(plan.servers), num_workers, address
         )
+        if tier.local.announced:  # a port free here, most likely free there too
+            port = addresses.free_port(plan.ps_host)
+            ps.update(config.node_port(port))
+            tier.local.announce("server", address, port)
         env = config.remote_server_environment({**ps, **_heartbeats(opts)})
         cmd = remote_server_command(ssh, host, env, sys.executable, os.getcwd())
         tier.remote[f"server on {host} #{i}"] = subprocess.Popen(
@@ -167,6 +168,7 @@ def _heartbeats(opts: argparse.Namespace) -> Dict[str, str]:
     return {
         **config.heartbeat_environment(config.load().settings.heartbeat),
         "HVD_PS_OWN_SCHEDULER": "1",
+        "HVD_PS_ANNOUNCED": "server" if opts.allow_stock_workers else "server,worker",
     }
 
 
@@ -324,8 +326,9 @@ def serve(tier: Tier, plan: Plan, held: secret.Held, sigs: Signals) -> int:
     cfg = config.load()
     try:
         roster = Roster(
-            plan.ps_host, total, cfg.settings.heartbeat, cfg.settings.timeout, say, held.key
-        )
+            plan.ps_host, total, cfg.settings.heartbeat, cfg.settings.timeout, say, held.key,
+            announce=tier.local.announce,
+        )  # fmt: skip
     except OSError as err:
         raise HvdPsError(f"cannot listen on --ps-host {plan.ps_host}: {err.strerror}") from None
     print(f"export HVD_PS_TOTAL_GROUPS={total}")

@@ -4,10 +4,16 @@ Used by the embedded tier (global rank 0 starts a scheduler and servers of its o
 ``hvdps-run``. Every child runs ``python -m hvd_ps.server`` in a process group of its own, is
 killed by the kernel if its parent dies (``PR_SET_PDEATHSIG``) and also exits by itself when
 it sees its parent gone, so no server outlives the job.
+
+A tier whose scheduler registers only announced nodes (``HVD_PS_ANNOUNCED``, hvd_ps's scheduler
+of a ``--servers-only`` tier: :mod:`hvd_ps.ps.scheduler`) gets its announcements on the
+scheduler's standard input, a pipe from this process: :meth:`LocalTier.announce`. Each local
+server then binds a port picked here (ps-lite's ``PORT``), announced as it starts.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -30,6 +36,8 @@ class LocalTier:
     num_workers: int
     procs: Dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     stopping: bool = False
+    #: the scheduler registers only nodes announced through :meth:`announce`
+    announced: bool = False
 
     @property
     def pids(self) -> List[int]:
@@ -39,13 +47,32 @@ class LocalTier:
         ps = config.ps_environment(
             role, self.host, self.port, self.num_servers, self.num_workers, self.host
         )
+        port = None
+        if role == "server" and self.announced:
+            port = addresses.free_port(self.host)
+            ps.update(config.node_port(port))
+        pipe = role == "scheduler" and self.announced
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "hvd_ps.server"],
             env=config.local_server_environment({**ps, **env_extra}),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if pipe else subprocess.DEVNULL,
             start_new_session=True,
             preexec_fn=processes.die_with_parent,
         )
+        if port is not None:
+            self.announce("server", self.host, port)
+
+    def announce(self, role: str, host: str, port: int) -> None:
+        """Tell the scheduler that a node of ``role`` at ``host:port`` may register (once)."""
+        scheduler = self.procs.get("scheduler")
+        if scheduler is None or scheduler.stdin is None:
+            return
+        line = json.dumps({"role": role, "host": host, "port": port}).encode() + b"\n"
+        try:
+            scheduler.stdin.write(line)
+            scheduler.stdin.flush()
+        except OSError:
+            pass  # the scheduler is gone: the tier reports its death
 
     def dead(self) -> Optional[str]:
         """Describes a child that has exited, or None while all run."""
@@ -90,8 +117,10 @@ def start(
     timeout: float = 60.0,
     scheduler: bool = True,
     env_extra: Optional[Dict[str, str]] = None,
+    announced: bool = False,
 ) -> LocalTier:
-    """Start a scheduler (unless ``scheduler=False``) and ``num_servers`` servers here.
+    """Start a scheduler (unless ``scheduler=False``) and ``num_servers`` servers here;
+    ``announced``: the scheduler (hvd_ps's, told by ``env_extra``) takes announcements on a pipe.
 
     Waits until the scheduler listens. With ``port=None`` a free port is picked (and another
     one tried if it was taken in the meantime); an explicit ``port`` that is in use raises
@@ -101,6 +130,7 @@ def start(
     extra = dict(env_extra or {})
     for attempt in range(tries):
         tier = LocalTier(host, port or addresses.free_port(host), num_servers, num_workers)
+        tier.announced = scheduler and announced
         if scheduler and addresses.port_open(host, tier.port):
             if attempt + 1 < tries:
                 continue

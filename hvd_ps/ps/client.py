@@ -111,6 +111,10 @@ class Client:
             self.lease = Lease(
                 roster, self.group_id, self.num_groups, self.cfg.settings.timeout, key
             )
+            # the tier's scheduler registers only nodes a leader holding the secret announced
+            port = addresses.free_port(host)
+            config.set_node_port(port)
+            self.lease.announce(host, port, self.cfg.settings.timeout)
             if self.lease.rejoin:
                 # ps-lite answers a node that registers only once it counts the old one dead
                 sys.stderr.write(

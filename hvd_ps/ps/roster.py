@@ -108,6 +108,8 @@ class Roster:
     timeout: float  # how long a dead group may take to come back once no group is alive
     report: Callable[[str], None]
     key: bytes  # the tier's secret
+    #: ``announce(role, host, port)``: tell the scheduler a leader's ps-lite node may register
+    announce: Optional[Callable[[str, str, int], None]] = None
     groups: Dict[int, Group] = field(default_factory=dict)
     keys: Dict[str, List[Any]] = field(default_factory=dict)
     modes: Set[Any] = field(default_factory=set)  # the trainers' modes the leaders reported
@@ -218,6 +220,8 @@ class Roster:
             self._send(conn, {"live": [g for g, s in self.groups.items() if s.state == "live"]})
         elif "mode" in msg and gid is not None:
             self.modes.add(str(msg["mode"]))
+        elif "node" in msg and gid is not None:
+            self._send(conn, self._node(msg["node"]))
         elif "leave" in msg and gid is not None:
             self.conns.pop(conn)
             self.groups[gid].live -= 1
@@ -226,6 +230,17 @@ class Roster:
             conn.close()
         else:
             self.dropped += 1
+
+    def _node(self, node: Any) -> Dict[str, Any]:
+        """A joined leader's ps-lite node (``{"host": H, "port": P}``), announced to the
+        scheduler before the leader registers it; the answer tells the leader it may."""
+        host = node.get("host") if isinstance(node, dict) else None
+        port = node.get("port") if isinstance(node, dict) else None
+        if not isinstance(host, str) or not isinstance(port, int) or not 0 < port < 65536:
+            return {"error": f"not a ps-lite node: {node!r:.100}"}
+        if self.announce is not None:
+            self.announce("worker", host, port)
+        return {"ok": True}
 
     @property
     def started(self) -> bool:
@@ -394,6 +409,18 @@ class Lease:
 
     def report_mode(self, mode: str) -> None:
         self._tell({"mode": mode})
+
+    def announce(self, host: str, port: int, timeout: float) -> None:
+        """Tell the tier this leader's ps-lite node (``host:port``, before it registers):
+        the scheduler registers only announced nodes."""
+        try:
+            self.channel.send({"node": {"host": host, "port": port}})
+            reply = self.channel.receive(timeout)
+        except (OSError, ValueError) as err:
+            raise TierError(f"group {self.gid}'s leader could not announce its node to "
+                            f"{self.where}: {err}") from None  # fmt: skip
+        if "error" in reply:
+            raise TierError(f"{self.where} refused group {self.gid}'s node: {reply['error']}")
 
     def leave(self) -> None:
         self._tell({"leave": self.gid})

@@ -29,11 +29,23 @@ is not a registered node (of that barrier's group), a second request of one node
 barrier, or a command a scheduler does not take is dropped and counted (:attr:`dropped`; the
 first is logged). ps-lite's sender ids are the peer's own claim (its ZeroMQ identity): a peer
 that claims a registered node's id is not detected here.
+
+**Announced nodes** (``announced_roles``; ``hvdps-run --servers-only`` sets server and
+worker): a registration of such a role counts only once the process that started this
+scheduler announced that node's address (:meth:`Scheduler.announce`, one JSON line per node on
+this process's standard input: ``{"role": "worker", "host": H, "port": P}``): hvdps-run for its
+servers, and for each leader once it proved on its roster lease that it holds the tier's
+secret. An announcement admits one registration. A registration that is not announced waits
+:data:`UNANNOUNCED_WAIT` seconds for its announcement (the two travel different roads), then is
+dropped, so a stranger that knows the tier's address but not its secret is never registered,
+before the start or in a dead node's place.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass, field, replace
@@ -49,6 +61,11 @@ EMPTY = 2**31 - 1  # ps-lite's kEmpty
 MAX_MESSAGE = 1 << 20
 #: a node's host as ps-lite advertises it: a name or an IPv4/IPv6 address
 HOST = re.compile(r"[A-Za-z0-9._:-]{1,253}")
+#: seconds a registration waits for its node's announcement before it is dropped
+UNANNOUNCED_WAIT = 10.0
+#: registrations that may wait for their announcement at once (more are dropped)
+MAX_WAITING = 256
+ROLES = {"server": SERVER, "worker": WORKER}
 
 
 # -- protobuf (proto2) for the few fields a scheduler reads and writes ---------------------------
@@ -201,6 +218,9 @@ class Scheduler:
     barriers: Dict[int, Set[int]] = field(default_factory=dict)  # group -> the ids that asked
     recoveries: int = 0
     dropped: int = 0  # messages dropped (see the module's docstring)
+    announced_roles: Tuple[int, ...] = ()  # roles registered only once announced
+    announced: Dict[Tuple[int, str, int], int] = field(default_factory=dict)  # -> admissions
+    waiting: List[Tuple[float, Node]] = field(default_factory=list)  # (since, registration)
 
     def __post_init__(self) -> None:
         import zmq
@@ -213,11 +233,72 @@ class Scheduler:
         self.senders: Dict[int, object] = {}
         self.me = Node(SCHEDULER, self.host, self.port, SCHEDULER_ID)
 
-    def run(self, stop_after: Optional[float] = None) -> None:
+    def run(self, stop_after: Optional[float] = None, announcements: Optional[int] = None) -> None:
+        """Serve until ``stop_after`` seconds passed (None: until stopped); ``announcements``:
+        a file descriptor of JSON lines, each a node to :meth:`announce`."""
         end = None if stop_after is None else time.monotonic() + stop_after
+        poller = self.zmq.Poller()
+        poller.register(self.receiver, self.zmq.POLLIN)
+        if announcements is not None:
+            poller.register(announcements, self.zmq.POLLIN)
+        pending = b""
         while end is None or time.monotonic() < end:
-            if self.receiver.poll(200):
+            ready = dict(poller.poll(200))
+            if self.receiver in ready:
                 self.receive(self.receiver.recv_multipart())
+            if announcements is not None and announcements in ready:
+                chunk = os.read(announcements, 65536)
+                if not chunk:  # the process that started us is gone (it stops us too)
+                    poller.unregister(announcements)
+                    announcements = None
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    self.announce_line(line)
+            self._expire()
+
+    def announce_line(self, line: bytes) -> None:
+        """One line of the announcements (from the process that started us)."""
+        try:
+            msg = json.loads(line)
+            role, host, port = ROLES[msg["role"]], str(msg["host"]), int(msg["port"])
+        except (ValueError, KeyError, TypeError) as err:
+            log.error("an announcement that is not a node (%s): %r", err, line[:200])
+            return
+        self.announce(role, host, port)
+
+    def announce(self, role: int, host: str, port: int) -> None:
+        """A node of ``role`` at ``host:port`` may register (once); one that is waiting is
+        registered now."""
+        node = (role, host, port)
+        self.announced[node] = self.announced.get(node, 0) + 1
+        for i, (_, waiting) in enumerate(self.waiting):
+            if (waiting.role, waiting.hostname, waiting.port) == node:
+                del self.waiting[i]
+                self._admit(waiting)
+                return
+
+    def _admit(self, node: Node) -> None:
+        """Register ``node`` if it needs no announcement or one is left for it; else it
+        waits for one."""
+        if node.role in self.announced_roles:
+            key = (node.role, node.hostname, node.port)
+            if not self.announced.get(key):
+                if len(self.waiting) >= MAX_WAITING:
+                    self._drop(f"a registration of {node.hostname}:{node.port} (too many wait)")
+                else:
+                    self.waiting.append((time.monotonic(), node))
+                return
+            self.announced[key] -= 1
+        self._add(node)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self.waiting and now - self.waiting[0][0] > UNANNOUNCED_WAIT:
+            _, node = self.waiting.pop(0)
+            self._drop(
+                f"a registration of {node.hostname}:{node.port} that nothing announced within "
+                f"{UNANNOUNCED_WAIT:g} s (a node that does not hold the tier's secret)"
+            )
 
     def receive(self, frames: List[bytes]) -> None:
         """One message as the ROUTER socket hands it over: the sender's identity, then the
@@ -241,7 +322,7 @@ class Scheduler:
             if why:
                 self._drop(f"a registration of {why}")
             else:
-                self._add(meta.nodes[0])
+                self._admit(meta.nodes[0])
         elif meta.cmd == BARRIER and meta.request:
             self._barrier(sender, meta)
         elif meta.cmd == HEARTBEAT and sender in self.nodes:
@@ -361,6 +442,16 @@ def _node_id(identity: bytes) -> Optional[int]:
     return None  # a node that has no id yet
 
 
-def main(host: str, port: int, num_servers: int, num_workers: int, dead_after: float) -> int:
-    Scheduler(host, port, num_servers, num_workers, dead_after).run()
+def main(
+    host: str,
+    port: int,
+    num_servers: int,
+    num_workers: int,
+    dead_after: float,
+    announced_roles: Tuple[str, ...] = (),
+) -> int:
+    """Serve; with ``announced_roles``, the nodes to admit arrive on standard input."""
+    roles = tuple(ROLES[r] for r in announced_roles)
+    scheduler = Scheduler(host, port, num_servers, num_workers, dead_after, announced_roles=roles)
+    scheduler.run(announcements=0 if roles else None)
     return 0

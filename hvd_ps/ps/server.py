@@ -288,6 +288,7 @@ def main() -> int:
             cfg.wiring.ps_num_servers or 1,
             cfg.wiring.ps_num_workers or 1,
             cfg.settings.heartbeat,
+            cfg.wiring.announced_roles,
         )
     return run(role, cfg)
 

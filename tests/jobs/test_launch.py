@@ -224,7 +224,7 @@ def test_servers_only_serves_two_independent_jobs(tmp_path: Path) -> None:
     tier = _start(["--servers-only", "--num-servers", "2", "--num-workers", "2", "--pidfile",
                    str(pidfile)])  # fmt: skip
     try:
-        exports = job_run.exports(job_run.read_until(tier, r"^export DMLC_NUM_WORKER=", limit=60))
+        exports = job_run.exports(job_run.read_until(tier, r"^# and in each job", limit=60))
         assert exports["DMLC_NUM_SERVER"] == "2" and exports["DMLC_NUM_WORKER"] == "2"
         assert exports["DMLC_PS_ROOT_URI"] == "127.0.0.1"
         assert exports["HVD_PS_TOTAL_GROUPS"] == "2"

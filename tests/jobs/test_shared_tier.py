@@ -352,3 +352,37 @@ def test_a_tier_with_its_own_secret_file_admits_only_jobs_that_hold_it(tmp_path:
     finally:
         assert tier.stop() == 0
     job_run.assert_gone([], token=str(tmp_path))
+
+
+def test_a_stranger_with_the_tiers_exports_is_never_registered(tmp_path: Path) -> None:
+    """The attack 'join and be served', replayed: a process with the tier's printed exports
+    but not its secret registers with the scheduler as a ps-lite worker before the job does
+    (ps-lite's ADD_NODE, as a stock MXNet worker sends it). It used to take the tier's one
+    worker place, so the job's leader was never answered. Now the scheduler never answers the
+    stranger, the leader (announced through its lease) takes the place, and the job and the
+    tier end with 0."""
+    import zmq
+
+    from hvd_ps.ps import scheduler as sch
+
+    tier = job_run.Tier(tmp_path, 1)
+    ctx = zmq.Context()
+    try:
+        inbox = ctx.socket(zmq.ROUTER)  # where the scheduler would answer the stranger
+        port = inbox.bind_to_random_port("tcp://127.0.0.1")
+        out = ctx.socket(zmq.DEALER)
+        out.setsockopt(zmq.LINGER, 0)
+        out.connect(f"tcp://127.0.0.1:{tier.exports['DMLC_PS_ROOT_PORT']}")
+        out.send(sch.Meta(sch.ADD_NODE, [sch.Node(sch.WORKER, "127.0.0.1", port)]).encode())
+        time.sleep(1.0)  # the stranger is first
+        ((code, so, se),) = job_run.finish_all(
+            [_job(tmp_path, 1, HVD_PS_GROUP_OFFSET="0", **tier.exports)], 170
+        )
+        assert code == 0, so + se[-3000:]
+        assert not inbox.poll(0), "the scheduler answered the stranger"
+        tier.proc.communicate(timeout=30)  # its one group has left
+        assert tier.proc.returncode == 0
+    finally:
+        ctx.destroy(linger=0)
+        assert tier.stop() == 0
+    job_run.assert_gone([], token=str(tmp_path))

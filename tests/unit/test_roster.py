@@ -259,3 +259,31 @@ def test_a_tampered_or_replayed_line_on_a_lease_is_dropped_and_the_lease_goes_on
     tier.until(lambda: tier.roster.dropped == 3)
     assert _states(tier)[0] == ("live", 1, 1)
     assert lease.live_groups(5.0) == {0}
+
+
+def test_a_joined_leader_announces_its_node_and_a_stranger_cannot() -> None:
+    """A leader's ps-lite node reaches the scheduler's announcements only through its lease;
+    the same message from a peer that has not joined is dropped."""
+    announced: list = []
+    r = Running(2)
+    r.roster.announce = lambda role, host, port: announced.append((role, host, port))
+    try:
+        lease = r.lease(0)
+        lease.announce("127.0.0.1", 7001, 5.0)
+        assert announced == [("worker", "127.0.0.1", 7001)]
+        with pytest.raises(TierError, match="refused group 0's node: not a ps-lite node"):
+            lease.announce("127.0.0.1", 0, 5.0)
+        import socket
+
+        from hvd_ps import authentication
+
+        sock = socket.create_connection(r.address, timeout=5)  # proven, never joined
+        channel = authentication.connect(sock, KEY, 5.0)
+        channel.send({"node": {"host": "127.0.0.1", "port": 7666}})
+        r.until(lambda: r.roster.dropped == 1)
+        assert announced == [("worker", "127.0.0.1", 7001)]
+        sock.close()
+    finally:
+        r.stop = True
+        r.thread.join(timeout=5)
+        r.roster.close()

@@ -222,3 +222,53 @@ def test_the_real_socket_refuses_an_oversized_message_and_serves_on() -> None:
         s.context.destroy(linger=0)
         ctx.term()
     assert s.dropped == 1  # the junk; the oversized message never reached it
+
+
+# -- announced nodes -------------------------------------------------------------------------
+
+
+def _gated(**kw) -> Recorder:
+    return Recorder("127.0.0.1", 9000, announced_roles=(sch.SERVER, sch.WORKER), **kw)
+
+
+def test_a_node_registers_only_once_announced_and_each_announcement_admits_one() -> None:
+    """The attack 'join and be served': a stranger's registration before the start takes no
+    place; the announced nodes start the tier whichever arrives first, the registration or
+    its announcement; a second registration of an announced address is not admitted."""
+    s = _gated(num_servers=1, num_workers=1, dead_after=0.2)
+    _register(s, sch.WORKER, 7666)  # a stranger: never announced
+    _register(s, sch.WORKER, 7001)  # a leader whose announcement is on its way
+    s.announce_line(b'{"role": "server", "host": "127.0.0.1", "port": 7000}')
+    _register(s, sch.SERVER, 7000)
+    assert s.pending == [sch.Node(sch.SERVER, "127.0.0.1", 7000)] and s.sent == []
+    s.announce(sch.WORKER, "127.0.0.1", 7001)  # the leader's arrives: the tier starts
+    assert {n.port for n in s.nodes.values()} == {7000, 7001}
+    assert {i for i, _ in s.sent} == {8, 9}
+    s.announce_line(b"not json")  # from the process that started us: logged, ignored
+    s.announce_line(b'{"role": "scheduler", "host": "h", "port": 1}')
+
+
+def test_an_unannounced_registration_is_dropped_after_its_wait(monkeypatch) -> None:
+    monkeypatch.setattr(sch, "UNANNOUNCED_WAIT", 0.05)
+    s = _gated(num_servers=1, num_workers=1, dead_after=0.2)
+    _register(s, sch.WORKER, 7666)
+    time.sleep(0.1)
+    s._expire()
+    assert s.waiting == [] and s.dropped == 1
+    s.announce(sch.WORKER, "127.0.0.1", 7666)  # too late: it must register again
+    assert s.pending == []
+
+
+def test_a_recovery_needs_an_announcement_too() -> None:
+    """After the start a registration takes a dead node's id only once announced: a stranger
+    cannot take the place of a group that died (the second attack on a dead node's id)."""
+    s = _gated(num_servers=1, num_workers=1, dead_after=0.05)
+    for role, port in ((sch.SERVER, 7000), (sch.WORKER, 7001)):
+        s.announce(role, "127.0.0.1", port)
+        _register(s, role, port)
+    time.sleep(0.1)  # both silent: dead
+    _register(s, sch.WORKER, 7666)
+    assert s.recoveries == 0 and s.nodes[9].port == 7001
+    s.announce(sch.WORKER, "127.0.0.1", 7002)
+    _register(s, sch.WORKER, 7002)
+    assert s.recoveries == 1 and s.nodes[9].port == 7002
