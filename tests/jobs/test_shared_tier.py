@@ -18,6 +18,7 @@ Every process is bounded by ``timeout`` and checked gone by PID afterwards.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -385,4 +386,44 @@ def test_a_stranger_with_the_tiers_exports_is_never_registered(tmp_path: Path) -
     finally:
         ctx.destroy(linger=0)
         assert tier.stop() == 0
+    job_run.assert_gone([], token=str(tmp_path))
+
+
+#: a stock MXNet worker (no hvd_ps, no lease): one sync round of one worker
+STOCK_WORKER = """\
+import mxnet as mx
+
+kv = mx.kv.create("dist_sync")
+kv.init(0, mx.nd.zeros((4,)))
+kv.push(0, mx.nd.ones((4,)) * 3)
+out = mx.nd.zeros((4,))
+kv.pull(0, out=out)
+print("pulled", out.asnumpy().tolist(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("allow", [True, False])
+def test_stock_workers_register_on_a_servers_only_tier_only_when_allowed(
+    tmp_path: Path, allow: bool
+) -> None:
+    """A stock MXNet worker holds no lease, so nothing announces its node: with
+    ``--allow-stock-workers`` it is registered and its round is served (the sum of its push);
+    without, the scheduler never registers it (ps-lite then waits forever: the test's timeout
+    ends it)."""
+    script = tmp_path / "stock.py"
+    script.write_text(STOCK_WORKER)
+    tier = job_run.Tier(tmp_path, 1, args=["--allow-stock-workers"] if allow else [])
+    try:
+        limit = 60 if allow else 20
+        env = job_run.env(DMLC_ROLE="worker", **tier.exports)
+        proc = job_run.complete(
+            job_run.bounded([sys.executable, str(script)], limit), env, timeout=limit + 15
+        )
+    finally:
+        assert tier.stop() == 0
+    if allow:
+        assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+        assert "pulled [3.0, 3.0, 3.0, 3.0]" in proc.stdout
+    else:
+        assert proc.returncode == 124 and "pulled" not in proc.stdout, proc.stdout
     job_run.assert_gone([], token=str(tmp_path))
