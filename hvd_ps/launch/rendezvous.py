@@ -22,16 +22,18 @@ grouping differs fails in ``hvd_ps.init`` on every rank, before any training (:f
 
 from __future__ import annotations
 
-import select
 import socket
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .. import authentication, config, secret, topology
 from ..errors import ConfigError, TierError
+from ..gate import Gate
 
-#: seconds a peer of the listener has for its handshake and request
+#: seconds a peer of the listener has to prove it holds the tier's secret
 REQUEST_TIME = 5.0
+#: connections the listener holds at once
+MAX_PEERS = 16
 
 
 def grouping(
@@ -89,49 +91,49 @@ def ask(cfg: config.Config, num_groups: int, world_size: int) -> Tuple[str, int,
 class Request:
     """Rank 0's request, held open until :meth:`answer`."""
 
-    channel: authentication.Channel
+    conn: socket.socket
+    session: authentication.Session
     num_groups: int
     world_size: int
 
     def answer(self, message: Dict[str, Any]) -> None:
         try:
-            self.channel.send(message)
+            self.conn.sendall(self.session.seal(message))
         except OSError:
             pass  # rank 0 is gone: the job fails on its own
         finally:
-            self.channel.sock.close()
+            self.conn.close()
 
 
 class Listener:
     """hvdps-run's side: waits for rank 0's request on ``host`` (a free port). A peer that
-    does not prove it holds ``key`` (the tier's secret) within :data:`REQUEST_TIME` is
-    dropped, and counted in :attr:`refused`."""
+    does not prove it holds ``key`` (the tier's secret) within :data:`REQUEST_TIME`, or whose
+    request is not one, is dropped and counted in :attr:`refused`; no peer can hold up the
+    listener (:class:`hvd_ps.gate.Gate`)."""
 
     def __init__(self, host: str, key: bytes) -> None:
-        self.key = key
-        self.refused = 0
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind((host, 0))
-        self.sock.listen(4)
-        self.address = f"{host}:{self.sock.getsockname()[1]}"
+        self.gate = Gate(host, key, "hvdps-run's rendezvous", _quiet, MAX_PEERS, REQUEST_TIME)
+        self.address = self.gate.address
+
+    @property
+    def refused(self) -> int:
+        return self.gate.refused
 
     def poll(self, timeout: float) -> Optional[Request]:
         """A valid request if one arrives within ``timeout`` s; anything else is dropped."""
-        ready, _, _ = select.select([self.sock], [], [], timeout)
-        if not ready:
-            return None
-        conn, _ = self.sock.accept()
-        try:
-            channel = authentication.admit(conn, self.key, REQUEST_TIME)
-            msg = channel.receive(REQUEST_TIME)
+        for conn, msg in self.gate.poll(timeout):
+            if msg is None:
+                continue
             groups, world = msg.get("num_groups"), msg.get("world_size")
             if isinstance(groups, int) and isinstance(world, int) and 0 < groups <= world:
-                return Request(channel, groups, world)
-        except (OSError, ValueError):
-            pass
-        self.refused += 1
-        conn.close()
+                return Request(conn, self.gate.detach(conn), groups, world)
+            self.gate.close(conn)
+            self.gate.refused += 1
         return None
 
     def close(self) -> None:
-        self.sock.close()
+        self.gate.shutdown()
+
+
+def _quiet(_line: str) -> None:
+    """The rendezvous reports no refusal: it lives only until rank 0 asks."""

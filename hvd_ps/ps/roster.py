@@ -38,7 +38,6 @@ dropped and counted.
 from __future__ import annotations
 
 import os
-import select
 import socket
 import time
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .. import authentication
 from ..errors import TierError, TopologyError
-from ..messages import MAX_MESSAGE
+from ..gate import Gate, keepalive
 
 SYNC = (
     "The groups of this tier train in sync mode, whose rounds need every group: the others' "
@@ -65,14 +64,6 @@ PROOF_TIME = 5.0
 SEND_TIME = 5.0
 
 
-def keepalive(sock: socket.socket) -> None:
-    """Notice a peer whose host is gone within ~5 s (a dead process closes at once)."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for opt, value in (("TCP_KEEPIDLE", 2), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 3)):
-        if hasattr(socket, opt):
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
-
-
 # -- the tier's side -----------------------------------------------------------------------------
 
 
@@ -85,17 +76,6 @@ class Group:
     who: str = ""  # the leader, as it said (pid and host)
     joins: int = 0
     live: int = 0  # leases held (more than one only if jobs claim one id at the start)
-
-
-@dataclass
-class Peer:
-    """One connection to the roster."""
-
-    endpoint: authentication.Endpoint
-    since: float  # monotonic time it was accepted
-    session: Optional[authentication.Session] = None  # once it proved it holds the secret
-    gid: Optional[int] = None  # once it joined
-    buffer: bytes = b""
 
 
 @dataclass
@@ -114,103 +94,35 @@ class Roster:
     keys: Dict[str, List[Any]] = field(default_factory=dict)
     modes: Set[Any] = field(default_factory=set)  # the trainers' modes the leaders reported
     recoveries: int = 0  # rejoins granted
-    conns: Dict[socket.socket, Peer] = field(default_factory=dict)
-    refused: int = 0  # connections dropped before they proved they hold the secret
-    dropped: int = 0  # lines of proven peers dropped: wrong seal, or not a message
+    #: the joined leaders' connections, by global group id
+    gids: Dict[socket.socket, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind((self.host, 0))
-        self.sock.listen(64)
-        self.address = f"{self.host}:{self.sock.getsockname()[1]}"
+        self.gate = Gate(self.host, self.key, "the roster", self.report, MAX_PEERS,
+                         PROOF_TIME, SEND_TIME, alive=True)  # fmt: skip
+        self.address = self.gate.address
         self.groups = {g: Group() for g in range(self.total)}
+
+    @property
+    def refused(self) -> int:
+        """Connections dropped before they proved they hold the tier's secret."""
+        return self.gate.refused
+
+    @property
+    def dropped(self) -> int:
+        """Lines of proven peers dropped: a wrong seal, or not a message the roster takes."""
+        return self.gate.dropped
 
     def poll(self, timeout: float) -> None:
         """Handle what arrives within ``timeout`` seconds."""
-        ready, _, _ = select.select([self.sock, *self.conns], [], [], timeout)
-        for sock in ready:
-            if sock is self.sock:
-                self._accept()
-            elif sock in self.conns:  # (an earlier one's handling may have dropped it)
-                self._read(sock)
-        now = time.monotonic()
-        for conn, peer in list(self.conns.items()):
-            if peer.session is None and now - peer.since > PROOF_TIME:
-                self._refuse(conn, "it did not prove in time that it holds the tier's secret")
-
-    def _accept(self) -> None:
-        try:
-            conn, _ = self.sock.accept()
-        except OSError:
-            return
-        if len(self.conns) >= MAX_PEERS:
-            conn.close()
-            self._count_refusal(f"it is one connection more than the {MAX_PEERS} the roster holds")
-            return
-        keepalive(conn)
-        conn.settimeout(SEND_TIME)
-        peer = Peer(authentication.Endpoint(self.key), time.monotonic())
-        self.conns[conn] = peer
-        try:
-            conn.sendall(peer.endpoint.hello())
-        except OSError:
-            self._gone(conn)
-
-    def _read(self, conn: socket.socket) -> None:
-        peer = self.conns[conn]
-        try:
-            chunk = conn.recv(65536)
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self._gone(conn)
-            return
-        *lines, peer.buffer = (peer.buffer + chunk).split(b"\n")
-        for line in lines:
-            if peer.session is None:
-                try:
-                    reply, peer.session = peer.endpoint.check(line)
-                    conn.sendall(reply)
-                except authentication.Refused:
-                    self._refuse(conn, "it did not prove that it holds the tier's secret")
-                    return
-                except OSError:
-                    self._gone(conn)
-                    return
-                continue
-            try:
-                message = peer.session.open(line)
-            except ValueError:
-                self.dropped += 1
-                continue
-            self._handle(conn, message)
-            if conn not in self.conns:
-                return
-        limit = MAX_MESSAGE if peer.session is not None else authentication.HANDSHAKE_LIMIT
-        if len(peer.buffer) > limit:
-            if peer.session is None:
-                self._refuse(conn, "its first line is too long")
-            else:
+        for conn, message in self.gate.poll(timeout):
+            if message is None:
                 self._gone(conn)
-
-    def _refuse(self, conn: socket.socket, why: str) -> None:
-        """Drop a connection that has not proved it holds the secret (it hears nothing more
-        than that it was refused)."""
-        self.conns.pop(conn, None)
-        try:
-            conn.sendall(authentication.refusal())
-        except OSError:
-            pass
-        conn.close()
-        self._count_refusal(why)
-
-    def _count_refusal(self, why: str) -> None:
-        self.refused += 1
-        if self.refused == 1:
-            self.report(f"the roster refused a connection: {why} (later refusals are only counted)")
+            elif conn in self.gate.peers:  # (not closed by an earlier message: a leave)
+                self._handle(conn, message)
 
     def _handle(self, conn: socket.socket, msg: Dict[str, Any]) -> None:
-        gid = self.conns[conn].gid
+        gid = self.gids.get(conn)
         if "join" in msg:
             self._send(conn, self._join(conn, msg))
         elif "key" in msg and gid is not None:
@@ -223,13 +135,13 @@ class Roster:
         elif "node" in msg and gid is not None:
             self._send(conn, self._node(msg["node"]))
         elif "leave" in msg and gid is not None:
-            self.conns.pop(conn)
+            self.gids.pop(conn)
+            self.gate.close(conn)
             self.groups[gid].live -= 1
             if not self.groups[gid].live:
                 self._set(gid, "left")
-            conn.close()
         else:
-            self.dropped += 1
+            self.gate.dropped += 1
 
     def _node(self, node: Any) -> Dict[str, Any]:
         """A joined leader's ps-lite node (``{"host": H, "port": P}``), announced to the
@@ -261,7 +173,7 @@ class Roster:
             group.joins += 1
             group.live += 1
             group.who = f"pid {msg.get('pid')} on {msg.get('host')}"
-            self.conns[conn].gid = gid
+            self.gids[conn] = gid
             self._set(gid, "live")
             return {"ok": True, "rejoin": False, "wait": 0, "keys": self.keys}
         if total != self.total:
@@ -269,7 +181,7 @@ class Roster:
                 "error": f"the job counts {total} groups in all, the tier serves {self.total} "
                 f"(its --num-workers): give every job HVD_PS_TOTAL_GROUPS={self.total}"
             }
-        if group.state == "live" or self.conns[conn].gid is not None:
+        if group.state == "live" or conn in self.gids:
             return {
                 "error": f"global group id {gid} is taken by a live leader ({group.who}); give "
                 "each job its own HVD_PS_GROUP_OFFSET, or wait until that job ends"
@@ -283,7 +195,7 @@ class Roster:
         group.who = f"pid {msg.get('pid')} on {msg.get('host')}"
         group.joins += 1
         group.live += 1
-        self.conns[conn].gid = gid
+        self.gids[conn] = gid
         self._set(gid, "live")
         if rejoin:
             how = "died" if was == "dead" else "left"
@@ -291,17 +203,12 @@ class Roster:
         return {"ok": True, "rejoin": rejoin, "wait": wait, "keys": self.keys}
 
     def _send(self, conn: socket.socket, message: Dict[str, Any]) -> None:
-        session = self.conns[conn].session
-        assert session is not None  # (only proven peers' messages are handled)
-        try:
-            conn.sendall(session.seal(message))
-        except OSError:  # (a peer that does not read: the send timed out)
+        if not self.gate.send(conn, message):
             self._gone(conn)
 
     def _gone(self, conn: socket.socket) -> None:
-        peer = self.conns.pop(conn, None)
-        conn.close()
-        gid = None if peer is None else peer.gid
+        self.gate.close(conn)
+        gid = self.gids.pop(conn, None)
         if gid is None:
             return
         group = self.groups[gid]
@@ -349,9 +256,7 @@ class Roster:
                 f"the tier's secret, and dropped {self.dropped} line(s) of its leaders that "
                 "were not sealed right"
             )
-        for conn in list(self.conns):
-            conn.close()
-        self.sock.close()
+        self.gate.shutdown()
 
 
 # -- a leader's side ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import re
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -171,7 +172,11 @@ def test_check_accepts_agreement_and_names_a_conflict() -> None:
 
 
 def _serve_once(listener: rendezvous.Listener, answer: Optional[dict], got: list) -> None:
-    request = listener.poll(10.0)
+    """Poll until a request arrives or a peer is refused (10 s at most), as hvdps-run does."""
+    refused, end = listener.refused, time.monotonic() + 10
+    request = None
+    while request is None and listener.refused == refused and time.monotonic() < end:
+        request = listener.poll(0.1)
     got.append(request)
     if request is not None and answer is not None:
         got.append((request.num_groups, request.world_size))
@@ -230,10 +235,12 @@ def test_a_stranger_at_the_rendezvous_is_dropped_within_its_time_and_learns_noth
     listener = rendezvous.Listener("127.0.0.1", secret.load(secret.create(str(tmp_path))))
     host, port = listener.address.split(":")
     try:
-        for say in (b"", b'{"num_groups": 1, "world_size": 1, "token": ""}\n'):
+        for n, say in enumerate((b"", b'{"num_groups": 1, "world_size": 1, "token": ""}\n')):
             with socket.create_connection((host, int(port)), timeout=5) as s:
                 s.sendall(say)
-                assert listener.poll(5.0) is None
+                got: list = []
+                _serve_once(listener, None, got)
+                assert got == [None] and listener.refused == n + 1
                 heard = b""
                 while True:
                     chunk = s.recv(4096)

@@ -227,13 +227,13 @@ def test_silent_or_surplus_connections_cannot_stall_the_roster(tier: Running, mo
     closed at once; a leader that joins meanwhile is answered all the same."""
     import socket
 
-    monkeypatch.setattr(roster, "PROOF_TIME", 0.5)
-    monkeypatch.setattr(roster, "MAX_PEERS", 4)
+    monkeypatch.setattr(tier.roster.gate, "proof_time", 0.5)
+    monkeypatch.setattr(tier.roster.gate, "max_peers", 4)
     idle = [socket.create_connection(tier.address, timeout=10) for _ in range(4)]
-    tier.until(lambda: len(tier.roster.conns) == 4)
+    tier.until(lambda: len(tier.roster.gate.peers) == 4)
     surplus = _stranger(tier, b"")  # the fifth: closed without a word
     assert surplus == [] and tier.roster.refused >= 1
-    tier.until(lambda: not tier.roster.conns, limit=5.0)  # the silent four: dropped
+    tier.until(lambda: not tier.roster.gate.peers, limit=5.0)  # the silent four: dropped
     assert tier.roster.refused == 5
     start = time.monotonic()
     lease = tier.lease(0)
