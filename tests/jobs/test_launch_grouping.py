@@ -302,3 +302,26 @@ def test_conflict_fails_before_training(tmp_path: Path) -> None:
     )
     assert "step 0" not in text  # no training step ran
     _gone(tmp_path / "pids")
+
+
+def test_a_silent_stranger_does_not_hold_rank0_back(tmp_path: Path) -> None:
+    """Strangers that connect and say nothing are held at most REQUEST_TIME each, side by side
+    with rank 0: its request is answered at once while they still wait."""
+    path = secret.create(str(tmp_path))
+    listener = rendezvous.Listener("127.0.0.1", secret.load(path))
+    host, port = listener.address.split(":")
+    silent = [socket.create_connection((host, int(port)), timeout=5) for _ in range(3)]
+    try:
+        got: list = []
+        t = threading.Thread(target=_serve_once, args=(listener, {"uri": "127.0.0.1",
+                             "port": 4242, "num_servers": 1}, got))  # fmt: skip
+        t.start()
+        start = time.monotonic()
+        assert _ask(path, listener) == ("127.0.0.1", 4242, 1)
+        assert time.monotonic() - start < 2.0 < rendezvous.REQUEST_TIME
+        t.join(10)
+        assert listener.refused == 0  # the silent ones still have their time
+    finally:
+        for s in silent:
+            s.close()
+        listener.close()
