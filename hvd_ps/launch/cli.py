@@ -398,6 +398,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise UsageError("no command to run (e.g. python train.py)")
         if opts.servers_only and (command or forward):
             raise UsageError(f"--servers-only takes no command: {shlex.join(forward + command)}")
+        if opts.secret_file is not None:
+            secret.load(opts.secret_file, "--secret-file")  # a bad file is a bad flag
     except (UsageError, HvdPsError) as err:
         parser.error(str(err))  # exits 2
     if not opts.servers_only and shutil.which(opts.horovodrun) is None:
@@ -408,9 +410,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 127
     try:
         held = secret.Held(opts.secret_file)
-    except (OSError, HvdPsError) as err:
-        say(f"HvdPsError: {err}")
-        return 2 if isinstance(err, HvdPsError) else 1
+    except (OSError, HvdPsError) as err:  # (the file changed since, or no temporary dir)
+        say(f"HvdPsError: cannot hold the tier's secret: {err}")
+        return 1
     sigs = Signals()
     launch = Launch(plan, opts, held)
     code = 1

@@ -83,6 +83,11 @@ def test_help_as_a_program() -> None:
         (["-np", "2"], "command"),
         (["--servers-only", "--num-servers", "2"], "--num-workers"),
         (["--servers-only", "--num-workers", "2", "python", "x.py"], "--servers-only"),
+        (["-np", "2", "--allow-stock-workers", "python", "x.py"], "--allow-stock-workers"),
+        (
+            ["--servers-only", "--num-workers", "1", "--secret-file", "/nonexistent/s"],
+            "--secret-file=/nonexistent/s cannot be read",
+        ),
         (["-np", "2", "-H", "192.0.2.1:2", "python", "x.py"], "--ps-host"),
         (["-np", "2", "-H", "a:1", "--hostfile", "f", "python", "x.py"], "--hostfile"),
         (["-np", "2", "--hostfile", "/nonexistent/hosts", "python", "x.py"], "--hostfile"),

@@ -318,7 +318,7 @@ def test_a_silent_stranger_does_not_hold_rank0_back(tmp_path: Path) -> None:
         t.start()
         start = time.monotonic()
         assert _ask(path, listener) == ("127.0.0.1", 4242, 1)
-        assert time.monotonic() - start < 2.0 < rendezvous.REQUEST_TIME
+        assert time.monotonic() - start < rendezvous.REQUEST_TIME  # (each used to hold it so)
         t.join(10)
         assert listener.refused == 0  # the silent ones still have their time
     finally:

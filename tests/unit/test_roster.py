@@ -237,7 +237,7 @@ def test_silent_or_surplus_connections_cannot_stall_the_roster(tier: Running, mo
     assert tier.roster.refused == 5
     start = time.monotonic()
     lease = tier.lease(0)
-    assert time.monotonic() - start < 2.0 and _states(tier)[0] == ("live", 1, 1)
+    assert time.monotonic() - start < 4.0 and _states(tier)[0] == ("live", 1, 1)
     for s in idle:
         s.close()
     lease.leave()

@@ -198,12 +198,20 @@ def test_the_real_socket_refuses_an_oversized_message_and_serves_on() -> None:
             inbox = ctx.socket(zmq.ROUTER)  # where the scheduler answers this node
             ports.append(inbox.bind_to_random_port("tcp://127.0.0.1"))
             nodes.append(inbox)
-        out = ctx.socket(zmq.DEALER)
-        out.setsockopt(zmq.LINGER, 0)
-        out.connect(f"tcp://127.0.0.1:{port}")
-        out.send(b"\x0f")
-        out.send(b"\x00" * (sch.MAX_MESSAGE + 1))  # ZeroMQ closes this connection
-        out.close()
+        junk = ctx.socket(zmq.DEALER)
+        junk.setsockopt(zmq.LINGER, 0)
+        junk.connect(f"tcp://127.0.0.1:{port}")
+        junk.send(b"\x0f")
+        end = time.monotonic() + 2.0
+        while s.dropped < 1 and time.monotonic() < end:
+            time.sleep(0.01)
+        assert s.dropped == 1  # read, dropped, and the scheduler runs on
+        junk.close()
+        big = ctx.socket(zmq.DEALER)  # (ZeroMQ closes this connection at the message)
+        big.setsockopt(zmq.LINGER, 0)
+        big.connect(f"tcp://127.0.0.1:{port}")
+        big.send(b"\x00" * (sch.MAX_MESSAGE + 1))
+        big.close()
         reg = ctx.socket(zmq.DEALER)
         reg.setsockopt(zmq.LINGER, 0)
         reg.connect(f"tcp://127.0.0.1:{port}")
