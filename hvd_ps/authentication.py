@@ -130,8 +130,9 @@ def refusal() -> bytes:
 
 
 class Channel:
-    """A blocking authenticated connection (a leader's lease, rank 0's request, hvdps-run's
-    side of it): sealed JSON lines, each read within a timeout."""
+    """A peer's blocking authenticated connection (a leader's lease, rank 0's request):
+    sealed JSON lines, each read within a timeout. The endpoints' side is
+    :class:`hvd_ps.gate.Gate`."""
 
     def __init__(self, sock: socket.socket, lines: messages.Lines, session: Session) -> None:
         self.sock, self.lines, self.session = sock, lines, session
@@ -175,21 +176,3 @@ def connect(sock: socket.socket, secret: bytes, timeout: float) -> Channel:
         ) from None
     key = _mac(secret, b"hvd_ps session", theirs, mine)
     return Channel(sock, lines, Session(key, b"peer", b"endpoint"))
-
-
-def admit(sock: socket.socket, secret: bytes, timeout: float) -> Channel:
-    """The endpoint's side of the handshake on an accepted ``sock``, all of it within
-    ``timeout`` s; :class:`Refused` (told to the peer) or OSError/ValueError if it fails."""
-    endpoint, lines = Endpoint(secret), messages.Lines(sock)
-    sock.settimeout(timeout)
-    sock.sendall(endpoint.hello())
-    try:
-        reply, session = endpoint.check(lines.next(timeout, HANDSHAKE_LIMIT))
-    except Refused:
-        try:
-            sock.sendall(refusal())
-        except OSError:
-            pass
-        raise
-    sock.sendall(reply)
-    return Channel(sock, lines, session)

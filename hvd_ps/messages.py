@@ -26,11 +26,6 @@ def decode(line: bytes) -> Dict[str, Any]:
     return message
 
 
-def send(sock: socket.socket, message: Dict[str, Any]) -> None:
-    """``message`` as one JSON line."""
-    sock.sendall(encode(message))
-
-
 class Lines:
     """The lines arriving on ``sock``, each within a deadline and :data:`MAX_MESSAGE` bytes
     (what arrived past a line waits for the next call)."""
@@ -58,9 +53,3 @@ class Lines:
         if len(line) >= limit:
             raise ValueError("message too long")
         return line
-
-
-def receive(sock: socket.socket, timeout: float) -> Dict[str, Any]:
-    """One JSON line from ``sock`` within ``timeout`` seconds (OSError/ValueError if not); for
-    a socket that carries nothing after it."""
-    return decode(Lines(sock).next(timeout))

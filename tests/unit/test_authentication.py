@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hvd_ps import authentication, secret
+from hvd_ps import authentication, messages, secret
 from hvd_ps.authentication import Refused
 
 KEY = b"k" * 32
@@ -24,10 +24,17 @@ def _pair(endpoint_key: bytes, peer_key: bytes):
     out: dict = {}
 
     def endpoint() -> None:
+        # the endpoint's side, as hvd_ps.gate.Gate plays it (without its event loop)
+        endpoint, lines = authentication.Endpoint(endpoint_key), messages.Lines(a)
+        a.sendall(endpoint.hello())
         try:
-            out["endpoint"] = authentication.admit(a, endpoint_key, 5.0)
-        except (OSError, ValueError) as err:
+            reply, session = endpoint.check(lines.next(5.0))
+        except authentication.Refused as err:
+            a.sendall(authentication.refusal())
             out["endpoint"] = err
+            return
+        a.sendall(reply)
+        out["endpoint"] = authentication.Channel(a, lines, session)
 
     t = threading.Thread(target=endpoint)
     t.start()
