@@ -74,6 +74,7 @@ from typing import Dict, List, Optional
 
 from benchmarks import model, report
 from benchmarks.star import StarCluster
+from hvd_ps.launch import tunnel_endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -118,13 +119,70 @@ def plan(args: argparse.Namespace, overlap_ok: bool) -> List[Dict]:
     return runs
 
 
-class Tier:
-    """A scheduler on host 0 and one server on every host, started for one job."""
+class Tunnels:
+    """``--tunnels``: every ps-lite node binds 127.0.0.1 and one tunnel endpoint per host
+    (hvd_ps/launch/tunnel_endpoint.py, as hvdps-run starts them) carries ps-lite's traffic
+    between hosts in TLS: the scheduler on host 0 at ``port``, host ``h``'s server at
+    ``port + 1 + h``, its leaders at the next ``rpn`` ports (``first + local rank``)."""
 
-    def __init__(self, cluster: StarCluster, stock: bool, workers: int, port: int, log: Path):
+    def __init__(self, cluster: StarCluster, port: int, rpn: int, log: Path) -> None:
+        n = len(cluster.hosts)
+        self.server_ports = [port + 1 + h for h in range(n)]
+        self.leaders = [port + 1 + n + h * rpn for h in range(n)]
+        hosts = [
+            tunnel_endpoint.Host(c["addr"], tuple(([port] if h == 0 else [])
+                                                  + [self.server_ports[h]]
+                                                  + list(range(self.leaders[h],
+                                                               self.leaders[h] + rpn))))
+            for h, c in enumerate(cluster.hosts)
+        ]  # fmt: skip
+        key = tunnel_endpoint.psk(os.urandom(32))
+        self.ranks_env = ",".join(f"{c['addr']}:{f}-{f + rpn - 1}"
+                                  for c, f in zip(cluster.hosts, self.leaders))  # fmt: skip
+        self.procs: List[subprocess.Popen] = []
+        self.logs = []
+        for h, c in enumerate(cluster.hosts):
+            argv = [sys.executable, "-m", "hvd_ps.launch.tunnel_endpoint", "--me", c["addr"]]
+            for host in hosts:
+                argv += ["--host", host.spec()]
+            f = open(log.with_suffix(f".tunnel{h}.log"), "w")
+            self.logs.append(f)
+            proc = subprocess.Popen(cluster.on(h, argv, {"PYTHONPATH": str(ROOT)}),
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=f,
+                                    start_new_session=True)  # fmt: skip
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write((key + "\n").encode())
+            proc.stdin.flush()
+            self.procs.append(proc)
+        for h, proc in enumerate(self.procs):
+            line = proc.stdout.readline().decode().strip()  # type: ignore[union-attr]
+            if line != tunnel_endpoint.READY:
+                self.stop()
+                raise RuntimeError(f"the tunnel on host {h} did not start (log: {log})")
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.stdin is not None:
+                p.stdin.close()  # its end of input: the endpoint stops
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=10)
+        for f in self.logs:
+            f.close()
+
+
+class Tier:
+    """A scheduler on host 0 and one server on every host, started for one job (with
+    ``tunnels``: bound to loopback, at the tunnels' ports)."""
+
+    def __init__(self, cluster: StarCluster, stock: bool, workers: int, port: int, log: Path,
+                 tunnels: Optional[Tunnels] = None):  # fmt: skip
         self.procs: List[subprocess.Popen] = []
         self.env = {
-            "DMLC_PS_ROOT_URI": cluster.hosts[0]["addr"],
+            "DMLC_PS_ROOT_URI": cluster.hosts[0]["addr"] if tunnels is None else "127.0.0.1",
             "DMLC_PS_ROOT_PORT": str(port),
             "DMLC_NUM_SERVER": str(len(cluster.hosts)),
             "DMLC_NUM_WORKER": str(workers),
@@ -138,6 +196,10 @@ class Tier:
             f = open(log.with_suffix(f".{role}{h}.log"), "w")
             self.logs.append(f)
             env = {**self.env, "DMLC_ROLE": role, "OMP_NUM_THREADS": "1"}
+            if tunnels is not None:
+                env["DMLC_NODE_HOST"] = "127.0.0.1"
+                if role == "server":
+                    env["PORT"] = str(tunnels.server_ports[h])
             self.procs.append(subprocess.Popen(cluster.on(h, argv, env), stdout=f,
                                                stderr=subprocess.STDOUT, start_new_session=True,
                                                stdin=subprocess.DEVNULL))  # fmt: skip
@@ -192,14 +254,16 @@ def job_spec(spec: Dict, args: argparse.Namespace) -> Dict:
 
 
 def run_job(cluster: StarCluster, specs: List[Dict], args: argparse.Namespace, rpn: int,
-            link: str, port: int, tmp: Path) -> List[Dict]:  # fmt: skip
+            link: str, port: int, tmp: Path, tunnels: bool = False) -> List[Dict]:  # fmt: skip
     """One job running ``specs`` in turn; returns, per run, the measurements of every rank
-    and the run's wall time."""
+    and the run's wall time. ``tunnels``: ps-lite's traffic between hosts through the TLS
+    tunnels hvdps-run sets up (:class:`Tunnels`)."""
     methods = {s["method"] for s in specs}
     seeds = sorted({s.get("seed", args.seed) for s in specs})
     modes = "+".join(sorted({s["mode"] for s in specs}))
     stem = tmp / (f"{'+'.join(sorted(methods))}_{modes}_{len(cluster.hosts)}x{rpn}_{link}"
-                  f"_seed{'-'.join(map(str, seeds))}_{port}")  # fmt: skip
+                  f"_seed{'-'.join(map(str, seeds))}_{port}"
+                  f"{'_tunnels' if tunnels else ''}")  # fmt: skip
     runs_file = stem.with_suffix(".runs.json")
     runs_file.write_text(json.dumps([job_spec(s, args) for s in specs], indent=1))
     hosts = len(cluster.hosts)
@@ -213,10 +277,17 @@ def run_job(cluster: StarCluster, specs: List[Dict], args: argparse.Namespace, r
     forward = ["OMPI_MCA_mpi_yield_when_idle", "HVD_PS_TIMEOUT", "HVD_PS_WIRE_DTYPE",
                "OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"]  # fmt: skip
     tier: Optional[Tier] = None
+    links: Optional[Tunnels] = None
     stock = methods == {"dist_sync"}
     if stock or methods & set(model.PERIODIC + ("gradient_push",)):
         workers = hosts * rpn if stock else hosts
-        tier = Tier(cluster, stock, workers, port, stem)
+        if tunnels:
+            links = Tunnels(cluster, port, rpn, stem)
+            env["HVD_PS_TUNNELS"] = links.ranks_env
+            forward.append("HVD_PS_TUNNELS")
+            # each rank binds 127.0.0.1 at its host's leader port (what hvdps-run's ranks do)
+            argv = [sys.executable, "-m", "hvd_ps.launch", "--exec-rank", "--", *argv]
+        tier = Tier(cluster, stock, workers, port, stem, links)
         env.update(tier.env)
         forward += sorted(tier.env)
         if stock:
@@ -231,6 +302,8 @@ def run_job(cluster: StarCluster, specs: List[Dict], args: argparse.Namespace, r
     finally:
         if tier is not None:
             tier.stop()
+        if links is not None:
+            links.stop()
     ranks = []
     for r in range(hosts * rpn):
         path = Path(f"{stem}.rank{r}.json")
@@ -279,7 +352,8 @@ def estimate(args: argparse.Namespace, clusters: List, links: List[str], overlap
     return total
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The suite's flags (benchmarks/bench_tunnels.py reads them too)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clusters", default="2x2,4x1", help="HOSTSxRANKS, comma separated")
     ap.add_argument("--links", default="1gbit,100mbit", help="tc rates, comma separated")
@@ -322,6 +396,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                     "slowly, in every run (examples/straggler.py)")  # fmt: skip
     ap.add_argument("--slowdown", type=float, default=2.0,
                     help="with --slow-group: how many times as slowly (default 2)")  # fmt: skip
+    ap.add_argument("--tunnels", action="store_true",
+                    help="ps-lite's traffic between hosts through the TLS tunnels hvdps-run "
+                    "sets up (every node on loopback), dist_sync's stock tier's too")  # fmt: skip
     ap.add_argument("--eval", action="store_true",
                     help="also evaluate the global model after each throughput window")  # fmt: skip
     ap.add_argument("--no-accuracy", action="store_true", help="skip time-to-accuracy")
@@ -354,6 +431,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--estimate", nargs=2, type=float, metavar=("COMPUTE_S", "START_S"),
                     help="print the model's duration of the throughput runs for a bound step "
                     "of COMPUTE_S and START_S per job, and exit (needs no root)")  # fmt: skip
+    return ap
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = parser()
     args = ap.parse_args(argv)
     args.methods = [m for m in args.methods.split(",") if m]
     args.acc_methods = [m for m in args.acc_methods.split(",") if m]
@@ -397,10 +479,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                         specs = throughput + (acc if repeat == args.repeats - 1 else [])
                         rows: Dict[str, Dict] = {}
                         for job in jobs_of(specs):
-                            port += 1
+                            port += 64 if args.tunnels else 1  # (a tunneled job: 64 ports)
                             print(report.progress_job(job, hosts, rpn, link,
                                                       time.time() - start), flush=True)  # fmt: skip
-                            done = run_job(cluster, job, args, rpn, link, port, tmp)
+                            done = run_job(cluster, job, args, rpn, link, port, tmp,
+                                           args.tunnels)  # fmt: skip
                             for spec, got in zip(job, done):
                                 if spec["mode"] == "accuracy":
                                     row = report.accuracy_row(spec, got, hosts, rpn, link)

@@ -8,6 +8,7 @@ Only ``port_open`` sends anything: it opens (and closes) a TCP connection.
 from __future__ import annotations
 
 import socket
+from typing import Set, Tuple
 
 from .errors import TierError
 
@@ -56,3 +57,35 @@ def port_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def can_bind(address: str, port: int = 0) -> bool:
+    """True when a TCP server may bind ``address:port`` now: ``address`` is this host's and
+    (unless ``port`` is 0) nothing holds that port there (connections closing on it, in
+    TIME_WAIT, do not count: servers bind with ``SO_REUSEADDR``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((address, port))
+            return True
+        except OSError:
+            return False
+
+
+def listening() -> Set[Tuple[str, int]]:
+    """The IPv4 ``(address, port)`` pairs where a TCP socket of this network namespace listens
+    (read from ``/proc/net/tcp``; nothing is sent)."""
+    found: Set[Tuple[str, int]] = set()
+    try:
+        with open("/proc/net/tcp") as f:
+            rows = f.read().splitlines()[1:]
+    except OSError:
+        return found
+    for row in rows:
+        fields = row.split()
+        if len(fields) < 4 or fields[3] != "0A":  # TCP_LISTEN
+            continue
+        addr, _, port = fields[1].partition(":")
+        raw = bytes.fromhex(addr)[::-1]  # the kernel writes the address in host byte order
+        found.add((socket.inet_ntoa(raw), int(port, 16)))
+    return found

@@ -59,6 +59,11 @@ variable                   default      meaning
                                         that started it announced the node (a leader through
                                         its roster lease, hvdps-run for its servers); set by
                                         ``hvdps-run --servers-only``
+``HVD_PS_TUNNELS``         unset        ``ADDR:FIRST-LAST,...``: the job's ps-lite nodes bind
+                                        127.0.0.1 and reach other hosts through the tier's TLS
+                                        tunnels; a leader on the host with address ``ADDR``
+                                        binds port ``FIRST`` + its local rank (set by
+                                        ``hvdps-run`` for a job on several hosts)
 ``HVD_PS_OWN_SCHEDULER``   unset        ``1``: a scheduler started with ``DMLC_ROLE=scheduler`` is
                                         hvd_ps's (:mod:`hvd_ps.ps.scheduler`), not ps-lite's; set
                                         by ``hvdps-run --servers-only``
@@ -87,7 +92,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from .errors import ConfigError
 
@@ -131,6 +136,8 @@ class Wiring:
     roster: Optional[Tuple[str, int]] = None
     own_scheduler: bool = False
     announced_roles: Tuple[str, ...] = ()
+    #: ``HVD_PS_TUNNELS``: per job host, its address and its leaders' first and last port
+    tunnels: Tuple[Tuple[str, int, int], ...] = ()
 
     @property
     def external_tier(self) -> bool:
@@ -218,6 +225,24 @@ def _off(env: Mapping[str, str], name: str) -> bool:
     return raw == "0"
 
 
+def _tunnels(env: Mapping[str, str]) -> Tuple[Tuple[str, int, int], ...]:
+    raw = env.get("HVD_PS_TUNNELS", "").strip()
+    if not raw:
+        return ()
+    out = []
+    for item in raw.split(","):
+        addr, _, ports = item.strip().rpartition(":")
+        first, _, last = ports.partition("-")
+        if not addr or not first.isdigit() or not last.isdigit():
+            raise ConfigError(
+                f"HVD_PS_TUNNELS={raw!r}: {item!r} is not ADDR:FIRST-LAST (hvdps-run sets it)"
+            )
+        if not 0 < int(first) <= int(last) < 65536:
+            raise ConfigError(f"HVD_PS_TUNNELS={raw!r}: {item!r} holds no TCP port range")
+        out.append((addr, int(first), int(last)))
+    return tuple(out)
+
+
 def _wire_block(env: Mapping[str, str]) -> int:
     block = int(_number(env, "HVD_PS_WIRE_BLOCK", 128, int, 8))
     if block % 8 or block > 32768:
@@ -283,6 +308,7 @@ def load(environ: Optional[Mapping[str, str]] = None) -> Config:
         roster=_roster(env),
         own_scheduler=_flag(env, "HVD_PS_OWN_SCHEDULER"),
         announced_roles=_roles(env, "HVD_PS_ANNOUNCED"),
+        tunnels=_tunnels(env),
     )
     return Config(settings, wiring)
 
@@ -347,6 +373,40 @@ def set_node_port(port: int) -> None:
     os.environ.update(node_port(port))
 
 
+def local_rank() -> Optional[int]:
+    """This process's rank on its host as the MPI or Horovod launcher tells it (None when not
+    under one); known before ``hvd.init``."""
+    for name in ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "HOROVOD_LOCAL_RANK"):
+        raw = os.environ.get(name, "")
+        if raw.isdigit():
+            return int(raw)
+    return None
+
+
+def tunnel_port(tunnels: Tuple[Tuple[str, int, int], ...], is_mine: Callable[[str], bool]) -> int:
+    """The port this rank's ps-lite node binds in a job with tunnels (``HVD_PS_TUNNELS``): the
+    first leader port of the host whose address ``is_mine``, plus the local rank."""
+    rank = local_rank()
+    if rank is None:
+        raise ConfigError(
+            "HVD_PS_TUNNELS is set but the launcher gave no local rank "
+            "(OMPI_COMM_WORLD_LOCAL_RANK or HOROVOD_LOCAL_RANK): run the job with hvdps-run"
+        )
+    for addr, first, last in tunnels:
+        if is_mine(addr):
+            if first + rank > last:
+                raise ConfigError(
+                    f"HVD_PS_TUNNELS: local rank {rank} on {addr} is beyond the host's "
+                    f"{last - first + 1} slots: give -H/--hostfile this host's slots"
+                )
+            return first + rank
+    hosts = ", ".join(a for a, _, _ in tunnels)
+    raise ConfigError(
+        f"HVD_PS_TUNNELS names no address of this host (it names {hosts}): list every host "
+        "of the job in -H/--hostfile"
+    )
+
+
 def set_node_host(address: str) -> None:
     """Set ``DMLC_NODE_HOST`` of this process (and of the program it then executes)."""
     os.environ["DMLC_NODE_HOST"] = address
@@ -401,6 +461,7 @@ _OUTER_LAUNCH = (
     "HVD_PS_TOTAL_GROUPS",
     "HVD_PS_ROSTER",
     "HVD_PS_SECRET_FILE",  # hvdps-run hands its own tier's secret to the job
+    "HVD_PS_TUNNELS",
 )
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything hvd_ps needs, idempotently; sourced by scripts/demo.sh and scripts/test.sh.
-#   1. Open MPI from the OS (skipped when mpicc is already there), plus a C++ compiler
+#   1. Open MPI from the OS (skipped when mpicc is already there), a C++ compiler and stunnel
 #   2. a virtualenv in .venv/
 #   3. the pinned Python packages (requirements.txt)
 #   4. Horovod 0.28.1 built from source with MXNet + MPI (and one fix: scripts/patch_horovod.py),
@@ -33,6 +33,8 @@ as_root() {
 missing=()
 command -v mpicc >/dev/null || missing+=(openmpi-bin libopenmpi-dev)
 command -v g++ >/dev/null || missing+=(g++)
+# the TLS tunnels between the hosts of a job (hvd_ps/launch/tunnel_endpoint.py)
+command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || missing+=(stunnel4)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 [ -f "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ] \
   || missing+=(python3-dev)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import difflib
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .. import __version__, config, private_api
+from .. import __version__, addresses, config, private_api
 
 PROG = "hvdps-run"
 #: horovodrun 0.28 flags that take a value (the rest are switches): forwarded with it.
@@ -104,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
         help="remote shell for servers on remote hosts (default: %(default)s)",
     )
     p.add_argument("--horovodrun", default="horovodrun", help="horovodrun executable")
+    p.add_argument(
+        "--no-tunnels",
+        action="store_true",
+        help="with remote hosts: let ps-lite's nodes listen on the network instead of behind "
+        "the tier's TLS tunnels (anyone who reaches their ports can then read and change the "
+        "model: only on a network you trust, or to measure what the tunnels cost)",
+    )
     p.add_argument("--pidfile", help="write the PIDs of the PS processes here, one a line")
     return p
 
@@ -150,21 +157,37 @@ def split_argv(argv: Sequence[str], ours: Dict[str, int]) -> Tuple[List[str], Li
 
 def parse_hosts(hosts: Optional[str], hostfile: Optional[str]) -> List[str]:
     """Host names of ``-H a:2,b:2`` or of a hostfile (``a slots=2`` or ``a:2`` lines)."""
-    names: List[str] = []
+    return list(parse_slots(hosts, hostfile))
+
+
+def parse_slots(hosts: Optional[str], hostfile: Optional[str]) -> Dict[str, int]:
+    """Slots by host name, in order, of ``-H a:2,b:2`` or of a hostfile (``a slots=2`` or
+    ``a:2`` lines); a host named without slots has 1, as horovodrun counts it."""
+    entries: List[Tuple[str, str]] = []
     if hosts:
         for item in hosts.split(","):
-            name = item.strip().split(":")[0]
+            name, _, slots = item.strip().partition(":")
             if not name:
                 raise UsageError(f"-H/--server-hosts: bad entry {item!r} (expected host:slots)")
-            names.append(name)
+            entries.append((name, slots))
     elif hostfile:
         try:
             with open(hostfile) as f:
                 lines = [ln.split("#")[0].strip() for ln in f]
         except OSError as err:
             raise UsageError(f"--hostfile: cannot read {hostfile}: {err.strerror}") from None
-        names = [ln.split()[0].split(":")[0] for ln in lines if ln]
-    return list(dict.fromkeys(names))  # distinct, in order
+        for ln in filter(None, lines):
+            first, *rest = ln.split()
+            name, _, slots = first.partition(":")
+            for word in rest:
+                slots = word.split("=", 1)[1] if word.startswith("slots=") else slots
+            entries.append((name, slots))
+    out: Dict[str, int] = {}
+    for name, slots in entries:
+        if slots and not slots.isdigit():
+            raise UsageError(f"-H/--hostfile: {name}: slots {slots!r} is not a number")
+        out[name] = out.get(name, 0) + (int(slots) if slots else 1)
+    return out
 
 
 def is_local(host: str) -> bool:
@@ -172,10 +195,7 @@ def is_local(host: str) -> bool:
     if host in ("localhost", socket.gethostname(), socket.getfqdn()):
         return True
     try:
-        addr = socket.gethostbyname(host)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((addr, 0))
-        return True
+        return addresses.can_bind(socket.gethostbyname(host))
     except OSError:
         return False
 
@@ -198,6 +218,11 @@ class Plan:
     timeout: float
     remote: bool = False
     group_size: Optional[int] = None
+    #: the job's hosts (``-H``/``--hostfile``) and their slots; empty: this host only
+    hosts: Dict[str, int] = field(default_factory=dict)
+    #: whether ps-lite's nodes talk through the tier's tunnels (a job with remote hosts,
+    #: unless ``--no-tunnels``: :mod:`hvd_ps.launch.tunnels`)
+    tunnels: bool = False
 
     @property
     def local_servers(self) -> int:
@@ -208,7 +233,8 @@ def make_plan(opts: argparse.Namespace, cfg: config.Config) -> Plan:
     """Check the flags against each other and decide where each PS process runs."""
     if opts.hosts and opts.hostfile:
         raise UsageError("-H/--hosts and --hostfile are exclusive")
-    hosts = parse_hosts(opts.hosts, opts.hostfile)
+    slots = parse_slots(opts.hosts, opts.hostfile)
+    hosts = list(slots)
     server_hosts = parse_hosts(opts.server_hosts, None) if opts.server_hosts else hosts
     remote = [h for h in dict.fromkeys(hosts + server_hosts) if not is_local(h)]
     if remote and not opts.ps_host:
@@ -225,6 +251,11 @@ def make_plan(opts: argparse.Namespace, cfg: config.Config) -> Plan:
         raise UsageError(
             "--allow-stock-workers is for a --servers-only tier (a job's tier takes its own "
             "ranks only)"
+        )
+    if opts.no_tunnels and opts.servers_only:
+        raise UsageError(
+            "--no-tunnels is for a job on several hosts (a --servers-only tier has no tunnels "
+            "yet: its ps-lite ports listen on --ps-host)"
         )
     if opts.servers_only and opts.group_size is not None:
         raise UsageError("--group-size is for a job; with --servers-only give --num-workers")
@@ -255,4 +286,6 @@ def make_plan(opts: argparse.Namespace, cfg: config.Config) -> Plan:
         timeout=opts.timeout if opts.timeout is not None else min(cfg.settings.timeout, 120.0),
         remote=bool(remote),
         group_size=opts.group_size,
+        hosts=slots,
+        tunnels=bool(remote) and not opts.servers_only and not opts.no_tunnels,
     )

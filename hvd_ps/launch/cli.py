@@ -67,22 +67,22 @@ from .args import (  # noqa: F401 - re-exported for tests and users
     is_local,
     make_plan,
     parse_hosts,
+    parse_slots,
     split_argv,
 )
+from .tunnels import PortPlan, Tunnels, make_ports
 
 # -- the tier --------------------------------------------------------------------------------
+
+#: what every ps-lite node of a job with tunnels binds and advertises
+LOOPBACK = "127.0.0.1"
 
 
 def remote_server_command(
     ssh: Sequence[str], host: str, env: Dict[str, str], python: str, cwd: str
 ) -> List[str]:
     """The command that runs one PS server on ``host`` over the remote shell ``ssh``."""
-    assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))
-    script = (
-        f"cd {shlex.quote(cwd)} 2>/dev/null; "
-        f"exec env {assigns} {shlex.quote(python)} -m hvd_ps.server"
-    )
-    return [*ssh, host, script]
+    return processes.remote_command(ssh, host, env, python, cwd, ["-m", "hvd_ps.server"])
 
 
 @dataclass
@@ -112,40 +112,62 @@ class Tier:
         processes.stop_groups(list(self.remote.values()), grace=1.0)
 
 
-def start_tier(plan: Plan, opts: argparse.Namespace, num_workers: int) -> Tier:
-    """Scheduler and servers for ``num_workers`` PS workers; raises :class:`HvdPsError`."""
+def start_tier(
+    plan: Plan, opts: argparse.Namespace, num_workers: int, ports: Optional[PortPlan]
+) -> Tier:
+    """Scheduler and servers for ``num_workers`` PS workers; with ``ports`` (the job's tunnels)
+    every one binds 127.0.0.1 at its planned port. Raises :class:`HvdPsError`."""
     total = {"DMLC_NUM_SERVER": str(len(plan.servers))}  # local and remote servers
     total.update(_heartbeats(opts))
+    local_ports = None
+    if ports is not None:
+        local_ports = [p for h, p in zip(plan.servers, ports.servers) if h is None]
     local = spawn.start(
         plan.local_servers,
         num_workers,
-        host=plan.ps_host,
-        port=plan.port,
+        host=plan.ps_host if ports is None else LOOPBACK,
+        port=plan.port if ports is None else ports.scheduler,
         timeout=plan.timeout,
         env_extra=total,
         announced=opts.servers_only,
+        server_ports=local_ports,
     )
     tier = Tier(local)
     try:
-        _start_remote(tier, plan, opts, num_workers)
+        _start_remote(tier, plan, opts, num_workers, ports)
     except (OSError, HvdPsError) as err:
         tier.stop(grace=0)
         raise TierError(f"cannot start the remote PS servers: {err}") from None
     return tier
 
 
-def _start_remote(tier: Tier, plan: Plan, opts: argparse.Namespace, num_workers: int) -> None:
+def remote_shell(opts: argparse.Namespace) -> List[str]:
+    """``--ssh-cmd`` with ``--ssh-port`` and ``--ssh-identity-file``."""
     ssh = shlex.split(opts.ssh_cmd)
     ssh += ["-p", str(opts.ssh_port)] if opts.ssh_port else []
     ssh += ["-i", opts.ssh_identity_file] if opts.ssh_identity_file else []
+    return ssh
+
+
+def _start_remote(
+    tier: Tier,
+    plan: Plan,
+    opts: argparse.Namespace,
+    num_workers: int,
+    ports: Optional[PortPlan],
+) -> None:
+    ssh = remote_shell(opts)
     for i, host in enumerate(plan.servers):
         if host is None:
             continue
-        address = socket.gethostbyname(host)
+        address = socket.gethostbyname(host) if ports is None else LOOPBACK
+        root = plan.ps_host if ports is None else LOOPBACK
         ps = config.ps_environment(
-            "server", plan.ps_host, tier.local.port, len(plan.servers), num_workers, address
+            "server", root, tier.local.port, len(plan.servers), num_workers, address
         )
-        if tier.local.announced:  # a port free here, most likely free there too
+        if ports is not None:
+            ps.update(config.node_port(ports.servers[i]))
+        elif tier.local.announced:  # a port free here, most likely free there too
             port = addresses.free_port(plan.ps_host)
             ps.update(config.node_port(port))
             tier.local.announce("server", address, port)
@@ -182,7 +204,7 @@ def node_host(plan: Plan) -> Dict[str, str]:
 def ps_exports(plan: Plan, tier: Tier) -> Dict[str, str]:
     """The environment a job needs to join the tier."""
     env = {
-        "DMLC_PS_ROOT_URI": plan.ps_host,
+        "DMLC_PS_ROOT_URI": LOOPBACK if plan.tunnels else plan.ps_host,
         "DMLC_PS_ROOT_PORT": str(tier.local.port),
         "DMLC_NUM_SERVER": str(len(plan.servers)),
         "DMLC_NUM_WORKER": str(tier.local.num_workers),
@@ -228,15 +250,39 @@ class Launch:
     opts: argparse.Namespace
     secret: secret.Held
     tier: Optional[Tier] = None
+    #: the tunnels of a job on several hosts (started first, stopped last)
+    tunnels: Optional[Tunnels] = None
+
+    @property
+    def ports(self) -> Optional[PortPlan]:
+        return None if self.tunnels is None else self.tunnels.ports
+
+    def open_tunnels(self) -> None:
+        """A job with remote hosts: plan the nodes' ports and start a tunnel endpoint on every
+        host (:mod:`hvd_ps.launch.tunnels`)."""
+        ports = make_ports(self.plan, is_local, self.plan.port)
+        self.tunnels = Tunnels(ports, self.secret.key, remote_shell(self.opts))
+        if self.opts.verbose:
+            say("tunnels: " + "; ".join(h.spec() for h in ports.hosts))
+        self.tunnels.start(self.plan.timeout)
 
     def start(self, num_workers: int) -> Tier:
-        self.tier = start_tier(self.plan, self.opts, num_workers)
+        self.tier = start_tier(self.plan, self.opts, num_workers, self.ports)
         _report(self.tier, self.opts)
         return self.tier
+
+    def failed(self) -> Optional[str]:
+        """A PS process or tunnel endpoint that ended badly during the job, described."""
+        what = self.tier.failed() if self.tier is not None else None
+        if what is None and self.tunnels is not None:
+            what = self.tunnels.failed()
+        return what
 
     def stop(self, grace: float) -> None:
         if self.tier is not None:
             self.tier.stop(grace=grace)
+        if self.tunnels is not None:
+            self.tunnels.stop()
 
 
 def job_environment(launch: Launch) -> Tuple[Dict[str, str], Optional[rendezvous.Listener]]:
@@ -244,6 +290,8 @@ def job_environment(launch: Launch) -> Tuple[Dict[str, str], Optional[rendezvous
     plan = launch.plan
     env = config.job_environment()
     env["HVD_PS_SECRET_FILE"] = launch.secret.path
+    if launch.ports is not None:
+        env["HVD_PS_TUNNELS"] = launch.ports.ranks_env()
     if plan.group_size is not None:
         env["HVD_PS_GROUP_SIZE"] = str(plan.group_size)
     if launch.opts.timeout is not None:
@@ -273,7 +321,8 @@ def _answer(launch: Launch, request: rendezvous.Request) -> None:
         return
     if launch.opts.verbose:
         say(f"the job makes {request.num_groups} groups: PS tier started for them")
-    uri, servers = launch.plan.ps_host, len(launch.plan.servers)
+    uri = LOOPBACK if launch.plan.tunnels else launch.plan.ps_host
+    servers = len(launch.plan.servers)
     request.answer({"uri": uri, "port": tier.local.port, "num_servers": servers})
 
 
@@ -298,7 +347,7 @@ def run_job(launch: Launch, forward: List[str], command: List[str], sigs: Signal
                     listener.close()
                     listener = None
                     _answer(launch, request)
-            what = launch.tier.failed() if launch.tier is not None else None
+            what = launch.failed()
             if what is not None:
                 say(f"HvdPsError: {what} during the job; ending it")
                 return TIER_DIED
@@ -374,7 +423,11 @@ def _exec_rank(command: List[str]) -> int:
                 "--exec-rank needs DMLC_PS_ROOT_URI or HVD_PS_LAUNCHER in the environment "
                 "(hvdps-run sets one of them)"
             )
-        config.set_node_host(addresses.route_address(root))
+        if cfg.wiring.tunnels:  # every ps-lite node of the job binds loopback (tunnels)
+            config.set_node_host(LOOPBACK)
+            config.set_node_port(config.tunnel_port(cfg.wiring.tunnels, addresses.can_bind))
+        else:
+            config.set_node_host(addresses.route_address(root))
     except HvdPsError as err:
         say(f"{type(err).__name__}: {err}")
         return 1
@@ -417,6 +470,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     launch = Launch(plan, opts, held)
     code = 1
     try:
+        if plan.tunnels:
+            launch.open_tunnels()
         if plan.num_workers is not None:  # known now; else rank 0 tells us (run_job)
             launch.start(plan.num_workers)
         if launch.tier is not None and opts.servers_only:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shlex
 import signal
 import subprocess
 import time
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 _PR_SET_PDEATHSIG = 1
 
@@ -22,6 +23,19 @@ def die_with_parent() -> None:
     (``prctl(PR_SET_PDEATHSIG)``). For ``preexec_fn``: it runs in the child before exec."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def remote_command(
+    ssh: Sequence[str], host: str, env: Dict[str, str], python: str, cwd: str,
+    args: Sequence[str],
+) -> List[str]:  # fmt: skip
+    """The command that runs ``python ARGS`` on ``host`` over the remote shell ``ssh``, in
+    ``cwd`` where it exists there, with ``env`` set; every word is quoted for the remote
+    shell."""
+    assigns = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))
+    words = " ".join(shlex.quote(a) for a in args)
+    script = f"cd {shlex.quote(cwd)} 2>/dev/null; exec env {assigns} {shlex.quote(python)} {words}"
+    return [*ssh, host, script]
 
 
 def how_ended(returncode: int) -> str:

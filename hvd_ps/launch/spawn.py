@@ -38,6 +38,8 @@ class LocalTier:
     stopping: bool = False
     #: the scheduler registers only nodes announced through :meth:`announce`
     announced: bool = False
+    #: the ports the servers bind, in order (a job's tunnels plan them); else free ones
+    server_ports: List[int] = field(default_factory=list)
 
     @property
     def pids(self) -> List[int]:
@@ -48,7 +50,10 @@ class LocalTier:
             role, self.host, self.port, self.num_servers, self.num_workers, self.host
         )
         port = None
-        if role == "server" and self.announced:
+        if role == "server" and self.server_ports:
+            port = self.server_ports.pop(0)
+            ps.update(config.node_port(port))
+        elif role == "server" and self.announced:
             port = addresses.free_port(self.host)
             ps.update(config.node_port(port))
         pipe = role == "scheduler" and self.announced
@@ -59,7 +64,7 @@ class LocalTier:
             start_new_session=True,
             preexec_fn=processes.die_with_parent,
         )
-        if port is not None:
+        if port is not None and self.announced:
             self.announce("server", self.host, port)
 
     def announce(self, role: str, host: str, port: int) -> None:
@@ -118,9 +123,11 @@ def start(
     scheduler: bool = True,
     env_extra: Optional[Dict[str, str]] = None,
     announced: bool = False,
+    server_ports: Optional[List[int]] = None,
 ) -> LocalTier:
     """Start a scheduler (unless ``scheduler=False``) and ``num_servers`` servers here;
-    ``announced``: the scheduler (hvd_ps's, told by ``env_extra``) takes announcements on a pipe.
+    ``announced``: the scheduler (hvd_ps's, told by ``env_extra``) takes announcements on a pipe;
+    ``server_ports``: the ports the servers bind (default: free ones, or ps-lite's choice).
 
     Waits until the scheduler listens. With ``port=None`` a free port is picked (and another
     one tried if it was taken in the meantime); an explicit ``port`` that is in use raises
@@ -131,6 +138,7 @@ def start(
     for attempt in range(tries):
         tier = LocalTier(host, port or addresses.free_port(host), num_servers, num_workers)
         tier.announced = scheduler and announced
+        tier.server_ports = list(server_ports or [])
         if scheduler and addresses.port_open(host, tier.port):
             if attempt + 1 < tries:
                 continue

@@ -84,6 +84,8 @@ def test_help_as_a_program() -> None:
         (["--servers-only", "--num-servers", "2"], "--num-workers"),
         (["--servers-only", "--num-workers", "2", "python", "x.py"], "--servers-only"),
         (["-np", "2", "--allow-stock-workers", "python", "x.py"], "--allow-stock-workers"),
+        (["--servers-only", "--num-workers", "1", "--no-tunnels"], "--no-tunnels"),
+        (["-np", "2", "-H", "a:two", "python", "x.py"], "slots 'two'"),
         (
             ["--servers-only", "--num-workers", "1", "--secret-file", "/nonexistent/s"],
             "--secret-file=/nonexistent/s cannot be read",
@@ -146,6 +148,18 @@ def test_hosts_and_plan(tmp_path: Path) -> None:
     )
     plan = launch.make_plan(opts, launch.config.load({}))
     assert plan.servers == [None, "192.0.2.1", None] and plan.remote
+    # a job with remote hosts talks through the tunnels unless told not to
+    assert plan.tunnels and plan.hosts == {"localhost": 2, "192.0.2.1": 2}
+    opts = launch._parser().parse_args(["-np", "2", "-H", "192.0.2.1:2", "--ps-host",
+                                        "192.0.2.9", "--no-tunnels"])  # fmt: skip
+    assert not launch.make_plan(opts, launch.config.load({})).tunnels
+
+
+def test_slots_of_hosts_and_hostfiles(tmp_path: Path) -> None:
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("a slots=4\nb:2\nc\n# comment\na slots=1\n")
+    assert launch.parse_slots(None, str(hostfile)) == {"a": 5, "b": 2, "c": 1}
+    assert launch.parse_slots("a:2,b,a:1", None) == {"a": 3, "b": 1}
 
 
 def test_remote_server_command_quotes_everything() -> None:
@@ -282,6 +296,50 @@ def test_rank_wrapper_advertises_the_address_routing_to_the_scheduler() -> None:
         timeout=70,
     )
     assert out.returncode == 0 and out.stdout.strip() == "node=127.0.0.1", out.stderr
+
+
+@pytest.mark.parametrize("local_rank, port", [("0", "21000"), ("1", "21001")])
+def test_rank_wrapper_in_a_job_with_tunnels_binds_loopback(local_rank: str, port: str) -> None:
+    # HVD_PS_TUNNELS: each host's leader ports; 127.0.0.1 is this host's (it can bind it)
+    out = job_run.complete(
+        _cmd(["--exec-rank", "--", "sh", "-c", "echo node=$DMLC_NODE_HOST:$PORT"], 60),
+        job_run.env(
+            DMLC_PS_ROOT_URI="127.0.0.1",
+            DMLC_PS_ROOT_PORT="9000",
+            HVD_PS_TUNNELS="192.0.2.1:21002-21003,127.0.0.1:21000-21001",
+            OMPI_COMM_WORLD_LOCAL_RANK=local_rank,
+        ),  # fmt: skip
+        timeout=70,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == f"node=127.0.0.1:{port}", out.stderr
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        (
+            {"HVD_PS_TUNNELS": "127.0.0.1:21000-21001", "OMPI_COMM_WORLD_LOCAL_RANK": "2"},
+            "ConfigError: HVD_PS_TUNNELS: local rank 2 on 127.0.0.1 is beyond the host's 2 slots",
+        ),
+        (
+            {"HVD_PS_TUNNELS": "192.0.2.1:21000-21001", "OMPI_COMM_WORLD_LOCAL_RANK": "0"},
+            "ConfigError: HVD_PS_TUNNELS names no address of this host",
+        ),
+        (
+            {"HVD_PS_TUNNELS": "127.0.0.1:21000"},
+            "ConfigError: HVD_PS_TUNNELS='127.0.0.1:21000': '127.0.0.1:21000' is not "
+            "ADDR:FIRST-LAST",
+        ),
+    ],
+)
+def test_rank_wrapper_with_bad_tunnel_ports_fails_naming_them(env, message) -> None:
+    out = job_run.complete(
+        _cmd(["--exec-rank", "--", "sh", "-c", "echo ran"], 60),
+        job_run.env(DMLC_PS_ROOT_URI="127.0.0.1", DMLC_PS_ROOT_PORT="9000", **env),
+        timeout=70,
+    )
+    assert out.returncode == 1 and out.stdout == "", out.stderr
+    assert out.stderr.startswith(f"hvdps-run: {message}"), out.stderr
 
 
 @pytest.mark.parametrize(

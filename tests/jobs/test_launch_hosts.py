@@ -170,3 +170,74 @@ def test_signal_mid_job_leaves_nothing(cluster: Cluster, tmp_path: Path, sig: in
         assert f"got signal {int(sig)}; stopping the job and the PS tier" in err
     finally:
         _finish(proc, rec, cluster)
+
+
+#: a stranger on hostB (not a process of the job, no secret): one non-protobuf frame, from
+#: ZeroMQ's default identity, to the ps-lite port it found on hostA (ps-lite's scheduler aborts
+#: on it: ``Check failed: pb.ParseFromArray``)
+STRANGER = """\
+import sys, time, zmq
+ctx = zmq.Context()
+s = ctx.socket(zmq.DEALER)
+s.setsockopt(zmq.LINGER, 0)
+s.connect(f"tcp://{sys.argv[1]}:{sys.argv[2]}")
+s.send(b"junk" * 8)  # from ZeroMQ's default identity
+time.sleep(3)
+ctx.destroy(linger=0)
+print("stranger done", flush=True)
+"""
+
+
+def _listeners(cluster: Cluster, host: str, port: int) -> Dict[str, str]:
+    """Who listens on ``port`` on ``host``: address -> process name (from ``ss -ltnp``)."""
+    got = subprocess.run(
+        ["ip", "netns", "exec", cluster.hosts[host]["ns"], "ss", "-ltnpH", f"sport = :{port}"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    out = {}
+    for line in got.stdout.splitlines():
+        fields = line.split()
+        name = re.search(r'users:\(\("([^"]+)"', line)
+        out[fields[3].rsplit(":", 1)[0]] = name.group(1) if name else "?"
+    return out
+
+
+@pytest.mark.parametrize("tunnels", [True, False])
+def test_ps_lite_ports_are_behind_the_tunnels(
+    cluster: Cluster, tmp_path: Path, tunnels: bool
+) -> None:
+    """A job on two hosts binds no ps-lite port on the network: the scheduler listens on
+    hostA's loopback, stunnel on hostA's address (same port) and on hostB's loopback. A
+    stranger on hostB sends the frame that aborts ps-lite's scheduler to that port on hostA:
+    the tunnel refuses it before ps-lite sees a byte, and the job trains to exit 0. With
+    ``--no-tunnels`` the same frame ends the tier (exit 75): the test can fail."""
+    port = 28000 + os.getpid() % 1000
+    a = cluster.hosts["a"]["addr"]
+    flags = ["--group-size", "2", "--num-servers", "2", "--ps-port", str(port)]
+    flags += [] if tunnels else ["--no-tunnels"]
+    rec = Recorder(cluster)
+    proc = _start(cluster, flags, ["--steps", "80", "--pause", "0.1"], tmp_path)
+    try:
+        job_run.read_until(proc, r"step 5 loss", LIMIT)
+        here, there = _listeners(cluster, "a", port), _listeners(cluster, "b", port)
+        if tunnels:
+            assert here == {"127.0.0.1": "python", a: "stunnel4"}, here
+            assert there == {"127.0.0.1": "stunnel4"}, there
+        else:
+            assert here == {a: "python"} and there == {}, (here, there)
+        stranger = subprocess.run(
+            cluster.on("b", [sys.executable, "-c", STRANGER, a, str(port)]),
+            capture_output=True, text=True, timeout=60, env=_env(cluster),
+        )  # fmt: skip
+        assert "stranger done" in stranger.stdout, stranger.stderr[-2000:]
+        out, err = proc.communicate(timeout=LIMIT + 15)
+    finally:
+        _finish(proc, rec, cluster)
+    if tunnels:
+        assert proc.returncode == 0, err[-3000:]
+        _assert_trained(out)
+        refused = re.search(r"hvd_ps tunnel on \S+: refused (\d+) connection", err)
+        assert refused and int(refused.group(1)) >= 1, err[-3000:]
+    else:
+        assert proc.returncode == 75, err[-3000:]
+        assert "PS scheduler" in err and "during the job" in err, err[-3000:]
