@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import statistics
 import sys
@@ -81,6 +82,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     specs = overlapped(args)
     clusters = [tuple(int(v) for v in c.split("x")) for c in bench.clusters.split(",")]
     rows: List[Dict] = []
+    #: per cluster and link, per tunneled job: the stunnel processes' CPU seconds (all hosts)
+    #: and the bytes that crossed the links
+    cpu: Dict = {}
     start, port = time.time(), 20000
     with tempfile.TemporaryDirectory(prefix="hvdps-tunnels-") as tmpdir:
         tmp = Path(tmpdir)
@@ -88,22 +92,41 @@ def main(argv: Optional[List[str]] = None) -> int:
             for link in bench.links.split(","):
                 with StarCluster(hosts=hosts, rate=link) as cluster:
                     got: Dict[bool, List[Dict]] = {False: [], True: []}
+                    cpu[(hosts, rpn, link)] = []
                     for repeat in range(bench.repeats):
                         for tunnels in (False, True) if repeat % 2 == 0 else (True, False):
                             port += 64
                             done = cluster_suite.run_job(cluster, specs, args, rpn, link, port,
                                                          tmp, tunnels)  # fmt: skip
-                            steps = {s["name"]: report.throughput_row(s, d, hosts, rpn, link,
-                                                                      args)["step_s"]
-                                     for s, d in zip(specs, done)}  # fmt: skip
+                            measured = [report.throughput_row(s, d, hosts, rpn, link, args)
+                                        for s, d in zip(specs, done)]  # fmt: skip
+                            steps = {r["name"]: r["step_s"] for r in measured}
                             got[tunnels].append(steps)
+                            link_bytes = sum(r["job_link_bytes"] for r in measured)
+                            if tunnels:
+                                cpu[(hosts, rpn, link)].append((tunnel_cpu(tmp, port), link_bytes))
                             print(f"[{time.time() - start:6.0f} s] {hosts}x{rpn} {link} repeat "
                                   f"{repeat} tunnels {'on' if tunnels else 'off'}: "
                                   + ", ".join(f"{k} {v:.3f} s" for k, v in steps.items()),
                                   flush=True)  # fmt: skip
                     rows += summarize(got, specs, hosts, rpn, link)
+                    used = cpu[(hosts, rpn, link)]
+                    for r in rows[-len(specs) + 1 :]:
+                        r["tunnel_cpu_s_per_gb"] = [c / (b / 1e9) for c, b in used if b]
     write(rows, bench, Path(bench.out), time.time() - start)
     return 0
+
+
+def tunnel_cpu(tmp: Path, port: int) -> float:
+    """CPU seconds the stunnel processes of the job at ``port`` used, all hosts (each tunnel
+    endpoint prints it when it stops; the suite keeps its output in a log per host)."""
+    total = 0.0
+    for log in tmp.glob(f"*_{port}_tunnels.tunnel*.log"):
+        found = re.search(r"stunnel used ([\d.]+) s of CPU", log.read_text())
+        if found is None:
+            raise RuntimeError(f"{log} does not say what stunnel used:\n{log.read_text()}")
+        total += float(found.group(1))
+    return total
 
 
 def summarize(got: Dict[bool, List[Dict]], specs: List[Dict], hosts: int, rpn: int,
@@ -142,15 +165,17 @@ def write(rows: List[Dict], bench: argparse.Namespace, out: Path, took: float) -
         " cost: step time with tunnels / without, per repeat (side by side on one cluster).",
         "",
         "| cluster | link | run | step off (s) | step on (s) | cost (repeats) | eff. off "
-        "| eff. on |",
-        "|---|---|---|---|---|---|---|---|",
+        "| eff. on | stunnel CPU s per GB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         spread = ", ".join(f"{x:.3f}" for x in r["ratios"])
         lines.append(
             f"| {r['cluster']} | {r['link']} | {r['run']} | {r['step_off_s']:.3f} | "
             f"{r['step_on_s']:.3f} | {r['ratio']:.3f} ({spread}) | {r['efficiency_off']:.2f} | "
-            f"{r['efficiency_on']:.2f} |"
+            f"{r['efficiency_on']:.2f} | "
+            + ", ".join(f"{x:.2f}" for x in r["tunnel_cpu_s_per_gb"])
+            + " |"
         )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

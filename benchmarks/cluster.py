@@ -56,13 +56,16 @@ def can_create() -> Optional[str]:
 
 
 class Cluster:
-    """Two emulated hosts ``a`` and ``b`` with a (shaped) link between them."""
+    """Two emulated hosts ``a`` and ``b`` with a (shaped) link between them; with
+    ``stranger``, a third host ``c`` outside the job (its own link to ``a``, and a route through
+    it to the job's network), from which tests attack the job."""
 
     def __init__(
         self,
         rate: Optional[str] = "1gbit",
         tag: Optional[str] = None,
         hostnames: Sequence[str] = ("hvdps-host-a", "hvdps-host-b"),
+        stranger: bool = False,
     ) -> None:
         self.rate = rate
         self.tag = tag or str(os.getpid())
@@ -78,6 +81,10 @@ class Cluster:
             }
             for i, (name, hostname) in enumerate(zip(("a", "b"), hostnames))
         }
+        if stranger:  # its link: a's end "hvpsc" 10.233.n.1, its own hvps0 10.233.n.2; a routes
+            self.hosts["c"] = {"ns": f"hvdps-{self.tag}-c", "veth": f"hv{self.tag[-6:]}c",
+                               "dev": DEV, "addr": f"10.233.{n}.2", "hostname": "stranger",
+                               "gateway": f"10.233.{n}.1"}  # fmt: skip
         self.tmp = tempfile.mkdtemp(prefix="hvdps-cluster-")
         self.ssh_dir = os.path.join(self.tmp, "bin")
         self.agent = os.path.join(self.ssh_dir, "ssh")
@@ -117,6 +124,24 @@ class Cluster:
             if self.rate:
                 _ip("netns", "exec", h["ns"], "tc", "qdisc", "add", "dev", h["dev"], "root",
                     "tbf", "rate", self.rate, "burst", "256kb", "latency", "50ms")  # fmt: skip
+        if "c" in self.hosts:
+            c = self.hosts["c"]
+            _ip("netns", "add", c["ns"])
+            _ip("-n", c["ns"], "link", "set", "lo", "up")
+            _ip("link", "add", c["veth"], "type", "veth", "peer", "name", c["veth"] + "a")
+            _ip("link", "set", c["veth"] + "a", "netns", a["ns"])
+            _ip("-n", a["ns"], "link", "set", c["veth"] + "a", "name", "hvpsc")
+            _ip("-n", a["ns"], "addr", "add", c["gateway"] + "/24", "dev", "hvpsc")
+            _ip("-n", a["ns"], "link", "set", "hvpsc", "up")
+            _ip("link", "set", c["veth"], "netns", c["ns"])
+            _ip("-n", c["ns"], "link", "set", c["veth"], "name", DEV)
+            _ip("-n", c["ns"], "addr", "add", c["addr"] + "/24", "dev", DEV)
+            _ip("-n", c["ns"], "link", "set", DEV, "up")
+            _ip("-n", c["ns"], "route", "add", self.subnet, "via", c["gateway"])
+            # a routes between the stranger and b (b answers c through a)
+            _ip("-n", b["ns"], "route", "add", c["addr"].rsplit(".", 1)[0] + ".0/24", "via",
+                a["addr"])  # fmt: skip
+            _ip("netns", "exec", a["ns"], "sysctl", "-qw", "net.ipv4.ip_forward=1")
         self._write_agent()
 
     def _write_agent(self) -> None:

@@ -10,6 +10,7 @@ alive, and the namespaces must be gone. Needs root (skipped otherwise, with the 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -76,6 +77,16 @@ def cluster() -> Iterator[Cluster]:
         yield c
     assert c.exists() == [], "namespaces left behind"
     assert not os.path.exists(f"/etc/netns/{c.hosts['a']['ns']}")
+
+
+@pytest.fixture
+def guarded() -> Iterator[Cluster]:
+    """hostA and hostB, and a host outside the job ("stranger", routed to their network
+    through hostA)."""
+    c = Cluster(rate=None, hostnames=("hostA", "hostB"), tag=f"s{os.getpid()}", stranger=True)
+    with c:
+        yield c
+    assert c.exists() == [], "namespaces left behind"
 
 
 def _env(cluster: Cluster) -> Dict[str, str]:
@@ -172,19 +183,28 @@ def test_signal_mid_job_leaves_nothing(cluster: Cluster, tmp_path: Path, sig: in
         _finish(proc, rec, cluster)
 
 
-#: a stranger on hostB (not a process of the job, no secret): one non-protobuf frame, from
-#: ZeroMQ's default identity, to the ps-lite port it found on hostA (ps-lite's scheduler aborts
-#: on it: ``Check failed: pb.ParseFromArray``)
+#: a stranger on a host outside the job (no secret): it scans the hosts' addresses for ports in
+#: the range the job's ps-lite nodes use (20000..32767), then sends each open one a
+#: non-protobuf frame from ZeroMQ's default identity, the frame ps-lite aborts on (``Check
+#: failed: pb.ParseFromArray``); prints what it found
 STRANGER = """\
-import sys, time, zmq
+import json, socket, sys, time, zmq
+found = []
+for addr in sys.argv[1:]:
+    for port in range(20000, 32768):
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex((addr, port)) == 0:
+                found.append((addr, port))
 ctx = zmq.Context()
-s = ctx.socket(zmq.DEALER)
-s.setsockopt(zmq.LINGER, 0)
-s.connect(f"tcp://{sys.argv[1]}:{sys.argv[2]}")
-s.send(b"junk" * 8)  # from ZeroMQ's default identity
+for addr, port in found:
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(f"tcp://{addr}:{port}")
+    s.send(b"junk" * 8)
 time.sleep(3)
 ctx.destroy(linger=0)
-print("stranger done", flush=True)
+print("stranger found", json.dumps(found), flush=True)
 """
 
 
@@ -204,15 +224,17 @@ def _listeners(cluster: Cluster, host: str, port: int) -> Dict[str, str]:
 
 @pytest.mark.parametrize("tunnels", [True, False])
 def test_ps_lite_ports_are_behind_the_tunnels(
-    cluster: Cluster, tmp_path: Path, tunnels: bool
+    guarded: Cluster, tmp_path: Path, tunnels: bool
 ) -> None:
     """A job on two hosts binds no ps-lite port on the network: the scheduler listens on
     hostA's loopback, stunnel on hostA's address (same port) and on hostB's loopback. A
-    stranger on hostB sends the frame that aborts ps-lite's scheduler to that port on hostA:
-    the tunnel refuses it before ps-lite sees a byte, and the job trains to exit 0. With
-    ``--no-tunnels`` the same frame ends the tier (exit 75): the test can fail."""
+    stranger on a third host scans both hosts and sends every open port the frame that aborts
+    ps-lite: each is a tunnel's, which refuses it before ps-lite sees a byte, and the job
+    trains to exit 0. With ``--no-tunnels`` the same frame reaches the scheduler and ends the
+    tier (exit 75): the test can fail."""
+    cluster = guarded
     port = 28000 + os.getpid() % 1000
-    a = cluster.hosts["a"]["addr"]
+    a, b = cluster.hosts["a"]["addr"], cluster.hosts["b"]["addr"]
     flags = ["--group-size", "2", "--num-servers", "2", "--ps-port", str(port)]
     flags += [] if tunnels else ["--no-tunnels"]
     rec = Recorder(cluster)
@@ -226,18 +248,25 @@ def test_ps_lite_ports_are_behind_the_tunnels(
         else:
             assert here == {a: "python"} and there == {}, (here, there)
         stranger = subprocess.run(
-            cluster.on("b", [sys.executable, "-c", STRANGER, a, str(port)]),
-            capture_output=True, text=True, timeout=60, env=_env(cluster),
+            cluster.on("c", [sys.executable, "-c", STRANGER, a, b]),
+            capture_output=True, text=True, timeout=90, env=_env(cluster),
         )  # fmt: skip
-        assert "stranger done" in stranger.stdout, stranger.stderr[-2000:]
+        assert "stranger found" in stranger.stdout, stranger.stderr[-2000:]
+        found = [tuple(f) for f in json.loads(stranger.stdout.split("stranger found", 1)[1])]
+        assert (a, port) in found, found  # it reached the job's network
+        if tunnels:  # the scheduler, 2 servers, a leader port per slot: every one a tunnel's
+            assert len(found) == 1 + 2 + 4, found
+            for addr, p in found:
+                host = "a" if addr == a else "b"
+                assert _listeners(cluster, host, p)[addr] == "stunnel4", (addr, p)
         out, err = proc.communicate(timeout=LIMIT + 15)
     finally:
         _finish(proc, rec, cluster)
     if tunnels:
         assert proc.returncode == 0, err[-3000:]
         _assert_trained(out)
-        refused = re.search(r"hvd_ps tunnel on \S+: refused (\d+) connection", err)
-        assert refused and int(refused.group(1)) >= 1, err[-3000:]
+        refused = re.findall(r"hvd_ps tunnel on \S+: refused (\d+) connection", err)
+        assert sum(map(int, refused)) >= len(found), err[-3000:]
     else:
         assert proc.returncode == 75, err[-3000:]
         assert "PS scheduler" in err and "during the job" in err, err[-3000:]

@@ -7,6 +7,7 @@ host's (whose end is not started: the two-host job test is in tests/jobs/test_la
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -148,15 +149,15 @@ def running() -> Iterator[Tuple[Echo, int, int, subprocess.Popen]]:
         echo.sock.close()
 
 
-def _through(port: int, key: str, tmp: Path) -> bytes:
-    """Send b"hello" to 127.0.0.2:``port`` through a stunnel client holding ``key``; what
+def _through(port: int, key: str, tmp: Path, host: str = "127.0.0.2") -> bytes:
+    """Send b"hello" to ``host``:``port`` through a stunnel client holding ``key``; what
     comes back (b"" when the tunnel refused the session)."""
     local = _free_port("127.0.0.1")
     (tmp / "psk").write_text(f"{te.PSK_IDENTITY}:{key}\n")
     os.chmod(tmp / "psk", 0o600)
     (tmp / "c.conf").write_text(
         "foreground = yes\npid =\nsyslog = no\ndebug = 3\n[c]\nclient = yes\n"
-        f"accept = 127.0.0.1:{local}\nconnect = 127.0.0.2:{port}\n"
+        f"accept = 127.0.0.1:{local}\nconnect = {host}:{port}\n"
         f"PSKsecrets = {tmp / 'psk'}\nPSKidentity = {te.PSK_IDENTITY}\n"
         "sslVersionMin = TLSv1.3\nciphers = PSK\n"
     )
@@ -199,7 +200,8 @@ def test_an_endpoint_forwards_only_sessions_that_hold_the_key(running, tmp_path:
     proc.stdin.close()
     assert proc.wait(timeout=15) == 0
     err = proc.stderr.read().decode()
-    assert "hvd_ps tunnel on 127.0.0.2: refused 2 connection(s) without the key" in err, err
+    assert re.search(r"hvd_ps tunnel on 127.0.0.2: refused 2 connection\(s\) without the key; "
+                     r"stunnel used \d+\.\d\d s of CPU\n", err), err  # fmt: skip
     assert ("127.0.0.2", port) not in addresses.listening()
 
 
@@ -241,3 +243,75 @@ def test_the_launcher_reports_an_endpoint_that_cannot_start(monkeypatch) -> None
     finally:
         links.stop()
         taken.close()
+
+
+class Relay:
+    """A man in the middle on 127.0.0.1:port, forwarding to 127.0.0.2:``target``: records what
+    the client sends, and with ``tamper`` flips the last byte of every chunk after the first
+    (the client's first flight, the ClientHello, passes unchanged)."""
+
+    def __init__(self, target: int, tamper: bool = False) -> None:
+        self.target, self.tamper = target, tamper
+        self.sent: List[bytes] = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        try:
+            client, _ = self.sock.accept()
+        except OSError:
+            return
+        server = socket.create_connection(("127.0.0.2", self.target), timeout=10)
+        threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
+        self._pipe(client, server, True)
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, record: bool) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if record:
+                    if self.tamper and self.sent:
+                        data = data[:-1] + bytes([data[-1] ^ 0x01])
+                    self.sent.append(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def test_a_replayed_or_tampered_tunnel_session_is_refused(running, tmp_path: Path) -> None:
+    """TLS 1.3 with a fresh key exchange per session: the bytes of a good session, sent again,
+    do not make a session, and a session whose records were changed in flight is dropped;
+    nothing reaches the node either way."""
+    echo, port, _, _ = running
+    relay = Relay(port)
+    assert _through_relay(relay, tmp_path) == b"HELLO" and echo.accepted == [b"hello"]
+    recorded = b"".join(relay.sent)
+    assert len(relay.sent) >= 2 and b"hello" not in recorded  # (encrypted on the wire)
+    with socket.create_connection(("127.0.0.2", port), timeout=10) as s:
+        s.sendall(recorded)  # the replay
+        got = b""
+        try:
+            while chunk := s.recv(65536):
+                got += chunk
+        except (ConnectionResetError, socket.timeout):
+            pass
+    assert echo.accepted == [b"hello"], echo.accepted
+    tampered = Relay(port, tamper=True)
+    assert _through_relay(tampered, tmp_path) == b""
+    assert b"hello" not in echo.accepted[1:], echo.accepted
+
+
+def _through_relay(relay: Relay, tmp: Path) -> bytes:
+    """:func:`_through`, but to the relay, which forwards to the endpoint."""
+    return _through(relay.port, KEY, tmp, host="127.0.0.1")
