@@ -162,6 +162,13 @@ def _start_tier(cfg: config.Config, topo: topology.Topology) -> Tuple[Any, ...]:
                 timeout=cfg.settings.timeout,
             )
             message = (local.host, local.port, local.num_servers)
+            if not local.host.startswith("127."):
+                sys.stderr.write(
+                    f"hvd_ps: warning: the embedded PS tier listens on {local.host}, where "
+                    "ps-lite admits anyone who reaches its ports; start jobs on several hosts "
+                    "with hvdps-run, which keeps those ports behind TLS tunnels\n"
+                )
+                sys.stderr.flush()
         except HvdPsError as err:
             message = f"rank 0 could not start the embedded PS tier: {err}"
     with deadline.deadline(

@@ -270,3 +270,25 @@ def test_ps_lite_ports_are_behind_the_tunnels(
     else:
         assert proc.returncode == 75, err[-3000:]
         assert "PS scheduler" in err and "during the job" in err, err[-3000:]
+
+
+def test_the_embedded_tier_across_hosts_trains_and_warns(cluster: Cluster, tmp_path: Path) -> None:
+    """Without hvdps-run (plain mpirun over both hosts), global rank 0 starts the embedded tier
+    on its host's address: the job trains, and rank 0 says once that ps-lite's ports are then
+    open to anyone who reaches them, and what to use instead."""
+    rec = Recorder(cluster)
+    argv = cluster.mpirun([sys.executable, JOB, "--group-size", "2"], slots=2,
+                          env=["HVD_PS_TIMEOUT", "OMPI_MCA_mpi_yield_when_idle"])  # fmt: skip
+    proc = job_run.start(job_run.bounded(argv, LIMIT), _env(cluster))
+    try:
+        out, err = proc.communicate(timeout=LIMIT + 15)
+    finally:
+        _finish(proc, rec, cluster)
+    assert proc.returncode == 0, err[-3000:]
+    _assert_trained(out)
+    warning = (
+        f"hvd_ps: warning: the embedded PS tier listens on {cluster.hosts['a']['addr']}, where "
+        "ps-lite admits anyone who reaches its ports; start jobs on several hosts with "
+        "hvdps-run, which keeps those ports behind TLS tunnels"
+    )
+    assert err.count(warning) == 1, err[-3000:]
