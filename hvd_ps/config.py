@@ -7,9 +7,10 @@ of its own to ``load``. The other reads and writes of the process's environment 
 here too: the environments of the children (:func:`local_server_environment`,
 :func:`remote_server_environment`, :func:`job_environment`), the ps-lite variables a worker
 sets before MXNet's KVStore reads them (:func:`set_worker_environment`,
-:func:`set_node_host`), Horovod's stall limits (:func:`limit_horovod_stalls`), the MPI rank
-(:func:`launch_rank`) and the PS role (:func:`defuse_stock_server`, :func:`server_role`,
-:func:`restore_role`).
+:func:`set_node_host`, :func:`set_node_port`), Horovod's stall limits
+(:func:`limit_horovod_stalls`), the MPI rank (:func:`launch_rank`), the local rank and the
+port it picks in a job with tunnels (:func:`local_rank`, :func:`tunnel_port`) and the PS role
+(:func:`defuse_stock_server`, :func:`server_role`, :func:`restore_role`).
 
 =========================  ===========  ==========================================================
 variable                   default      meaning

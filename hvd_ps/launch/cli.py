@@ -18,8 +18,10 @@ script's own grouping applies: global rank 0's ``hvd_ps.init`` reports its numbe
 to hvdps-run, which then starts the tier and answers with its address. A script whose
 grouping contradicts the flags fails in ``hvd_ps.init`` before training. A PS process that
 fails ends the job with a message naming it; ``hvdps-run`` exits with the job's exit code and
-never leaves a PS process behind. With only local hosts everything binds 127.0.0.1; with
-remote hosts the scheduler binds ``--ps-host``, which is then required.
+never leaves a PS process behind. With only local hosts everything binds 127.0.0.1. With
+remote hosts ``--ps-host`` is required, and every ps-lite node still binds 127.0.0.1: the
+tier's TLS tunnels carry ps-lite's traffic between hosts (:mod:`hvd_ps.launch.tunnels`,
+started first and stopped last; ``--no-tunnels``: the nodes bind the hosts' addresses).
 
 ``--servers-only`` starts just the tier, prints the ``export`` lines for it and serves until
 SIGINT/SIGTERM or until all ``--num-workers`` groups, possibly from several independent

@@ -13,7 +13,7 @@ import shlex
 import signal
 import subprocess
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 _PR_SET_PDEATHSIG = 1
 
@@ -53,6 +53,28 @@ def ended(name: str, proc: subprocess.Popen[bytes]) -> Optional[str]:
     if code is None:
         return None
     return f"{name} (pid {proc.pid}) {how_ended(code)}"
+
+
+def first_ended(procs: Mapping[str, subprocess.Popen[bytes]]) -> Optional[str]:
+    """:func:`ended` (``"PS <name> ..."``) of the first of ``procs`` that has ended; None while
+    all run."""
+    for name, proc in procs.items():
+        what = ended(f"PS {name}", proc)
+        if what is not None:
+            return what
+    return None
+
+
+def wait_then_stop(procs: Sequence[subprocess.Popen[bytes]], grace: float) -> None:
+    """Give ``procs`` up to ``grace`` seconds in all to exit by themselves, then stop their
+    process groups (:func:`stop_groups`: 2 s after SIGTERM, 2 s after SIGKILL)."""
+    end = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    stop_groups(list(procs), grace=2.0, kill_wait=2.0)
 
 
 def _members(pgid: int) -> List[int]:

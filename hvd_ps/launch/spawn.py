@@ -81,11 +81,7 @@ class LocalTier:
 
     def dead(self) -> Optional[str]:
         """Describes a child that has exited, or None while all run."""
-        for name, proc in self.procs.items():
-            what = processes.ended(f"PS {name}", proc)
-            if what is not None:
-                return what
-        return None
+        return processes.first_ended(self.procs)
 
     def watch(self, on_death: Callable[[str], None], period: float = 0.2) -> None:
         """Call ``on_death(description)`` from a thread if a child dies before :meth:`stop`."""
@@ -105,13 +101,7 @@ class LocalTier:
         stop their process groups (:func:`processes.stop_groups`, 2 s after SIGTERM and 2 s
         after SIGKILL)."""
         self.stopping = True
-        end = time.monotonic() + grace
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.0, end - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        processes.stop_groups(list(self.procs.values()), grace=2.0, kill_wait=2.0)
+        processes.wait_then_stop(list(self.procs.values()), grace)
 
 
 def start(

@@ -179,11 +179,7 @@ class Tunnels:
 
     def failed(self) -> Optional[str]:
         """An endpoint that has ended, described; None while all run."""
-        for name, proc in self.procs.items():
-            what = processes.ended(f"PS {name}", proc)
-            if what is not None:
-                return what
-        return None
+        return processes.first_ended(self.procs)
 
     def stop(self) -> None:
         """Close every endpoint's standard input (it then stops by itself), then stop their
@@ -194,10 +190,4 @@ class Tunnels:
                     proc.stdin.close()
             except OSError:
                 pass
-        end = time.monotonic() + 3.0
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.0, end - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        processes.stop_groups(list(self.procs.values()), grace=2.0, kill_wait=2.0)
+        processes.wait_then_stop(list(self.procs.values()), 3.0)
