@@ -182,22 +182,26 @@ class Endpoint:
             shown = ", ".join(f"{a}:{p}" for a, p in taken[:5])
             raise TunnelError(f"the tunnel on {me} cannot listen on {shown}: a port in use")
         self.dir = tempfile.mkdtemp(prefix="hvdps-tunnel-")  # mode 700
-        key_file = os.path.join(self.dir, "psk")
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{PSK_IDENTITY}:{key}\n")
-        conf = os.path.join(self.dir, "stunnel.conf")
-        with open(conf, "w") as f:
-            f.write(config(hosts, me, key_file))
         self.last: Deque[str] = collections.deque(maxlen=KEEP_LINES)
         self.refused = 0
-        self.proc = subprocess.Popen(
-            [stunnel, conf],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            preexec_fn=processes.die_with_parent,
-        )
+        try:
+            key_file = os.path.join(self.dir, "psk")
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{PSK_IDENTITY}:{key}\n")
+            conf = os.path.join(self.dir, "stunnel.conf")
+            with open(conf, "w") as f:
+                f.write(config(hosts, me, key_file))
+            self.proc = subprocess.Popen(
+                [stunnel, conf],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                preexec_fn=processes.die_with_parent,
+            )
+        except OSError:
+            shutil.rmtree(self.dir, ignore_errors=True)  # (the key is in there)
+            raise
         threading.Thread(target=self._read, name="stunnel-log", daemon=True).start()
 
     def _read(self) -> None:

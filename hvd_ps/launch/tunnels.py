@@ -53,9 +53,7 @@ class PortPlan:
         return ",".join(f"{a}:{f}-{f + n - 1}" for a, (f, n) in self.leaders.items())
 
 
-def _address(host: Optional[str], here: str) -> str:
-    if host is None:
-        return here
+def _address(host: str) -> str:
     try:
         return socket.gethostbyname(host)
     except OSError as err:
@@ -78,30 +76,27 @@ def _free_run(count: int, hosts: Sequence[str], taken: Sequence[int]) -> int:
 def make_ports(plan: Plan, is_local: Callable[[str], bool], scheduler: Optional[int]) -> PortPlan:
     """The port plan of ``plan`` (a job with remote hosts); ``is_local(name)`` says whether a
     host name is this host; ``scheduler``: the port ``--ps-port`` asks for (None: any)."""
-    here = _address(plan.ps_host, "")
+    here = _address(plan.ps_host)
+
+    def where(name: Optional[str]) -> str:
+        return here if name is None or is_local(name) else _address(name)
+
     names: Dict[str, Optional[str]] = {here: None}
     slots: Dict[str, int] = {}
     for name, n in plan.hosts.items():
-        addr = here if is_local(name) else _address(name, here)
-        names.setdefault(addr, name)
-        slots[addr] = slots.get(addr, 0) + n
-    server_addrs = [here if h is None or is_local(h) else _address(h, here) for h in plan.servers]
+        names.setdefault(where(name), name)
+        slots[where(name)] = slots.get(where(name), 0) + n
+    server_addrs = [where(h) for h in plan.servers]
     for h, addr in zip(plan.servers, server_addrs):
         names.setdefault(addr, h)
+    # one run of ports: the scheduler's, the servers', then each host's leader slots
     count = 1 + len(server_addrs) + sum(slots.values())
-    checked = ("127.0.0.1", here)
-    first = _free_run(count, checked, [scheduler] if scheduler else [])
-    ports = iter(range(first, first + count))
-    sched = next(ports)
-    if scheduler is not None:
-        sched = scheduler
-    servers = [next(ports) for _ in server_addrs]
-    leaders = {}
+    first = _free_run(count, ("127.0.0.1", here), [scheduler] if scheduler else [])
+    sched = first if scheduler is None else scheduler
+    servers = list(range(first + 1, first + 1 + len(server_addrs)))
+    leaders, nxt = {}, first + 1 + len(server_addrs)
     for addr, n in slots.items():
-        start = next(ports)
-        for _ in range(n - 1):
-            next(ports)
-        leaders[addr] = (start, n)
+        leaders[addr], nxt = (nxt, n), nxt + n
     owned: Dict[str, List[int]] = {addr: [] for addr in names}
     owned[here].append(sched)
     for addr, port in zip(server_addrs, servers):

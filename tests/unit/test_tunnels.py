@@ -115,10 +115,6 @@ class Echo:
                 conn.sendall(data.upper())
 
 
-def _free_port(address: str) -> int:
-    return addresses.free_port(address)
-
-
 def _endpoint(hosts: List[te.Host], key: str = KEY) -> subprocess.Popen:
     argv = [sys.executable, "-m", "hvd_ps.launch.tunnel_endpoint", "--me", "127.0.0.2"]
     for h in hosts:
@@ -135,7 +131,7 @@ def _endpoint(hosts: List[te.Host], key: str = KEY) -> subprocess.Popen:
 def running() -> Iterator[Tuple[Echo, int, int, subprocess.Popen]]:
     te.find_stunnel()  # (the bootstrap installs it: a missing one fails here, naming it)
     echo = Echo()
-    other = _free_port("127.0.0.1")
+    other = addresses.free_port("127.0.0.1")
     proc = _endpoint([te.Host("127.0.0.2", (echo.port,)), te.Host("127.0.0.3", (other,))])
     try:
         assert proc.stdout is not None
@@ -152,7 +148,7 @@ def running() -> Iterator[Tuple[Echo, int, int, subprocess.Popen]]:
 def _through(port: int, key: str, tmp: Path, host: str = "127.0.0.2") -> bytes:
     """Send b"hello" to ``host``:``port`` through a stunnel client holding ``key``; what
     comes back (b"" when the tunnel refused the session)."""
-    local = _free_port("127.0.0.1")
+    local = addresses.free_port("127.0.0.1")
     (tmp / "psk").write_text(f"{te.PSK_IDENTITY}:{key}\n")
     os.chmod(tmp / "psk", 0o600)
     (tmp / "c.conf").write_text(
@@ -221,7 +217,7 @@ def test_an_endpoint_whose_port_is_taken_fails_naming_it() -> None:
 
 
 def test_an_endpoint_without_its_key_on_stdin_refuses_to_start() -> None:
-    proc = _endpoint([te.Host("127.0.0.2", (_free_port("127.0.0.2"),))], key="not a key")
+    proc = _endpoint([te.Host("127.0.0.2", (addresses.free_port("127.0.0.2"),))], key="not a key")
     assert proc.stdin is not None and proc.stderr is not None
     proc.stdin.close()
     assert proc.wait(timeout=30) == 1
