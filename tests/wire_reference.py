@@ -333,6 +333,18 @@ def quorum_rounds(groups: int, exchanges: int, late: int) -> List[Dict[int, int]
     return out
 
 
+def quorum_rounds_flushed(groups: int, exchanges: int, late: int) -> List[Dict[int, int]]:
+    """As :func:`quorum_rounds`, but the run saves a checkpoint once the last group's late
+    exchange ``late`` is done: the save closes the open round (the late push alone), and every
+    later exchange ``k`` of every group joins round ``k + 1``."""
+    slow = groups - 1
+    out: List[Dict[int, int]] = [{g: r for g in range(groups)} for r in range(1, late)]
+    out.append({g: late for g in range(slow)})
+    out.append({slow: late})
+    out += [{g: k for g in range(groups)} for k in range(late + 1, exchanges + 1)]
+    return out
+
+
 def run_quorum(
     spec: Dict,
     groups: List[List[int]],

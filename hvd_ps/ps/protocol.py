@@ -433,8 +433,12 @@ class WireRejoin:
 
 
 #: what a push to a :class:`Rounds` key asks: a poll (close a round whose grace ran out), a
-#: report (the sender's push of exchange ``seq`` is on every server), the sender is done
-ROUND_POLL, ROUND_REPORT, ROUND_DONE = 0, 1, 2
+#: report (the sender's push of exchange ``seq`` is on every server), the sender is done, a
+#: flush (a checkpoint: close the open round now, whoever reported), a resume (a checkpoint
+#: was loaded: the sender's last exchange was ``seq``)
+ROUND_POLL, ROUND_REPORT, ROUND_DONE, ROUND_FLUSH, ROUND_RESUME = 0, 1, 2, 3, 4
+#: every kind a :class:`Rounds` key takes
+ROUND_KINDS = (ROUND_POLL, ROUND_REPORT, ROUND_DONE, ROUND_FLUSH, ROUND_RESUME)
 #: the head of a :class:`Rounds` record: rounds closed, the first round the ring holds, the
 #: grace in use (seconds; -1: none yet, a round waits for every group), and, in a record a
 #: leader pushes to a commit key, its group + 1 (0 in the record the servers keep)
@@ -457,18 +461,19 @@ class Rounds:
     """The sync rounds of ``groups`` groups closed by a quorum: one key of
     :func:`rounds_size` float32 elements, on one server.
 
-    A push is ``[kind, group, seq, 0, ...]`` (:data:`ROUND_POLL`, :data:`ROUND_REPORT`,
-    :data:`ROUND_DONE`). A group reports its exchange ``seq`` (1, 2, ...: one more than its
-    last) once its pushes to every shard were applied; the report joins the open round. The
-    open round closes, at a push, when every group that is not done reported, or when
-    ``min(quorum, groups not done)`` did and ``grace`` seconds passed since the one that made
-    that count (``grace = -1``: :data:`GRACE_FRACTION` of the median interval between the last
-    :data:`GRACE_HISTORY` closes; until two closes are known, every group). ``w`` is, in
-    float32: the head (rounds closed ``R``, the first round of the ring ``r0``, the grace in
-    use, 0), per group the round its last report joined, per group its report in the open
-    round (its ``seq``, 0: none), per group its last reported ``seq``, then the ring: for round
-    ``r`` in ``r0 .. R`` row ``(r - 1) % window``, per group the ``seq`` its push in round
-    ``r`` carried (0: none)."""
+    A push is ``[kind, group, seq, 0, ...]`` (:data:`ROUND_KINDS`). A group reports its exchange
+    ``seq`` (1, 2, ...: one more than its last) once its pushes to every shard were applied; the
+    report joins the open round. The open round closes, at a push, when every group that is not
+    done reported, or when ``min(quorum, groups not done)`` did and ``grace`` seconds passed
+    since the one that made that count (``grace = -1``: :data:`GRACE_FRACTION` of the median
+    interval between the last :data:`GRACE_HISTORY` closes; until two closes are known, every
+    group). A flush closes the open round at once if any group reported in it (a checkpoint,
+    once every group reported its exchanges); a resume sets the sender's last ``seq`` (a
+    checkpoint's exchanges) before it reports anything. ``w`` is, in float32: the head (rounds
+    closed ``R``, the first round of the ring ``r0``, the grace in use, 0), per group the round
+    its last report joined, per group its report in the open round (its ``seq``, 0: none), per
+    group its last reported ``seq``, then the ring: for round ``r`` in ``r0 .. R`` row ``(r - 1)
+    % window``, per group the ``seq`` its push in round ``r`` carried (0: none)."""
 
     groups: int
     quorum: int

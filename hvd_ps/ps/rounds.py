@@ -28,7 +28,10 @@ state as of the rounds closed so far. Groups that are ahead never wait for one t
 and a group waits only for groups that will push the same exchange before it (a script's
 collective across groups after a step can therefore never hold a round open). A group done
 training (``hvd_ps.shutdown``) no longer counts, and its leader applies the rounds closed
-then, so the last late push is applied too. Every wait is bounded by ``HVD_PS_TIMEOUT``; the
+then, so the last late push is applied too. A checkpoint closes the open round once every
+group reported its exchanges (:meth:`Rounds.flush`), whoever is in it, so that the state it
+saves holds every push; a resumed run's rounds key learns each group's last exchange
+(:meth:`Rounds.resume`). Every wait is bounded by ``HVD_PS_TIMEOUT``; the
 error names the groups that did not report.
 """
 
@@ -144,6 +147,24 @@ class Rounds:
         applied = self.commit(view, True)
         self.history.append((seq, placed, tuple(applied)))
         self.wait_s += time.monotonic() - start
+
+    def flush(self, what: str) -> int:
+        """A checkpoint, once every group reported its exchanges (the caller's barrier): the
+        open round closes now, whoever reported in it, and the servers apply every round
+        closed, so no push waits on them. Returns the rounds closed (each leader may flush:
+        the first closes the round, the others find none open)."""
+        start = time.monotonic()
+        view = self._push(protocol.ROUND_FLUSH)
+        assert self.commit is not None
+        self.commit(view, False)
+        self.settled = True
+        self.wait_s += time.monotonic() - start
+        return int(view[0])
+
+    def resume(self, seq: int) -> None:
+        """A checkpoint was loaded: this group's last exchange was ``seq`` (on a rounds key
+        that has closed no round of it: its next report is ``seq + 1``)."""
+        self._push(protocol.ROUND_RESUME, seq)
 
     def _stalled(self, view: Any, seq: int, what: str) -> None:
         g = self.record.groups

@@ -449,7 +449,7 @@ class Rounds(Rule):
         if not all(math.isfinite(v) and v == math.floor(v) for v in (kind, group, seq)):
             raise ValueError(f"a rounds push that is not whole numbers: {got[:3].tolist()}")
         kind_i, group_i, seq_i = int(kind), int(group), int(seq)
-        if kind_i not in (protocol.ROUND_POLL, protocol.ROUND_REPORT, protocol.ROUND_DONE):
+        if kind_i not in protocol.ROUND_KINDS:
             raise ValueError(f"a rounds push of kind {kind_i}")
         if not 0 <= group_i < r.groups:
             raise ValueError(f"group {group_i} is not one of the {r.groups} groups")
@@ -457,8 +457,24 @@ class Rounds(Rule):
             self._report(group_i, seq_i)
         elif kind_i == protocol.ROUND_DONE:
             self.done.add(group_i)
-        self._close_if_due()
+        elif kind_i == protocol.ROUND_RESUME:
+            self._resume(group_i, seq_i)
+        if kind_i == protocol.ROUND_FLUSH:
+            self._close()
+        else:
+            self._close_if_due()
         w[:] = self.view().reshape(w.shape)
+
+    def _resume(self, group: int, seq: int) -> None:
+        """A checkpoint was loaded: ``group``'s last exchange was ``seq`` (before it reports)."""
+        if self.last[group] != 0 or group in self.open or group in self.done:
+            raise ValueError(
+                f"group {group} resumed at exchange {seq} after it reported exchange "
+                f"{self.last[group]}"
+            )
+        if not 0 <= seq < 2**24:
+            raise ValueError(f"group {group} resumed at exchange {seq}")
+        self.last[group] = seq
 
     def _report(self, group: int, seq: int) -> None:
         if group in self.done:
@@ -487,14 +503,20 @@ class Rounds(Rule):
             and grace is not None
             and self.now() - self.quorum_at >= grace
         ):
-            self.closed += 1
-            row = self.ring[(self.closed - 1) % r.window]
-            row[:] = 0.0
-            for group, seq in self.open.items():
-                row[group] = seq
-            self.open, self.quorum_at = {}, None
-            self.closes.append(self.now())
-            del self.closes[: -(protocol.GRACE_HISTORY + 1)]
+            self._close()
+
+    def _close(self) -> None:
+        """Close the open round, if any group reported in it."""
+        if not self.open:
+            return
+        self.closed += 1
+        row = self.ring[(self.closed - 1) % self.record.window]
+        row[:] = 0.0
+        for group, seq in self.open.items():
+            row[group] = seq
+        self.open, self.quorum_at = {}, None
+        self.closes.append(self.now())
+        del self.closes[: -(protocol.GRACE_HISTORY + 1)]
 
     def view(self) -> Any:
         """The record as the leaders pull it (the layout of the protocol's record)."""

@@ -356,6 +356,86 @@ def _resume_trainer(tag, spec, mode, path, resumed):
     return net, trainer
 
 
+#: quorum runs saved once the held group's late exchange is done: spec, steps, that exchange
+QUORUM_RESUME = {
+    "DiLoCo": (dict(DILOCO, period=2), 8, 2),
+    "ModelAverage-overlap": ({"name": "ModelAverage", "period": 3, "overlap": 2}, 12, 2),
+    "GradientPush": ({"name": "GradientPush"}, 5, 2),
+}
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("case", list(QUORUM_RESUME))
+def test_a_quorum_checkpoint_holds_the_late_push_and_a_resumed_run_equals_the_one_that_went_on(
+    rt, wire_client, case
+):
+    """``quorum = G - 1``, the last group held until its exchange ``late`` is late (as in the
+    quorum test above), then a checkpoint: the save closes the open round (the late push
+    alone) and the servers apply it, so the file holds every push. The run that saved goes
+    on, every later exchange in one round of every group; each group's parameters after every
+    step and the servers' state equal :func:`wire_reference.run_quorum`'s for those rounds,
+    bit for bit, and a new trainer resumed from the file equals that run step for step."""
+    import horovod.mxnet as hvd
+
+    import hvd_ps
+
+    groups = [list(m) for m in rt.topo.groups]
+    if len(groups) < 2:
+        pytest.skip("a quorum needs two groups or more")
+    spec, steps, late = QUORUM_RESUME[case]
+    spec = dict(spec, quorum=len(groups) - 1, grace=GRACE)
+    period, overlap = spec.get("period", 1), spec.get("overlap", 0)
+    k = late * period + overlap  # the save: the late exchange done, none in flight
+    gid, held = hvd_ps.group_id(), hvd_ps.group_id() == len(groups) - 1
+    tag = f"rquorum_{case.replace('-', '_')}"
+    path = _shared_path(tag)
+    hold = f"{tag}.hold"
+    got, seen, globals_ = {}, [], {}
+    for resumed in (False, True):
+        net, trainer = _resume_trainer(tag, spec, "sync", path, resumed)
+        if not resumed:
+            with trainer.global_model():  # the set-up (collective over all ranks) first
+                pass
+        for t in range(k + 1 if resumed else 1, steps + 1):
+            if held and t == late * period and not resumed:
+                _barrier(hold)  # until the others' round closed without this group
+            _step(net, trainer, hvd.rank(), t)
+            if t == k and not resumed:
+                if not held:  # this group's exchange ``late`` is complete: its round closed
+                    _barrier(hold)
+                _barrier(f"{hold}.late")  # the others report no more until the held one did
+                trainer.save_checkpoint(path)
+            got[(resumed, t)] = _flat(net)
+        rt.in_flight.complete_all("the end of training")
+        if not resumed:
+            mine = (gid, rt.client.quorums[-1].history) if hvd_ps.is_leader() else None
+            seen = [m for m in hvd.allgather_object(mine, name=f"{tag}.seen") if m is not None]
+        _barrier(f"{tag}.{resumed}.done")
+        with trainer.global_model():
+            globals_[resumed] = _flat(net)
+    answered = {(g, seq): answer for g, history in seen for seq, _, answer in history}
+    expected = wref.quorum_rounds_flushed(len(groups), steps // period, late)
+    bits, bounds = _bounds(rt, ref.OUT * ref.IN + ref.OUT)
+    want = wref.run_quorum(
+        spec, groups, steps, LR, bits, rt.cfg.settings.wire_block, bounds, expected, answered
+    )
+    rounds: dict = {}
+    for g, history in seen:
+        for seq, joined, _ in history:
+            rounds.setdefault(joined, {})[g] = seq
+    # every collective is done: a failure below cannot leave another rank waiting
+    record = f"each leader's (seq, round, rounds applied per shard): {seen}"
+    assert [rounds.get(r) for r in range(1, len(expected) + 1)] == expected, record
+    for t in range(1, steps + 1):
+        np.testing.assert_array_equal(
+            got[(False, t)], want["x"][gid][t - 1], err_msg=f"step {t}; {record}"
+        )
+        if t > k:
+            np.testing.assert_array_equal(got[(True, t)], got[(False, t)], err_msg=f"resumed {t}")
+    for resumed in (False, True):
+        np.testing.assert_array_equal(globals_[resumed], want["global"], err_msg=f"{resumed}")
+
+
 ASYNC_RESUME = {"GradientPush": 2, "EASGD": 4, "DiLoCo": 4, "EASGD-overlap": 4, "DiLoCo-overlap": 5}
 
 

@@ -101,6 +101,34 @@ def test_the_ring_keeps_the_last_window_rounds():
     assert closed == 5 and members == {3: {0: 3}, 4: {0: 4}, 5: {0: 5}}
 
 
+def test_a_flush_closes_the_open_round_whoever_reported_and_an_empty_one_stays():
+    tier = Tier(groups=3, quorum=2, grace=60.0)
+    tier.report(0, 1)
+    tier.report(1, 1)
+    tier.report(2, 1)
+    tier.report(2, 2)  # group 2 alone in round 2, far from its quorum and grace
+    view = tier.push(protocol.ROUND_FLUSH, 0)
+    assert view[0] == 2 and tier.rounds()[1][2] == {2: 2}
+    assert tier.push(protocol.ROUND_FLUSH, 1)[0] == 2  # nothing open: no round of none
+    tier.report(0, 2)
+    tier.report(1, 2)
+    tier.report(2, 3)
+    assert tier.rounds()[1][3] == {0: 2, 1: 2, 2: 3}
+
+
+def test_a_resume_sets_a_groups_last_exchange_once_before_it_reports():
+    tier = Tier(groups=2, quorum=1, grace=60.0)
+    tier.push(protocol.ROUND_RESUME, 0, 6)
+    tier.push(protocol.ROUND_RESUME, 1, 6)
+    with pytest.raises(ValueError, match="reported exchange 6, expected 7"):
+        tier.report(0, 6)
+    tier.report(0, 7)
+    view = tier.report(1, 7)
+    assert view[0] == 1 and tier.rounds()[1][1] == {0: 7, 1: 7}
+    with pytest.raises(ValueError, match="group 1 resumed at exchange 3 after it reported "):
+        tier.push(protocol.ROUND_RESUME, 1, 3)
+
+
 @pytest.mark.parametrize(
     "row, message",
     [

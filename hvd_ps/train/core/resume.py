@@ -46,8 +46,12 @@ it reads against the manifest, and a refusal anywhere is raised on every rank.
 
 Saving waits for an overlapped exchange in flight without applying it (it is applied at its
 step after a resume, as without the stop) and for every leader's pushes (a barrier of the
-leaders), so the PS state saved is the one every group would next see. The servers' state
-travels through companion keys (:class:`hvd_ps.ps.protocol.CopyState`).
+leaders), so the PS state saved is the one every group would next see. With a quorum
+(:mod:`hvd_ps.ps.rounds`) a late group's push may still wait on the servers, outside any round:
+saving first closes the open round (every group has reported its exchanges by then) and has
+the servers apply every round closed, so the state saved holds every push, and the run goes
+on from there; the rounds key of a resumed run starts afresh from each group's exchanges. The
+servers' state travels through companion keys (:class:`hvd_ps.ps.protocol.CopyState`).
 """
 
 from __future__ import annotations
@@ -265,6 +269,10 @@ def _save_leader(fe: FrontEnd, path: str, g: int) -> Tuple[Any, Dict[str, Any], 
         client.wait([b.pulled for b in sched.all()], "checkpoint: the exchange in flight")
     state = sched.state()
     info = {"group": g, "exchanges": state.exchanges, **fe.optimizer_counts()}
+    if sched.wire_io is not None:  # a quorum: no push left waiting on the servers
+        closed = sched.wire_io.flush_rounds("checkpoint")
+        if closed is not None:
+            info["rounds"] = closed
     if state.period is not None:  # period='auto': each group's own schedule
         info.update(period=state.period, last_at=state.last_at, pending=state.pending)
         info["launched"] = state.launched
@@ -284,26 +292,12 @@ def _save_leader(fe: FrontEnd, path: str, g: int) -> Tuple[Any, Dict[str, Any], 
         return None, info, why
 
 
-def _refuse_quorum(fe: FrontEnd, what: str) -> None:
-    """Checkpoints of a run whose rounds close with a quorum are refused (a late group's
-    push may wait on the servers, outside any round)."""
-    if fe.schedule.bound().quorum is not None:
-        err = CheckpointError(
-            f"{what}: {fe.schedule.sync!r} closes its rounds with a quorum, and checkpoints "
-            "of such a run are not supported yet (a late group's push may be waiting on the "
-            "servers): train without quorum to checkpoint"
-        )
-        err.every_rank = True
-        raise err
-
-
 def save(fe: FrontEnd, path: str) -> None:
     """``trainer.save_checkpoint(path)``: collective; every leader writes its group's shard,
     then global rank 0 commits the manifest."""
     job, sched = fe.job, fe.schedule
     topo = job.topo
     fe.setup()
-    _refuse_quorum(fe, "save_checkpoint")
     entry, error, info = None, None, {}  # type: Tuple[Any, Optional[str], Dict[str, Any]]
     if topo.is_leader:
         entry, info, error = _save_leader(fe, path, topo.global_group_id)
@@ -422,12 +416,16 @@ def _load_leader(fe: FrontEnd, arrays: Dict[str, Host], meta: Dict[str, Any], g:
     per_group = meta["per_group"].values()
     rounds = [int(v["exchanges"]) for v in per_group]
     count = max(rounds) if meta["mode"] == "sync" else sum(rounds)
+    closed = [int(v["rounds"]) for v in per_group if "rounds" in v]
+    if closed:  # a quorum: the servers' rules applied one update per round closed
+        count = max(closed)
     if sched.wire_io is not None:  # a compressed wire: the shards' state, bucket by bucket
         loaded = []
         for b, ch in zip(sched.all(), sched.wire_io.channels):
             values = [arrays[f"ps/{b.index}/state/{i}"] for i in range(ch.leaves())]
             loaded += ch.load_state(values, count)
         sched.client().wait(loaded, "checkpoint: copying the state into the servers")
+        sched.wire_io.resume_rounds(int(meta["per_group"][str(g)]["exchanges"]))
         sched.client().barrier("checkpoint: every leader's copy of the servers' state loaded")
         return
     leaves = len(sched.bound().rule.state_layout())

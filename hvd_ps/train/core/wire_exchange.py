@@ -130,6 +130,21 @@ class Wire:
         applied = {c[0]: int(out[0].asscalar()) for c, out in zip(self.commits, outs)}
         return [applied[s] for ch in self.channels for s in ch.shard_servers]
 
+    def flush_rounds(self, what: str) -> Optional[int]:
+        """A checkpoint (collective over the leaders, every exchange settled): with a quorum,
+        the open round closed and every round applied, so the servers' state holds every push
+        (:meth:`~hvd_ps.ps.rounds.Rounds.flush`); returns the rounds closed (None: no quorum)."""
+        if self.rounds is None:
+            return None
+        self.client.barrier(f"{what}: every leader reported its exchanges")
+        return self.rounds.flush(what)
+
+    def resume_rounds(self, exchanges: int) -> None:
+        """A checkpoint was loaded: with a quorum, the rounds key learns that this group's
+        last exchange was ``exchanges``."""
+        if self.rounds is not None:
+            self.rounds.resume(exchanges)
+
     @property
     def bytes_per_exchange(self) -> int:
         return sum(ch.nbytes for ch in self.channels)
