@@ -2,9 +2,9 @@
 # Installs everything hvd_ps needs, idempotently; sourced by scripts/demo.sh and scripts/test.sh.
 #   1. Open MPI from the OS (skipped when mpicc is already there), a C++ compiler and stunnel
 #   2. a virtualenv in .venv/
-#   3. the pinned Python packages (requirements.txt)
-#   4. Horovod 0.28.1 built from source with MXNet + MPI (and one fix: scripts/patch_horovod.py),
-#      checked with horovodrun --check-build
+#   3. the pinned Python packages (requirements.txt, and PyTorch from requirements-torch.txt)
+#   4. Horovod 0.28.1 built from source with MXNet + PyTorch + MPI (and two fixes:
+#      scripts/patch_horovod.py), checked with horovodrun --check-build
 #   5. hvd_ps itself (editable), which compiles the fused-buffer op in cpp/
 # A stamp file per step makes a second run take seconds.
 set -euo pipefail
@@ -53,10 +53,13 @@ fi
 PIP=("$PY" -m pip --disable-pip-version-check)
 
 # 3. pinned packages --------------------------------------------------------------------------
-req_hash=$(sha1sum "$ROOT/requirements.txt" | cut -c1-12)
+req_hash=$(cat "$ROOT/requirements.txt" "$ROOT/requirements-torch.txt" | sha1sum | cut -c1-12)
 if [ ! -f "$VENV/.req-$req_hash" ]; then
   say "installing pinned Python packages"
   "${PIP[@]}" install -q -r "$ROOT/requirements.txt" 2> >(grep -v 'is ignored: it is neither' >&2)
+  say "installing PyTorch (CPU only; requirements-torch.txt says why without its dependencies)"
+  "${PIP[@]}" install -q --no-deps -r "$ROOT/requirements-torch.txt" \
+    2> >(grep -v 'is ignored: it is neither' >&2)
   rm -f "$VENV"/.req-*; touch "$VENV/.req-$req_hash"
 fi
 
@@ -66,33 +69,36 @@ hvd_ok() {
   # grep quit before horovodrun had written the rest (a broken pipe), and set off a rebuild
   local report
   report=$("$VENV/bin/horovodrun" --check-build 2>/dev/null) || return 1
-  grep -q '\[X\] MXNet' <<< "$report" && grep -q '\[X\] MPI' <<< "$report" &&
-    "$PY" -c 'import horovod.mxnet' 2>/dev/null
+  grep -q '\[X\] MXNet' <<< "$report" && grep -q '\[X\] PyTorch' <<< "$report" &&
+    grep -q '\[X\] MPI' <<< "$report" &&
+    # torch first: torch imported after horovod.mxnet crashes (docs/troubleshooting.md)
+    "$PY" -c 'import horovod.torch, horovod.mxnet' 2>/dev/null
 }
 # Once built and checked, the stamp stands for the check as long as Horovod's MXNet library is
 # still there (the full check imports MXNet and Horovod: tens of seconds on a loaded machine).
 hvd_patch=$(sha1sum "$ROOT/scripts/patch_horovod.py" | cut -c1-8)
 hvd_stamped() {
   [ -f "$VENV/.horovod-$HOROVOD_VERSION-$hvd_patch" ] &&
-    compgen -G "$VENV/lib/python3*/site-packages/horovod/mxnet/mpi_lib*.so" > /dev/null
+    compgen -G "$VENV/lib/python3*/site-packages/horovod/mxnet/mpi_lib*.so" > /dev/null &&
+    compgen -G "$VENV/lib/python3*/site-packages/horovod/torch/mpi_lib*.so" > /dev/null
 }
-# Built from the sdist with scripts/patch_horovod.py's fix (a use-after-free in Horovod's
+# Built from the sdist with scripts/patch_horovod.py's fixes (a use-after-free in Horovod's
 # broadcast); the wheel is kept in a cache of its own, so a second checkout installs it in seconds
 # (pip caches no wheel built from a local directory).
-# (it links against MXNet's library: the cache is per Python and MXNet version)
-hvd_key="$("$PY" -c 'import sys; print("py%d%d" % sys.version_info[:2])')-$(grep '^mxnet==' "$ROOT/requirements.txt" | tr -d '=')"
+# (it links against MXNet's and PyTorch's libraries: the cache is per Python, MXNet and torch)
+hvd_key="$("$PY" -c 'import sys; print("py%d%d" % sys.version_info[:2])')-$(grep '^mxnet==' "$ROOT/requirements.txt" | tr -d '=')-$(grep '^torch==' "$ROOT/requirements-torch.txt" | tr -d '=')"
 hvd_wheels="${XDG_CACHE_HOME:-$HOME/.cache}/hvd_ps/horovod-$HOROVOD_VERSION-$hvd_patch-$hvd_key"
 if ! hvd_stamped; then
   if ! compgen -G "$hvd_wheels/horovod-*.whl" > /dev/null; then
-    say "building Horovod $HOROVOD_VERSION with MXNet + MPI (about 5 minutes on 2 cores, once)"
+    say "building Horovod $HOROVOD_VERSION with MXNet + PyTorch + MPI (about 3 minutes on 2 cores, once)"
     src=$(mktemp -d)
     "${PIP[@]}" download -q --no-deps --no-binary :all: -d "$src" "horovod==$HOROVOD_VERSION"
     tar -xzf "$src"/horovod-"$HOROVOD_VERSION".tar.gz -C "$src"
     "$PY" "$ROOT/scripts/patch_horovod.py" "$src/horovod-$HOROVOD_VERSION" ||
       die "could not patch Horovod $HOROVOD_VERSION's sources"
     mkdir -p "$hvd_wheels"
-    HOROVOD_WITH_MXNET=1 HOROVOD_WITH_MPI=1 HOROVOD_WITHOUT_TENSORFLOW=1 \
-    HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_GLOO=1 CMAKE_POLICY_VERSION_MINIMUM=3.5 \
+    HOROVOD_WITH_MXNET=1 HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_MPI=1 \
+    HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_GLOO=1 CMAKE_POLICY_VERSION_MINIMUM=3.5 \
     MAKEFLAGS="-j$(nproc)" PATH="$VENV/bin:$PATH" \
       "${PIP[@]}" wheel -q --no-deps --no-build-isolation -w "$src/wheel" \
       "$src/horovod-$HOROVOD_VERSION" 2> >(grep -v 'is ignored: it is neither' >&2)
@@ -104,7 +110,7 @@ if ! hvd_stamped; then
   # its dependencies are pinned in requirements.txt
   "${PIP[@]}" install -q --no-deps --force-reinstall "$hvd_wheels"/horovod-*.whl
   hvd_ok || { "$VENV/bin/horovodrun" --check-build || true
-              die "Horovod was built without MXNet or MPI support (see the check above)"; }
+              die "Horovod was built without MXNet, PyTorch or MPI support (see the check above)"; }
   rm -f "$VENV"/.horovod-*; touch "$VENV/.horovod-$HOROVOD_VERSION-$hvd_patch"
 fi
 
