@@ -52,7 +52,7 @@ def test_another_source_is_refused_naming_what_was_found():
 
 #: the lines of Horovod 0.28.1's horovod/torch/CMakeLists.txt around the C++ standard
 TORCH_CMAKE = (
-    'add_definitions(-DPYTORCH_VERSION=${VERSION_DEC} -DTORCH_API_INCLUDE_EXTENSION_H=1)\n'
+    "add_definitions(-DPYTORCH_VERSION=${VERSION_DEC} -DTORCH_API_INCLUDE_EXTENSION_H=1)\n"
     'if(NOT Pytorch_VERSION VERSION_LESS "1.5.0")\n'
     "    set(CMAKE_CXX_STANDARD 14)\n"
     "endif()\n"
