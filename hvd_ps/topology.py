@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from . import arguments
+from . import arguments, frameworks
 from .errors import ConfigError, TopologyError
 
 
@@ -155,7 +155,7 @@ def setup(
     group_size: Optional[int] = None, groups: Optional[Sequence[Sequence[int]]] = None
 ) -> Topology:
     """Plan the groups, then ``hvd.init`` with their process sets. Returns a :class:`Topology`."""
-    import horovod.mxnet as hvd
+    hvd = frameworks.horovod()
 
     rank, size, hosts = world()
     layout = plan(size, group_size=group_size, groups=groups, hosts=hosts)

@@ -24,7 +24,7 @@ from typing import Any, List, Optional
 
 import numpy as np
 
-from .. import arguments, config, private_api
+from .. import arguments, config, frameworks, private_api
 from ..deadline import deadline
 from ..errors import ConfigError, HvdPsError, TopologyError
 from . import protocol
@@ -178,7 +178,7 @@ def claim(client: Any, place: Placement, num_groups: int, group_id: int) -> Opti
 
 def check_claims(rt: Any, place: Placement) -> None:
     """Every rank: the leaders claim their ids; all ranks raise alike if a claim failed."""
-    import horovod.mxnet as hvd
+    hvd = frameworks.horovod()
 
     topo = rt.topo
     message: Optional[str] = None

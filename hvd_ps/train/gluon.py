@@ -26,7 +26,7 @@ import numpy as np
 from .. import private_api
 from ..errors import ConfigError, same_on_every_rank
 from . import calls, runtime
-from . import gluon_checks as checks
+from . import trainer_checks as checks
 from .core import resume
 from .core.buckets import Bucket
 from .core.schedule import Param, Schedule, wait_arrays
@@ -386,7 +386,11 @@ class DistributedTrainer(hvd.DistributedTrainer):  # type: ignore[misc]  # no st
             repr(sync),
             [(p.name, tuple(p.shape), np.dtype(p.dtype).name) for p in trained],
             # the starting values, unless a checkpoint sets them (once: one copy to the host)
-            None if ps_initial is not None else [checks.digest(p.data()) for p in trained],
+            (
+                None
+                if ps_initial is not None
+                else [checks.digest(p.data().asnumpy()) for p in trained]
+            ),
             f"wire_dtype={self._sched.wire_dtype!r}, bucket_mb={self._sched.bucket_mb:g}",
         )
         checks.check_same(

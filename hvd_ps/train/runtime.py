@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence, Tuple
 
-from .. import addresses, config, deadline, exits, topology
+from .. import addresses, config, deadline, exits, frameworks, topology
 from ..errors import HvdPsError, TierError, TopologyError
 from ..launch import rendezvous, spawn
 from ..ps import placement
@@ -113,7 +113,7 @@ def init(
 
 def _rejoined(rt: Runtime) -> bool:
     """Every rank: whether this job's leaders rejoined the tier (all of them, or none)."""
-    import horovod.mxnet as hvd
+    hvd = frameworks.horovod()
 
     mine = rt.client.rejoined if rt.client is not None else None
     if hvd.size() == 1:
@@ -135,7 +135,7 @@ def _rejoined(rt: Runtime) -> bool:
 
 def _start_tier(cfg: config.Config, topo: topology.Topology) -> Tuple[Any, ...]:
     """Rank 0 starts the embedded tier (unless one is configured) and tells every rank."""
-    import horovod.mxnet as hvd
+    hvd = frameworks.horovod()
 
     if cfg.wiring.external_tier:
         assert cfg.wiring.ps_root_uri is not None and cfg.wiring.ps_root_port is not None
@@ -187,7 +187,7 @@ def _start_tier(cfg: config.Config, topo: topology.Topology) -> Tuple[Any, ...]:
 def _check_reachable(uri: str, port: int, timeout: float) -> None:
     """Every rank: the configured scheduler accepts TCP connections, else a TierError at once
     on every rank (ps-lite itself would retry until HVD_PS_TIMEOUT)."""
-    import horovod.mxnet as hvd
+    hvd = frameworks.horovod()
 
     reached = addresses.port_open(uri, port)
     with deadline.deadline("checking that every rank reaches the PS scheduler", timeout):
@@ -212,23 +212,19 @@ def runtime() -> Runtime:
 
 def barrier(what: str, process_set: Any = None) -> None:
     """A Horovod barrier (an allreduce of one number) bounded by ``HVD_PS_TIMEOUT``."""
-    import horovod.mxnet as hvd
-    import mxnet as mx
-
+    hvd = frameworks.horovod()
     rt = runtime()
     ps = hvd.global_process_set if process_set is None else process_set
     if ps.size() == 1:
         return
     with deadline.deadline(f"barrier: {what}", rt.cfg.settings.timeout):
-        hvd.allreduce(
-            mx.nd.zeros((1,)), name=rt.next_name("barrier"), process_set=ps
-        ).wait_to_read()
+        frameworks.allreduce_zero(rt.next_name("barrier"), ps)
 
 
 def shutdown() -> None:
     """Leave the PS tier, stop the embedded servers, and shut Horovod down. Idempotent."""
     global _rt
-    import horovod.mxnet as hvd
+    hvd = frameworks.horovod()
 
     with _lock:
         rt = _rt

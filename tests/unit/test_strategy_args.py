@@ -153,7 +153,7 @@ def test_positional_arguments_keep_their_order():
 
 
 def test_gradient_push_needs_the_optimizer_by_name_with_numbers():
-    from hvd_ps.train.gluon_checks import server_optimizer
+    from hvd_ps.train.trainer_checks import server_optimizer
 
     assert server_optimizer("SGD", {"learning_rate": 0.1}) == ("sgd", {"learning_rate": 0.1})
     with pytest.raises(ConfigError, match="optimizer"):

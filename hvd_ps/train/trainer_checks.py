@@ -1,15 +1,16 @@
-"""What the Gluon trainer checks of its arguments and across its ranks, with messages that name
-the argument or the rank that differs (:class:`hvd_ps.train.gluon.DistributedTrainer`)."""
+"""What a front end's trainer checks of its arguments and across its ranks, with messages that
+name the argument or the rank that differs (the Gluon ``DistributedTrainer``, the PyTorch
+``DistributedOptimizer``): Horovod's arguments, the process set, the wire, and that every rank
+trains the same model with the same strategy."""
 
 from __future__ import annotations
 
 import hashlib
 from typing import Any, Dict, List, Optional, Tuple
 
-import horovod.mxnet as hvd
 import numpy as np
 
-from .. import arguments, config
+from .. import arguments, config, frameworks
 from ..errors import ConfigError, HvdPsError
 
 
@@ -29,6 +30,7 @@ def check_horovod_args(topo: Any, compression: Any, factor: Any, num_groups: Any
 def check_process_set(topo: Any, process_set: Any) -> None:
     if process_set is None or process_set is topo.group:
         return
+    hvd = frameworks.horovod()
     ranks = getattr(process_set, "ranks", None)
     if process_set is hvd.global_process_set:
         ranks = list(range(hvd.size()))
@@ -54,8 +56,9 @@ def server_optimizer(optimizer: Any, params: Optional[Dict[str, Any]]) -> Tuple[
     return optimizer.lower(), args
 
 
-def digest(a: Any) -> str:
-    return hashlib.sha1(np.ascontiguousarray(a.asnumpy()).tobytes()).hexdigest()
+def digest(host: Any) -> str:
+    """A parameter's starting values (a numpy array) as a short text to compare across ranks."""
+    return hashlib.sha1(np.ascontiguousarray(host).tobytes()).hexdigest()
 
 
 def check_same(signatures: List[Any], groups: List[List[int]]) -> None:
