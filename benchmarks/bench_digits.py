@@ -151,15 +151,16 @@ def run_dist_sync(out: Path, args: argparse.Namespace) -> dict:
 def dist_sync_worker(args: argparse.Namespace) -> int:
     """One MXNet dist_sync worker (started by run_dist_sync with the DMLC_* environment)."""
     sys.path.insert(0, str(ROOT / "examples"))
+    import digits
     import mxnet as mx
     import numpy as np
     import train_digits as td
 
-    targs = td.parse_args(["--sync", "horovod", "--epochs", str(args.epochs)])
+    targs = digits.parse_args("dist_sync", ["--sync", "horovod", "--epochs", str(args.epochs)])
     start = time.perf_counter()
     kv = mx.kv.create("dist_sync")
     rank, size = kv.rank, kv.num_workers
-    x_tr, y_tr, x_te, y_te = td.load_data(targs.seed, targs.test_size, rank, size)
+    x_tr, y_tr, x_te, y_te = digits.load_data(targs.seed, targs.test_size, rank, size)
     mx.random.seed(targs.seed)
     net = td.build_net(targs.hidden)
     net.initialize(mx.init.Xavier())

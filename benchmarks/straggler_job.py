@@ -22,12 +22,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import argparse  # noqa: E402
 
+import digits  # noqa: E402  (examples/digits.py: its data)
 import horovod.mxnet as hvd  # noqa: E402
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 import straggler  # noqa: E402  (examples/straggler.py)
 import strategy_flags  # noqa: E402
-import train_digits  # noqa: E402  (its data, model and accuracy)
+import train_digits  # noqa: E402  (its model and accuracy)
 
 import hvd_ps  # noqa: E402
 
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
     k = args.group_size or 1
     gid = rank // k if baseline else hvd_ps.global_group_id()
     leader = rank % k == 0 if baseline else hvd_ps.is_leader()
-    x_tr, y_tr, x_te, y_te = train_digits.load_data(args.seed, 0.2, rank, size)
+    x_tr, y_tr, x_te, y_te = digits.load_data(args.seed, 0.2, rank, size)
     mx.random.seed(args.seed)
     net = train_digits.build_net("128,64")
     net.initialize(mx.init.Xavier())

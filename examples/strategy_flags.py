@@ -128,11 +128,16 @@ def make_trainer(args: argparse.Namespace, params, optim: dict):
         return hvd.DistributedTrainer(params, "sgd", optim), "Horovod allreduce over all ranks"
     hvd_ps.broadcast_parameters(params)
     sync = make_strategy(args)
+    trainer = hvd_ps.DistributedTrainer(params, "sgd", optim, sync=sync, wire=args.wire)
+    return trainer, describe(args, sync)
+
+
+def describe(args: argparse.Namespace, sync: hvd_ps.Strategy) -> str:
+    """The strategy as the examples print it (after ``hvd_ps.init``)."""
     desc = repr(sync)
     if isinstance(sync, hvd_ps.EASGD) and sync.alpha is None:  # say what the default became
         groups = hvd_ps.total_groups()  # of every job sharing the tier
         desc += f", alpha = 0.9 / {groups} groups = {sync.alpha_for(groups):g}"
     if args.wire is not None:
         desc += f", wire {args.wire}"
-    trainer = hvd_ps.DistributedTrainer(params, "sgd", optim, sync=sync, wire=args.wire)
-    return trainer, desc
+    return desc

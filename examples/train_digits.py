@@ -21,8 +21,6 @@ allreduces every step over all ranks (the baseline).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
@@ -32,6 +30,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "1")
 
 import console  # noqa: E402  (examples/console.py)
+import digits  # noqa: E402  (examples/digits.py: what both digits examples share)
 import horovod.mxnet as hvd  # noqa: E402
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
@@ -40,76 +39,16 @@ import strategy_flags  # noqa: E402  (examples/strategy_flags.py)
 
 import hvd_ps  # noqa: E402
 
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    strategy_flags.add(p, outer_momentum=0.5, outer_lr=0.5)
-    straggler.add(p)
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--lr", type=float, default=0.1, help="learning rate of the local SGD")
-    p.add_argument("--momentum", type=float, default=0.9, help="momentum of the local SGD")
-    p.add_argument("--batch-size", type=int, default=32, help="per rank")
-    p.add_argument("--hidden", type=str, default="128,64", help="hidden layer widths")
-    p.add_argument("--test-size", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--plot", type=str, default=None, help="write a PNG of loss/accuracy here")
-    p.add_argument("--json", type=str, default=None, help="write the final metrics here")
-    p.add_argument(
-        "--progress",
-        choices=console.MODES,
-        default="auto",
-        help="bar: a tqdm bar redrawn in place; lines: whole lines only (what mpirun's output "
-        "tagging needs); auto (default): bar on a terminal not behind mpirun/horovodrun",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar (same as --progress none)")
-    p.add_argument(
-        "--checkpoint-dir",
-        default=None,
-        help="save the whole job here (train_digits.hvdps) and resume from it when it exists",
-    )
-    p.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=0,
-        help="steps between checkpoints (default: the end of every epoch)",
-    )
-    args = p.parse_args(argv)
-    strategy_flags.finish(args)
-    straggler.check(p, args)
-    if args.checkpoint_dir and args.sync == "horovod":
-        p.error("--checkpoint-dir needs an hvd_ps strategy (--sync horovod has no PS to save)")
-    if args.checkpoint_every < 0:
-        p.error(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
-    return args
-
-
-# -- data and model ----------------------------------------------------------------------------
-
-
-def load_data(seed: int, test_size: float, rank: int, size: int):
-    """(x_shard, y_shard, x_test, y_test): this rank's equal-size shard, the shared test set."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=test_size, random_state=seed, stratify=y
-    )
-    order = np.random.RandomState(seed).permutation(len(x_tr))
-    per = len(x_tr) // size  # equal shards: every rank takes the same number of steps
-    mine = order[rank * per : (rank + 1) * per]
-    return x_tr[mine], y_tr[mine].astype(np.float32), x_te, y_te.astype(np.int64)
+# -- the model -------------------------------------------------------------------------------------
 
 
 def build_net(hidden: str) -> mx.gluon.HybridBlock:
     net = mx.gluon.nn.HybridSequential()
-    units = 64
+    sizes = digits.widths(hidden)
     with net.name_scope():
-        for width in (int(w) for w in hidden.split(",") if w):
+        for units, width in zip(sizes[:-2], sizes[1:-1]):
             net.add(mx.gluon.nn.Dense(width, activation="relu", in_units=units))
-            units = width
-        net.add(mx.gluon.nn.Dense(10, in_units=units))
+        net.add(mx.gluon.nn.Dense(10, in_units=sizes[-2]))
     return net
 
 
@@ -118,55 +57,11 @@ def accuracy(net, x: np.ndarray, y: np.ndarray) -> float:
     return float((pred == y).mean())
 
 
-# -- output --------------------------------------------------------------------------------------
-
-
-def plot(path: str, history: list, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [h["loss"] for h in history], marker="o")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("training loss (mean over ranks)")
-    ax1.set_yscale("log")
-    ax1.grid(True, alpha=0.3)
-    ax2.plot(epochs, [100 * h["test_acc"] for h in history], marker="o", color="C1")
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("test accuracy of the global model (%)")
-    ax2.grid(True, alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 # -- training ------------------------------------------------------------------------------------
 
 
-def group_figures(hvd, leader: bool, gid: int, loss: float, acc: float) -> list:
-    """[(group id, loss, accuracy of the group's own model)] in group order, from every leader.
-
-    One small object per rank through Horovod's allgather (bounded like every hvd_ps wait:
-    hvd_ps.init sets Horovod's stall shutdown time to HVD_PS_TIMEOUT)."""
-    rows = hvd.allgather_object((gid, loss, acc) if leader else None, name="digits.groups")
-    return sorted(r for r in rows if r is not None)
-
-
-def epoch_line(epoch: int, epochs: int, loss: float, acc: float, groups: list, secs: float):
-    """One whole line per epoch: the job's figures, then each group's, in group order."""
-    width = len(str(epochs))
-    text = f"epoch {epoch:{width}d}/{epochs}  loss {loss:.4f}  global model {100 * acc:5.2f}%"
-    for gid, gloss, gacc in groups:
-        text += f"  | group {gid}: loss {gloss:.4f} acc {100 * gacc:5.2f}%"
-    return f"{text}  | {secs:.2f} s"
-
-
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = digits.parse_args(__doc__.split("\n\n")[0], argv)
     start = time.perf_counter()
     baseline = args.sync == "horovod"
     if baseline:
@@ -193,7 +88,7 @@ def main(argv=None) -> int:
         shards = hvd_ps.total_groups() * hvd_ps.group_size()
         first = hvd_ps.global_group_id() - hvd_ps.group_id()
         place = f", global groups {first}..{first + ngroups - 1} of {hvd_ps.total_groups()}"
-    x_tr, y_tr, x_te, y_te = load_data(args.seed, args.test_size, shard, shards)
+    x_tr, y_tr, x_te, y_te = digits.load_data(args.seed, args.test_size, shard, shards)
 
     mx.random.seed(args.seed)
     net = build_net(args.hidden)
@@ -267,7 +162,7 @@ def main(argv=None) -> int:
         else:
             with trainer.global_model():  # local parameters come back after the block
                 acc = accuracy(net, x_te, y_te)
-        rows = group_figures(hvd, leader, gid, float(group_loss.asscalar()), own_acc)
+        rows = digits.group_figures(hvd, leader, gid, float(group_loss.asscalar()), own_acc)
         hist = {
             "epoch": epoch,
             "loss": float(all_loss.asscalar()),
@@ -278,7 +173,7 @@ def main(argv=None) -> int:
         }
         history.append(hist)
         shown = [] if baseline else rows  # one group: its figures are the job's
-        out.line(epoch_line(epoch, args.epochs, hist["loss"], acc, shown, train_s))
+        out.line(digits.epoch_line(epoch, args.epochs, hist["loss"], acc, shown, train_s))
 
     train_time = time.perf_counter() - train_start
     stats = {} if baseline else trainer.stats()
@@ -289,40 +184,10 @@ def main(argv=None) -> int:
         key=lambda r: r["group"],
     )
     if rank == 0:
-        final = history[-1]["test_acc"] if history else float("nan")
-        out.line(
-            f"final test accuracy (global model): {100 * final:.2f}%  "
-            f"(training {train_time:.1f} s, total {time.perf_counter() - start:.1f} s)"
-        )
-        warning = console.chance_warning(final, 10, len(y_te))
-        if warning:
-            out.line(warning)
-        if args.json:
-            result = {
-                "sync": args.sync,
-                "strategy": sync_desc,
-                "mode": args.mode,
-                "period": args.period,
-                "ranks": size,
-                "groups": ngroups,
-                "epochs": args.epochs,
-                "steps_per_epoch": steps,
-                "final_test_accuracy": final,
-                "best_test_accuracy": max(h["test_acc"] for h in history),
-                "setup_s": train_start - start,
-                "train_time_s": train_time,
-                "total_time_s": time.perf_counter() - start,
-                "history": history,
-                "stats": stats,
-                "group_stats": leaders,
-                "args": vars(args),
-            }
-            with open(args.json, "w") as f:
-                json.dump(result, f, indent=2)
-        if args.plot:
-            title = f"digits, {size} ranks / {ngroups} groups: {sync_desc}"
-            plot(args.plot, history, title)
-            out.line(f"plot written to {args.plot}")
+        run = dict(size=size, ngroups=ngroups, steps=steps, sync_desc=sync_desc, stats=stats)
+        run.update(leaders=leaders, test_samples=len(y_te))
+        times = dict(start=start, train_start=train_start, train_time=train_time)
+        digits.report(out, args, history, run, times)
     if baseline:
         hvd.shutdown()
     else:

@@ -40,6 +40,7 @@ fi
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MXNET_CPU_WORKER_NTHREADS="${MXNET_CPU_WORKER_NTHREADS:-1}"
 export HVD_PS_TIMEOUT="${HVD_PS_TIMEOUT:-60}"
 # np | groups | wire dtype | HVD_PS_BUCKET_MB | tier mode | tests (paths, space-separated)
+#   [| front end: mxnet (the default) or torch, whose sessions run the PyTorch tests only]
 # (the float16 run also splits every parameter into a PS key of its own; a tier runs in one
 # mode per job, so the async rules have sessions of their own; so do the compressed wires,
 # whose sessions use blocks of 8 values and two servers, so a bucket spans several shards)
@@ -61,12 +62,19 @@ runs=(
   "4|[[0],[1],[2],[3]]|int8|4|sync|tests/mpi/test_compressed_wire.py"
   "2|[[0],[1]]|int4|4|async|tests/mpi/test_compressed_wire.py"
   "4|[[0,1],[2,3]]|int8|4|async|tests/mpi/test_compressed_wire.py"
+  "1|[[0]]|float32|4|sync|tests/mpi/test_torch_strategies.py|torch"
+  "4|[[0,1],[2,3]]|float32|4|sync|tests/mpi/test_torch_strategies.py|torch"
+  "4|[[0],[1,2,3]]|float32|4|sync|tests/mpi/test_torch_strategies.py|torch"
+  "2|[[0],[1]]|float32|4|async|tests/mpi/test_torch_strategies.py|torch"
+  "4|[[0,1],[2,3]]|float32|4|async|tests/mpi/test_torch_strategies.py|torch"
 )
 phase mpi || runs=()
 for run in "${runs[@]}"; do
-  IFS='|' read -r np groups wire bucket mode tests <<< "$run"
+  IFS='|' read -r np groups wire bucket mode tests framework <<< "$run"
+  framework="${framework:-mxnet}"
   tag="np$np-g$(echo "$groups" | sed 's/\],\[/./g' | tr -d '[], ')-$wire"   # e.g. np4-g01.23-float32
   [ "$mode" = sync ] || tag="$tag-$mode"
+  [ "$framework" = mxnet ] || tag="$tag-$framework"
   # HVD_PS_TEST_MPI_RUNS (a grep pattern over the tags) keeps only some runs, e.g. for stress.sh
   if [ -n "${HVD_PS_TEST_MPI_RUNS:-}" ] && ! grep -qE "$HVD_PS_TEST_MPI_RUNS" <<< "$tag"; then
     continue
@@ -74,11 +82,11 @@ for run in "${runs[@]}"; do
   paths=(); for t in $tests; do paths+=("$ROOT/$t"); done
   extra=()
   case "$wire" in int8|int4) extra=(-x HVD_PS_WIRE_BLOCK=8 -x HVD_PS_NUM_SERVERS=2) ;; esac
-  step "MPI tests, world size $np, groups $groups, wire $wire, buckets of $bucket MB, $mode tier (mpirun + pytest-mpi)"
+  step "MPI tests, world size $np, groups $groups, wire $wire, buckets of $bucket MB, $mode tier, $framework (mpirun + pytest-mpi)"
   timeout -k 5 300 mpirun -np "$np" --oversubscribe --bind-to none -x OMP_NUM_THREADS \
     -x MXNET_CPU_WORKER_NTHREADS -x PATH -x HVD_PS_TIMEOUT -x HVD_PS_TEST_GROUPS="$groups" \
     -x HVD_PS_WIRE_DTYPE="$wire" -x HVD_PS_BUCKET_MB="$bucket" -x HVD_PS_TEST_MODE="$mode" \
-    -x OMPI_MCA_mpi_yield_when_idle "${extra[@]}" \
+    -x OMPI_MCA_mpi_yield_when_idle -x HVD_PS_TEST_FRAMEWORK="$framework" "${extra[@]}" \
     "$ROOT/scripts/mpi_rank.sh" "$OUT/$tag" -p no:cacheprovider --with-mpi "${paths[@]}" "$@"
   rc=$?; [ $rc -eq 0 ] || { status=1; echo "mpirun -np $np ($groups, $wire) exited $rc"; }
 done

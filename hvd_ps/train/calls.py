@@ -1,7 +1,8 @@
 """Which of hvd_ps's collective calls each rank is waiting in, so that a call some rank never
 makes ends the job within seconds instead of at ``HVD_PS_TIMEOUT``.
 
-``trainer.step``, ``pull_global`` and ``global_model`` are collective over a rank's group;
+``trainer.step``, ``pull_global`` and ``global_model`` (and the PyTorch front end's
+``optimizer.step``, ``pull_global``, ``global_model``) are collective over a rank's group;
 ``broadcast_parameters``, ``save_checkpoint``, ``load_checkpoint`` and ``shutdown`` over the
 whole job. A rank that calls one while another rank of its span does not (the Horovod habit
 ``if hvd.rank() == 0: with trainer.global_model(): ...``) would wait in a Horovod operation the
@@ -34,6 +35,10 @@ CALLS = (
     "trainer.save_checkpoint",
     "trainer.load_checkpoint",
     "hvd_ps.shutdown",
+    # the PyTorch front end's (hvd_ps.torch)
+    "optimizer.step",
+    "optimizer.pull_global",
+    "optimizer.global_model",
 )
 GROUP, WORLD = 0, 1
 #: the span of each call
@@ -45,6 +50,9 @@ SPAN = {
     "trainer.save_checkpoint": WORLD,
     "trainer.load_checkpoint": WORLD,
     "hvd_ps.shutdown": WORLD,
+    "optimizer.step": GROUP,
+    "optimizer.pull_global": GROUP,
+    "optimizer.global_model": GROUP,
 }
 #: how long two ranks must be seen waiting in calls that exclude each other
 GRACE_S = 3.0
@@ -64,6 +72,8 @@ ADVICE = {
     "trainer.pull_global": (
         "call it on every rank of the group, or trainer.pull_global(local=True) on a leader alone"
     ),
+    "optimizer.global_model": "call it on every rank of the group",
+    "optimizer.pull_global": "call it on every rank of the group",
 }
 #: what to do otherwise
 COLLECTIVE = "call it on every rank at the same point of the script"

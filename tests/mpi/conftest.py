@@ -13,6 +13,10 @@ A PS tier runs in one mode for a whole job: ``HVD_PS_TEST_MODE=async`` makes thi
 tier async (the ``async_client`` tests run, the ``sync_client`` ones skip); by default it is
 sync, and the async tests skip.
 
+``HVD_PS_TEST_FRAMEWORK=torch`` starts the session with the PyTorch front end
+(``hvd_ps.torch.init``, torch imported first); its sessions run only the ``test_torch_*``
+files, which skip in the MXNet sessions.
+
 Every wait is bounded by ``HVD_PS_TIMEOUT`` (60 s here unless set).
 """
 
@@ -53,9 +57,21 @@ def rt(shape):
     import hvd_ps
     from hvd_ps.train import runtime
 
-    hvd_ps.init(groups=shape)
+    if framework() == "torch":
+        import torch  # noqa: F401  (before any Horovod binding: docs/troubleshooting.md)
+
+        import hvd_ps.torch as hps
+
+        hps.init(groups=shape)
+    else:
+        hvd_ps.init(groups=shape)
     yield runtime.runtime()
     hvd_ps.shutdown()
+
+
+def framework() -> str:
+    """The front end this session runs (``HVD_PS_TEST_FRAMEWORK``: mxnet or torch)."""
+    return os.environ.get("HVD_PS_TEST_FRAMEWORK", "mxnet")
 
 
 def _tier_mode() -> str:

@@ -1,0 +1,288 @@
+"""The PyTorch front end (``hvd_ps.torch``), run for real, matches the plain-numpy references
+step by step, as the Gluon trainer does (tests/mpi/test_strategies.py, test_async_rules.py).
+
+A ``torch.nn.Linear`` holding tests/reference.py's initial parameters trains with
+``torch.optim.SGD`` on the same fixed per-rank batches and squared loss; after every step this
+rank's parameters must equal the reference's parameters of its group, and at the end the global
+model must be the reference's, to 1e-5 relative (float32 against a float64 reference):
+
+* every sync strategy, blocking, and overlapped at ``tau = 1`` and ``tau = period - 1``;
+* every async rule with the groups taking their turns in group order (each group's exchange
+  applied on the servers before a barrier of all ranks lets the next group step).
+
+Needs sessions of their own with ``HVD_PS_TEST_FRAMEWORK=torch`` (one framework per process;
+scripts/test.sh runs them, sync and async, at several groupings); elsewhere it skips. torch is
+imported inside the tests only: a module-level import after ``horovod.mxnet`` would crash an
+MXNet session (docs/troubleshooting.md).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import reference as ref  # noqa: E402
+from strategy_spec import strategy  # noqa: E402
+
+LR = 0.1
+TOL = 1e-5
+PERIOD, STEPS = 3, 10  # the overlapped runs: exchanges start at steps 3, 6 and 9
+
+
+@pytest.fixture(scope="module")
+def torch_rt(rt):
+    """The session's runtime, started by the PyTorch front end (else the test skips)."""
+    if os.environ.get("HVD_PS_TEST_FRAMEWORK", "mxnet") != "torch":
+        pytest.skip("needs a session with HVD_PS_TEST_FRAMEWORK=torch (scripts/test.sh runs them)")
+    return rt
+
+
+def _mode(rt, mode):
+    if os.environ.get("HVD_PS_TEST_MODE", "sync") != mode:
+        pytest.skip(f"needs a {mode} session (HVD_PS_TEST_MODE={mode})")
+    if rt.client is not None:
+        rt.client.set_mode(mode)
+
+
+def _close(got, want, what):
+    scale = max(np.max(np.abs(want)), 1e-3)
+    err = np.max(np.abs(got - want)) / scale
+    assert err < TOL, f"{what}: relative error {err:.2e} (tolerance {TOL:g})"
+
+
+def _model():
+    import torch
+
+    model = torch.nn.Linear(ref.IN, ref.OUT)
+    w0, b0 = ref.initial()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor(w0, dtype=torch.float32))
+        model.bias.copy_(torch.tensor(b0, dtype=torch.float32))
+    return model
+
+
+def _optimizer(tag, model, spec, mode="sync", momentum=0.0, **kwargs):
+    import torch
+
+    import hvd_ps.torch as hps
+
+    hps.broadcast_parameters(model.state_dict(), root_rank=0)
+    named = [(f"{tag}.{n}", p) for n, p in model.named_parameters()]
+    return hps.DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=LR, momentum=momentum),
+        named_parameters=named,
+        sync=strategy(spec, mode),
+        **kwargs,
+    )
+
+
+def _step(model, optimizer, rank, t):
+    import torch
+
+    x, y = ref.batch(rank, t)
+    optimizer.zero_grad()
+    out = model(torch.tensor(x, dtype=torch.float32))
+    loss = 0.5 * ((out - torch.tensor(y, dtype=torch.float32)) ** 2).sum(dim=1).mean()
+    loss.backward()
+    optimizer.step()
+
+
+def _check(model, want, what):
+    w, b = want
+    _close(model.weight.detach().numpy(), w, f"{what} weight")
+    _close(model.bias.detach().numpy(), b, f"{what} bias")
+
+
+def _cases(num_groups):
+    alpha = 0.9 / max(2, num_groups) * 0.5  # well inside the stable range G * alpha < 1
+    return {
+        "GradientPush": ({"name": "GradientPush"}, 4),
+        "ModelAverage": ({"name": "ModelAverage", "period": 2}, 8),
+        "EASGD": ({"name": "EASGD", "period": 2, "alpha": alpha}, 8),
+        "DiLoCo": (
+            {"name": "DiLoCo", "period": 3, "outer_lr": 0.7, "momentum": 0.9, "nesterov": True},
+            9,
+        ),
+        "DiLoCo-heavy-ball": (
+            {"name": "DiLoCo", "period": 2, "outer_lr": 0.5, "momentum": 0.8, "nesterov": False},
+            6,
+        ),
+    }
+
+
+@pytest.mark.mpi(min_size=1)
+@pytest.mark.parametrize(
+    "case", ["GradientPush", "ModelAverage", "EASGD", "DiLoCo", "DiLoCo-heavy-ball"]
+)
+def test_torch_strategy_matches_numpy_reference(torch_rt, case):
+    import horovod.torch as hvd
+    import torch
+
+    import hvd_ps
+
+    _mode(torch_rt, "sync")
+    groups = torch_rt.topo.groups
+    spec, steps = _cases(len(groups))[case]
+    want = ref.run(spec, groups, steps, LR)
+    rank, gid = hvd.rank(), hvd_ps.group_id()
+    model = _model()
+    optimizer = _optimizer(f"sync.{case}", model, spec)
+    assert isinstance(optimizer, torch.optim.SGD)  # still the user's optimizer class
+    for t in range(1, steps + 1):
+        _step(model, optimizer, rank, t)
+        _check(model, want[t - 1]["x"][gid], f"{case} step {t}, rank {rank}")
+    stats = optimizer.stats()
+    assert stats["exchanges"] == steps // spec.get("period", 1) >= 3
+    assert stats["steps"] == optimizer.t == steps
+    optimizer.pull_global(model)
+    _check(model, want[-1]["global"], f"{case} global, rank {rank}")
+    if hvd_ps.is_leader():
+        assert stats["bytes_pushed"] > 0 and stats["bytes_pulled"] > 0
+
+
+def _overlap_spec(name, num_groups, overlap):
+    if name == "ModelAverage":
+        return {"name": name, "period": PERIOD, "overlap": overlap}
+    if name == "EASGD":
+        alpha = 0.9 / max(2, num_groups) * 0.5
+        return {"name": name, "period": PERIOD, "alpha": alpha, "overlap": overlap}
+    return {
+        "name": "DiLoCo",
+        "period": PERIOD,
+        "outer_lr": 0.7,
+        "momentum": 0.9,
+        "nesterov": True,
+        "overlap": overlap,
+    }
+
+
+@pytest.mark.mpi(min_size=1)
+@pytest.mark.parametrize("overlap", [1, PERIOD - 1])
+@pytest.mark.parametrize("name", ["ModelAverage", "EASGD", "DiLoCo"])
+def test_torch_overlapped_exchange_matches_numpy_reference(torch_rt, name, overlap):
+    """The exchange started at step ``t`` lands at the end of step ``t + tau``; at the end the
+    last one may still be in flight, and ``global_model()`` completes it: inside the block the
+    global model, after it the local parameters with that exchange applied."""
+    import horovod.torch as hvd
+
+    import hvd_ps
+
+    _mode(torch_rt, "sync")
+    groups = torch_rt.topo.groups
+    spec = _overlap_spec(name, len(groups), overlap)
+    want = ref.run(spec, groups, STEPS, LR)
+    rank, gid = hvd.rank(), hvd_ps.group_id()
+    case = f"{name} overlap={overlap}"
+    if name != "ModelAverage" or len(groups) > 1:  # the test can fail: overlap moves the run
+        blocking = ref.run(dict(spec, overlap=0), groups, STEPS, LR)
+        assert np.max(np.abs(want[-1]["x"][gid][0] - blocking[-1]["x"][gid][0])) > 1e-3
+    model = _model()
+    optimizer = _optimizer(f"ovl{overlap}.{name}", model, spec)
+    for t in range(1, STEPS + 1):
+        _step(model, optimizer, rank, t)
+        _check(model, want[t - 1]["x"][gid], f"{case} step {t}, rank {rank}")
+    assert optimizer.stats()["exchanges"] == STEPS // PERIOD
+    with optimizer.global_model(model):
+        _check(model, want[-1]["global"], f"{case} global, rank {rank}")
+    _check(model, want[-1]["final"][gid], f"{case} final local, rank {rank}")
+
+
+ASYNC_CASES = {  # spec, steps, the servers' SGD momentum (GradientPush)
+    "GradientPush": ({"name": "GradientPush"}, 5, 0.0),
+    "GradientPush-momentum": ({"name": "GradientPush"}, 5, 0.9),
+    "EASGD": ({"name": "EASGD", "period": 2, "alpha": 0.3}, 6, 0.0),
+    "DiLoCo": (
+        {"name": "DiLoCo", "period": 2, "outer_lr": 0.7, "momentum": 0.9, "nesterov": True},
+        8,
+        0.0,
+    ),
+    "EASGD-overlap": ({"name": "EASGD", "period": 3, "alpha": 0.3, "overlap": 2}, 8, 0.0),
+}
+
+
+def _turn_barrier(tag):
+    """Every rank of the job: one group's turn is over (its pushes are applied)."""
+    import horovod.torch as hvd
+    import mxnet as mx
+    import torch
+
+    mx.nd.waitall()  # a push completes once the servers have applied it
+    hvd.allreduce(torch.zeros(1), name=tag)
+
+
+@pytest.mark.mpi(min_size=1)
+@pytest.mark.parametrize("case", list(ASYNC_CASES))
+def test_torch_async_rule_matches_numpy_reference_in_a_fixed_push_order(torch_rt, case):
+    import horovod.torch as hvd
+
+    import hvd_ps
+
+    _mode(torch_rt, "async")
+    groups = torch_rt.topo.groups
+    spec, steps, momentum = ASYNC_CASES[case]
+    want = ref.run_async(spec, groups, steps, LR, momentum)
+    rank, gid = hvd.rank(), hvd_ps.group_id()
+    model = _model()
+    optimizer = _optimizer(f"async.{case}", model, spec, "async", momentum)
+    with optimizer.global_model():  # the set-up (collective over all ranks) first
+        pass
+    for t in range(1, steps + 1):
+        for turn in range(torch_rt.topo.num_groups):
+            if turn == gid:
+                _step(model, optimizer, rank, t)
+            _turn_barrier(f"torch.async.{case}.{t}.{turn}")
+        _check(model, want[t - 1]["x"][gid], f"{case} step {t}, rank {rank}")
+    assert optimizer.stats()["exchanges"] == steps // spec.get("period", 1)
+    optimizer.pull_global()
+    _check(model, want[-1]["global"], f"{case} servers', rank {rank}")
+
+
+@pytest.mark.mpi(min_size=1)
+def test_torch_arguments_are_checked_naming_the_argument(torch_rt):
+    import horovod.torch as hvd
+    import torch
+
+    import hvd_ps
+    import hvd_ps.torch as hps
+    from hvd_ps.train.torch import server_optimizer
+
+    _mode(torch_rt, "sync")
+    model = _model()
+    params = list(model.parameters())
+    cases = [
+        (dict(optimizer="sgd"), "optimizer must be a torch.optim optimizer, got str"),
+        (dict(op=hvd.Adasum), "op: hvd_ps allreduces inside a group with hvd.Average"),
+        (dict(wire="int3"), "wire must be one of"),
+        (dict(sync=hvd_ps.EASGD), "sync must be a strategy"),
+        (
+            dict(optimizer=torch.optim.RMSprop(params, lr=0.1), sync=hvd_ps.GradientPush()),
+            "maps torch.optim.SGD and torch.optim.Adam there, not RMSprop",
+        ),
+        (
+            dict(
+                optimizer=torch.optim.SGD(params, lr=0.1, momentum=0.9, dampening=0.5),
+                sync=hvd_ps.GradientPush(),
+            ),
+            "dampening=0.5 has no counterpart",
+        ),
+    ]
+    for given, message in cases:
+        args = dict(optimizer=torch.optim.SGD(params, lr=LR), sync=hvd_ps.ModelAverage(2))
+        args.update(given)
+        with pytest.raises(hvd_ps.ConfigError, match=message):
+            hps.DistributedOptimizer(args.pop("optimizer"), **args)
+    sgd = torch.optim.SGD(params, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    assert server_optimizer(sgd) == (
+        "nag",
+        {"learning_rate": 0.05, "momentum": 0.9, "wd": 1e-4},
+    )
+    adam = torch.optim.Adam(params, lr=0.01, betas=(0.8, 0.99), eps=1e-7)
+    assert server_optimizer(adam) == (
+        "adam",
+        {"learning_rate": 0.01, "beta1": 0.8, "beta2": 0.99, "epsilon": 1e-7, "wd": 0.0},
+    )
+    assert hps.group_id() == hvd_ps.group_id() and hps.num_groups() == torch_rt.topo.num_groups
