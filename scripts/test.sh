@@ -67,6 +67,10 @@ runs=(
   "4|[[0],[1,2,3]]|float32|4|sync|tests/mpi/test_torch_strategies.py|torch"
   "2|[[0],[1]]|float32|4|async|tests/mpi/test_torch_strategies.py|torch"
   "4|[[0,1],[2,3]]|float32|4|async|tests/mpi/test_torch_strategies.py|torch"
+  "4|[[0,1],[2,3]]|float16|0.00001|sync|tests/mpi/test_torch_strategies.py|torch"
+  "2|[[0],[1]]|int8|4|sync|tests/mpi/test_torch_strategies.py|torch"
+  "4|[[0,1],[2,3]]|int4|4|sync|tests/mpi/test_torch_strategies.py|torch"
+  "4|[[0,1],[2,3]]|int8|4|async|tests/mpi/test_torch_strategies.py|torch"
 )
 phase mpi || runs=()
 for run in "${runs[@]}"; do

@@ -8,7 +8,13 @@ model must be the reference's, to 1e-5 relative (float32 against a float64 refer
 
 * every sync strategy, blocking, and overlapped at ``tau = 1`` and ``tau = period - 1``;
 * every async rule with the groups taking their turns in group order (each group's exchange
-  applied on the servers before a barrier of all ranks lets the next group step).
+  applied on the servers before a barrier of all ranks lets the next group step);
+* on the compressed wire (int8, int4 sessions), every sync strategy, blocking and overlapped,
+  and the async ones in turns, against tests/wire_reference.py bit for bit: each rank's
+  gradient is :func:`wire_reference.grad32` of its parameters (a loss ``sum(p * g)``), the
+  learning rate and EASGD's ``alpha`` are powers of two (so a product is exact and torch's
+  fused multiply-adds round as numpy's separate steps), and the optimizer holds the bias first,
+  as the reference lays the buffer out. A float16 session checks the float rules to 4e-3.
 
 Needs sessions of their own with ``HVD_PS_TEST_FRAMEWORK=torch`` (one framework per process;
 scripts/test.sh runs them, sync and async, at several groupings); elsewhere it skips. torch is
@@ -26,6 +32,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import reference as ref  # noqa: E402
+import wire_reference as wref  # noqa: E402
 from strategy_spec import strategy  # noqa: E402
 
 LR = 0.1
@@ -41,17 +48,28 @@ def torch_rt(rt):
     return rt
 
 
-def _mode(rt, mode):
+def _compressed(rt):
+    return rt.cfg.settings.wire_dtype in ("int8", "int4")
+
+
+def _mode(rt, mode, compressed=False):
+    """This session's tier in ``mode``; the float tests skip on a compressed wire and the
+    compressed ones elsewhere."""
     if os.environ.get("HVD_PS_TEST_MODE", "sync") != mode:
         pytest.skip(f"needs a {mode} session (HVD_PS_TEST_MODE={mode})")
+    if _compressed(rt) != compressed:
+        pytest.skip(f"needs a session {'with' if compressed else 'without'} an int8/int4 wire")
     if rt.client is not None:
-        rt.client.set_mode(mode)
+        rt.client.set_mode(mode, rounds=not compressed)
 
 
 def _close(got, want, what):
+    from hvd_ps.train import runtime
+
+    tol = 4e-3 if runtime.runtime().cfg.settings.wire_dtype == "float16" else TOL
     scale = max(np.max(np.abs(want)), 1e-3)
     err = np.max(np.abs(got - want)) / scale
-    assert err < TOL, f"{what}: relative error {err:.2e} (tolerance {TOL:g})"
+    assert err < tol, f"{what}: relative error {err:.2e} (tolerance {tol:g})"
 
 
 def _model():
@@ -65,7 +83,8 @@ def _model():
     return model
 
 
-def _optimizer(tag, model, spec, mode="sync", momentum=0.0, **kwargs):
+def _optimizer(tag, model, spec, mode="sync", momentum=0.0, lr=LR, **kwargs):
+    """``model``'s hvd_ps optimizer (SGD over the bias, then the weight), after the broadcast."""
     import torch
 
     import hvd_ps.torch as hps
@@ -73,7 +92,7 @@ def _optimizer(tag, model, spec, mode="sync", momentum=0.0, **kwargs):
     hps.broadcast_parameters(model.state_dict(), root_rank=0)
     named = [(f"{tag}.{n}", p) for n, p in model.named_parameters()]
     return hps.DistributedOptimizer(
-        torch.optim.SGD(model.parameters(), lr=LR, momentum=momentum),
+        torch.optim.SGD([model.bias, model.weight], lr=lr, momentum=momentum),
         named_parameters=named,
         sync=strategy(spec, mode),
         **kwargs,
@@ -286,3 +305,103 @@ def test_torch_arguments_are_checked_naming_the_argument(torch_rt):
         {"learning_rate": 0.01, "beta1": 0.8, "beta2": 0.99, "epsilon": 1e-7, "wd": 0.0},
     )
     assert hps.group_id() == hvd_ps.group_id() and hps.num_groups() == torch_rt.topo.num_groups
+
+
+#: the compressed wire's cases (tests/mpi/test_compressed_wire.py's, with alpha a power of two)
+WIRE_LR = 0.125
+WIRE_DILOCO = {"name": "DiLoCo", "period": 3, "outer_lr": 0.7, "momentum": 0.9, "nesterov": True}
+WIRE_CASES = {
+    "GradientPush": ({"name": "GradientPush"}, 5),
+    "ModelAverage": ({"name": "ModelAverage", "period": 2}, 8),
+    "EASGD": ({"name": "EASGD", "period": 2, "alpha": 0.25}, 8),
+    "DiLoCo": (WIRE_DILOCO, 9),
+    "ModelAverage-overlap": ({"name": "ModelAverage", "period": 3, "overlap": 2}, 9),
+    "EASGD-overlap": ({"name": "EASGD", "period": 3, "alpha": 0.25, "overlap": 1}, 8),
+    "DiLoCo-overlap": (dict(WIRE_DILOCO, overlap=2), 8),
+}
+WIRE_ASYNC_CASES = {
+    "GradientPush": ({"name": "GradientPush"}, 5),
+    "EASGD": ({"name": "EASGD", "period": 2, "alpha": 0.25}, 6),
+    "DiLoCo": (dict(WIRE_DILOCO, period=2), 8),
+    "DiLoCo-overlap": (dict(WIRE_DILOCO, overlap=1), 10),
+}
+
+
+def _wire_setup(rt):
+    """(bits, shard bounds) of this session's compressed wire, for the reference model."""
+    from hvd_ps.ps import protocol
+
+    if any(len(members) > 2 for members in rt.topo.groups):
+        pytest.skip("a group of more than two ranks sums its gradients in Horovod's order")
+    s = rt.cfg.settings
+    bits = protocol.WIRE_BITS[s.wire_dtype]
+    limit = protocol.shard_limit(bits, s.wire_block, s.kvstore_bound)
+    cut = protocol.shards(ref.OUT * ref.IN + ref.OUT, s.wire_block, limit, s.num_servers)
+    return bits, [0] + [hi for _, hi in cut]
+
+
+def _wire_step(model, optimizer, rank, t):
+    """Step ``t`` with this rank's reference gradient (a loss ``sum(p * g)``)."""
+    import torch
+
+    gw, gb = wref.grad32(model.weight.detach().numpy(), model.bias.detach().numpy(), rank, t)
+    optimizer.zero_grad()
+    loss = (model.weight * torch.from_numpy(gw)).sum() + (model.bias * torch.from_numpy(gb)).sum()
+    loss.backward()
+    optimizer.step()
+
+
+def _wire_flat(model):
+    return wref.flat(model.weight.detach().numpy(), model.bias.detach().numpy())
+
+
+@pytest.mark.mpi(min_size=1)
+@pytest.mark.parametrize("case", list(WIRE_CASES))
+def test_torch_compressed_wire_matches_numpy_reference_bit_for_bit(torch_rt, case):
+    import horovod.torch as hvd
+
+    import hvd_ps
+
+    _mode(torch_rt, "sync", compressed=True)
+    bits, bounds = _wire_setup(torch_rt)
+    spec, steps = WIRE_CASES[case]
+    groups = [list(m) for m in torch_rt.topo.groups]
+    block = torch_rt.cfg.settings.wire_block
+    want = wref.run(spec, groups, steps, WIRE_LR, bits, block, bounds)
+    gid, rank = hvd_ps.group_id(), hvd.rank()
+    model = _model()
+    optimizer = _optimizer(f"wire.{case}", model, spec, lr=WIRE_LR)
+    for t in range(1, steps + 1):
+        _wire_step(model, optimizer, rank, t)
+        np.testing.assert_array_equal(_wire_flat(model), want[t - 1]["x"][gid], f"{case} {t}")
+    with optimizer.global_model():
+        np.testing.assert_array_equal(_wire_flat(model), want[-1]["global"], f"{case} global")
+    np.testing.assert_array_equal(_wire_flat(model), want[-1]["final"][gid], f"{case} final")
+
+
+@pytest.mark.mpi(min_size=1)
+@pytest.mark.parametrize("case", list(WIRE_ASYNC_CASES))
+def test_torch_async_compressed_wire_matches_numpy_reference_bit_for_bit(torch_rt, case):
+    import horovod.torch as hvd
+
+    import hvd_ps
+
+    _mode(torch_rt, "async", compressed=True)
+    bits, bounds = _wire_setup(torch_rt)
+    spec, steps = WIRE_ASYNC_CASES[case]
+    groups = [list(m) for m in torch_rt.topo.groups]
+    block = torch_rt.cfg.settings.wire_block
+    want = wref.run_async(spec, groups, steps, WIRE_LR, bits, block, bounds)
+    gid, rank = hvd_ps.group_id(), hvd.rank()
+    model = _model()
+    optimizer = _optimizer(f"awire.{case}", model, spec, "async", lr=WIRE_LR)
+    with optimizer.global_model():  # the set-up (collective over all ranks) first
+        pass
+    for t in range(1, steps + 1):
+        for turn in range(torch_rt.topo.num_groups):
+            if turn == gid:
+                _wire_step(model, optimizer, rank, t)
+            _turn_barrier(f"torch.awire.{case}.{t}.{turn}")
+        np.testing.assert_array_equal(_wire_flat(model), want[t - 1]["x"][gid], f"{case} {t}")
+    with optimizer.global_model():
+        np.testing.assert_array_equal(_wire_flat(model), want[-1]["global"], f"{case} global")
