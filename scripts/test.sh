@@ -62,15 +62,15 @@ runs=(
   "4|[[0],[1],[2],[3]]|int8|4|sync|tests/mpi/test_compressed_wire.py"
   "2|[[0],[1]]|int4|4|async|tests/mpi/test_compressed_wire.py"
   "4|[[0,1],[2,3]]|int8|4|async|tests/mpi/test_compressed_wire.py"
-  "1|[[0]]|float32|4|sync|tests/mpi/test_torch_strategies.py|torch"
-  "4|[[0,1],[2,3]]|float32|4|sync|tests/mpi/test_torch_strategies.py|torch"
-  "4|[[0],[1,2,3]]|float32|4|sync|tests/mpi/test_torch_strategies.py|torch"
-  "2|[[0],[1]]|float32|4|async|tests/mpi/test_torch_strategies.py|torch"
-  "4|[[0,1],[2,3]]|float32|4|async|tests/mpi/test_torch_strategies.py|torch"
+  "1|[[0]]|float32|4|sync|tests/mpi/test_torch_strategies.py tests/mpi/test_torch_checkpoint.py|torch"
+  "4|[[0,1],[2,3]]|float32|4|sync|tests/mpi/test_torch_strategies.py tests/mpi/test_torch_checkpoint.py|torch"
+  "4|[[0],[1,2,3]]|float32|4|sync|tests/mpi/test_torch_strategies.py tests/mpi/test_torch_checkpoint.py|torch"
+  "2|[[0],[1]]|float32|4|async|tests/mpi/test_torch_strategies.py tests/mpi/test_torch_checkpoint.py|torch"
+  "4|[[0,1],[2,3]]|float32|4|async|tests/mpi/test_torch_strategies.py tests/mpi/test_torch_checkpoint.py|torch"
   "4|[[0,1],[2,3]]|float16|0.00001|sync|tests/mpi/test_torch_strategies.py|torch"
-  "2|[[0],[1]]|int8|4|sync|tests/mpi/test_torch_strategies.py|torch"
-  "4|[[0,1],[2,3]]|int4|4|sync|tests/mpi/test_torch_strategies.py|torch"
-  "4|[[0,1],[2,3]]|int8|4|async|tests/mpi/test_torch_strategies.py|torch"
+  "2|[[0],[1]]|int8|4|sync|tests/mpi/test_torch_strategies.py tests/mpi/test_torch_checkpoint.py|torch"
+  "4|[[0,1],[2,3]]|int4|4|sync|tests/mpi/test_torch_strategies.py tests/mpi/test_torch_checkpoint.py|torch"
+  "4|[[0,1],[2,3]]|int8|4|async|tests/mpi/test_torch_strategies.py tests/mpi/test_torch_checkpoint.py|torch"
 )
 phase mpi || runs=()
 for run in "${runs[@]}"; do

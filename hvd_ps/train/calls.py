@@ -39,6 +39,8 @@ CALLS = (
     "optimizer.step",
     "optimizer.pull_global",
     "optimizer.global_model",
+    "optimizer.save_checkpoint",
+    "optimizer.load_checkpoint",
 )
 GROUP, WORLD = 0, 1
 #: the span of each call
@@ -53,6 +55,8 @@ SPAN = {
     "optimizer.step": GROUP,
     "optimizer.pull_global": GROUP,
     "optimizer.global_model": GROUP,
+    "optimizer.save_checkpoint": WORLD,
+    "optimizer.load_checkpoint": WORLD,
 }
 #: how long two ranks must be seen waiting in calls that exclude each other
 GRACE_S = 3.0

@@ -35,9 +35,11 @@ from ..deadline import deadline
 from ..errors import ConfigError, same_on_every_rank
 from . import calls, runtime
 from . import trainer_checks as checks
+from .core import resume
 from .core.schedule import Param, Schedule
 from .core.strategies import ModelAverage, ServerOptimizer, Strategy
 from .torch_buffers import Tensor, TorchGroup, fuse
+from .torch_checkpoint import TorchCheckpoint
 
 _optimizers = 0
 
@@ -140,6 +142,7 @@ class Exchanges:
         self.rt, self.sync, self.prefix, self.base = rt, sync, prefix, base
         #: the parameters' names by id, from ``named_parameters``
         self.known: Dict[int, str] = {id(p): n for n, p in named or []}
+        self.made: Optional[List[Param]] = None
         self.t = 0
         group = TorchGroup(rt.topo.group, rt.cfg.settings.timeout)
         self.sched = Schedule(rt, sync, prefix, server_opt, wire, bucket_mb, fuse, group)
@@ -158,36 +161,53 @@ class Exchanges:
                     out.append(p)
         return out
 
-    def names(self, optimizer: Any) -> List[str]:
-        """Each trained parameter's name: from ``named_parameters``, else its place among the
-        optimizer's parameters."""
-        return [self.known.get(id(p), f"param.{i}") for i, p in enumerate(self.params(optimizer))]
+    def trained(self, optimizer: Any) -> List[Param]:
+        """The trained parameters as the core sees them (made once: the core knows them by
+        identity), each named from ``named_parameters``, else by its place."""
+        if self.made is None:
+            params = self.params(optimizer)
+            names = [self.known.get(id(p), f"param.{i}") for i, p in enumerate(params)]
+            self.made = [
+                Param(n, Tensor(p, grad=False), Tensor(p, grad=True)) for n, p in zip(names, params)
+            ]
+        return self.made
 
-    def setup(self, optimizer: Any) -> None:
+    def setup(self, optimizer: Any, ps_initial: Optional[List[Any]] = None) -> None:
         """First step: every rank trains the same model the same way, then the buckets and
-        PS keys (:meth:`~hvd_ps.train.core.schedule.Schedule.setup`)."""
+        PS keys (:meth:`~hvd_ps.train.core.schedule.Schedule.setup`; ``ps_initial``: a
+        checkpoint's values of the PS keys)."""
         if self.sched.buckets is not None:
             return
         topo = self.rt.topo
-        params = self.params(optimizer)
-        names = self.names(optimizer)
+        trained = self.trained(optimizer)
         signature = (
             repr(self.sync),
-            [
-                (n, tuple(p.shape), str(p.dtype).replace("torch.", ""))
-                for n, p in zip(names, params)
-            ],
-            [checks.digest(p.detach().cpu().numpy()) for p in params],
+            [(p.name, p.data.shape, p.data.dtype.name) for p in trained],
+            # the starting values, unless a checkpoint sets them
+            None if ps_initial is not None else [checks.digest(p.data) for p in trained],
             f"wire_dtype={self.sched.wire_dtype!r}, bucket_mb={self.sched.bucket_mb:g}",
         )
         checks.check_same(
             hvd.allgather_object(signature, name=f"{self.prefix}signature"), topo.groups
         )
         self.sync.validate(topo.total_groups)
-        trained = [
-            Param(n, Tensor(p, grad=False), Tensor(p, grad=True)) for n, p in zip(names, params)
-        ]
-        self.sched.setup(trained)
+        self.sched.setup(trained, ps_initial)
+
+    def checkpointed(self, optimizer: Any) -> TorchCheckpoint:
+        """This optimizer as checkpoints see it."""
+
+        def set_counter(step: int) -> None:
+            self.t = step
+
+        return TorchCheckpoint(
+            optimizer,
+            self.rt,
+            self.sched,
+            lambda: self.t,
+            set_counter,
+            lambda ps: self.setup(optimizer, ps),
+            lambda: self.trained(optimizer),
+        )
 
 
 class _Methods:
@@ -270,6 +290,24 @@ class _Methods:
             yield
         finally:
             ex.sched.restore_local()
+
+    def save_checkpoint(self, path: str) -> None:
+        """Save everything this job needs to continue exactly (the Gluon trainer's
+        ``save_checkpoint``, the same files): every group's parameters and local optimizer
+        state (``optimizer.state``), the PS side, an overlapped exchange in flight, the step
+        counter and the strategy. Collective over every rank at the same step; each group's
+        leader writes its group's shard next to ``path``, global rank 0 commits the manifest.
+        Raises :class:`~hvd_ps.errors.CheckpointError` on every rank if it cannot."""
+        with calls.call("optimizer.save_checkpoint"):
+            resume.save(self._hvd_ps.checkpointed(self), path)
+
+    def load_checkpoint(self, path: str) -> None:
+        """Continue from ``path`` (written by :meth:`save_checkpoint`): collective, before the
+        first step, instead of ``hps.broadcast_parameters``; a file saved by another setup is
+        refused with a :class:`~hvd_ps.errors.CheckpointError` naming what differs. The
+        optimizer's hyperparameters are the ones this script gave it."""
+        with calls.call("optimizer.load_checkpoint"):
+            resume.load(self._hvd_ps.checkpointed(self), path)
 
     def stats(self) -> Dict[str, float]:
         """Counters, as the Gluon trainer's ``stats()``: steps, exchanges, PS bytes, seconds

@@ -53,6 +53,10 @@ class Tensor:
             return torch.zeros_like(self.param)
         return self.param.grad.detach()
 
+    def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
+        """The tensor's memory as a numpy array (no copy): what checkpoints write."""
+        return self.get().numpy()
+
 
 class TorchFlat:
     """The tensors of one bucket (:class:`Tensor`, one dtype) as one flat buffer of

@@ -160,7 +160,11 @@ def _signature(fe: FrontEnd) -> Dict[str, Any]:
 
 def view(a: Any) -> Host:
     """The memory of a CPU NDArray as a numpy array, without a copy, once MXNet has written
-    it. The caller keeps ``a`` alive, and unchanged, while it reads."""
+    it. The caller keeps ``a`` alive, and unchanged, while it reads. Another front end's array
+    (the PyTorch front end's parameters) is viewed through ``numpy.asarray``."""
+    if not isinstance(a, mx.nd.NDArray):
+        host: Host = np.asarray(a)
+        return host
     a.wait_to_read()
     if a.stype != "default" or a.context.device_type != "cpu" or a.size == 0:
         copy: Host = a.asnumpy()
