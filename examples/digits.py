@@ -16,11 +16,7 @@ import straggler  # examples/straggler.py
 import strategy_flags  # examples/strategy_flags.py
 
 
-def parse_args(
-    description: str, argv: Optional[List[str]] = None, checkpoints: bool = True
-) -> argparse.Namespace:
-    """The flags; ``checkpoints=False``: an example whose front end saves none refuses
-    ``--checkpoint-dir``."""
+def parse_args(description: str, argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description)
     strategy_flags.add(p, outer_momentum=0.5, outer_lr=0.5)
     straggler.add(p)
@@ -57,8 +53,6 @@ def parse_args(
     straggler.check(p, args)
     if args.checkpoint_dir and args.sync == "horovod":
         p.error("--checkpoint-dir needs an hvd_ps strategy (--sync horovod has no PS to save)")
-    if args.checkpoint_dir and not checkpoints:
-        p.error("--checkpoint-dir: this example's front end has no checkpoints yet")
     if args.checkpoint_every < 0:
         p.error(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     return args

@@ -3,8 +3,7 @@
 The PyTorch twin of ``train_digits.py``: the same flags, data shards, model shape, lines and
 ``--json``. Groups of ranks train with Horovod allreduce inside the group; every ``--period``
 steps the group leaders meet at the parameter-server tier with the chosen strategy, and each
-epoch the *global* model is evaluated on the held-out test split. (``--checkpoint-dir`` is the
-one flag it refuses: the PyTorch front end saves no checkpoints yet.)
+epoch the *global* model is evaluated on the held-out test split.
 
 Run (4 ranks in 2 groups; on a small machine keep one thread per rank)::
 
@@ -75,7 +74,7 @@ def make_optimizer(args, net):
 
 
 def main(argv=None) -> int:
-    args = digits.parse_args(__doc__.split("\n\n")[0], argv, checkpoints=False)
+    args = digits.parse_args(__doc__.split("\n\n")[0], argv)
     start = time.perf_counter()
     baseline = args.sync == "horovod"
     if baseline:
@@ -107,12 +106,21 @@ def main(argv=None) -> int:
     optimizer, sync_desc = make_optimizer(args, net)
     loss_fn = torch.nn.CrossEntropyLoss()
     steps = len(x_tr) // args.batch_size
+    ckpt = os.path.join(args.checkpoint_dir, "train_digits.hvdps") if args.checkpoint_dir else None
+    every = args.checkpoint_every or steps
+    if ckpt:
+        os.makedirs(args.checkpoint_dir, exist_ok=True)
+        if os.path.exists(ckpt):  # rank 0's file system decides; every rank loads it
+            optimizer.load_checkpoint(ckpt)
+    resumed = optimizer.t if ckpt else 0  # steps already taken by the run that saved
     groups_desc = ", ".join(f"{i}: ranks {g}" for i, g in enumerate(layout))
     out.line(
         f"digits: {size} ranks in {ngroups} group(s) ({groups_desc}{place}); {len(x_tr)} training "
         f"samples per rank, {len(x_te)} test samples, {steps} steps per epoch"
     )
     out.line(f"sync: {sync_desc}")
+    if resumed:
+        out.line(f"resumed from {ckpt} after step {resumed} (epoch {resumed // steps + 1})")
 
     history = []
     train_start = time.perf_counter()
@@ -124,10 +132,13 @@ def main(argv=None) -> int:
         out.line(straggler.describe(args.slow_group, args.slowdown))
     for epoch in range(1, args.epochs + 1):
         t0 = time.perf_counter()
-        order = rng.permutation(len(x_tr))
+        order = rng.permutation(len(x_tr))  # drawn for skipped epochs too: the same data order
+        skip = min(max(resumed - (epoch - 1) * steps, 0), steps)
+        if skip == steps:
+            continue  # trained before the checkpoint
         total = 0.0
-        with out.bar(steps, f"epoch {epoch}/{args.epochs}") as bar:
-            for i in range(steps):
+        with out.bar(steps - skip, f"epoch {epoch}/{args.epochs}") as bar:
+            for i in range(skip, steps):
                 idx = order[i * args.batch_size : (i + 1) * args.batch_size]
                 x = torch.from_numpy(x_tr[idx])
                 y = torch.from_numpy(y_tr[idx]).long()
@@ -138,13 +149,15 @@ def main(argv=None) -> int:
                 slow.computed([])  # torch computed the gradients synchronously
                 optimizer.step()
                 slow.finish()
+                if ckpt and optimizer.t % every == 0:
+                    optimizer.save_checkpoint(ckpt)
                 total += float(loss.detach())
-                bar.set_postfix_str(f"loss {total / (i + 1):.4f}", refresh=False)
+                bar.set_postfix_str(f"loss {total / (i + 1 - skip):.4f}", refresh=False)
                 bar.update(1)
         train_s = time.perf_counter() - t0
 
         # mean training loss: over the group and over all ranks
-        mine = torch.tensor([total / steps])
+        mine = torch.tensor([total / (steps - skip)])
         group_loss = hvd.allreduce(mine, name=f"digits.gloss.{epoch}", process_set=group_set)
         all_loss = hvd.allreduce(mine, name=f"digits.loss.{epoch}")
         # test accuracy of the group's own model (leaders), then of the global model; each

@@ -1,5 +1,6 @@
-"""End to end: examples/train_digits.py stopped mid-epoch and resumed from its checkpoint ends
-with the same losses and accuracies as the run that never stopped.
+"""End to end: examples/train_digits.py (MXNet) and train_digits_torch.py (PyTorch) stopped
+mid-epoch and resumed from their checkpoint end with the same losses and accuracies as the run
+that never stopped.
 
 Three real ``horovodrun`` jobs of 2 ranks in 2 groups with DiLoCo (period 3: the checkpoint is
 taken mid-period, and it must carry the servers' outer momentum, x_start and the local SGD's
@@ -19,7 +20,8 @@ import job_run
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "examples" / "train_digits.py"
+SCRIPTS = {"mxnet": ROOT / "examples" / "train_digits.py",
+           "torch": ROOT / "examples" / "train_digits_torch.py"}  # fmt: skip
 HOROVODRUN = shutil.which("horovodrun") or shutil.which(
     "horovodrun", path=str(Path(sys.executable).parent)
 )
@@ -27,9 +29,9 @@ pytestmark = pytest.mark.skipif(HOROVODRUN is None, reason="horovodrun not found
 FLAGS = ["--sync", "diloco", "--period", "3", "--group-size", "1", "--quiet"]
 
 
-def _job(tmp_path: Path, name: str, epochs: int, *extra: str) -> dict:
+def _job(tmp_path: Path, script: Path, name: str, epochs: int, *extra: str) -> dict:
     out = tmp_path / f"{name}.json"
-    cmd = [HOROVODRUN, "-np", "2", sys.executable, str(SCRIPT), *FLAGS]
+    cmd = [HOROVODRUN, "-np", "2", sys.executable, str(script), *FLAGS]
     cmd += ["--epochs", str(epochs), "--json", str(out), *extra]
     proc = job_run.run(cmd, job_run.env(), timeout=150)
     tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
@@ -37,14 +39,17 @@ def _job(tmp_path: Path, name: str, epochs: int, *extra: str) -> dict:
     return {"result": json.loads(out.read_text()), "stdout": proc.stdout}
 
 
-def test_a_resumed_run_ends_like_the_uninterrupted_one(tmp_path):
-    whole = _job(tmp_path, "whole", 2)["result"]
+@pytest.mark.parametrize("framework", list(SCRIPTS))
+def test_a_resumed_run_ends_like_the_uninterrupted_one(tmp_path, framework):
+    script = SCRIPTS[framework]
+    whole = _job(tmp_path, script, "whole", 2)["result"]
     ckpt = tmp_path / "ckpt"
-    first = _job(tmp_path, "first", 1, "--checkpoint-dir", str(ckpt), "--checkpoint-every", "5")
+    flags = ("--checkpoint-dir", str(ckpt), "--checkpoint-every", "5")
+    first = _job(tmp_path, script, "first", 1, *flags)
     steps = first["result"]["steps_per_epoch"]
     saved = steps - steps % 5
     assert steps % 5 and (ckpt / "train_digits.hvdps").exists()  # the last save: mid-epoch
-    second = _job(tmp_path, "second", 2, "--checkpoint-dir", str(ckpt), "--checkpoint-every", "5")
+    second = _job(tmp_path, script, "second", 2, *flags)
     assert f"resumed from {ckpt / 'train_digits.hvdps'} after step {saved}" in second["stdout"]
     a, b = whole["history"][-1], second["result"]["history"][-1]
     assert b["epoch"] == a["epoch"] == 2
