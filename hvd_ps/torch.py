@@ -18,7 +18,7 @@ A Horovod PyTorch script ports in a few lines::
 
 Import torch before this module (and never ``horovod.mxnet`` in the same process). The names
 load :mod:`hvd_ps.train.torch` (and with it torch and ``horovod.torch``) on first use; the
-group queries are :mod:`hvd_ps`'s own.
+group queries and the strategies are :mod:`hvd_ps`'s own (``hps.EASGD`` is ``hvd_ps.EASGD``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ _PUBLIC = {
     "is_leader": "train.runtime",
     "num_groups": "train.runtime",
     "total_groups": "train.runtime",
+    "Strategy": "train.core.strategies",
+    "GradientPush": "train.core.strategies",
+    "ModelAverage": "train.core.strategies",
+    "EASGD": "train.core.strategies",
+    "DiLoCo": "train.core.strategies",
 }
 
 __all__ = sorted(_PUBLIC)

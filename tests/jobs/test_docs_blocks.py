@@ -89,7 +89,13 @@ STRAGGLER = (  # test_stragglers.py's command, as it spells it
     '"--max-staleness", "1"',
     "EPOCHS, PERIOD, TIMEOUT = 6, 4, 150",
 )
-MIGRATION = ('GUIDE = "docs/migrating.md"',)  # test_migration.py reads its blocks from there
+MIGRATION = ('"docs/migrating.md",',)  # test_migration.py reads its blocks from there
+MIGRATION_TORCH = ('"docs/migrating-torch.md",',)
+TORCH_EXAMPLE = (
+    'HOROVODRUN, "-np", str(RANKS)',
+    '"--group-size", str(GROUP_SIZE)',
+    "RANKS, GROUP_SIZE",
+)
 INSTALL = ('GUIDE = "docs/install.md"', "block()")  # test_install.py runs the page's block
 LAUNCH_HOSTS_CMD = (
     '"hvdps-run", "-np", "4", "-H", "hostA:2,hostB:2"',
@@ -187,6 +193,21 @@ COMMANDS: Dict[str, Entry] = {
     "OMP_NUM_THREADS=1 horovodrun -np 4 python examples/train_digits_hvd_ps.py": Covered(
         "test_migration.py", "test_guide_command_trains", MIGRATION
     ),
+    # docs/migrating-torch.md
+    "OMP_NUM_THREADS=1 horovodrun -np 4 python examples/train_digits_torch_horovod.py": Covered(
+        "test_migration.py", "test_guide_command_trains", MIGRATION_TORCH
+    ),
+    "OMP_NUM_THREADS=1 horovodrun -np 4 python examples/train_digits_torch_hvd_ps.py": Covered(
+        "test_migration.py", "test_guide_command_trains", MIGRATION_TORCH
+    ),
+    # docs/torch.md
+    "OMP_NUM_THREADS=1 horovodrun -np 4 python examples/train_digits_torch.py --group-size 2": (
+        Covered(
+            "test_digits_torch.py",
+            "test_the_torch_example_reaches_93_percent",
+            TORCH_EXAMPLE,
+        )
+    ),
     # docs/mxnet-tools.md
     "export DMLC_PS_ROOT_URI=127.0.0.1 DMLC_PS_ROOT_PORT=9091 DMLC_NUM_SERVER=2 "
     "DMLC_NUM_WORKER=2": Runs("test_stock_workers_block"),
@@ -245,6 +266,16 @@ BLOCKS: Dict[Tuple[str, str], Entry] = {
     ("docs/migrating.md", "--- examples/train_digits_horovod.py"): Covered(
         "test_migration.py", "test_guide_diff_is_the_diff", MIGRATION
     ),
+    (
+        "docs/migrating-torch.md",
+        '"""An MLP on digits in PyTorch under horovodrun (docs: "Migrating from '
+        'horovod.torch")."""',
+    ): Covered("test_migration.py", "test_guide_shows_the_plain_script", MIGRATION_TORCH),
+    ("docs/migrating-torch.md", "--- examples/train_digits_torch_horovod.py"): Covered(
+        "test_migration.py", "test_guide_diff_is_the_diff", MIGRATION_TORCH
+    ),
+    ("README.md", "import torch"): Fragment("the PyTorch quick start; data and model are yours"),
+    ("docs/torch.md", "import torch"): Fragment("a training script around your model"),
 }
 
 FENCE = re.compile(
@@ -364,12 +395,23 @@ def test_covering_test_runs_it(entry: Covered) -> None:
 # -- Python fragments ---------------------------------------------------------------------------
 
 
-def _public_names() -> Dict[str, str]:
-    tree = ast.parse((ROOT / "hvd_ps" / "__init__.py").read_text())
+def _public_names(module: str = "__init__") -> Dict[str, str]:
+    """The public names of ``hvd_ps`` (or of ``hvd_ps.torch``: ``module="torch"``)."""
+    tree = ast.parse((ROOT / "hvd_ps" / f"{module}.py").read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "_PUBLIC":
             return ast.literal_eval(node.value)
-    raise AssertionError("hvd_ps/__init__.py has no _PUBLIC map")
+    raise AssertionError(f"hvd_ps/{module}.py has no _PUBLIC map")
+
+
+def _optimizer_members() -> set:
+    """What hvd_ps.torch's DistributedOptimizer adds to a torch optimizer, and torch's own."""
+    tree = ast.parse((ROOT / "hvd_ps" / "train" / "torch.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == "_Methods":
+            mine = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+            return mine | {"zero_grad", "state_dict", "load_state_dict", "param_groups"}
+    raise AssertionError("no class _Methods in hvd_ps/train/torch.py")
 
 
 def _trainer_members() -> set:
@@ -388,10 +430,15 @@ def test_fragment_parses_and_uses_real_names(key: Tuple[str, str]) -> None:
     block = block_of(*key)
     tree = ast.parse(block.body, filename=f"{key[0]} block {key[1]!r}")
     public, members = set(_public_names()), _trainer_members()
+    torch_public, optimizer = set(_public_names("torch")), _optimizer_members()
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
             if node.value.id == "hvd_ps":
                 assert node.attr in public, f"{key[0]}: hvd_ps.{node.attr} is not exported"
+            if node.value.id == "hps":
+                assert node.attr in torch_public, f"{key[0]}: hps.{node.attr} is not exported"
+            if node.value.id == "optimizer":
+                assert node.attr in optimizer, f"{key[0]}: the optimizer has no {node.attr}"
             if node.value.id == "trainer":
                 assert node.attr in members, (
                     f"{key[0]}: DistributedTrainer has no member {node.attr}"

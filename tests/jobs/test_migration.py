@@ -1,14 +1,18 @@
-"""The migration guide (docs/migrating.md, "Migrating from horovod.mxnet"), followed verbatim.
+"""The migration guides, followed verbatim: docs/migrating.md ("Migrating from horovod.mxnet")
+and docs/migrating-torch.md ("Migrating from horovod.torch").
 
-The guide shows a plain Horovod script, the diff that makes it an hvd_ps script, and the
-commands that run both. Checked: the script shown is examples/train_digits_horovod.py byte for
-byte; the diff shown is the unified diff of that file against examples/train_digits_hvd_ps.py,
-so applying it gives the hvd_ps script; and each command shown, run as written under
-horovodrun (4 ranks; hvd_ps: 2 groups), trains to a sane test accuracy and leaves nothing behind.
+Each guide shows a plain Horovod script, the diff that makes it an hvd_ps script, and the
+commands that run both. Checked: the script shown is the plain example byte for byte
+(examples/train_digits_horovod.py, train_digits_torch_horovod.py); the diff shown is the
+unified diff of that file against the ported one (train_digits_hvd_ps.py,
+train_digits_torch_hvd_ps.py), so applying it gives the hvd_ps script, and it changes at most
+five statements of the PyTorch one; and each command shown, run as written under horovodrun
+(4 ranks; hvd_ps: 2 groups), trains to a sane test accuracy and leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
 import re
 import shlex
@@ -20,44 +24,74 @@ import job_run  # tests/job_run.py
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PLAIN = "examples/train_digits_horovod.py"
-PORTED = "examples/train_digits_hvd_ps.py"
-GUIDE = "docs/migrating.md"
-HEADING = "# Migrating from horovod.mxnet"
+#: guide -> (plain script, ported script, the guide's file, its heading)
+GUIDES = {
+    "mxnet": (
+        "examples/train_digits_horovod.py",
+        "examples/train_digits_hvd_ps.py",
+        "docs/migrating.md",
+        "# Migrating from horovod.mxnet",
+    ),
+    "torch": (
+        "examples/train_digits_torch_horovod.py",
+        "examples/train_digits_torch_hvd_ps.py",
+        "docs/migrating-torch.md",
+        "# Migrating from horovod.torch",
+    ),
+}
 TIMEOUT = 240
 
 
-def section() -> str:
-    text = (ROOT / GUIDE).read_text()
-    assert text.startswith(HEADING + "\n"), f"{GUIDE} does not start with {HEADING!r}"
-    body = text.split(HEADING, 1)[1]
+def section(guide: str) -> str:
+    _, _, path, heading = GUIDES[guide]
+    text = (ROOT / path).read_text()
+    assert text.startswith(heading + "\n"), f"{path} does not start with {heading!r}"
+    body = text.split(heading, 1)[1]
     return body.split("\n## ", 1)[0]  # up to the next section
 
 
-def blocks(lang: str) -> list:
-    return re.findall(rf"^```{lang}\n(.*?)^```$", section(), flags=re.S | re.M)
+def blocks(guide: str, lang: str) -> list:
+    return re.findall(rf"^```{lang}\n(.*?)^```$", section(guide), flags=re.S | re.M)
 
 
-def test_guide_shows_the_plain_script() -> None:
-    shown = blocks("python")
+@pytest.mark.parametrize("guide", list(GUIDES))
+def test_guide_shows_the_plain_script(guide: str) -> None:
+    shown = blocks(guide, "python")
     assert len(shown) == 1, "one python block: the plain Horovod script"
-    assert shown[0] == (ROOT / PLAIN).read_text()
+    assert shown[0] == (ROOT / GUIDES[guide][0]).read_text()
 
 
-def test_guide_diff_is_the_diff() -> None:
-    shown = blocks("diff")
+@pytest.mark.parametrize("guide", list(GUIDES))
+def test_guide_diff_is_the_diff(guide: str) -> None:
+    plain_name, ported_name = GUIDES[guide][:2]
+    shown = blocks(guide, "diff")
     assert len(shown) == 1, "one diff block"
-    plain = (ROOT / PLAIN).read_text().splitlines(keepends=True)
-    ported = (ROOT / PORTED).read_text().splitlines(keepends=True)
-    diff = "".join(difflib.unified_diff(plain, ported, PLAIN, PORTED))
+    plain = (ROOT / plain_name).read_text().splitlines(keepends=True)
+    ported = (ROOT / ported_name).read_text().splitlines(keepends=True)
+    diff = "".join(difflib.unified_diff(plain, ported, plain_name, ported_name))
     assert shown[0] == diff
 
 
-def test_guide_diff_applies_to_the_plain_script() -> None:
+def test_the_pytorch_port_changes_at_most_five_statements() -> None:
+    plain_name, ported_name = GUIDES["torch"][:2]
+    plain = ast.parse((ROOT / plain_name).read_text()).body
+    ported = ast.parse((ROOT / ported_name).read_text()).body
+    matcher = difflib.SequenceMatcher(
+        None, [ast.dump(n) for n in plain], [ast.dump(n) for n in ported]
+    )
+    changed = sum(
+        max(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag != "equal"
+    )
+    assert changed <= 5, f"{changed} statements changed"
+
+
+@pytest.mark.parametrize("guide", list(GUIDES))
+def test_guide_diff_applies_to_the_plain_script(guide: str) -> None:
     """Applying the shown hunks to the plain script gives the hvd_ps script (a second check,
     independent of difflib producing the same text)."""
-    result = (ROOT / PLAIN).read_text().splitlines()
-    lines = blocks("diff")[0].splitlines()[2:]  # after the --- / +++ header
+    plain_name, ported_name = GUIDES[guide][:2]
+    result = (ROOT / plain_name).read_text().splitlines()
+    lines = blocks(guide, "diff")[0].splitlines()[2:]  # after the --- / +++ header
     offset = 0
     for n, line in enumerate(lines):
         m = re.match(r"@@ -(\d+),(\d+) \+\d+,\d+ @@", line)
@@ -74,18 +108,19 @@ def test_guide_diff_applies_to_the_plain_script() -> None:
         assert result[start : start + len(old)] == old, f"hunk {line} does not apply"
         result[start : start + len(old)] = new
         offset += len(new) - len(old)
-    assert result == (ROOT / PORTED).read_text().splitlines()
+    assert result == (ROOT / ported_name).read_text().splitlines()
 
 
-def commands() -> list:
-    shown = blocks("bash")
+def commands(guide: str) -> list:
+    shown = blocks(guide, "bash")
     assert len(shown) == 1, "one bash block: the commands"
     return [ln for ln in shown[0].splitlines() if ln.strip() and not ln.startswith("#")]
 
 
-def test_guide_commands_run_the_two_scripts() -> None:
-    scripts = [next(w for w in shlex.split(c) if w.endswith(".py")) for c in commands()]
-    assert scripts == [PLAIN, PORTED]
+@pytest.mark.parametrize("guide", list(GUIDES))
+def test_guide_commands_run_the_two_scripts(guide: str) -> None:
+    scripts = [next(w for w in shlex.split(c) if w.endswith(".py")) for c in commands(guide)]
+    assert scripts == list(GUIDES[guide][:2])
 
 
 @pytest.mark.slow
@@ -94,8 +129,9 @@ def test_guide_commands_run_the_two_scripts() -> None:
     reason="horovodrun not found next to this Python (run scripts/bootstrap.sh)",
 )
 @pytest.mark.parametrize("index", [0, 1], ids=["horovod", "hvd_ps"])
-def test_guide_command_trains(index: int, tmp_path: Path) -> None:
-    command = commands()[index]
+@pytest.mark.parametrize("guide", list(GUIDES))
+def test_guide_command_trains(guide: str, index: int, tmp_path: Path) -> None:
+    command = commands(guide)[index]
     assert command.split()[1] == "horovodrun"
     # run as shown (its VAR=value prefix included); PYTHONUNBUFFERED off, as in a plain shell,
     # so the scripts' print() calls are one write each
