@@ -14,7 +14,6 @@ Step semantics (the contract): a step counter ``t`` starts at 1. Every ``step()`
 
 from __future__ import annotations
 
-import sys
 import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional
@@ -30,7 +29,7 @@ from . import trainer_checks as checks
 from .core import resume
 from .core.buckets import Bucket
 from .core.schedule import Param, Schedule, wait_arrays
-from .core.strategies import ModelAverage, Strategy
+from .core.strategies import Strategy
 from .gluon_checkpoint import GluonCheckpoint
 
 _trainers = 0
@@ -145,27 +144,11 @@ class DistributedTrainer(hvd.DistributedTrainer):  # type: ignore[misc]  # no st
         global _trainers
         rt = runtime.runtime()
         with same_on_every_rank():  # the script's arguments: one line per job
-            if isinstance(compression, Strategy):
-                raise ConfigError(
-                    "compression: got a strategy; pass it as sync=..., e.g. "
-                    "DistributedTrainer(params, 'sgd', {...}, sync=hvd_ps.EASGD(4))"
-                )
-            if sync is None:
-                sync = ModelAverage(period=1)
-                if hvd.rank() == 0:  # say so once per job: it exchanges every step
-                    sys.stderr.write(
-                        f"hvd_ps: DistributedTrainer without sync=: using {sync!r}, an exchange "
-                        "with the PS tier every step; pass sync= (e.g. hvd_ps.EASGD(period=4)) "
-                        "to exchange less often\n"
-                    )
-                    sys.stderr.flush()
-            if not isinstance(sync, Strategy):
-                raise ConfigError(
-                    f"sync must be a strategy such as hvd_ps.EASGD(...), got {sync!r}"
-                )
-            sync.validate(rt.topo.total_groups)  # e.g. unstable sync EASGD: fail before any step
-            checks.check_horovod_args(rt.topo, compression, gradient_predivide_factor, num_groups)
-            checks.check_process_set(rt.topo, process_set)
+            example = "DistributedTrainer(params, 'sgd', {...}, sync=hvd_ps.EASGD(4))"
+            horovod = (compression, gradient_predivide_factor, num_groups, process_set)
+            sync = checks.strategy_and_horovod_args(
+                "DistributedTrainer", example, rt.topo, sync, horovod
+            )
             # GradientPush runs the optimizer on the servers; the strategy value stays the user's
             server_opt = (
                 checks.server_optimizer(optimizer, optimizer_params)

@@ -1,63 +1,24 @@
-"""The Gluon trainer's side of checkpoints: its parameters, its local optimizer's state and
-counts, its step counter and Horovod's object collectives, for
-:mod:`hvd_ps.train.core.resume`."""
+"""The Gluon trainer's side of checkpoints: its parameters and its local optimizer's state and
+counts, for :mod:`hvd_ps.train.core.resume` (the rest is :mod:`~hvd_ps.train.checkpointed`)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
-import horovod.mxnet as hvd
 import mxnet as mx
 import numpy as np
 
 from .. import private_api
-from ..deadline import deadline
 from ..errors import CheckpointError
 from ..ps import protocol
+from .checkpointed import Checkpointed
 from .core import resume
-from .core.schedule import Param, Schedule
-from .runtime import Runtime
+from .core.schedule import Param
 
 
-class GluonCheckpoint:
-    """A Gluon trainer as checkpoints see it (:class:`hvd_ps.train.core.resume.FrontEnd`).
-
-    The trainer hands over what it keeps to itself as values and functions (its job, its
-    schedule, its step counter, its set-up, its trained parameters), so nothing here reads its
-    private members."""
-
-    def __init__(
-        self,
-        trainer: Any,
-        job: Runtime,
-        schedule: Schedule,
-        counter: Callable[[], int],
-        set_counter: Callable[[int], None],
-        setup: Callable[[Optional[List[Any]]], None],
-        trained: Callable[[], List[Any]],
-    ) -> None:
-        self.trainer = trainer
-        self._job, self._schedule = job, schedule
-        self.counter, self.set_counter = counter, set_counter
-        self.setup_trainer, self.trained = setup, trained
-
-    @property
-    def job(self) -> Runtime:
-        return self._job
-
-    @property
-    def schedule(self) -> Schedule:
-        return self._schedule
-
-    @property
-    def step(self) -> int:
-        return self.counter()
-
-    def set_step(self, step: int) -> None:
-        self.set_counter(step)
-
-    def setup(self, ps_initial: Optional[List[Any]] = None) -> None:
-        self.setup_trainer(ps_initial)
+class GluonCheckpoint(Checkpointed):
+    """A Gluon trainer as checkpoints see it (:class:`hvd_ps.train.core.resume.FrontEnd`): its
+    parameters and its local optimizer's state and counts."""
 
     def parameters(self) -> List[Param]:
         return [Param(p.name, p.data(), p.grad()) for p in self.trained()]
@@ -98,14 +59,3 @@ class GluonCheckpoint:
         opt_counts = {int(k): v for k, v in counts["opt_counts"].items()}
         private_api.set_update_counts(opt, opt_counts)
         opt.num_update = int(counts["num_update"])
-
-    def rank(self) -> int:
-        return int(hvd.rank())
-
-    def allgather_object(self, obj: Any, name: str) -> List[Any]:
-        with deadline(f"checkpoint: {name} on every rank", self.job.cfg.settings.timeout):
-            return list(hvd.allgather_object(obj, name=name))
-
-    def broadcast_object(self, obj: Any, name: str) -> Any:
-        with deadline(f"checkpoint: {name} from rank 0", self.job.cfg.settings.timeout):
-            return hvd.broadcast_object(obj, root_rank=0, name=name)

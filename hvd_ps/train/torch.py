@@ -21,7 +21,6 @@ broadcast through ``horovod.torch``. A process that uses this front end runs hvd
 
 from __future__ import annotations
 
-import sys
 import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Sequence
@@ -37,7 +36,7 @@ from . import calls, runtime
 from . import trainer_checks as checks
 from .core import resume
 from .core.schedule import Param, Schedule
-from .core.strategies import ModelAverage, ServerOptimizer, Strategy
+from .core.strategies import ServerOptimizer, Strategy
 from .torch_buffers import Tensor, TorchGroup, fuse
 from .torch_checkpoint import TorchCheckpoint
 
@@ -376,25 +375,11 @@ def DistributedOptimizer(  # noqa: N802  (horovod.torch's name)
             raise ConfigError(
                 f"optimizer must be a torch.optim optimizer, got {type(optimizer).__name__}"
             )
-        if isinstance(compression, Strategy):
-            raise ConfigError(
-                "compression: got a strategy; pass it as sync=..., e.g. "
-                "DistributedOptimizer(optimizer, sync=hvd_ps.EASGD(4))"
-            )
-        if sync is None:
-            sync = ModelAverage(period=1)
-            if hvd.rank() == 0:  # say so once per job: it exchanges every step
-                sys.stderr.write(
-                    f"hvd_ps: DistributedOptimizer without sync=: using {sync!r}, an exchange "
-                    "with the PS tier every step; pass sync= (e.g. hvd_ps.EASGD(period=4)) to "
-                    "exchange less often\n"
-                )
-                sys.stderr.flush()
-        if not isinstance(sync, Strategy):
-            raise ConfigError(f"sync must be a strategy such as hvd_ps.EASGD(...), got {sync!r}")
-        sync.validate(rt.topo.total_groups)
-        checks.check_horovod_args(rt.topo, compression, gradient_predivide_factor, num_groups)
-        checks.check_process_set(rt.topo, process_set)
+        example = "DistributedOptimizer(optimizer, sync=hvd_ps.EASGD(4))"
+        horovod = (compression, gradient_predivide_factor, num_groups, process_set)
+        sync = checks.strategy_and_horovod_args(
+            "DistributedOptimizer", example, rt.topo, sync, horovod
+        )
         if op not in (hvd.Average, hvd.Sum):
             raise ConfigError(
                 "op: hvd_ps allreduces inside a group with hvd.Average or hvd.Sum (Horovod's "

@@ -1,6 +1,6 @@
-"""The PyTorch front end's side of checkpoints: its parameters, its local optimizer's state,
-its step counter and ``horovod.torch``'s object collectives, for
-:mod:`hvd_ps.train.core.resume` (the same files as the Gluon trainer's).
+"""The PyTorch front end's side of checkpoints: its parameters and its local optimizer's
+state, for :mod:`hvd_ps.train.core.resume` (the same files as the Gluon trainer's; the rest is
+:mod:`~hvd_ps.train.checkpointed`).
 
 The local optimizer's state is ``optimizer.state``: per trained parameter (its index among
 the optimizer's parameters) a dict of tensors and numbers. Each tensor travels as one array,
@@ -12,59 +12,23 @@ again, as with ``optimizer.load_state_dict``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
+import numpy as np
 import torch
 
-import horovod.torch as hvd  # isort: skip  (after torch: see docs/troubleshooting.md)
-import numpy as np
-
-from ..deadline import deadline
 from ..errors import CheckpointError
-from .core.schedule import Param, Schedule
-from .runtime import Runtime
+from .checkpointed import Checkpointed
+from .core.schedule import Param
 
 #: a state value that is neither a tensor nor a number (e.g. SGD's momentum before a step)
 EMPTY = "none"
 
 
-class TorchCheckpoint:
+class TorchCheckpoint(Checkpointed):
     """A PyTorch distributed optimizer as checkpoints see it
-    (:class:`hvd_ps.train.core.resume.FrontEnd`): its job, schedule, step counter, set-up and
-    trained parameters, handed over as values and functions."""
-
-    def __init__(
-        self,
-        optimizer: Any,
-        job: Runtime,
-        schedule: Schedule,
-        counter: Callable[[], int],
-        set_counter: Callable[[int], None],
-        setup: Callable[[Optional[List[Any]]], None],
-        trained: Callable[[], List[Param]],
-    ) -> None:
-        self.optimizer = optimizer
-        self._job, self._schedule = job, schedule
-        self.counter, self.set_counter = counter, set_counter
-        self.setup_optimizer, self.trained = setup, trained
-
-    @property
-    def job(self) -> Runtime:
-        return self._job
-
-    @property
-    def schedule(self) -> Schedule:
-        return self._schedule
-
-    @property
-    def step(self) -> int:
-        return self.counter()
-
-    def set_step(self, step: int) -> None:
-        self.set_counter(step)
-
-    def setup(self, ps_initial: Optional[List[Any]] = None) -> None:
-        self.setup_optimizer(ps_initial)
+    (:class:`hvd_ps.train.core.resume.FrontEnd`): its parameters and its ``optimizer.state``
+    (``trainer`` is the optimizer)."""
 
     def parameters(self) -> List[Param]:
         return self.trained()
@@ -76,7 +40,7 @@ class TorchCheckpoint:
 
     def _states(self) -> Iterator[Tuple[int, Dict[str, Any]]]:
         for index, p in enumerate(self.trained()):
-            yield index, self.optimizer.state.get(p.data.param, {})
+            yield index, self.trainer.state.get(p.data.param, {})
 
     def optimizer_arrays(self) -> Iterator[Tuple[str, np.ndarray[Any, Any]]]:
         for index, state in self._states():
@@ -126,15 +90,4 @@ class TorchCheckpoint:
             for key, value in entry["values"].items():
                 state[key] = None if value == EMPTY else value
             if state:
-                self.optimizer.state[trained[index].data.param] = state
-
-    def rank(self) -> int:
-        return int(hvd.rank())
-
-    def allgather_object(self, obj: Any, name: str) -> List[Any]:
-        with deadline(f"checkpoint: {name} on every rank", self.job.cfg.settings.timeout):
-            return list(hvd.allgather_object(obj, name=name))
-
-    def broadcast_object(self, obj: Any, name: str) -> Any:
-        with deadline(f"checkpoint: {name} from rank 0", self.job.cfg.settings.timeout):
-            return hvd.broadcast_object(obj, root_rank=0, name=name)
+                self.trainer.state[trained[index].data.param] = state

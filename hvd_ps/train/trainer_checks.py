@@ -6,12 +6,44 @@ trains the same model with the same strategy."""
 from __future__ import annotations
 
 import hashlib
+import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from .. import arguments, config, frameworks
 from ..errors import ConfigError, HvdPsError
+from .core.strategies import ModelAverage, Strategy
+
+
+def strategy_and_horovod_args(
+    name: str,
+    example: str,
+    topo: Any,
+    sync: Any,
+    horovod: Tuple[Any, Any, Any, Any],
+) -> Strategy:
+    """A trainer's (``name``, e.g. ``DistributedTrainer``) strategy, checked for the job's
+    groups, and Horovod's arguments ``horovod = (compression, gradient_predivide_factor,
+    num_groups, process_set)``; ``example``: a call with ``sync=`` for the messages. Without
+    ``sync`` it is ``ModelAverage(period=1)``, which global rank 0 says once."""
+    compression, factor, num_groups, process_set = horovod
+    if isinstance(compression, Strategy):
+        raise ConfigError(f"compression: got a strategy; pass it as sync=..., e.g. {example}")
+    if sync is None:
+        sync = ModelAverage(period=1)
+        if frameworks.horovod().rank() == 0:  # say so once per job: it exchanges every step
+            sys.stderr.write(
+                f"hvd_ps: {name} without sync=: using {sync!r}, an exchange with the PS tier "
+                "every step; pass sync= (e.g. hvd_ps.EASGD(period=4)) to exchange less often\n"
+            )
+            sys.stderr.flush()
+    if not isinstance(sync, Strategy):
+        raise ConfigError(f"sync must be a strategy such as hvd_ps.EASGD(...), got {sync!r}")
+    sync.validate(topo.total_groups)  # e.g. unstable sync EASGD: fail before any step
+    check_horovod_args(topo, compression, factor, num_groups)
+    check_process_set(topo, process_set)
+    return sync
 
 
 def check_horovod_args(topo: Any, compression: Any, factor: Any, num_groups: Any) -> None:

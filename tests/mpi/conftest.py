@@ -96,3 +96,11 @@ def sync_client(rt):
 def async_client(rt):
     """This rank's PS client with the tier in async mode (None on non-leaders)."""
     return _client_in(rt, "async")
+
+
+@pytest.fixture(scope="session")
+def torch_rt(rt):
+    """The session's runtime, started by the PyTorch front end (else the test skips)."""
+    if framework() != "torch":
+        pytest.skip("needs a session with HVD_PS_TEST_FRAMEWORK=torch (scripts/test.sh runs them)")
+    return rt

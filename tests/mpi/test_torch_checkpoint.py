@@ -32,13 +32,6 @@ CASES = {  # spec, steps, stop after step k, the modes it runs in
 }
 
 
-@pytest.fixture(scope="module")
-def torch_rt(rt):
-    if os.environ.get("HVD_PS_TEST_FRAMEWORK", "mxnet") != "torch":
-        pytest.skip("needs a session with HVD_PS_TEST_FRAMEWORK=torch (scripts/test.sh runs them)")
-    return rt
-
-
 def _tier_mode(rt):
     """The session's mode; its client set to it (compressed wires keep their own rounds)."""
     mode = os.environ.get("HVD_PS_TEST_MODE", "sync")

@@ -40,14 +40,6 @@ TOL = 1e-5
 PERIOD, STEPS = 3, 10  # the overlapped runs: exchanges start at steps 3, 6 and 9
 
 
-@pytest.fixture(scope="module")
-def torch_rt(rt):
-    """The session's runtime, started by the PyTorch front end (else the test skips)."""
-    if os.environ.get("HVD_PS_TEST_FRAMEWORK", "mxnet") != "torch":
-        pytest.skip("needs a session with HVD_PS_TEST_FRAMEWORK=torch (scripts/test.sh runs them)")
-    return rt
-
-
 def _compressed(rt):
     return rt.cfg.settings.wire_dtype in ("int8", "int4")
 
