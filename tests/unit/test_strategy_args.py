@@ -255,6 +255,12 @@ def test_a_wrong_argument_names_the_right_one(make, message) -> None:
     assert str(err.value).startswith(message), str(err.value)
 
 
+def test_max_staleness_and_period_auto_are_refused_together_naming_both():
+    message = r"max_staleness=1 with period='auto'.*use one of the two"
+    with pytest.raises(ConfigError, match=message):
+        hvd_ps.EASGD(period="auto", mode="async", max_staleness=1)
+
+
 def test_max_staleness_is_async_only_and_kept():
     with pytest.raises(ConfigError, match="in mode='sync' every round waits for every group"):
         hvd_ps.DiLoCo(period=8, max_staleness=2)

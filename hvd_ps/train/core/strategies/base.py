@@ -154,6 +154,13 @@ class Strategy(metaclass=_CheckedArguments):
         overlap = arguments.integer("overlap", self.overlap, low=0, high=high, high_name=high_name)
         store(self, overlap=overlap)
         self._check_staleness()
+        if self.adaptive and self.max_staleness is not None:
+            raise ConfigError(
+                f"max_staleness={self.max_staleness} with period='auto': groups with other "
+                "periods make other numbers of exchanges in the same steps, so a collective of "
+                "the script across groups at a fixed step (an evaluation each epoch) would wait "
+                "for a group that waits for the bound: use one of the two"
+            )
         self._check_quorum()
 
     def _check_auto(self) -> None:
