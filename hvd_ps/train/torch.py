@@ -407,6 +407,7 @@ def DistributedOptimizer(  # noqa: N802  (horovod.torch's name)
     base = type(made)
     methods = {k: v for k, v in vars(base).items() if k not in ("__dict__", "__weakref__")}
     methods.update({k: v for k, v in vars(_Methods).items() if not k.startswith("__")})
+    methods["__module__"] = __name__
     made.__class__ = type(base.__name__, base.__bases__, methods)
     prefix = f"hvd_ps.torch{_optimizers}."
     made._hvd_ps = Exchanges(sync, prefix, server_opt, wire_dtype, bucket_mb, base, named)

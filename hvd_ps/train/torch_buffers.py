@@ -134,10 +134,10 @@ class TorchFlat:
         source = target if ref is out else for_read(ref)
         with torch.no_grad():
             for t, lo, hi in self._parts():
-                x = t.reshape(-1).to(target.dtype)
-                value = (
-                    x * alpha if beta == 0.0 else torch.add(x * alpha, source[lo:hi], alpha=beta)
-                )
+                # in the tensors' precision, rounded once into out's dtype (a float16 wire)
+                x = t.reshape(-1)
+                ref_part = source[lo:hi].to(x.dtype)
+                value = x * alpha if beta == 0.0 else torch.add(x * alpha, ref_part, alpha=beta)
                 target[lo:hi].copy_(value)
         return out
 
