@@ -24,26 +24,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import reference as ref  # noqa: E402
-from strategy_spec import strategy  # noqa: E402
+from strategy_spec import overlap_spec, strategy, sync_cases  # noqa: E402
 
 LR = 0.1
-
-
-def _cases(num_groups: int):
-    alpha = 0.9 / max(2, num_groups) * 0.5  # well inside the stable range G * alpha < 1
-    return {
-        "GradientPush": ({"name": "GradientPush"}, 4),
-        "ModelAverage": ({"name": "ModelAverage", "period": 2}, 8),
-        "EASGD": ({"name": "EASGD", "period": 2, "alpha": alpha}, 8),
-        "DiLoCo": (
-            {"name": "DiLoCo", "period": 3, "outer_lr": 0.7, "momentum": 0.9, "nesterov": True},
-            9,
-        ),
-        "DiLoCo-heavy-ball": (
-            {"name": "DiLoCo", "period": 2, "outer_lr": 0.5, "momentum": 0.8, "nesterov": False},
-            6,
-        ),
-    }
 
 
 def _close(got, want, what, tol):
@@ -101,7 +84,7 @@ def test_strategy_matches_numpy_reference(rt, sync_client, case):
     import hvd_ps
 
     groups = rt.topo.groups
-    spec, steps = _cases(len(groups))[case]
+    spec, steps = sync_cases(len(groups))[case]
     want = ref.run(spec, groups, steps, LR)
     rank, gid, tol = hvd.rank(), hvd_ps.group_id(), _tolerance(rt)
 
@@ -146,7 +129,7 @@ def test_shape_mismatch_across_groups_is_an_error_on_every_rank(rt, sync_client)
 @pytest.mark.mpi(min_size=1)
 def test_global_model_context_shows_the_centre_then_restores_local_parameters(rt, sync_client):
     groups = rt.topo.groups
-    spec, steps = _cases(len(groups))["EASGD"]
+    spec, steps = sync_cases(len(groups))["EASGD"]
     want = ref.run(spec, groups, steps, LR)
     tol = _tolerance(rt)
     net, trainer = _train(rt, "globalctx", spec, steps)
@@ -161,22 +144,6 @@ def test_global_model_context_shows_the_centre_then_restores_local_parameters(rt
 PERIOD, STEPS = 3, 10  # exchanges start at steps 3, 6 and 9
 
 
-def _spec(name: str, num_groups: int, overlap: int):
-    if name == "ModelAverage":
-        return {"name": name, "period": PERIOD, "overlap": overlap}
-    if name == "EASGD":
-        alpha = 0.9 / max(2, num_groups) * 0.5
-        return {"name": name, "period": PERIOD, "alpha": alpha, "overlap": overlap}
-    return {
-        "name": "DiLoCo",
-        "period": PERIOD,
-        "outer_lr": 0.7,
-        "momentum": 0.9,
-        "nesterov": True,
-        "overlap": overlap,
-    }
-
-
 @pytest.mark.mpi(min_size=1)
 @pytest.mark.parametrize("overlap", [1, PERIOD - 1])
 @pytest.mark.parametrize("name", ["ModelAverage", "EASGD", "DiLoCo"])
@@ -186,7 +153,7 @@ def test_overlapped_exchange_matches_numpy_reference(rt, sync_client, name, over
     import hvd_ps
 
     groups = rt.topo.groups
-    spec = _spec(name, len(groups), overlap)
+    spec = overlap_spec(name, len(groups), overlap, PERIOD)
     want = ref.run(spec, groups, STEPS, LR)
     blocking = ref.run(dict(spec, overlap=0), groups, STEPS, LR)
     rank, gid, tol = hvd.rank(), hvd_ps.group_id(), _tolerance(rt)
@@ -224,7 +191,7 @@ def test_overlapped_exchange_matches_numpy_reference(rt, sync_client, name, over
 def test_blocking_exchange_reports_its_ps_wait(rt, sync_client):
     import hvd_ps
 
-    spec = _spec("ModelAverage", rt.topo.num_groups, 0)
+    spec = overlap_spec("ModelAverage", rt.topo.num_groups, 0, PERIOD)
     _net, trainer = _train(rt, "blockwait", spec, 2 * PERIOD)
     stats = trainer.stats()
     assert stats["exchanges"] == 2
@@ -267,7 +234,7 @@ def test_trainer_wire_and_bucket_arguments_override_the_environment(rt, sync_cli
     import hvd_ps
 
     groups = rt.topo.groups
-    spec, steps = _cases(len(groups))["DiLoCo"]
+    spec, steps = sync_cases(len(groups))["DiLoCo"]
     want = ref.run(spec, groups, steps, LR)
     gid, rank = hvd_ps.group_id(), hvd.rank()
 
@@ -297,7 +264,7 @@ def test_global_model_on_a_leader_alone_needs_no_collective(rt, sync_client):
     from hvd_ps.errors import ConfigError
 
     groups = rt.topo.groups
-    spec, steps = _cases(len(groups))["EASGD"]
+    spec, steps = sync_cases(len(groups))["EASGD"]
     want = ref.run(spec, groups, steps, LR)
     net, trainer = _train(rt, "local_eval", spec, steps)
     tol, rank = _tolerance(rt), hvd.rank()

@@ -33,7 +33,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import reference as ref  # noqa: E402
 import wire_reference as wref  # noqa: E402
-from strategy_spec import strategy  # noqa: E402
+from strategy_spec import overlap_spec, strategy, sync_cases  # noqa: E402
 
 LR = 0.1
 TOL = 1e-5
@@ -108,23 +108,6 @@ def _check(model, want, what):
     _close(model.bias.detach().numpy(), b, f"{what} bias")
 
 
-def _cases(num_groups):
-    alpha = 0.9 / max(2, num_groups) * 0.5  # well inside the stable range G * alpha < 1
-    return {
-        "GradientPush": ({"name": "GradientPush"}, 4),
-        "ModelAverage": ({"name": "ModelAverage", "period": 2}, 8),
-        "EASGD": ({"name": "EASGD", "period": 2, "alpha": alpha}, 8),
-        "DiLoCo": (
-            {"name": "DiLoCo", "period": 3, "outer_lr": 0.7, "momentum": 0.9, "nesterov": True},
-            9,
-        ),
-        "DiLoCo-heavy-ball": (
-            {"name": "DiLoCo", "period": 2, "outer_lr": 0.5, "momentum": 0.8, "nesterov": False},
-            6,
-        ),
-    }
-
-
 @pytest.mark.mpi(min_size=1)
 @pytest.mark.parametrize(
     "case", ["GradientPush", "ModelAverage", "EASGD", "DiLoCo", "DiLoCo-heavy-ball"]
@@ -137,7 +120,7 @@ def test_torch_strategy_matches_numpy_reference(torch_rt, case):
 
     _mode(torch_rt, "sync")
     groups = torch_rt.topo.groups
-    spec, steps = _cases(len(groups))[case]
+    spec, steps = sync_cases(len(groups))[case]
     want = ref.run(spec, groups, steps, LR)
     rank, gid = hvd.rank(), hvd_ps.group_id()
     model = _model()
@@ -155,22 +138,6 @@ def test_torch_strategy_matches_numpy_reference(torch_rt, case):
         assert stats["bytes_pushed"] > 0 and stats["bytes_pulled"] > 0
 
 
-def _overlap_spec(name, num_groups, overlap):
-    if name == "ModelAverage":
-        return {"name": name, "period": PERIOD, "overlap": overlap}
-    if name == "EASGD":
-        alpha = 0.9 / max(2, num_groups) * 0.5
-        return {"name": name, "period": PERIOD, "alpha": alpha, "overlap": overlap}
-    return {
-        "name": "DiLoCo",
-        "period": PERIOD,
-        "outer_lr": 0.7,
-        "momentum": 0.9,
-        "nesterov": True,
-        "overlap": overlap,
-    }
-
-
 @pytest.mark.mpi(min_size=1)
 @pytest.mark.parametrize("overlap", [1, PERIOD - 1])
 @pytest.mark.parametrize("name", ["ModelAverage", "EASGD", "DiLoCo"])
@@ -184,7 +151,7 @@ def test_torch_overlapped_exchange_matches_numpy_reference(torch_rt, name, overl
 
     _mode(torch_rt, "sync")
     groups = torch_rt.topo.groups
-    spec = _overlap_spec(name, len(groups), overlap)
+    spec = overlap_spec(name, len(groups), overlap, PERIOD)
     want = ref.run(spec, groups, STEPS, LR)
     rank, gid = hvd.rank(), hvd_ps.group_id()
     case = f"{name} overlap={overlap}"
